@@ -1,0 +1,151 @@
+//! A shard's buffer table: channel name → id → the channel's acknowledged
+//! records, touched only by the shard's own thread.
+//!
+//! Memory bound, today: every acknowledged record of every channel stays in
+//! memory until the engine closes (there is no checkpoint yet), so the table
+//! holds the whole WAL's payload. The budget and read-back from the WAL come
+//! with checkpoints.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::shard::Record;
+use crate::types::{ChannelId, CommitSeq, Offset};
+
+/// One channel's state in its shard.
+#[derive(Debug)]
+pub struct ChannelState {
+    /// The channel's name.
+    pub name: Box<str>,
+    /// Offset of `records[0]`.
+    pub first_offset: Offset,
+    /// Next offset to assign (one past the last record queued for a commit).
+    pub next_offset: Offset,
+    /// Acknowledged records, in offset order.
+    pub records: VecDeque<Bytes>,
+    /// Commit that carries the channel's registration.
+    pub registered_in: CommitSeq,
+}
+
+impl ChannelState {
+    /// One past the last acknowledged record.
+    pub fn durable_next_offset(&self) -> Offset {
+        Offset(self.first_offset.0 + self.records.len() as u64)
+    }
+}
+
+/// The table.
+#[derive(Debug, Default)]
+pub struct BufferTable {
+    by_name: HashMap<Box<str>, ChannelId>,
+    channels: Vec<ChannelState>,
+    payload_bytes: u64,
+}
+
+impl BufferTable {
+    /// The id of `name`, if registered.
+    pub fn lookup(&self, name: &str) -> Option<ChannelId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The id the next registration gets.
+    pub fn next_id(&self) -> ChannelId {
+        ChannelId(u32::try_from(self.channels.len()).expect("channel count bounded by u32"))
+    }
+
+    /// Registers `name` as channel `next_id()`, with offsets starting at `first_offset`.
+    pub fn insert(&mut self, name: &str, first_offset: Offset, registered_in: CommitSeq) -> ChannelId {
+        let id = self.next_id();
+        assert!(!self.by_name.contains_key(name), "channel {name:?} registered twice");
+        self.by_name.insert(name.into(), id);
+        self.channels.push(ChannelState {
+            name: name.into(),
+            first_offset,
+            next_offset: first_offset,
+            records: VecDeque::new(),
+            registered_in,
+        });
+        id
+    }
+
+    /// The channel `id`, if it exists.
+    pub fn get(&self, id: ChannelId) -> Option<&ChannelState> {
+        self.channels.get(id.0 as usize)
+    }
+
+    /// The channel `id`, mutably.
+    pub fn get_mut(&mut self, id: ChannelId) -> Option<&mut ChannelState> {
+        self.channels.get_mut(id.0 as usize)
+    }
+
+    /// Appends an acknowledged record at the channel's durable end.
+    pub fn push(&mut self, id: ChannelId, record: Bytes) {
+        self.payload_bytes += record.len() as u64;
+        let ch = &mut self.channels[id.0 as usize];
+        ch.records.push_back(record);
+        assert!(
+            ch.durable_next_offset() <= ch.next_offset,
+            "acknowledged past the assigned offsets"
+        );
+    }
+
+    /// Records of `id` with offsets in `from..to`, clamped to what is held.
+    pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Vec<Record> {
+        let Some(ch) = self.get(id) else {
+            return Vec::new();
+        };
+        let start = from.max(ch.first_offset);
+        let end = to.min(ch.durable_next_offset());
+        if start >= end {
+            return Vec::new();
+        }
+        let skip = (start.0 - ch.first_offset.0) as usize;
+        let n = (end.0 - start.0) as usize;
+        ch.records
+            .iter()
+            .skip(skip)
+            .take(n)
+            .enumerate()
+            .map(|(i, data)| Record {
+                offset: Offset(start.0 + i as u64),
+                data: data.clone(),
+            })
+            .collect()
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether no channel is registered.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Payload bytes held.
+    pub fn payload_bytes(&self) -> u64 {
+        self.payload_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_clamps_to_durable_records() {
+        let mut t = BufferTable::default();
+        let id = t.insert("a", Offset(0), CommitSeq(1));
+        t.get_mut(id).unwrap().next_offset = Offset(3);
+        t.push(id, Bytes::from_static(b"0"));
+        t.push(id, Bytes::from_static(b"1"));
+        let r = t.read(id, Offset(1), Offset(100));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].offset, Offset(1));
+        assert_eq!(&r[0].data[..], b"1");
+        assert!(t.read(id, Offset(5), Offset(2)).is_empty());
+        assert_eq!(t.lookup("a"), Some(id));
+    }
+}

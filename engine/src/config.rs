@@ -1,0 +1,279 @@
+//! Engine configuration: every knob with its default and its limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::wal::format::{COMMIT_HEADER_BYTES, ENTRY_HEADER_BYTES};
+
+/// Which I/O backend the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Each shard submits its writes and data syncs through its own `io_uring`,
+    /// one `io_uring_enter` per commit. The default.
+    #[default]
+    IoUring,
+    /// Portable fallback: plain `pwrite` + `fdatasync` (or `pwritev2(RWF_DSYNC)`)
+    /// on the shard thread, for kernels or sandboxes where `io_uring` is off.
+    /// Same format, same guarantees, more syscalls and no overlap of I/O with
+    /// the assembly of the next commit.
+    Portable,
+}
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledged only when the record, and every byte before it in the
+    /// shard's WAL, is on stable storage. The default.
+    #[default]
+    Sync,
+    /// Acknowledged once the write reached the device (no cache flush); the
+    /// shard issues a data sync at most `interval` after the first unsynced
+    /// write. A power cut can lose up to `interval` of acknowledged appends;
+    /// a process crash loses nothing that was acknowledged.
+    Periodic {
+        /// Longest time an acknowledged record may stay unsynced.
+        interval: Duration,
+    },
+}
+
+/// How a commit is made durable in `Durability::Sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMethod {
+    /// One write with `RWF_DSYNC` per commit: one operation, one completion.
+    /// The default, chosen by measurement (see `docs/format.md`).
+    #[default]
+    DsyncWrite,
+    /// A write linked (`IOSQE_IO_LINK`) to an `fdatasync`.
+    WriteThenFdatasync,
+}
+
+/// How `Engine::open` treats damage found in the WAL during recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Cut a torn tail (an incomplete last commit); refuse to open on any
+    /// other damage, naming the shard, segment and byte. The default.
+    #[default]
+    TolerateTornTail,
+}
+
+/// Engine configuration. Start from [`Config::new`] and change fields.
+///
+/// ```
+/// use corewal_engine::config::{Config, Durability};
+/// let mut config = Config::new("/var/lib/my-service/wal");
+/// config.shards = Some(2);
+/// config.durability = Durability::Sync;
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The data directory. Created (mode `dir_mode`) when missing.
+    pub dir: PathBuf,
+    /// Cores the shards are pinned to, round-robin. Default `None`: every core
+    /// in the process's affinity mask. Each must be in that mask.
+    pub cores: Option<Vec<usize>>,
+    /// Number of shards. Default `None`: one per selected core for a new
+    /// directory, the recorded count for an existing one. A directory keeps the
+    /// shard count it was created with (channels are routed by it); asking for
+    /// another count is refused with `Error::ShardCountMismatch`. 1..=1024.
+    pub shards: Option<usize>,
+    /// I/O backend. Default `Backend::IoUring`.
+    pub backend: Backend,
+    /// Default `Durability::Sync`.
+    pub durability: Durability,
+    /// Default `SyncMethod::DsyncWrite`.
+    pub sync_method: SyncMethod,
+    /// Default `RecoveryMode::TolerateTornTail`.
+    pub recovery_mode: RecoveryMode,
+    /// Size of each segment file, zero-filled when created. Default 64 MiB;
+    /// 1 MiB..=4 GiB, a multiple of the block size, and at least twice
+    /// `commit_bytes_max` plus one block.
+    pub segment_bytes: u64,
+    /// Largest commit (one write, one data sync). Default 1 MiB; at least one
+    /// block plus the largest record with its headers, at most 64 MiB.
+    pub commit_bytes_max: usize,
+    /// Most records in one commit. Default 4096; 1..=1,048,576.
+    pub records_per_commit_max: usize,
+    /// Largest record payload. Default 512 KiB; must fit in one commit with
+    /// its headers.
+    pub record_bytes_max: usize,
+    /// Requests each shard's inbox holds before callers wait (backpressure).
+    /// Default 4096; 2..=1,048,576.
+    pub inbox_capacity: usize,
+    /// Write unit and alignment of commits. Default `None`: the larger of the
+    /// file's direct-I/O offset alignment (`statx` `STATX_DIOALIGN`, 4096 when
+    /// the kernel does not say) and 4096, so that a commit never shares a
+    /// physical sector with acknowledged bytes. A power of two from the
+    /// direct-I/O alignment to 64 KiB.
+    pub block_bytes: Option<usize>,
+    /// How long `open` retries the directory lock (a killed holder's lock can
+    /// outlive it briefly). Default 5 s; at most 10 minutes.
+    pub lock_wait: Duration,
+    /// Mode of directories the engine creates. Default `0o700`.
+    pub dir_mode: u32,
+    /// Mode of files the engine creates. Default `0o600`.
+    pub file_mode: u32,
+}
+
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default commit size limit.
+pub const COMMIT_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Upper bound of `commit_bytes_max`; also what recovery accepts from disk.
+pub const COMMIT_BYTES_LIMIT: usize = 64 << 20;
+/// Upper bound of `segment_bytes`.
+pub const SEGMENT_BYTES_LIMIT: u64 = 4 << 30;
+/// Upper bound of the shard count.
+pub const SHARDS_LIMIT: usize = 1024;
+
+impl Config {
+    /// A configuration with every default, for the data directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Config {
+            dir: dir.into(),
+            cores: None,
+            shards: None,
+            backend: Backend::IoUring,
+            durability: Durability::Sync,
+            sync_method: SyncMethod::DsyncWrite,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            commit_bytes_max: COMMIT_BYTES_MAX_DEFAULT,
+            records_per_commit_max: 4096,
+            record_bytes_max: 512 << 10,
+            inbox_capacity: 4096,
+            block_bytes: None,
+            lock_wait: Duration::from_secs(5),
+            dir_mode: 0o700,
+            file_mode: 0o600,
+        }
+    }
+
+    /// Checks every field against its limits, with the block size still unknown
+    /// (4096 is assumed when `block_bytes` is `None`).
+    ///
+    /// # Errors
+    /// `Error::InvalidConfig` naming the first field out of its limits.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_with_block(self.block_bytes.unwrap_or(4096))
+    }
+
+    pub(crate) fn validate_with_block(&self, block: usize) -> Result<()> {
+        fn bad(field: &'static str, reason: String) -> Result<()> {
+            Err(Error::InvalidConfig { field, reason })
+        }
+        if self.dir.as_os_str().is_empty() {
+            return bad("dir", "is empty".into());
+        }
+        if let Some(shards) = self.shards {
+            if shards == 0 || shards > SHARDS_LIMIT {
+                return bad("shards", format!("is {shards}; allowed 1..={SHARDS_LIMIT}"));
+            }
+        }
+        if let Some(cores) = &self.cores {
+            if cores.is_empty() {
+                return bad("cores", "is an empty list; use None for every allowed core".into());
+            }
+        }
+        if !block.is_power_of_two() || !(512..=65536).contains(&block) {
+            return bad("block_bytes", format!("is {block}; a power of two from 512 to 65536"));
+        }
+        if self.commit_bytes_max > COMMIT_BYTES_LIMIT {
+            return bad(
+                "commit_bytes_max",
+                format!("is {}; at most {COMMIT_BYTES_LIMIT}", self.commit_bytes_max),
+            );
+        }
+        let record_commit = round_up(
+            COMMIT_HEADER_BYTES + ENTRY_HEADER_BYTES + round_up(self.record_bytes_max, 8),
+            block,
+        );
+        if record_commit > self.commit_bytes_max {
+            return bad(
+                "commit_bytes_max",
+                format!(
+                    "is {}; a record of record_bytes_max = {} needs {record_commit} with its headers and block padding",
+                    self.commit_bytes_max, self.record_bytes_max
+                ),
+            );
+        }
+        if !(1..=1 << 20).contains(&self.records_per_commit_max) {
+            return bad(
+                "records_per_commit_max",
+                format!("is {}; allowed 1..=1048576", self.records_per_commit_max),
+            );
+        }
+        if !(2..=1 << 20).contains(&self.inbox_capacity) {
+            return bad("inbox_capacity", format!("is {}; allowed 2..=1048576", self.inbox_capacity));
+        }
+        let seg = self.segment_bytes;
+        if !(1 << 20..=SEGMENT_BYTES_LIMIT).contains(&seg) || seg % block as u64 != 0 {
+            return bad(
+                "segment_bytes",
+                format!("is {seg}; allowed 1 MiB..=4 GiB and a multiple of the block size {block}"),
+            );
+        }
+        if seg < 2 * round_up(self.commit_bytes_max, block) as u64 + block as u64 {
+            return bad(
+                "segment_bytes",
+                format!("is {seg}; must be at least twice commit_bytes_max plus one block"),
+            );
+        }
+        if self.lock_wait > Duration::from_secs(600) {
+            return bad("lock_wait", "is longer than 10 minutes".into());
+        }
+        if let Durability::Periodic { interval } = self.durability {
+            if interval.is_zero() || interval > Duration::from_secs(60) {
+                return bad("durability", "Periodic interval must be in (0, 60 s]".into());
+            }
+        }
+        if self.dir_mode & !0o7777 != 0 || self.file_mode & !0o7777 != 0 {
+            return bad("dir_mode/file_mode", "hold bits beyond 0o7777".into());
+        }
+        if self.file_mode & 0o600 != 0o600 {
+            return bad("file_mode", "must let the owner read and write (0o600)".into());
+        }
+        if self.dir_mode & 0o700 != 0o700 {
+            return bad("dir_mode", "must let the owner read, write and search (0o700)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Rounds `n` up to a multiple of `to` (a power of two).
+pub(crate) const fn round_up(n: usize, to: usize) -> usize {
+    (n + to - 1) & !(to - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::new("/tmp/x").validate().unwrap();
+    }
+
+    #[test]
+    fn each_limit_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("shards", Box::new(|c| c.shards = Some(0))),
+            ("block_bytes", Box::new(|c| c.block_bytes = Some(3000))),
+            ("commit_bytes_max", Box::new(|c| c.commit_bytes_max = 4096)),
+            ("segment_bytes", Box::new(|c| c.segment_bytes = 1000)),
+            ("inbox_capacity", Box::new(|c| c.inbox_capacity = 0)),
+            ("records_per_commit_max", Box::new(|c| c.records_per_commit_max = 0)),
+            ("file_mode", Box::new(|c| c.file_mode = 0o400)),
+        ];
+        for (field, change) in cases {
+            let mut c = Config::new("/tmp/x");
+            change(&mut c);
+            match c.validate() {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! File-system calls: direct-I/O files, alignment, directory sync, locks.
+//! Everything the engine does to a file outside the commit path goes through here.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::io::buffer::AlignedBuf;
+
+/// How a file is opened for data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `O_DIRECT`: bypass the page cache (the engine's normal mode).
+    Direct,
+    /// Through the page cache (the inspector, and tests on tmpfs).
+    Buffered,
+}
+
+/// Creates `dir` and its missing parents with `mode`.
+pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| Error::io("create directory", Some(dir.into()), e))
+}
+
+/// `fsync` of a directory, so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| Error::io("open directory", Some(dir.into()), e))?;
+    f.sync_all().map_err(|e| Error::io("fsync directory", Some(dir.into()), e))
+}
+
+fn direct_flag(access: Access) -> i32 {
+    match access {
+        Access::Direct => libc::O_DIRECT,
+        Access::Buffered => 0,
+    }
+}
+
+/// Opens an existing file for reading and writing.
+pub fn open_rw(path: &Path, access: Access) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| open_error(path, access, e))
+}
+
+/// Opens an existing file read-only.
+pub fn open_read(path: &Path, access: Access) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| open_error(path, access, e))
+}
+
+/// Creates a new file (failing if it exists) with `mode`.
+pub fn create_new(path: &Path, access: Access, mode: u32) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| open_error(path, access, e))
+}
+
+fn open_error(path: &Path, access: Access, e: io::Error) -> Error {
+    if access == Access::Direct && e.raw_os_error() == Some(libc::EINVAL) {
+        Error::DirectIoUnsupported {
+            path: path.into(),
+            source: e.into(),
+        }
+    } else {
+        Error::io("open", Some(path.into()), e)
+    }
+}
+
+/// The direct-I/O offset alignment of `file` as the kernel reports it
+/// (`statx` with `STATX_DIOALIGN`), or `None` when the kernel does not say.
+pub fn dio_offset_align(file: &File) -> Option<usize> {
+    // SAFETY: statx writes into the zeroed struct we own; the path is an empty
+    // C string used with AT_EMPTY_PATH, so the call looks only at the fd.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return None;
+    }
+    Some(stx.stx_dio_offset_align as usize)
+}
+
+/// Reads exactly `buf.len()` bytes at `position`, or fewer at the end of the file.
+/// Returns the bytes read.
+pub fn read_at(file: &File, path: &Path, buf: &mut [u8], position: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], position + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read segment", Some(path.into()), e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf` at `position`.
+pub fn write_all_at(file: &File, path: &Path, buf: &[u8], position: u64, operation: &'static str) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.write_at(&buf[done..], position + done as u64) {
+            Ok(0) => {
+                return Err(Error::io(operation, Some(path.into()), io::ErrorKind::WriteZero.into()))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(operation, Some(path.into()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `file` with zeros from `from` to `to` (block-aligned) using `zeros`,
+/// an all-zero aligned buffer, then `fdatasync`s it.
+pub fn zero_fill(file: &File, path: &Path, zeros: &AlignedBuf, from: u64, to: u64) -> Result<()> {
+    debug_assert!(zeros.iter().all(|&b| b == 0));
+    let mut at = from;
+    while at < to {
+        let n = (zeros.len() as u64).min(to - at) as usize;
+        write_all_at(file, path, &zeros[..n], at, "zero-fill segment")?;
+        at += n as u64;
+    }
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync segment", Some(path.into()), e))
+}
+
+/// An exclusive `flock` on `DIR/LOCK`, held for the engine's life.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// Takes the lock, retrying for `wait` while another holder has it.
+    pub fn acquire(dir: &Path, mode: u32, wait: Duration) -> Result<DirLock> {
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(mode)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", Some(path.clone()), e))?;
+        let started = Instant::now();
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(DirLock { _file: file, path });
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => {}
+                Some(libc::EINTR) => continue,
+                _ => return Err(Error::io("lock directory", Some(path), e)),
+            }
+            // A SIGKILLed holder's lock can outlive it while the kernel tears
+            // down its io_uring; retry for a bounded time.
+            if started.elapsed() >= wait {
+                return Err(Error::DirectoryLocked {
+                    path: dir.into(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads 8 random bytes from the kernel.
+pub fn random_u64() -> Result<u64> {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        return Err(Error::io("getrandom", None, io::Error::last_os_error()));
+    }
+    Ok(u64::from_le_bytes(b))
+}
+
+/// A path as a C string, for system calls that take one.
+pub fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Format {
+        path: path.into(),
+        what: "path holds a NUL byte".into(),
+    })
+}

@@ -1,0 +1,104 @@
+//! The engine's one boundary to the disk.
+//!
+//! The shard loop writes its commits through a [`CommitIo`]: the `io_uring`
+//! backend ([`uring::UringIo`]), or the portable `pwrite` + `fdatasync`
+//! backend ([`portable::PortableIo`]). Both also wait on the shard's wake
+//! eventfd, so that a sleeping shard wakes for new requests as well as for a
+//! finished commit. Files are created, sized and read through [`file`].
+
+pub mod buffer;
+pub mod file;
+pub mod portable;
+pub mod uring;
+pub mod wake;
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+use crate::config::Backend;
+use crate::error::Result;
+
+/// How a write is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// No sync: the write only has to reach the device.
+    None,
+    /// The write carries `RWF_DSYNC`.
+    Dsync,
+    /// The write is followed by an `fdatasync` ordered after it.
+    Fdatasync,
+}
+
+/// One operation of the commit path.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    /// Write `len` bytes from `ptr` at `position` of `fd`, then sync as asked.
+    Write {
+        /// Open `O_DIRECT` segment.
+        fd: RawFd,
+        /// Byte position, block-aligned.
+        position: u64,
+        /// Block-aligned buffer address.
+        ptr: *const u8,
+        /// Block-multiple length.
+        len: usize,
+        /// How the write is made durable.
+        sync: SyncKind,
+    },
+    /// `fdatasync(fd)`.
+    Sync {
+        /// The file to sync.
+        fd: RawFd,
+    },
+}
+
+/// Why an operation failed: the step and the kernel's error.
+#[derive(Debug)]
+pub struct OpError {
+    /// `"write"`, `"short write"` or `"fdatasync"`.
+    pub operation: &'static str,
+    /// The error.
+    pub source: io::Error,
+}
+
+/// The commit path's I/O: one operation in flight at a time, plus the wake fd.
+pub trait CommitIo: Send {
+    /// Starts `op` and submits it to the kernel.
+    ///
+    /// # Safety
+    /// The buffer of an `Op::Write` must stay valid and unmodified until
+    /// [`CommitIo::poll`] has returned the operation's completion.
+    unsafe fn start(&mut self, op: Op) -> Result<(), OpError>;
+
+    /// Whether an operation was started and its completion not yet returned.
+    fn in_flight(&self) -> bool;
+
+    /// Reaps completions without blocking; returns the in-flight operation's
+    /// outcome once all of its steps completed.
+    fn poll(&mut self) -> Option<Result<(), OpError>>;
+
+    /// Blocks until the in-flight operation completes, the wake fd is
+    /// written, or `timeout` passes (`None`: no timeout). Spurious returns are
+    /// allowed; the caller re-checks its state.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError>;
+
+    /// The backend's name, for metrics and tools.
+    fn name(&self) -> &'static str;
+}
+
+/// Builds the backend a shard asked for, on the shard's own thread.
+pub fn new_commit_io(backend: Backend, wake_fd: RawFd) -> Result<Box<dyn CommitIo>> {
+    Ok(match backend {
+        Backend::IoUring => Box::new(uring::UringIo::new(wake_fd)?),
+        Backend::Portable => Box::new(portable::PortableIo::new(wake_fd)),
+    })
+}
+
+/// Checks that `io_uring` can be set up here, so that `Engine::open` can name
+/// the cause and the way out before any shard starts.
+pub fn probe_io_uring() -> Result<()> {
+    io_uring::IoUring::new(2)
+        .map(drop)
+        .map_err(|e| crate::error::Error::IoUringUnavailable { source: e.into() })
+}

@@ -1,0 +1,121 @@
+//! The portable backend: plain system calls on the shard thread, for systems
+//! where `io_uring` is disabled. Each operation completes inside `start`.
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::io::{CommitIo, Op, OpError, SyncKind};
+
+/// `pwrite`/`pwritev2(RWF_DSYNC)` + `fdatasync`, and `poll(2)` on the wake fd.
+pub struct PortableIo {
+    wake_fd: RawFd,
+    done: Option<Result<(), OpError>>,
+}
+
+impl PortableIo {
+    /// A backend waiting on `wake_fd`.
+    pub fn new(wake_fd: RawFd) -> Self {
+        PortableIo { wake_fd, done: None }
+    }
+}
+
+fn os_error(operation: &'static str) -> OpError {
+    OpError {
+        operation,
+        source: io::Error::last_os_error(),
+    }
+}
+
+fn fdatasync(fd: RawFd) -> Result<(), OpError> {
+    loop {
+        // SAFETY: fdatasync on a descriptor the shard owns.
+        if unsafe { libc::fdatasync(fd) } == 0 {
+            return Ok(());
+        }
+        let e = os_error("fdatasync");
+        // EINTR is not a failed sync; anything else is final and never retried.
+        if e.source.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+fn write(fd: RawFd, position: u64, ptr: *const u8, len: usize, sync: SyncKind) -> Result<(), OpError> {
+    let flags = if sync == SyncKind::Dsync { libc::RWF_DSYNC } else { 0 };
+    let iov = libc::iovec {
+        iov_base: ptr as *mut libc::c_void,
+        iov_len: len,
+    };
+    let n = loop {
+        // SAFETY: the caller of `start` keeps the buffer valid for the call.
+        let n = unsafe { libc::pwritev2(fd, &iov, 1, position as libc::off_t, flags) };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(os_error("write"));
+    }
+    if n as usize != len {
+        return Err(OpError {
+            operation: "short write",
+            source: io::Error::new(io::ErrorKind::WriteZero, format!("wrote {n} of {len} bytes")),
+        });
+    }
+    if sync == SyncKind::Fdatasync {
+        fdatasync(fd)?;
+    }
+    Ok(())
+}
+
+impl CommitIo for PortableIo {
+    unsafe fn start(&mut self, op: Op) -> Result<(), OpError> {
+        assert!(self.done.is_none(), "one commit operation at a time");
+        self.done = Some(match op {
+            Op::Write {
+                fd,
+                position,
+                ptr,
+                len,
+                sync,
+            } => write(fd, position, ptr, len, sync),
+            Op::Sync { fd } => fdatasync(fd),
+        });
+        Ok(())
+    }
+
+    fn in_flight(&self) -> bool {
+        self.done.is_some()
+    }
+
+    fn poll(&mut self) -> Option<Result<(), OpError>> {
+        self.done.take()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
+        if self.done.is_some() {
+            return Ok(());
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.wake_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
+        // SAFETY: one pollfd we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 && pfd.revents & libc::POLLIN != 0 {
+            let mut v: u64 = 0;
+            // SAFETY: reads 8 bytes into a local; the fd is readable so this does not block.
+            unsafe { libc::read(self.wake_fd, (&mut v as *mut u64).cast(), 8) };
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "portable"
+    }
+}

@@ -1,0 +1,227 @@
+//! The `io_uring` backend: one ring per shard, created on the shard's thread.
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use crate::error::{Error, Result};
+use crate::io::{CommitIo, Op, OpError, SyncKind};
+
+const USER_DATA_WAKE: u64 = 1;
+const USER_DATA_WRITE: u64 = 2;
+const USER_DATA_SYNC: u64 = 3;
+
+/// Submission queue entries. At most three are ever outstanding (the wake
+/// read, a write, its linked data sync); the completion queue gets twice as
+/// many (the kernel's default), so it cannot overflow.
+const RING_ENTRIES: u32 = 8;
+const OPS_IN_FLIGHT_MAX: usize = 3;
+const _: () = assert!(OPS_IN_FLIGHT_MAX as u32 <= RING_ENTRIES);
+
+struct InFlight {
+    completions_left: u8,
+    write_len: usize,
+    error: Option<OpError>,
+}
+
+/// `io_uring` commit I/O.
+pub struct UringIo {
+    ring: IoUring,
+    wake_fd: RawFd,
+    /// Target of the armed eventfd read; boxed so that its address is stable.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    in_flight: Option<InFlight>,
+    done: Option<Result<(), OpError>>,
+}
+
+impl UringIo {
+    /// Sets up a ring and arms the wake read.
+    pub fn new(wake_fd: RawFd) -> Result<UringIo> {
+        let ring = IoUring::new(RING_ENTRIES).map_err(|e| Error::IoUringUnavailable { source: e.into() })?;
+        let mut io = UringIo {
+            ring,
+            wake_fd,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            in_flight: None,
+            done: None,
+        };
+        io.arm_wake();
+        io.ring
+            .submit()
+            .map_err(|e| Error::io("io_uring_enter", None, e))?;
+        Ok(io)
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8)
+            .build()
+            .user_data(USER_DATA_WAKE);
+        // SAFETY: wake_buf is boxed and lives as long as the ring (both are
+        // fields of self; the ring is dropped, cancelling the read, first).
+        unsafe { self.ring.submission().push(&sqe) }.expect("ring has room for the wake read");
+        self.wake_armed = true;
+    }
+
+    fn reap(&mut self) {
+        let mut rearm = false;
+        for cqe in self.ring.completion() {
+            let res = cqe.result();
+            match cqe.user_data() {
+                USER_DATA_WAKE => {
+                    self.wake_armed = false;
+                    rearm = true;
+                }
+                USER_DATA_WRITE | USER_DATA_SYNC => {
+                    let f = self.in_flight.as_mut().expect("completion without an operation in flight");
+                    f.completions_left -= 1;
+                    if f.error.is_none() {
+                        if res < 0 {
+                            let operation = if cqe.user_data() == USER_DATA_WRITE { "write" } else { "fdatasync" };
+                            f.error = Some(OpError {
+                                operation,
+                                source: io::Error::from_raw_os_error(-res),
+                            });
+                        } else if cqe.user_data() == USER_DATA_WRITE && res as usize != f.write_len {
+                            // A short write also breaks the link: the sync is cancelled.
+                            f.error = Some(OpError {
+                                operation: "short write",
+                                source: io::Error::new(
+                                    io::ErrorKind::WriteZero,
+                                    format!("wrote {res} of {} bytes", f.write_len),
+                                ),
+                            });
+                        }
+                    }
+                    if f.completions_left == 0 {
+                        let f = self.in_flight.take().expect("checked above");
+                        self.done = Some(match f.error {
+                            Some(e) => Err(e),
+                            None => Ok(()),
+                        });
+                    }
+                }
+                other => unreachable!("unknown io_uring user_data {other}"),
+            }
+        }
+        if rearm {
+            self.arm_wake();
+        }
+    }
+}
+
+impl CommitIo for UringIo {
+    unsafe fn start(&mut self, op: Op) -> Result<(), OpError> {
+        assert!(self.in_flight.is_none() && self.done.is_none(), "one commit operation at a time");
+        let mut completions = 1;
+        let mut write_len = 0;
+        {
+            let mut sq = self.ring.submission();
+            match op {
+                Op::Write {
+                    fd,
+                    position,
+                    ptr,
+                    len,
+                    sync,
+                } => {
+                    write_len = len;
+                    let rw_flags = if sync == SyncKind::Dsync { libc::RWF_DSYNC } else { 0 };
+                    let mut write = opcode::Write::new(types::Fd(fd), ptr, len as u32)
+                        .offset(position)
+                        .rw_flags(rw_flags)
+                        .build()
+                        .user_data(USER_DATA_WRITE);
+                    if sync == SyncKind::Fdatasync {
+                        // The data sync must not start before the write completed.
+                        write = write.flags(squeue::Flags::IO_LINK);
+                    }
+                    // SAFETY: the caller keeps the buffer alive until completion.
+                    unsafe { sq.push(&write) }.expect("ring has room for a write");
+                    if sync == SyncKind::Fdatasync {
+                        let fsync = opcode::Fsync::new(types::Fd(fd))
+                            .flags(types::FsyncFlags::DATASYNC)
+                            .build()
+                            .user_data(USER_DATA_SYNC);
+                        // SAFETY: fsync references no memory.
+                        unsafe { sq.push(&fsync) }.expect("ring has room for a data sync");
+                        completions = 2;
+                    }
+                }
+                Op::Sync { fd } => {
+                    let fsync = opcode::Fsync::new(types::Fd(fd))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build()
+                        .user_data(USER_DATA_SYNC);
+                    // SAFETY: fsync references no memory.
+                    unsafe { sq.push(&fsync) }.expect("ring has room for a data sync");
+                }
+            }
+        }
+        self.in_flight = Some(InFlight {
+            completions_left: completions,
+            write_len,
+            error: None,
+        });
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // EBUSY/EAGAIN: completions must be reaped first; they are
+                // reaped in poll, and the entries stay queued for the next enter.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => return Ok(()),
+                Err(e) => {
+                    return Err(OpError {
+                        operation: "io_uring_enter",
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        self.in_flight.is_some() || self.done.is_some()
+    }
+
+    fn poll(&mut self) -> Option<Result<(), OpError>> {
+        if self.done.is_none() {
+            self.reap();
+        }
+        self.done.take()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
+        self.reap();
+        if self.done.is_some() {
+            return Ok(());
+        }
+        let res = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(OpError {
+                operation: "io_uring_enter",
+                source: e,
+            }),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+}

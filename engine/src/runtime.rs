@@ -1,0 +1,192 @@
+//! The engine's machinery as a whole: the directory, the lock, the shards.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{round_up, Backend, Config};
+use crate::error::{Error, Result};
+use crate::io::file::{self, Access, DirLock};
+use crate::shard::metrics::ShardMetricsSnapshot;
+use crate::shard::{spawn_shard, ShardHandle, ShardSpec};
+use crate::store::{self, Meta};
+use crate::types::ShardId;
+
+/// A running set of shards over one data directory.
+pub struct Runtime {
+    config: Arc<Config>,
+    meta: Meta,
+    block: usize,
+    shards: Vec<ShardHandle>,
+    cores: Vec<usize>,
+    _lock: DirLock,
+}
+
+impl Runtime {
+    /// Opens (or creates) the directory and starts one thread per shard.
+    /// Returns as soon as the threads started; each recovers on its own.
+    pub fn start(config: Config) -> Result<Runtime> {
+        config.validate()?;
+        if config.backend == Backend::IoUring {
+            crate::io::probe_io_uring()?;
+        }
+        let allowed = crate::shard::pin::allowed_cores()?;
+        let cores = match &config.cores {
+            None => allowed.clone(),
+            Some(cores) => {
+                if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
+                    return Err(Error::InvalidConfig {
+                        field: "cores",
+                        reason: format!("core {c} is not in the process's affinity mask {allowed:?}"),
+                    });
+                }
+                cores.clone()
+            }
+        };
+        file::create_dir(&config.dir, config.dir_mode)?;
+        let lock = DirLock::acquire(&config.dir, config.file_mode, config.lock_wait)?;
+        let meta = match store::read_meta(&config.dir)? {
+            Some(meta) => {
+                if let Some(requested) = config.shards {
+                    if requested != meta.shards as usize {
+                        return Err(Error::ShardCountMismatch {
+                            path: config.dir.clone(),
+                            recorded: meta.shards as usize,
+                            requested,
+                        });
+                    }
+                }
+                meta
+            }
+            None => {
+                let shards = config.shards.unwrap_or(cores.len()).clamp(1, crate::config::SHARDS_LIMIT);
+                store::create(&config.dir, shards as u32, config.dir_mode, config.file_mode)?
+            }
+        };
+        let block = block_bytes(&config)?;
+        config.validate_with_block(block)?;
+        let config = Arc::new(config);
+        let mut shards = Vec::with_capacity(meta.shards as usize);
+        for s in 0..meta.shards as u16 {
+            let spec = ShardSpec {
+                id: ShardId(s),
+                core: Some(cores[s as usize % cores.len()]),
+                dir: store::shard_dir(&config.dir, s),
+                store_id: meta.store_id,
+                block,
+                config: config.clone(),
+            };
+            match spawn_shard(spec) {
+                Ok(h) => shards.push(h),
+                Err(e) => {
+                    for h in &shards {
+                        h.close();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Runtime {
+            config,
+            meta,
+            block,
+            shards,
+            cores,
+            _lock: lock,
+        })
+    }
+
+    /// Blocks until every shard has recovered; the first failure is returned.
+    pub fn wait_ready(&self) -> Result<()> {
+        let mut first = Ok(());
+        for s in &self.shards {
+            if let Err(e) = s.wait_ready() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// The shard that owns channel `name`.
+    pub fn shard_for(&self, name: &str) -> &ShardHandle {
+        &self.shards[store::route(name, self.shards.len()) as usize]
+    }
+
+    /// Every shard.
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The block size commits are aligned to.
+    pub fn block_bytes(&self) -> usize {
+        self.block
+    }
+
+    /// The cores shards are pinned to.
+    pub fn cores(&self) -> &[usize] {
+        &self.cores
+    }
+
+    /// The directory's recorded identity and shard count.
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// Sum of every shard's counters.
+    pub fn metrics(&self) -> ShardMetricsSnapshot {
+        self.shards
+            .iter()
+            .map(|s| s.metrics.snapshot())
+            .fold(ShardMetricsSnapshot::default(), |a, b| a + b)
+    }
+
+    /// Finishes what is queued and in flight, and stops every shard.
+    pub fn close(&self) {
+        for s in &self.shards {
+            s.close();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The commit block size: the configured one, or the larger of the direct-I/O
+/// offset alignment of a file in `dir` and 4096.
+fn block_bytes(config: &Config) -> Result<usize> {
+    let probe_path = config.dir.join("LOCK");
+    let f = file::open_read(&probe_path, Access::Buffered)?;
+    let dio = file::dio_offset_align(&f).unwrap_or(4096);
+    let block = match config.block_bytes {
+        Some(b) => {
+            if b < dio {
+                return Err(Error::InvalidConfig {
+                    field: "block_bytes",
+                    reason: format!("is {b}, below the filesystem's direct-I/O alignment {dio}"),
+                });
+            }
+            b
+        }
+        None => round_up(dio.max(4096), 4096),
+    };
+    check_direct_io(&config.dir, config.file_mode)?;
+    Ok(block)
+}
+
+/// Refuses early, with the way out, when the filesystem will not do `O_DIRECT`.
+fn check_direct_io(dir: &Path, mode: u32) -> Result<()> {
+    let path = dir.join(".corewal-direct-io-probe");
+    let _ = std::fs::remove_file(&path);
+    let r = file::create_new(&path, Access::Direct, mode);
+    let _ = std::fs::remove_file(&path);
+    r.map(drop)
+}

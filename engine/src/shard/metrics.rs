@@ -1,0 +1,97 @@
+//! Per-shard counters, written by the shard thread only (relaxed atomics),
+//! read by anyone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one shard.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    /// Commits completed.
+    pub commits: AtomicU64,
+    /// Records acknowledged.
+    pub records: AtomicU64,
+    /// Payload bytes acknowledged.
+    pub payload_bytes: AtomicU64,
+    /// Bytes written to segments by commits (headers and padding included).
+    pub commit_bytes: AtomicU64,
+    /// Data syncs issued (commits in `Durability::Sync`, periodic syncs otherwise).
+    pub syncs: AtomicU64,
+    /// Segments created.
+    pub segments_created: AtomicU64,
+    /// Bytes of segments found at open.
+    pub recovery_bytes_total: AtomicU64,
+    /// Bytes of segments read so far by recovery.
+    pub recovery_bytes_read: AtomicU64,
+    /// Commits replayed.
+    pub recovery_commits: AtomicU64,
+    /// Channels found by recovery.
+    pub recovery_channels: AtomicU64,
+    /// Nanoseconds recovery took (0 while it runs).
+    pub recovery_ns: AtomicU64,
+}
+
+/// A copy of a shard's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardMetricsSnapshot {
+    /// Commits completed.
+    pub commits: u64,
+    /// Records acknowledged.
+    pub records: u64,
+    /// Payload bytes acknowledged.
+    pub payload_bytes: u64,
+    /// Bytes written by commits.
+    pub commit_bytes: u64,
+    /// Data syncs issued.
+    pub syncs: u64,
+    /// Segments created.
+    pub segments_created: u64,
+    /// Bytes of segments found at open.
+    pub recovery_bytes_total: u64,
+    /// Bytes read by recovery.
+    pub recovery_bytes_read: u64,
+    /// Commits replayed.
+    pub recovery_commits: u64,
+    /// Channels found by recovery.
+    pub recovery_channels: u64,
+    /// Nanoseconds recovery took (0 while it runs).
+    pub recovery_ns: u64,
+}
+
+impl ShardMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> ShardMetricsSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShardMetricsSnapshot {
+            commits: r(&self.commits),
+            records: r(&self.records),
+            payload_bytes: r(&self.payload_bytes),
+            commit_bytes: r(&self.commit_bytes),
+            syncs: r(&self.syncs),
+            segments_created: r(&self.segments_created),
+            recovery_bytes_total: r(&self.recovery_bytes_total),
+            recovery_bytes_read: r(&self.recovery_bytes_read),
+            recovery_commits: r(&self.recovery_commits),
+            recovery_channels: r(&self.recovery_channels),
+            recovery_ns: r(&self.recovery_ns),
+        }
+    }
+}
+
+impl std::ops::Add for ShardMetricsSnapshot {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        ShardMetricsSnapshot {
+            commits: self.commits + o.commits,
+            records: self.records + o.records,
+            payload_bytes: self.payload_bytes + o.payload_bytes,
+            commit_bytes: self.commit_bytes + o.commit_bytes,
+            syncs: self.syncs + o.syncs,
+            segments_created: self.segments_created + o.segments_created,
+            recovery_bytes_total: self.recovery_bytes_total + o.recovery_bytes_total,
+            recovery_bytes_read: self.recovery_bytes_read + o.recovery_bytes_read,
+            recovery_commits: self.recovery_commits + o.recovery_commits,
+            recovery_channels: self.recovery_channels + o.recovery_channels,
+            recovery_ns: self.recovery_ns.max(o.recovery_ns),
+        }
+    }
+}

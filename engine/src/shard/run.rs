@@ -1,0 +1,637 @@
+//! The shard thread: recovery, then the loop that turns queued requests into
+//! group commits.
+//!
+//! One commit is in flight at a time. While it is on its way to the device,
+//! new requests are drained into the next commit's buffer; when it completes,
+//! every append in it is acknowledged (callers are woken once per commit, in
+//! one pass) and the next commit — everything that queued meanwhile, up to
+//! the commit limits — is submitted at once. The loop only sleeps when the
+//! inbox is empty, and then in the ring, waiting for either the commit or the
+//! eventfd a caller writes to wake it.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::buffer::table::BufferTable;
+use crate::config::{Config, Durability, SyncMethod};
+use crate::error::{Error, Result};
+use crate::io::buffer::AlignedBuf;
+use crate::io::file::Access;
+use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
+use crate::recovery::{recover_shard, RecoverContext};
+use crate::shard::ack::Ack;
+use crate::shard::inbox::{Inbox, Request};
+use crate::shard::metrics::ShardMetrics;
+use crate::shard::pin::pin_current_thread;
+use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
+use crate::wal::commit::CommitBuilder;
+use crate::wal::format::{entry_bytes, EntryKind};
+use crate::wal::segment::{create_segment, new_header, Segment, SegmentSpec};
+
+/// Zero buffer used to fill new segments.
+const ZERO_FILL_BYTES: usize = 1 << 20;
+
+/// Everything a shard thread needs to start.
+pub struct ShardSpec {
+    /// The shard.
+    pub id: ShardId,
+    /// The core it is pinned to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// The shard's directory.
+    pub dir: PathBuf,
+    /// The store's identity.
+    pub store_id: u64,
+    /// The block size.
+    pub block: usize,
+    /// Engine configuration.
+    pub config: Arc<Config>,
+}
+
+/// The state of a shard's start-up.
+#[derive(Debug, Default)]
+struct Readiness {
+    state: Mutex<Option<Result<()>>>,
+    cond: Condvar,
+}
+
+/// The caller side of a shard.
+pub struct ShardHandle {
+    /// The shard.
+    pub id: ShardId,
+    /// Its inbox.
+    pub inbox: Arc<Inbox>,
+    /// Its counters.
+    pub metrics: Arc<ShardMetrics>,
+    ready: Arc<Readiness>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ShardHandle {
+    /// Blocks until the shard has recovered (or failed to).
+    pub fn wait_ready(&self) -> Result<()> {
+        let mut s = self.ready.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = &*s {
+                return r.clone();
+            }
+            s = self.ready.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Whether the shard finished recovery (successfully or not).
+    pub fn is_ready(&self) -> bool {
+        self.ready.state.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Asks the shard to finish what is queued and stop, and joins its thread.
+    pub fn close(&self) {
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(handle) = handle else { return };
+        // A closed inbox means the shard already stopped (it failed to start).
+        let _ = self.inbox.push_blocking(Request::Close);
+        let _ = handle.join();
+    }
+}
+
+/// Starts a shard thread. Returns at once; recovery runs on the new thread.
+pub fn spawn_shard(spec: ShardSpec) -> Result<ShardHandle> {
+    let inbox = Arc::new(Inbox::new(spec.config.inbox_capacity)?);
+    let metrics = Arc::new(ShardMetrics::default());
+    let ready = Arc::new(Readiness::default());
+    let id = spec.id;
+    let (i, m, r) = (inbox.clone(), metrics.clone(), ready.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("corewal-shard-{}", id.0))
+        .spawn(move || shard_main(spec, i, m, r))
+        .map_err(|e| Error::io("spawn shard thread", None, e))?;
+    Ok(ShardHandle {
+        id,
+        inbox,
+        metrics,
+        ready,
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+fn set_ready(ready: &Readiness, r: Result<()>) {
+    *ready.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    ready.cond.notify_all();
+}
+
+fn shard_main(spec: ShardSpec, inbox: Arc<Inbox>, metrics: Arc<ShardMetrics>, ready: Arc<Readiness>) {
+    match Shard::start(spec, inbox.clone(), metrics) {
+        Ok(mut shard) => {
+            set_ready(&ready, Ok(()));
+            shard.run();
+        }
+        Err((id, e)) => {
+            // The shard cannot serve: answer everything with the cause.
+            let failed = Error::ShardFailed {
+                shard: id.0,
+                cause: Arc::new(e.clone()),
+            };
+            set_ready(&ready, Err(e));
+            inbox.close(failed);
+        }
+    }
+}
+
+/// What a queued append waits for.
+enum Waiter {
+    Offset(Arc<Ack<Offset>>, Offset),
+    Channel(Arc<Ack<ChannelId>>, ChannelId),
+}
+
+/// A commit: its buffer and who waits for it.
+struct Batch {
+    builder: CommitBuilder,
+    waiters: Vec<Waiter>,
+    records: Vec<(ChannelId, Bytes)>,
+}
+
+impl Batch {
+    fn new(config: &Config, block: usize) -> Batch {
+        Batch {
+            builder: CommitBuilder::new(config.commit_bytes_max, config.records_per_commit_max, block),
+            waiters: Vec::with_capacity(config.records_per_commit_max),
+            records: Vec::with_capacity(config.records_per_commit_max),
+        }
+    }
+}
+
+enum InFlight {
+    None,
+    Commit { payload_bytes: u64 },
+    Sync,
+}
+
+enum Accepted {
+    Done,
+    Full(Request),
+}
+
+struct Shard {
+    id: ShardId,
+    config: Arc<Config>,
+    dir: PathBuf,
+    store_id: u64,
+    block: usize,
+    access: Access,
+    inbox: Arc<Inbox>,
+    metrics: Arc<ShardMetrics>,
+    io: Box<dyn CommitIo>,
+    table: BufferTable,
+    segment: Segment,
+    write_position: u64,
+    next_segment_seq: SegmentSeq,
+    /// Highest commit known durable (or, in periodic mode, written).
+    completed: CommitSeq,
+    building: Batch,
+    flight: Batch,
+    in_flight: InFlight,
+    deferred: Option<Request>,
+    failed: Option<Error>,
+    closing: bool,
+    unsynced_since: Option<Instant>,
+    zeros: AlignedBuf,
+}
+
+impl Shard {
+    fn start(spec: ShardSpec, inbox: Arc<Inbox>, metrics: Arc<ShardMetrics>) -> std::result::Result<Shard, (ShardId, Error)> {
+        let id = spec.id;
+        Self::start_inner(spec, inbox, metrics).map_err(|e| (id, e))
+    }
+
+    fn start_inner(spec: ShardSpec, inbox: Arc<Inbox>, metrics: Arc<ShardMetrics>) -> Result<Shard> {
+        let started = Instant::now();
+        if let Some(core) = spec.core {
+            pin_current_thread(core)?;
+        }
+        let config = spec.config;
+        let access = Access::Direct;
+        let io = new_commit_io(config.backend, inbox.wake_fd().fd())?;
+        let recovered = recover_shard(&RecoverContext {
+            shard_dir: &spec.dir,
+            shard: spec.id,
+            store_id: spec.store_id,
+            access,
+            metrics: &metrics,
+        })?;
+        let mut zeros = AlignedBuf::new(ZERO_FILL_BYTES, spec.block);
+        let (segment, write_position, next_segment_seq) = match recovered.tail {
+            Some(t) => (t.segment, t.position, recovered.next_segment_seq),
+            None => {
+                let seq = recovered.next_segment_seq;
+                let seg = create_segment(
+                    &SegmentSpec {
+                        shard_dir: &spec.dir,
+                        header: new_header(spec.id, spec.block, spec.store_id, seq, config.segment_bytes, recovered.next_commit_seq),
+                        access,
+                        file_mode: config.file_mode,
+                    },
+                    &mut zeros,
+                )?;
+                metrics.segments_created.fetch_add(1, Ordering::Relaxed);
+                (seg, spec.block as u64, SegmentSeq(seq.0 + 1))
+            }
+        };
+        let mut building = Batch::new(&config, spec.block);
+        building.builder.reset(recovered.next_commit_seq);
+        let flight = Batch::new(&config, spec.block);
+        metrics.recovery_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(Shard {
+            id: spec.id,
+            dir: spec.dir,
+            store_id: spec.store_id,
+            block: spec.block,
+            access,
+            inbox,
+            metrics,
+            io,
+            table: recovered.table,
+            segment,
+            write_position,
+            next_segment_seq,
+            completed: CommitSeq(recovered.next_commit_seq.0 - 1),
+            building,
+            flight,
+            in_flight: InFlight::None,
+            deferred: None,
+            failed: None,
+            closing: false,
+            unsynced_since: None,
+            zeros,
+            config,
+        })
+    }
+
+    fn run(&mut self) {
+        loop {
+            if let Some(outcome) = self.io.poll() {
+                self.complete(outcome);
+            }
+            let mut drained = 0usize;
+            while !self.closing && self.deferred.is_none() {
+                let Some(request) = self.inbox.pop() else { break };
+                drained += 1;
+                if let Accepted::Full(r) = self.accept(request) {
+                    self.deferred = Some(r);
+                }
+            }
+            if drained > 0 {
+                self.inbox.notify_space();
+            }
+            if !self.io.in_flight() {
+                if !self.building.builder.is_empty() {
+                    self.start_commit();
+                    if self.deferred.is_some() {
+                        let r = self.deferred.take().expect("checked");
+                        if let Accepted::Full(r) = self.accept(r) {
+                            self.deferred = Some(r);
+                        }
+                    }
+                    continue;
+                }
+                if self.sync_due() {
+                    self.start_sync();
+                    continue;
+                }
+                if self.closing {
+                    if self.unsynced_since.is_some() && self.failed.is_none() {
+                        self.start_sync();
+                        continue;
+                    }
+                    break;
+                }
+            }
+            let timeout = self.wait_timeout();
+            if self.deferred.is_some() || self.closing {
+                // Only the device can make progress: wait for it alone.
+                self.wait(timeout);
+                continue;
+            }
+            if !self.inbox.is_empty() {
+                continue;
+            }
+            if !self.inbox.prepare_sleep() {
+                continue;
+            }
+            self.wait(timeout);
+            self.inbox.woke();
+        }
+        self.inbox.close(Error::Closed);
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) {
+        if let Err(e) = self.io.wait(timeout) {
+            self.fail(self.op_error(e));
+        }
+    }
+
+    fn wait_timeout(&self) -> Option<Duration> {
+        match (self.config.durability, self.unsynced_since) {
+            (Durability::Periodic { interval }, Some(since)) if !self.io.in_flight() => {
+                Some(interval.saturating_sub(since.elapsed()).max(Duration::from_micros(50)))
+            }
+            _ => None,
+        }
+    }
+
+    fn sync_due(&self) -> bool {
+        match (self.config.durability, self.unsynced_since) {
+            (Durability::Periodic { interval }, Some(since)) => since.elapsed() >= interval && self.failed.is_none(),
+            _ => false,
+        }
+    }
+
+    fn shard_failed(&self) -> Option<Error> {
+        self.failed.as_ref().map(|cause| Error::ShardFailed {
+            shard: self.id.0,
+            cause: Arc::new(cause.clone()),
+        })
+    }
+
+    fn accept(&mut self, request: Request) -> Accepted {
+        match request {
+            Request::Register { name, ack } => {
+                if let Some(id) = self.table.lookup(&name) {
+                    let registered_in = self.table.get(id).expect("looked up").registered_in;
+                    self.answer_when_durable(registered_in, Waiter::Channel(ack, id));
+                    return Accepted::Done;
+                }
+                if let Some(e) = self.shard_failed() {
+                    ack.complete(Err(e));
+                    return Accepted::Done;
+                }
+                if !self.building.builder.fits(0, entry_bytes(name.len())) {
+                    return Accepted::Full(Request::Register { name, ack });
+                }
+                let commit = self.building.builder.commit_seq();
+                let id = self.table.insert(&name, Offset(0), commit);
+                self.building.builder.push(EntryKind::Register, id, Offset(0), name.as_bytes());
+                self.building.waiters.push(Waiter::Channel(ack, id));
+                Accepted::Done
+            }
+            Request::Append { channel, record, ack } => {
+                if let Some(e) = self.shard_failed() {
+                    ack.complete(Err(e));
+                    return Accepted::Done;
+                }
+                let Some(ch) = self.table.get_mut(channel) else {
+                    ack.complete(Err(unknown_channel(channel)));
+                    return Accepted::Done;
+                };
+                if !self.building.builder.fits(1, entry_bytes(record.len())) {
+                    return Accepted::Full(Request::Append { channel, record, ack });
+                }
+                let offset = ch.next_offset;
+                ch.next_offset = Offset(offset.0 + 1);
+                self.building.builder.push(EntryKind::Append, channel, offset, &record);
+                self.building.records.push((channel, record));
+                self.building.waiters.push(Waiter::Offset(ack, offset));
+                Accepted::Done
+            }
+            Request::AppendBatch { channel, records, ack } => {
+                if let Some(e) = self.shard_failed() {
+                    ack.complete(Err(e));
+                    return Accepted::Done;
+                }
+                let bytes: usize = records.iter().map(|r| entry_bytes(r.len())).sum();
+                if !self.building.builder.could_fit(records.len(), bytes) {
+                    ack.complete(Err(Error::BatchTooLarge {
+                        records: records.len(),
+                        bytes,
+                        bytes_max: self.config.commit_bytes_max,
+                        records_max: self.config.records_per_commit_max,
+                    }));
+                    return Accepted::Done;
+                }
+                if !self.building.builder.fits(records.len(), bytes) {
+                    return Accepted::Full(Request::AppendBatch { channel, records, ack });
+                }
+                let Some(ch) = self.table.get_mut(channel) else {
+                    ack.complete(Err(unknown_channel(channel)));
+                    return Accepted::Done;
+                };
+                let first = ch.next_offset;
+                ch.next_offset = Offset(first.0 + records.len() as u64);
+                for (i, record) in records.into_iter().enumerate() {
+                    self.building.builder.push(EntryKind::Append, channel, Offset(first.0 + i as u64), &record);
+                    self.building.records.push((channel, record));
+                }
+                self.building.waiters.push(Waiter::Offset(ack, first));
+                Accepted::Done
+            }
+            Request::Read { channel, from, to, ack } => {
+                ack.complete(Ok(self.table.read(channel, from, to)));
+                Accepted::Done
+            }
+            Request::NextOffset { channel, ack } => {
+                let next = self.table.get(channel).map_or(Offset(0), |c| c.durable_next_offset());
+                ack.complete(Ok(next));
+                Accepted::Done
+            }
+            Request::Close => {
+                self.closing = true;
+                Accepted::Done
+            }
+        }
+    }
+
+    /// Answers a registration once the commit that carries it completed.
+    fn answer_when_durable(&mut self, registered_in: CommitSeq, waiter: Waiter) {
+        if registered_in <= self.completed {
+            complete_waiter(waiter, Ok(()));
+        } else if let Some(e) = self.shard_failed() {
+            complete_waiter(waiter, Err(e));
+        } else if registered_in == self.building.builder.commit_seq() {
+            self.building.waiters.push(waiter);
+        } else {
+            self.flight.waiters.push(waiter);
+        }
+    }
+
+    fn start_commit(&mut self) {
+        let len = self.building.builder.sealed_len() as u64;
+        if self.write_position + len > self.segment.bytes {
+            if let Err(e) = self.roll_segment() {
+                self.fail(e);
+                return;
+            }
+        }
+        std::mem::swap(&mut self.building, &mut self.flight);
+        let position = self.write_position;
+        let bytes = self
+            .flight
+            .builder
+            .seal(self.id, self.store_id, self.segment.seq, position);
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        let sync = match (self.config.durability, self.config.sync_method) {
+            (Durability::Periodic { .. }, _) => SyncKind::None,
+            (Durability::Sync, SyncMethod::DsyncWrite) => SyncKind::Dsync,
+            (Durability::Sync, SyncMethod::WriteThenFdatasync) => SyncKind::Fdatasync,
+        };
+        let op = Op::Write {
+            fd: self.segment.fd(),
+            position,
+            ptr,
+            len,
+            sync,
+        };
+        let payload_bytes = self.flight.records.iter().map(|(_, r)| r.len() as u64).sum();
+        // SAFETY: the buffer belongs to `self.flight`, which is neither
+        // touched nor swapped again until `complete` has received this
+        // operation's outcome from `poll`.
+        if let Err(e) = unsafe { self.io.start(op) } {
+            self.in_flight = InFlight::Commit { payload_bytes };
+            let e = self.op_error(e);
+            self.fail(e);
+            return;
+        }
+        self.in_flight = InFlight::Commit { payload_bytes };
+        self.write_position += len as u64;
+        self.metrics.commit_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        let next = CommitSeq(self.flight.builder.commit_seq().0 + 1);
+        self.building.builder.reset(next);
+    }
+
+    fn start_sync(&mut self) {
+        // SAFETY: a sync references no memory.
+        match unsafe { self.io.start(Op::Sync { fd: self.segment.fd() }) } {
+            Ok(()) => self.in_flight = InFlight::Sync,
+            Err(e) => {
+                let e = self.op_error(e);
+                self.fail(e);
+            }
+        }
+    }
+
+    fn roll_segment(&mut self) -> Result<()> {
+        if self.unsynced_since.is_some() {
+            // Periodic mode: what was written to the old segment is synced
+            // before writing moves on, so that syncs only ever need the active file.
+            self.segment
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync segment", Some(self.segment.path.clone()), e))?;
+            self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+            self.unsynced_since = None;
+        }
+        let seq = self.next_segment_seq;
+        let header = new_header(
+            self.id,
+            self.block,
+            self.store_id,
+            seq,
+            self.config.segment_bytes,
+            self.building.builder.commit_seq(),
+        );
+        let segment = create_segment(
+            &SegmentSpec {
+                shard_dir: &self.dir,
+                header,
+                access: self.access,
+                file_mode: self.config.file_mode,
+            },
+            &mut self.zeros,
+        )?;
+        self.metrics.segments_created.fetch_add(1, Ordering::Relaxed);
+        self.segment = segment;
+        self.write_position = self.block as u64;
+        self.next_segment_seq = SegmentSeq(seq.0 + 1);
+        Ok(())
+    }
+
+    fn complete(&mut self, outcome: std::result::Result<(), OpError>) {
+        let in_flight = std::mem::replace(&mut self.in_flight, InFlight::None);
+        if self.failed.is_some() {
+            // The shard failed while this operation was in flight: whatever
+            // it says, nothing more is acknowledged.
+            return;
+        }
+        if let Err(e) = outcome {
+            let e = self.op_error(e);
+            self.fail(e);
+            return;
+        }
+        match in_flight {
+            InFlight::None => unreachable!("a completion without an operation"),
+            InFlight::Sync => {
+                self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                self.unsynced_since = None;
+            }
+            InFlight::Commit { payload_bytes } => {
+                self.completed = self.flight.builder.commit_seq();
+                let records = self.flight.records.len() as u64;
+                for (channel, record) in self.flight.records.drain(..) {
+                    self.table.push(channel, record);
+                }
+                for w in self.flight.waiters.drain(..) {
+                    complete_waiter(w, Ok(()));
+                }
+                let m = &self.metrics;
+                m.commits.fetch_add(1, Ordering::Relaxed);
+                m.records.fetch_add(records, Ordering::Relaxed);
+                m.payload_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+                match self.config.durability {
+                    Durability::Sync => {
+                        m.syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Durability::Periodic { .. } => {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn op_error(&self, e: OpError) -> Error {
+        Error::io(e.operation, Some(self.segment.path.clone()), e.source)
+    }
+
+    /// Fail-stop: nothing is acknowledged from now on. Everything waiting on
+    /// a commit that did not complete gets the error; reads go on.
+    fn fail(&mut self, e: Error) {
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+        let err = self.shard_failed().expect("set above");
+        for w in self.flight.waiters.drain(..).chain(self.building.waiters.drain(..)) {
+            complete_waiter(w, Err(err.clone()));
+        }
+        self.flight.records.clear();
+        self.building.records.clear();
+        let next = self.building.builder.commit_seq();
+        self.building.builder.reset(next);
+        self.unsynced_since = None;
+        if let Some(r) = self.deferred.take() {
+            r.fail(err);
+        }
+        // A failed operation may still have its completion pending in the
+        // ring; in_flight stays as `poll` will report it, and `complete`
+        // then finds `failed` already set.
+    }
+}
+
+fn complete_waiter(w: Waiter, r: Result<()>) {
+    match (w, r) {
+        (Waiter::Offset(ack, off), Ok(())) => ack.complete(Ok(off)),
+        (Waiter::Channel(ack, id), Ok(())) => ack.complete(Ok(id)),
+        (Waiter::Offset(ack, _), Err(e)) => ack.complete(Err(e)),
+        (Waiter::Channel(ack, _), Err(e)) => ack.complete(Err(e)),
+    }
+}
+
+
+/// A channel id this shard never handed out: a handle from another engine.
+fn unknown_channel(channel: ChannelId) -> Error {
+    Error::InvalidConfig {
+        field: "channel",
+        reason: format!("handle with id {} belongs to another engine instance; register the name again", channel.0),
+    }
+}

@@ -1,0 +1,5 @@
+//! The write-ahead log: format, segments, commit assembly.
+
+pub mod commit;
+pub mod format;
+pub mod segment;

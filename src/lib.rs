@@ -1,0 +1,529 @@
+//! corewal keeps **channels** — named, append-only streams of records —
+//! durable on local NVMe, for services that need a write-ahead log per stream
+//! without a global lock, a syscall per record or a recovery that blocks on
+//! itself.
+//!
+//! One shard per core owns a disjoint set of channels (by a stable hash of the
+//! name) and group-commits their appends into its own `O_DIRECT` WAL segments
+//! through its own `io_uring`. An append returns when its bytes, and every
+//! byte before them in the shard, are on stable storage. On open every shard
+//! replays its own WAL on its own thread; registering a channel is idempotent
+//! and never fails because the channel already exists.
+//!
+//! ```
+//! use corewal::{Config, Engine, Offset};
+//! # let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(Config::new(dir.path()))?;   // recovers in parallel
+//! let ch = engine.register("dml_3_v0")?;                 // idempotent
+//! let first = ch.append(b"record")?;                     // durable on return
+//! assert_eq!(first, Offset(0));
+//! let records = ch.read(..)?;
+//! assert_eq!(&records[0].data[..], b"record");
+//! engine.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::ops::{Bound, RangeBounds};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use corewal_engine::runtime::Runtime;
+use corewal_engine::shard::ack::Ack;
+use corewal_engine::shard::inbox::{Inbox, Request};
+use corewal_engine::types::ChannelId;
+
+pub use bytes;
+pub use corewal_engine::config::{Backend, Config, Durability, RecoveryMode, SyncMethod};
+pub use corewal_engine::error::{Error, Result};
+pub use corewal_engine::shard::metrics::ShardMetricsSnapshot as Metrics;
+pub use corewal_engine::shard::Record;
+pub use corewal_engine::types::{Offset, ShardId};
+
+/// An open data directory and its running shards.
+///
+/// Dropping the engine closes it like [`Engine::close`], ignoring errors.
+pub struct Engine {
+    runtime: Runtime,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory, starts one shard per selected
+    /// core and waits until every shard has replayed its WAL.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An invalid `Config`; a directory locked by another engine
+    /// (`Error::DirectoryLocked`); another shard count than the directory's
+    /// (`Error::ShardCountMismatch`); `io_uring` or `O_DIRECT` unavailable
+    /// (the error names the cause and `Config::backend`); damage in the WAL
+    /// (`Error::Corruption`); any I/O error.
+    pub fn open(config: Config) -> Result<Engine> {
+        let engine = Engine::start(config)?;
+        engine.runtime.wait_ready()?;
+        Ok(engine)
+    }
+
+    /// Like [`Engine::open`] but returns as soon as the shards have started;
+    /// each shard replays its WAL on its own thread meanwhile. Requests for a
+    /// channel wait for that channel's shard only.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let engine = corewal::Engine::start(corewal::Config::new(dir.path()))?;
+    /// let ch = engine.register("ready-when-its-shard-is")?;
+    /// engine.wait_ready()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Engine::open`], except that WAL damage is reported by
+    /// [`Engine::wait_ready`] and by requests to the damaged shard.
+    pub fn start(config: Config) -> Result<Engine> {
+        Ok(Engine {
+            runtime: Runtime::start(config)?,
+        })
+    }
+
+    /// Waits until every shard has replayed its WAL.
+    ///
+    /// # Errors
+    /// The first shard's recovery error, if any.
+    pub fn wait_ready(&self) -> Result<()> {
+        self.runtime.wait_ready()
+    }
+
+    /// Returns the channel called `name`, creating it if needed. Idempotent:
+    /// the same name always yields the same channel — registered before a
+    /// crash, found by recovery, or registered a moment ago by another thread.
+    /// A new channel is durable when this returns.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// let a = engine.register("orders")?;
+    /// let b = engine.register("orders")?;
+    /// assert_eq!(a, b);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::InvalidChannelName` for an empty name, one over 255 bytes, or
+    /// one with a byte outside visible ASCII; `Error::ShardFailed` when the
+    /// channel's shard has failed; `Error::Closed` after close.
+    pub fn register(&self, name: &str) -> Result<Channel> {
+        self.register_async(name)?.wait()
+    }
+
+    /// [`Engine::register`] as a future. The name is checked at once.
+    ///
+    /// # Errors
+    /// `Error::InvalidChannelName` at once; the rest through the future.
+    pub fn register_async(&self, name: &str) -> Result<RegisterFuture> {
+        corewal_engine::validate_channel_name(name)?;
+        let shard = self.runtime.shard_for(name);
+        let ack = Arc::new(Ack::new());
+        let request = Request::Register {
+            name: name.into(),
+            ack: ack.clone(),
+        };
+        Ok(RegisterFuture {
+            submit: Submit::new(shard.inbox.clone(), request, ack),
+            name: name.into(),
+            shard: shard.id,
+            record_bytes_max: self.runtime.config().record_bytes_max,
+        })
+    }
+
+    /// The number of shards (fixed when the directory was created).
+    pub fn shard_count(&self) -> usize {
+        self.runtime.shards().len()
+    }
+
+    /// The block size commits are aligned to (from the filesystem's direct-I/O
+    /// alignment unless configured).
+    pub fn block_bytes(&self) -> usize {
+        self.runtime.block_bytes()
+    }
+
+    /// The cores the shards are pinned to (round-robin).
+    pub fn cores(&self) -> &[usize] {
+        self.runtime.cores()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        self.runtime.config()
+    }
+
+    /// Counters summed over all shards.
+    pub fn metrics(&self) -> Metrics {
+        self.runtime.metrics()
+    }
+
+    /// Counters of each shard.
+    pub fn shard_metrics(&self) -> Vec<Metrics> {
+        self.runtime.shards().iter().map(|s| s.metrics.snapshot()).collect()
+    }
+
+    /// Finishes every queued and in-flight commit, stops the shards and
+    /// releases the directory. Requests made after this fail with `Error::Closed`.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for reporting a final sync failure.
+    pub fn close(self) -> Result<()> {
+        self.runtime.close();
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dir", &self.runtime.config().dir)
+            .field("shards", &self.shard_count())
+            .finish()
+    }
+}
+
+/// A handle to one channel. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChannelInner>,
+}
+
+struct ChannelInner {
+    name: Box<str>,
+    shard: ShardId,
+    id: ChannelId,
+    inbox: Arc<Inbox>,
+    record_bytes_max: usize,
+}
+
+impl PartialEq for Channel {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner.inbox, &other.inner.inbox) && self.inner.id == other.inner.id
+    }
+}
+impl Eq for Channel {}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("name", &self.inner.name)
+            .field("shard", &self.inner.shard.0)
+            .finish()
+    }
+}
+
+impl Channel {
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The shard that owns the channel.
+    pub fn shard(&self) -> ShardId {
+        self.inner.shard
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.inner.record_bytes_max {
+            return Err(Error::RecordTooLarge {
+                len,
+                max: self.inner.record_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one record; returns its offset once it is durable (in
+    /// `Durability::Sync`). Offsets are dense and increasing per channel.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// let ch = engine.register("log")?;
+    /// assert_eq!(ch.append(b"a")?.0 + 1, ch.append(b"b")?.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::RecordTooLarge`; `Error::ShardFailed` after an I/O error in the
+    /// channel's shard (nothing more is acknowledged); `Error::Closed`.
+    pub fn append(&self, record: &[u8]) -> Result<Offset> {
+        self.check_len(record.len())?;
+        self.append_async(Bytes::copy_from_slice(record))?.wait()
+    }
+
+    /// [`Channel::append`] as a future that works under any executor. Takes
+    /// the record by value (a `Vec<u8>` or `Bytes` is not copied).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// let ch = engine.register("log")?;
+    /// let fut = ch.append_async(b"record".to_vec())?;
+    /// # let off = fut.wait()?;
+    /// // in async code: let off = fut.await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::RecordTooLarge` at once; the rest through the future.
+    pub fn append_async(&self, record: impl Into<Bytes>) -> Result<AppendFuture> {
+        let record = record.into();
+        self.check_len(record.len())?;
+        let ack = Arc::new(Ack::new());
+        let request = Request::Append {
+            channel: self.inner.id,
+            record,
+            ack: ack.clone(),
+        };
+        Ok(AppendFuture {
+            submit: Submit::new(self.inner.inbox.clone(), request, ack),
+        })
+    }
+
+    /// Appends `records` atomically in one commit; returns the first one's
+    /// offset (the others follow densely).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// let ch = engine.register("log")?;
+    /// let first = ch.append_batch([b"a".as_slice(), b"b", b"c"])?;
+    /// assert_eq!(ch.read(first..)?.len(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::RecordTooLarge` for any record; `Error::BatchTooLarge` when the
+    /// batch cannot fit in one commit; as [`Channel::append`] otherwise.
+    pub fn append_batch<I, R>(&self, records: I) -> Result<Offset>
+    where
+        I: IntoIterator<Item = R>,
+        R: AsRef<[u8]>,
+    {
+        let records = records
+            .into_iter()
+            .map(|r| {
+                let r = r.as_ref();
+                self.check_len(r.len()).map(|_| Bytes::copy_from_slice(r))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.append_batch_async(records)?.wait()
+    }
+
+    /// [`Channel::append_batch`] as a future, taking owned records.
+    ///
+    /// # Errors
+    /// As [`Channel::append_batch`].
+    pub fn append_batch_async(&self, records: Vec<Bytes>) -> Result<AppendFuture> {
+        for r in &records {
+            self.check_len(r.len())?;
+        }
+        if records.is_empty() {
+            return Err(Error::BatchTooLarge {
+                records: 0,
+                bytes: 0,
+                bytes_max: 0,
+                records_max: 0,
+            });
+        }
+        let ack = Arc::new(Ack::new());
+        let request = Request::AppendBatch {
+            channel: self.inner.id,
+            records,
+            ack: ack.clone(),
+        };
+        Ok(AppendFuture {
+            submit: Submit::new(self.inner.inbox.clone(), request, ack),
+        })
+    }
+
+    /// The acknowledged records with offsets in `range`, in order.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// # let ch = engine.register("log")?;
+    /// # ch.append(b"a")?; ch.append(b"b")?;
+    /// use corewal::Offset;
+    /// let tail = ch.read(Offset(1)..)?;
+    /// assert_eq!(&tail[0].data[..], b"b");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::Closed` after close.
+    pub fn read(&self, range: impl RangeBounds<Offset>) -> Result<Vec<Record>> {
+        let from = match range.start_bound() {
+            Bound::Included(o) => *o,
+            Bound::Excluded(o) => Offset(o.0.saturating_add(1)),
+            Bound::Unbounded => Offset(0),
+        };
+        let to = match range.end_bound() {
+            Bound::Included(o) => Offset(o.0.saturating_add(1)),
+            Bound::Excluded(o) => *o,
+            Bound::Unbounded => Offset(u64::MAX),
+        };
+        let ack = Arc::new(Ack::new());
+        let request = Request::Read {
+            channel: self.inner.id,
+            from,
+            to,
+            ack: ack.clone(),
+        };
+        Submit::new(self.inner.inbox.clone(), request, ack).wait()
+    }
+
+    /// One past the offset of the last acknowledged record: the offset the
+    /// next append gets when no other append is under way.
+    ///
+    /// # Errors
+    /// `Error::Closed` after close.
+    pub fn next_offset(&self) -> Result<Offset> {
+        let ack = Arc::new(Ack::new());
+        let request = Request::NextOffset {
+            channel: self.inner.id,
+            ack: ack.clone(),
+        };
+        Submit::new(self.inner.inbox.clone(), request, ack).wait()
+    }
+}
+
+/// A request on its way to a shard: pushed when first polled (or waited on),
+/// answered through its ack.
+struct Submit<T> {
+    inbox: Arc<Inbox>,
+    request: Option<Request>,
+    ack: Arc<Ack<T>>,
+}
+
+impl<T> Submit<T> {
+    fn new(inbox: Arc<Inbox>, request: Request, ack: Arc<Ack<T>>) -> Self {
+        Submit {
+            inbox,
+            request: Some(request),
+            ack,
+        }
+    }
+
+    fn wait(mut self) -> Result<T> {
+        if let Some(r) = self.request.take() {
+            self.inbox.push_blocking(r)?;
+        }
+        self.ack.wait()
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        if let Some(r) = self.request.take() {
+            match self.inbox.try_push(r) {
+                Ok(()) => {}
+                Err(Err(e)) => return Poll::Ready(Err(e)),
+                Err(Ok(r)) => {
+                    // Full: wait for space, then retry once so that space made
+                    // between the push and the registration is not missed.
+                    self.inbox.wait_for_space(cx.waker());
+                    match self.inbox.try_push(r) {
+                        Ok(()) => {}
+                        Err(Err(e)) => return Poll::Ready(Err(e)),
+                        Err(Ok(r)) => {
+                            self.request = Some(r);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+        }
+        self.ack.poll(cx)
+    }
+}
+
+/// The future of [`Channel::append_async`]: the record's offset once durable.
+/// [`AppendFuture::wait`] blocks on it instead.
+#[must_use = "an append is sent when the future is polled or waited on"]
+pub struct AppendFuture {
+    submit: Submit<Offset>,
+}
+
+impl AppendFuture {
+    /// Blocks the calling thread until the append is acknowledged.
+    ///
+    /// # Errors
+    /// As [`Channel::append`].
+    pub fn wait(self) -> Result<Offset> {
+        self.submit.wait()
+    }
+}
+
+impl Future for AppendFuture {
+    type Output = Result<Offset>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().submit.poll(cx)
+    }
+}
+
+/// The future of [`Engine::register_async`].
+#[must_use = "a registration is sent when the future is polled or waited on"]
+pub struct RegisterFuture {
+    submit: Submit<ChannelId>,
+    name: Box<str>,
+    shard: ShardId,
+    record_bytes_max: usize,
+}
+
+impl RegisterFuture {
+    fn channel(&self, id: ChannelId) -> Channel {
+        Channel {
+            inner: Arc::new(ChannelInner {
+                name: self.name.clone(),
+                shard: self.shard,
+                id,
+                inbox: self.submit.inbox.clone(),
+                record_bytes_max: self.record_bytes_max,
+            }),
+        }
+    }
+
+    /// Blocks the calling thread until the channel is registered.
+    ///
+    /// # Errors
+    /// As [`Engine::register`].
+    pub fn wait(self) -> Result<Channel> {
+        let name = self.name.clone();
+        let (shard, max, inbox) = (self.shard, self.record_bytes_max, self.submit.inbox.clone());
+        let id = self.submit.wait()?;
+        Ok(Channel {
+            inner: Arc::new(ChannelInner {
+                name,
+                shard,
+                id,
+                inbox,
+                record_bytes_max: max,
+            }),
+        })
+    }
+}
+
+impl Future for RegisterFuture {
+    type Output = Result<Channel>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.submit.poll(cx) {
+            Poll::Ready(Ok(id)) => Poll::Ready(Ok(this.channel(id))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

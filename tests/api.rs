@@ -1,0 +1,268 @@
+//! The public API on both backends: registration, append, batch, async,
+//! read, reopen, validation, the directory lock and the shard count rule.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
+
+use common::{block_on, payload, small_config, test_dir, BACKENDS};
+use corewal::{Backend, Durability, Engine, Error, Offset};
+
+#[test]
+fn append_read_round_trip_across_shards_and_reopen() {
+    for backend in BACKENDS {
+        let dir = test_dir();
+        let config = small_config(dir.path(), 3, backend);
+        let names: Vec<String> = (0..40).map(|i| format!("channel-{i}")).collect();
+        let mut expected: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        {
+            let engine = Engine::open(config.clone()).unwrap();
+            assert_eq!(engine.shard_count(), 3);
+            let mut shards_used = std::collections::HashSet::new();
+            for (round, name) in names.iter().cycle().take(2000).enumerate() {
+                let ch = engine.register(name).unwrap();
+                shards_used.insert(ch.shard());
+                let i = expected.get(name).map_or(0, |v| v.len()) as u64;
+                let data = payload(name, i + round as u64, 3000);
+                let off = ch.append(&data).unwrap();
+                assert_eq!(off, Offset(i), "offsets are dense per channel");
+                expected.entry(name.clone()).or_default().push(data);
+            }
+            assert_eq!(shards_used.len(), 3, "names spread over every shard");
+            assert!(engine.metrics().segments_created > 3, "the run crossed segment boundaries");
+            engine.close().unwrap();
+        }
+        let engine = Engine::open(config).unwrap();
+        for name in &names {
+            let ch = engine.register(name).unwrap();
+            let got = ch.read(..).unwrap();
+            let want = &expected[name];
+            assert_eq!(got.len(), want.len(), "{backend:?} {name}");
+            for (k, r) in got.iter().enumerate() {
+                assert_eq!(r.offset, Offset(k as u64));
+                assert_eq!(&r.data[..], &want[k][..], "{backend:?} {name} record {k}");
+            }
+            // Appends after reopen continue the offsets.
+            assert_eq!(ch.append(b"after").unwrap(), Offset(want.len() as u64));
+        }
+    }
+}
+
+#[test]
+fn concurrent_registration_is_idempotent() {
+    let dir = test_dir();
+    let config = small_config(dir.path(), 2, Backend::IoUring);
+    let engine = Arc::new(Engine::open(config.clone()).unwrap());
+    let threads = 8;
+    let names: Vec<String> = (0..300).map(|i| format!("dml_{i}_v0")).collect();
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (engine, names, barrier) = (engine.clone(), names.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // Every thread registers every name, in its own order, twice.
+                let mut got = HashMap::new();
+                for k in 0..names.len() * 2 {
+                    let n = names.len();
+                    // Rotated per thread, reversed for odd threads: different orders.
+                    let i = (k + t * 37) % n;
+                    let name = &names[if t % 2 == 1 { n - 1 - i } else { i }];
+                    let ch = engine.register(name).unwrap();
+                    if let Some(prev) = got.insert(name.clone(), ch.clone()) {
+                        assert_eq!(prev, ch);
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let maps: Vec<HashMap<String, corewal::Channel>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for name in &names {
+        let first = &maps[0][name];
+        for m in &maps[1..] {
+            assert_eq!(&m[name], first, "{name}: every thread got the same channel");
+        }
+    }
+    // One append per name from the first map; each channel got offset 0 once.
+    for name in &names {
+        assert_eq!(maps[0][name].append(name.as_bytes()).unwrap(), Offset(0));
+    }
+    drop(maps);
+    Arc::try_unwrap(engine).unwrap().close().unwrap();
+    // Registrations (also of channels never appended to) survive a reopen.
+    let engine = Engine::open(config).unwrap();
+    for name in &names {
+        let ch = engine.register(name).unwrap();
+        let r = ch.read(..).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(&r[0].data[..], name.as_bytes());
+    }
+    assert_eq!(engine.metrics().recovery_channels, names.len() as u64);
+}
+
+#[test]
+fn empty_channels_persist() {
+    let dir = test_dir();
+    let config = small_config(dir.path(), 2, Backend::IoUring);
+    let engine = Engine::open(config.clone()).unwrap();
+    engine.register("never-appended").unwrap();
+    engine.close().unwrap();
+    let engine = Engine::open(config).unwrap();
+    assert_eq!(engine.metrics().recovery_channels, 1);
+    let ch = engine.register("never-appended").unwrap();
+    assert_eq!(ch.next_offset().unwrap(), Offset(0));
+}
+
+#[test]
+fn batch_and_async_appends() {
+    for backend in BACKENDS {
+        let dir = test_dir();
+        let engine = Engine::open(small_config(dir.path(), 2, backend)).unwrap();
+        let ch = engine.register("batch").unwrap();
+        let first = ch.append_batch([b"a".as_slice(), b"bb", b"ccc"]).unwrap();
+        assert_eq!(first, Offset(0));
+        let off = block_on(ch.append_async(b"async".to_vec()).unwrap()).unwrap();
+        assert_eq!(off, Offset(3));
+        // Many futures in flight at once from one thread.
+        let futs: Vec<_> = (0..100).map(|i| ch.append_async(vec![i as u8; 10]).unwrap()).collect();
+        let offs: Vec<u64> = futs.into_iter().map(|f| block_on(f).unwrap().0).collect();
+        let mut sorted = offs.clone();
+        sorted.sort();
+        assert_eq!(sorted, (4..104).collect::<Vec<_>>());
+        let ch2 = block_on(engine.register_async("batch").unwrap()).unwrap();
+        assert_eq!(ch2, ch);
+        let all = ch.read(..).unwrap();
+        assert_eq!(all.len(), 104);
+        assert_eq!(&all[2].data[..], b"ccc");
+        assert_eq!(ch.read(Offset(1)..=Offset(2)).unwrap().len(), 2);
+        assert!(ch.read(Offset(200)..).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn names_and_sizes_are_validated() {
+    let dir = test_dir();
+    let config = small_config(dir.path(), 1, Backend::IoUring);
+    let max = config.record_bytes_max;
+    let engine = Engine::open(config).unwrap();
+    for bad in ["", "has space", "tab\t", "é", &"x".repeat(256)] {
+        match engine.register(bad) {
+            Err(Error::InvalidChannelName { .. }) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    engine.register(&"x".repeat(255)).unwrap();
+    engine.register("a/b/../c:d").unwrap();
+    let ch = engine.register("sizes").unwrap();
+    assert_eq!(ch.append(&vec![1u8; max]).unwrap(), Offset(0));
+    assert_eq!(ch.append(b"").unwrap(), Offset(1));
+    match ch.append(&vec![1u8; max + 1]) {
+        Err(Error::RecordTooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+        other => panic!("{other:?}"),
+    }
+    let big = vec![vec![0u8; max]; 8];
+    match ch.append_batch(&big) {
+        Err(Error::BatchTooLarge { records: 8, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let r = ch.read(..).unwrap();
+    assert_eq!(r.len(), 2, "nothing of a refused record or batch was written");
+    assert_eq!(r[0].data.len(), max);
+}
+
+#[test]
+fn invalid_config_is_refused_with_the_field() {
+    let dir = test_dir();
+    let mut c = small_config(dir.path(), 1, Backend::IoUring);
+    c.cores = Some(vec![100_000]);
+    match Engine::open(c) {
+        Err(Error::InvalidConfig { field: "cores", .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut c = small_config(dir.path(), 1, Backend::IoUring);
+    c.segment_bytes = 3 << 19;
+    c.block_bytes = Some(1 << 20);
+    assert!(matches!(Engine::open(c), Err(Error::InvalidConfig { .. })));
+}
+
+#[test]
+fn second_open_of_a_directory_is_refused() {
+    let dir = test_dir();
+    let config = small_config(dir.path(), 1, Backend::IoUring);
+    let engine = Engine::open(config.clone()).unwrap();
+    let mut again = config.clone();
+    again.lock_wait = std::time::Duration::from_millis(100);
+    match Engine::open(again) {
+        Err(e @ Error::DirectoryLocked { .. }) => assert!(e.to_string().contains("in use")),
+        other => panic!("{other:?}"),
+    }
+    engine.close().unwrap();
+    Engine::open(config).unwrap();
+}
+
+#[test]
+fn reopening_with_another_shard_count_is_refused() {
+    let dir = test_dir();
+    let engine = Engine::open(small_config(dir.path(), 2, Backend::IoUring)).unwrap();
+    engine.register("a").unwrap().append(b"x").unwrap();
+    engine.close().unwrap();
+    match Engine::open(small_config(dir.path(), 3, Backend::IoUring)) {
+        Err(Error::ShardCountMismatch { recorded: 2, requested: 3, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Leaving the count unset adopts the recorded one.
+    let mut c = small_config(dir.path(), 2, Backend::IoUring);
+    c.shards = None;
+    let engine = Engine::open(c).unwrap();
+    assert_eq!(engine.shard_count(), 2);
+    assert_eq!(engine.register("a").unwrap().read(..).unwrap().len(), 1);
+}
+
+#[test]
+fn periodic_durability_acknowledges_and_recovers() {
+    let dir = test_dir();
+    let mut c = small_config(dir.path(), 2, Backend::IoUring);
+    c.durability = Durability::Periodic {
+        interval: std::time::Duration::from_millis(5),
+    };
+    let engine = Engine::open(c.clone()).unwrap();
+    let ch = engine.register("periodic").unwrap();
+    for i in 0..500u32 {
+        assert_eq!(ch.append(&i.to_le_bytes()).unwrap(), Offset(i as u64));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let m = engine.metrics();
+    assert!(m.syncs >= 1 && m.syncs < m.commits, "syncs {} commits {}", m.syncs, m.commits);
+    engine.close().unwrap();
+    let engine = Engine::open(c).unwrap();
+    assert_eq!(engine.register("periodic").unwrap().read(..).unwrap().len(), 500);
+}
+
+#[test]
+fn files_and_directories_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = test_dir();
+    let root = dir.path().join("store");
+    let engine = Engine::open(small_config(&root, 1, Backend::IoUring)).unwrap();
+    engine.register("a").unwrap().append(b"x").unwrap();
+    engine.close().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&root.join("shard-000")), 0o700);
+    assert_eq!(mode(&root.join("corewal.meta")), 0o600);
+    for e in std::fs::read_dir(root.join("shard-000")).unwrap() {
+        assert_eq!(mode(&e.unwrap().path()), 0o600);
+    }
+}
+
+#[test]
+fn requests_after_close_fail_cleanly() {
+    let dir = test_dir();
+    let engine = Engine::open(small_config(dir.path(), 1, Backend::IoUring)).unwrap();
+    let ch = engine.register("a").unwrap();
+    engine.close().unwrap();
+    assert!(matches!(ch.append(b"x"), Err(Error::Closed)));
+    assert!(matches!(ch.read(..), Err(Error::Closed)));
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+
+use corewal::{Backend, Config};
+
+/// A directory on the local disk (inside `target/`), where `O_DIRECT` works;
+/// `/tmp` may be a tmpfs elsewhere.
+pub fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("corewal-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a test directory under target/")
+}
+
+/// A small configuration: 1 MiB segments so that tests cross segment
+/// boundaries, `shards` shards on whatever cores there are.
+pub fn small_config(dir: &Path, shards: usize, backend: Backend) -> Config {
+    let mut c = Config::new(dir);
+    c.shards = Some(shards);
+    c.backend = backend;
+    c.segment_bytes = 1 << 20;
+    c.commit_bytes_max = 256 << 10;
+    c.record_bytes_max = 64 << 10;
+    c.lock_wait = std::time::Duration::from_secs(10);
+    c
+}
+
+/// Both backends, for tests that must pass on each.
+pub const BACKENDS: [Backend; 2] = [Backend::IoUring, Backend::Portable];
+
+struct ThreadWaker(Thread);
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// A minimal executor: polls `f` on this thread, parking between polls.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// The seed of a randomized test: `COREWAL_SEED` when set, else from the clock.
+/// Printed so that a failure can be replayed.
+pub fn seed() -> u64 {
+    let s = std::env::var("COREWAL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("COREWAL_SEED={s}");
+    s
+}
+
+/// splitmix64: a small deterministic generator for test workloads.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// The deterministic payload of record `i` of channel `name`: its length and
+/// bytes both depend on both, so a record in the wrong place is caught.
+pub fn payload(name: &str, i: u64, max: usize) -> Vec<u8> {
+    let h = crc32c::crc32c(name.as_bytes()) as u64 ^ i.wrapping_mul(0x9E37_79B9);
+    let len = (h % max as u64) as usize;
+    (0..len).map(|k| (h.wrapping_add(k as u64) % 251) as u8).collect()
+}
