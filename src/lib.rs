@@ -172,7 +172,11 @@ impl Engine {
 
     /// Counters of each shard.
     pub fn shard_metrics(&self) -> Vec<Metrics> {
-        self.runtime.shards().iter().map(|s| s.metrics.snapshot()).collect()
+        self.runtime
+            .shards()
+            .iter()
+            .map(|s| s.metrics.snapshot())
+            .collect()
     }
 
     /// Finishes every queued and in-flight commit, stops the shards and

@@ -30,7 +30,10 @@ fn append_read_round_trip_across_shards_and_reopen() {
                 expected.entry(name.clone()).or_default().push(data);
             }
             assert_eq!(shards_used.len(), 3, "names spread over every shard");
-            assert!(engine.metrics().segments_created > 3, "the run crossed segment boundaries");
+            assert!(
+                engine.metrics().segments_created > 3,
+                "the run crossed segment boundaries"
+            );
             engine.close().unwrap();
         }
         let engine = Engine::open(config).unwrap();
@@ -78,7 +81,8 @@ fn concurrent_registration_is_idempotent() {
             })
         })
         .collect();
-    let maps: Vec<HashMap<String, corewal::Channel>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let maps: Vec<HashMap<String, corewal::Channel>> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
     for name in &names {
         let first = &maps[0][name];
         for m in &maps[1..] {
@@ -126,7 +130,9 @@ fn batch_and_async_appends() {
         let off = block_on(ch.append_async(b"async".to_vec()).unwrap()).unwrap();
         assert_eq!(off, Offset(3));
         // Many futures in flight at once from one thread.
-        let futs: Vec<_> = (0..100).map(|i| ch.append_async(vec![i as u8; 10]).unwrap()).collect();
+        let futs: Vec<_> = (0..100)
+            .map(|i| ch.append_async(vec![i as u8; 10]).unwrap())
+            .collect();
         let offs: Vec<u64> = futs.into_iter().map(|f| block_on(f).unwrap().0).collect();
         let mut sorted = offs.clone();
         sorted.sort();
@@ -168,7 +174,11 @@ fn names_and_sizes_are_validated() {
         other => panic!("{other:?}"),
     }
     let r = ch.read(..).unwrap();
-    assert_eq!(r.len(), 2, "nothing of a refused record or batch was written");
+    assert_eq!(
+        r.len(),
+        2,
+        "nothing of a refused record or batch was written"
+    );
     assert_eq!(r[0].data.len(), max);
 }
 
@@ -209,7 +219,11 @@ fn reopening_with_another_shard_count_is_refused() {
     engine.register("a").unwrap().append(b"x").unwrap();
     engine.close().unwrap();
     match Engine::open(small_config(dir.path(), 3, Backend::IoUring)) {
-        Err(Error::ShardCountMismatch { recorded: 2, requested: 3, .. }) => {}
+        Err(Error::ShardCountMismatch {
+            recorded: 2,
+            requested: 3,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     // Leaving the count unset adopts the recorded one.
@@ -234,10 +248,18 @@ fn periodic_durability_acknowledges_and_recovers() {
     }
     std::thread::sleep(std::time::Duration::from_millis(20));
     let m = engine.metrics();
-    assert!(m.syncs >= 1 && m.syncs < m.commits, "syncs {} commits {}", m.syncs, m.commits);
+    assert!(
+        m.syncs >= 1 && m.syncs < m.commits,
+        "syncs {} commits {}",
+        m.syncs,
+        m.commits
+    );
     engine.close().unwrap();
     let engine = Engine::open(c).unwrap();
-    assert_eq!(engine.register("periodic").unwrap().read(..).unwrap().len(), 500);
+    assert_eq!(
+        engine.register("periodic").unwrap().read(..).unwrap().len(),
+        500
+    );
 }
 
 #[test]

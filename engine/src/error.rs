@@ -190,7 +190,11 @@ mod tests {
             requested: 2,
         };
         assert!(e.to_string().contains("leave Config::shards unset"));
-        let e = Error::io("create segment", Some("/d/x".into()), io::Error::from_raw_os_error(28));
+        let e = Error::io(
+            "create segment",
+            Some("/d/x".into()),
+            io::Error::from_raw_os_error(28),
+        );
         assert_eq!(e.raw_os_error(), Some(28));
         assert!(e.to_string().contains("create segment failed on /d/x"));
     }

@@ -36,7 +36,9 @@ impl Runtime {
                 if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
                     return Err(Error::InvalidConfig {
                         field: "cores",
-                        reason: format!("core {c} is not in the process's affinity mask {allowed:?}"),
+                        reason: format!(
+                            "core {c} is not in the process's affinity mask {allowed:?}"
+                        ),
                     });
                 }
                 cores.clone()
@@ -58,8 +60,16 @@ impl Runtime {
                 meta
             }
             None => {
-                let shards = config.shards.unwrap_or(cores.len()).clamp(1, crate::config::SHARDS_LIMIT);
-                store::create(&config.dir, shards as u32, config.dir_mode, config.file_mode)?
+                let shards = config
+                    .shards
+                    .unwrap_or(cores.len())
+                    .clamp(1, crate::config::SHARDS_LIMIT);
+                store::create(
+                    &config.dir,
+                    shards as u32,
+                    config.dir_mode,
+                    config.file_mode,
+                )?
             }
         };
         let block = block_bytes(&config)?;

@@ -65,7 +65,9 @@ impl Meta {
         }
         let version = u16::from_le_bytes([b[8], b[9]]);
         if version != META_VERSION {
-            return Err(bad(&format!("corewal.meta version {version} is not readable by this build")));
+            return Err(bad(&format!(
+                "corewal.meta version {version} is not readable by this build"
+            )));
         }
         let shards = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
         if shards == 0 || shards as usize > crate::config::SHARDS_LIMIT {

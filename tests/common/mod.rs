@@ -90,5 +90,7 @@ impl Rng {
 pub fn payload(name: &str, i: u64, max: usize) -> Vec<u8> {
     let h = crc32c::crc32c(name.as_bytes()) as u64 ^ i.wrapping_mul(0x9E37_79B9);
     let len = (h % max as u64) as usize;
-    (0..len).map(|k| (h.wrapping_add(k as u64) % 251) as u8).collect()
+    (0..len)
+        .map(|k| (h.wrapping_add(k as u64) % 251) as u8)
+        .collect()
 }

@@ -55,9 +55,17 @@ impl BufferTable {
     }
 
     /// Registers `name` as channel `next_id()`, with offsets starting at `first_offset`.
-    pub fn insert(&mut self, name: &str, first_offset: Offset, registered_in: CommitSeq) -> ChannelId {
+    pub fn insert(
+        &mut self,
+        name: &str,
+        first_offset: Offset,
+        registered_in: CommitSeq,
+    ) -> ChannelId {
         let id = self.next_id();
-        assert!(!self.by_name.contains_key(name), "channel {name:?} registered twice");
+        assert!(
+            !self.by_name.contains_key(name),
+            "channel {name:?} registered twice"
+        );
         self.by_name.insert(name.into(), id);
         self.channels.push(ChannelState {
             name: name.into(),

@@ -21,9 +21,13 @@ impl AlignedBuf {
     /// Allocates `len` zeroed bytes aligned to `align` (a power of two);
     /// `len` is rounded up to a multiple of `align`.
     pub fn new(len: usize, align: usize) -> Self {
-        assert!(align.is_power_of_two(), "alignment {align} is not a power of two");
+        assert!(
+            align.is_power_of_two(),
+            "alignment {align} is not a power of two"
+        );
         let len = crate::config::round_up(len.max(1), align);
-        let layout = Layout::from_size_align(len, align).expect("aligned buffer layout within isize");
+        let layout =
+            Layout::from_size_align(len, align).expect("aligned buffer layout within isize");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));

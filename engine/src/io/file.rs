@@ -34,7 +34,8 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
 /// `fsync` of a directory, so that entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let f = File::open(dir).map_err(|e| Error::io("open directory", Some(dir.into()), e))?;
-    f.sync_all().map_err(|e| Error::io("fsync directory", Some(dir.into()), e))
+    f.sync_all()
+        .map_err(|e| Error::io("fsync directory", Some(dir.into()), e))
 }
 
 fn direct_flag(access: Access) -> i32 {
@@ -124,12 +125,22 @@ pub fn read_at(file: &File, path: &Path, buf: &mut [u8], position: u64) -> Resul
 }
 
 /// Writes all of `buf` at `position`.
-pub fn write_all_at(file: &File, path: &Path, buf: &[u8], position: u64, operation: &'static str) -> Result<()> {
+pub fn write_all_at(
+    file: &File,
+    path: &Path,
+    buf: &[u8],
+    position: u64,
+    operation: &'static str,
+) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match file.write_at(&buf[done..], position + done as u64) {
             Ok(0) => {
-                return Err(Error::io(operation, Some(path.into()), io::ErrorKind::WriteZero.into()))
+                return Err(Error::io(
+                    operation,
+                    Some(path.into()),
+                    io::ErrorKind::WriteZero.into(),
+                ))
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -139,18 +150,43 @@ pub fn write_all_at(file: &File, path: &Path, buf: &[u8], position: u64, operati
     Ok(())
 }
 
+/// How a zero-fill reaches stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroSync {
+    /// One `fdatasync` at the end.
+    AtEnd,
+    /// An `fdatasync` after every chunk. On a device with a volatile cache,
+    /// every cache flush — including the one of a concurrent commit — writes
+    /// out whatever is cached; syncing each chunk keeps what a commit's flush
+    /// may have to carry to one chunk instead of a whole segment.
+    EachChunk,
+}
+
 /// Fills `file` with zeros from `from` to `to` (block-aligned) using `zeros`,
-/// an all-zero aligned buffer, then `fdatasync`s it.
-pub fn zero_fill(file: &File, path: &Path, zeros: &AlignedBuf, from: u64, to: u64) -> Result<()> {
+/// an all-zero aligned buffer, and makes them durable.
+pub fn zero_fill(
+    file: &File,
+    path: &Path,
+    zeros: &AlignedBuf,
+    from: u64,
+    to: u64,
+    sync: ZeroSync,
+) -> Result<()> {
     debug_assert!(zeros.iter().all(|&b| b == 0));
+    let sync_data = || {
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync segment", Some(path.into()), e))
+    };
     let mut at = from;
     while at < to {
         let n = (zeros.len() as u64).min(to - at) as usize;
         write_all_at(file, path, &zeros[..n], at, "zero-fill segment")?;
         at += n as u64;
+        if sync == ZeroSync::EachChunk {
+            sync_data()?;
+        }
     }
-    file.sync_data()
-        .map_err(|e| Error::io("fdatasync segment", Some(path.into()), e))
+    sync_data()
 }
 
 /// An exclusive `flock` on `DIR/LOCK`, held for the engine's life.

@@ -62,30 +62,34 @@ pub struct OpError {
     pub source: io::Error,
 }
 
-/// The commit path's I/O: one operation in flight at a time, plus the wake fd.
+/// The commit path's I/O: up to [`OPS_IN_FLIGHT_MAX`] operations in flight,
+/// each named by the caller's `id`, plus the wake fd.
 pub trait CommitIo: Send {
-    /// Starts `op` and submits it to the kernel.
+    /// Starts `op` under `id` and submits it to the kernel.
     ///
     /// # Safety
     /// The buffer of an `Op::Write` must stay valid and unmodified until
-    /// [`CommitIo::poll`] has returned the operation's completion.
-    unsafe fn start(&mut self, op: Op) -> Result<(), OpError>;
+    /// [`CommitIo::poll`] has returned the completion of `id`.
+    unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError>;
 
-    /// Whether an operation was started and its completion not yet returned.
-    fn in_flight(&self) -> bool;
+    /// Operations started whose completion `poll` has not yet returned.
+    fn in_flight(&self) -> usize;
 
-    /// Reaps completions without blocking; returns the in-flight operation's
-    /// outcome once all of its steps completed.
-    fn poll(&mut self) -> Option<Result<(), OpError>>;
+    /// Reaps completions without blocking; returns one finished operation
+    /// (all of its steps done) at a time, in no particular order.
+    fn poll(&mut self) -> Option<(u64, Result<(), OpError>)>;
 
-    /// Blocks until the in-flight operation completes, the wake fd is
-    /// written, or `timeout` passes (`None`: no timeout). Spurious returns are
-    /// allowed; the caller re-checks its state.
+    /// Blocks until an operation completes, the wake fd is written, or
+    /// `timeout` passes (`None`: no timeout). Spurious returns are allowed;
+    /// the caller re-checks its state.
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError>;
 
     /// The backend's name, for metrics and tools.
     fn name(&self) -> &'static str;
 }
+
+/// Most operations a backend holds in flight.
+pub const OPS_IN_FLIGHT_MAX: usize = crate::config::COMMITS_IN_FLIGHT_LIMIT;
 
 /// Builds the backend a shard asked for, on the shard's own thread.
 pub fn new_commit_io(backend: Backend, wake_fd: RawFd) -> Result<Box<dyn CommitIo>> {

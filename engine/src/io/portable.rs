@@ -1,23 +1,27 @@
 //! The portable backend: plain system calls on the shard thread, for systems
 //! where `io_uring` is disabled. Each operation completes inside `start`.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::RawFd;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::io::{CommitIo, Op, OpError, SyncKind};
+use crate::io::{CommitIo, Op, OpError, SyncKind, OPS_IN_FLIGHT_MAX};
 
 /// `pwrite`/`pwritev2(RWF_DSYNC)` + `fdatasync`, and `poll(2)` on the wake fd.
 pub struct PortableIo {
     wake_fd: RawFd,
-    done: Option<Result<(), OpError>>,
+    done: VecDeque<(u64, Result<(), OpError>)>,
 }
 
 impl PortableIo {
     /// A backend waiting on `wake_fd`.
     pub fn new(wake_fd: RawFd) -> Self {
-        PortableIo { wake_fd, done: None }
+        PortableIo {
+            wake_fd,
+            done: VecDeque::with_capacity(OPS_IN_FLIGHT_MAX),
+        }
     }
 }
 
@@ -42,8 +46,18 @@ fn fdatasync(fd: RawFd) -> Result<(), OpError> {
     }
 }
 
-fn write(fd: RawFd, position: u64, ptr: *const u8, len: usize, sync: SyncKind) -> Result<(), OpError> {
-    let flags = if sync == SyncKind::Dsync { libc::RWF_DSYNC } else { 0 };
+fn write(
+    fd: RawFd,
+    position: u64,
+    ptr: *const u8,
+    len: usize,
+    sync: SyncKind,
+) -> Result<(), OpError> {
+    let flags = if sync == SyncKind::Dsync {
+        libc::RWF_DSYNC
+    } else {
+        0
+    };
     let iov = libc::iovec {
         iov_base: ptr as *mut libc::c_void,
         iov_len: len,
@@ -62,7 +76,10 @@ fn write(fd: RawFd, position: u64, ptr: *const u8, len: usize, sync: SyncKind) -
     if n as usize != len {
         return Err(OpError {
             operation: "short write",
-            source: io::Error::new(io::ErrorKind::WriteZero, format!("wrote {n} of {len} bytes")),
+            source: io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("wrote {n} of {len} bytes"),
+            ),
         });
     }
     if sync == SyncKind::Fdatasync {
@@ -72,9 +89,12 @@ fn write(fd: RawFd, position: u64, ptr: *const u8, len: usize, sync: SyncKind) -
 }
 
 impl CommitIo for PortableIo {
-    unsafe fn start(&mut self, op: Op) -> Result<(), OpError> {
-        assert!(self.done.is_none(), "one commit operation at a time");
-        self.done = Some(match op {
+    unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
+        assert!(
+            self.done.len() < OPS_IN_FLIGHT_MAX,
+            "too many operations in flight"
+        );
+        let result = match op {
             Op::Write {
                 fd,
                 position,
@@ -83,20 +103,21 @@ impl CommitIo for PortableIo {
                 sync,
             } => write(fd, position, ptr, len, sync),
             Op::Sync { fd } => fdatasync(fd),
-        });
+        };
+        self.done.push_back((id, result));
         Ok(())
     }
 
-    fn in_flight(&self) -> bool {
-        self.done.is_some()
+    fn in_flight(&self) -> usize {
+        self.done.len()
     }
 
-    fn poll(&mut self) -> Option<Result<(), OpError>> {
-        self.done.take()
+    fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
+        self.done.pop_front()
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
-        if self.done.is_some() {
+        if !self.done.is_empty() {
             return Ok(());
         }
         let mut pfd = libc::pollfd {

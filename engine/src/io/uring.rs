@@ -1,5 +1,6 @@
 //! The `io_uring` backend: one ring per shard, created on the shard's thread.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::RawFd;
 use std::time::Duration;
@@ -7,20 +8,20 @@ use std::time::Duration;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::error::{Error, Result};
-use crate::io::{CommitIo, Op, OpError, SyncKind};
+use crate::io::{CommitIo, Op, OpError, SyncKind, OPS_IN_FLIGHT_MAX};
 
-const USER_DATA_WAKE: u64 = 1;
-const USER_DATA_WRITE: u64 = 2;
-const USER_DATA_SYNC: u64 = 3;
+/// `user_data` of the eventfd read. Operation ids are shifted left by one
+/// (the low bit tells a write from its data sync), so they never reach it.
+const USER_DATA_WAKE: u64 = u64::MAX;
 
-/// Submission queue entries. At most three are ever outstanding (the wake
-/// read, a write, its linked data sync); the completion queue gets twice as
+/// Submission entries: each operation takes at most two (a write and its
+/// linked data sync), plus the wake read. The completion queue gets twice as
 /// many (the kernel's default), so it cannot overflow.
-const RING_ENTRIES: u32 = 8;
-const OPS_IN_FLIGHT_MAX: usize = 3;
-const _: () = assert!(OPS_IN_FLIGHT_MAX as u32 <= RING_ENTRIES);
+const RING_ENTRIES: u32 = 64;
+const _: () = assert!(2 * OPS_IN_FLIGHT_MAX as u32 + 1 <= RING_ENTRIES);
 
 struct InFlight {
+    id: u64,
     completions_left: u8,
     write_len: usize,
     error: Option<OpError>,
@@ -33,21 +34,22 @@ pub struct UringIo {
     /// Target of the armed eventfd read; boxed so that its address is stable.
     wake_buf: Box<u64>,
     wake_armed: bool,
-    in_flight: Option<InFlight>,
-    done: Option<Result<(), OpError>>,
+    in_flight: Vec<InFlight>,
+    done: VecDeque<(u64, Result<(), OpError>)>,
 }
 
 impl UringIo {
     /// Sets up a ring and arms the wake read.
     pub fn new(wake_fd: RawFd) -> Result<UringIo> {
-        let ring = IoUring::new(RING_ENTRIES).map_err(|e| Error::IoUringUnavailable { source: e.into() })?;
+        let ring = IoUring::new(RING_ENTRIES)
+            .map_err(|e| Error::IoUringUnavailable { source: e.into() })?;
         let mut io = UringIo {
             ring,
             wake_fd,
             wake_buf: Box::new(0),
             wake_armed: false,
-            in_flight: None,
-            done: None,
+            in_flight: Vec::with_capacity(OPS_IN_FLIGHT_MAX),
+            done: VecDeque::with_capacity(OPS_IN_FLIGHT_MAX),
         };
         io.arm_wake();
         io.ring
@@ -73,42 +75,40 @@ impl UringIo {
     fn reap(&mut self) {
         let mut rearm = false;
         for cqe in self.ring.completion() {
-            let res = cqe.result();
-            match cqe.user_data() {
-                USER_DATA_WAKE => {
-                    self.wake_armed = false;
-                    rearm = true;
+            let (res, user_data) = (cqe.result(), cqe.user_data());
+            if user_data == USER_DATA_WAKE {
+                self.wake_armed = false;
+                rearm = true;
+                continue;
+            }
+            let (id, is_sync) = (user_data >> 1, user_data & 1 == 1);
+            let i = self
+                .in_flight
+                .iter()
+                .position(|f| f.id == id)
+                .expect("completion of an operation in flight");
+            let f = &mut self.in_flight[i];
+            f.completions_left -= 1;
+            if f.error.is_none() {
+                if res < 0 {
+                    f.error = Some(OpError {
+                        operation: if is_sync { "fdatasync" } else { "write" },
+                        source: io::Error::from_raw_os_error(-res),
+                    });
+                } else if !is_sync && res as usize != f.write_len {
+                    // A short write also breaks the link: its sync is cancelled.
+                    f.error = Some(OpError {
+                        operation: "short write",
+                        source: io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("wrote {res} of {} bytes", f.write_len),
+                        ),
+                    });
                 }
-                USER_DATA_WRITE | USER_DATA_SYNC => {
-                    let f = self.in_flight.as_mut().expect("completion without an operation in flight");
-                    f.completions_left -= 1;
-                    if f.error.is_none() {
-                        if res < 0 {
-                            let operation = if cqe.user_data() == USER_DATA_WRITE { "write" } else { "fdatasync" };
-                            f.error = Some(OpError {
-                                operation,
-                                source: io::Error::from_raw_os_error(-res),
-                            });
-                        } else if cqe.user_data() == USER_DATA_WRITE && res as usize != f.write_len {
-                            // A short write also breaks the link: the sync is cancelled.
-                            f.error = Some(OpError {
-                                operation: "short write",
-                                source: io::Error::new(
-                                    io::ErrorKind::WriteZero,
-                                    format!("wrote {res} of {} bytes", f.write_len),
-                                ),
-                            });
-                        }
-                    }
-                    if f.completions_left == 0 {
-                        let f = self.in_flight.take().expect("checked above");
-                        self.done = Some(match f.error {
-                            Some(e) => Err(e),
-                            None => Ok(()),
-                        });
-                    }
-                }
-                other => unreachable!("unknown io_uring user_data {other}"),
+            }
+            if f.completions_left == 0 {
+                let f = self.in_flight.swap_remove(i);
+                self.done.push_back((f.id, f.error.map_or(Ok(()), Err)));
             }
         }
         if rearm {
@@ -118,10 +118,20 @@ impl UringIo {
 }
 
 impl CommitIo for UringIo {
-    unsafe fn start(&mut self, op: Op) -> Result<(), OpError> {
-        assert!(self.in_flight.is_none() && self.done.is_none(), "one commit operation at a time");
+    unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
+        assert!(
+            self.in_flight() < OPS_IN_FLIGHT_MAX,
+            "too many operations in flight"
+        );
+        assert!(id < 1 << 62, "operation id space exhausted");
         let mut completions = 1;
         let mut write_len = 0;
+        let sync_entry = |fd: RawFd| {
+            opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(id << 1 | 1)
+        };
         {
             let mut sq = self.ring.submission();
             match op {
@@ -133,12 +143,16 @@ impl CommitIo for UringIo {
                     sync,
                 } => {
                     write_len = len;
-                    let rw_flags = if sync == SyncKind::Dsync { libc::RWF_DSYNC } else { 0 };
+                    let rw_flags = if sync == SyncKind::Dsync {
+                        libc::RWF_DSYNC
+                    } else {
+                        0
+                    };
                     let mut write = opcode::Write::new(types::Fd(fd), ptr, len as u32)
                         .offset(position)
                         .rw_flags(rw_flags)
                         .build()
-                        .user_data(USER_DATA_WRITE);
+                        .user_data(id << 1);
                     if sync == SyncKind::Fdatasync {
                         // The data sync must not start before the write completed.
                         write = write.flags(squeue::Flags::IO_LINK);
@@ -146,26 +160,19 @@ impl CommitIo for UringIo {
                     // SAFETY: the caller keeps the buffer alive until completion.
                     unsafe { sq.push(&write) }.expect("ring has room for a write");
                     if sync == SyncKind::Fdatasync {
-                        let fsync = opcode::Fsync::new(types::Fd(fd))
-                            .flags(types::FsyncFlags::DATASYNC)
-                            .build()
-                            .user_data(USER_DATA_SYNC);
                         // SAFETY: fsync references no memory.
-                        unsafe { sq.push(&fsync) }.expect("ring has room for a data sync");
+                        unsafe { sq.push(&sync_entry(fd)) }.expect("ring has room for a data sync");
                         completions = 2;
                     }
                 }
                 Op::Sync { fd } => {
-                    let fsync = opcode::Fsync::new(types::Fd(fd))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build()
-                        .user_data(USER_DATA_SYNC);
                     // SAFETY: fsync references no memory.
-                    unsafe { sq.push(&fsync) }.expect("ring has room for a data sync");
+                    unsafe { sq.push(&sync_entry(fd)) }.expect("ring has room for a data sync");
                 }
             }
         }
-        self.in_flight = Some(InFlight {
+        self.in_flight.push(InFlight {
+            id,
             completions_left: completions,
             write_len,
             error: None,
@@ -174,9 +181,11 @@ impl CommitIo for UringIo {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // EBUSY/EAGAIN: completions must be reaped first; they are
-                // reaped in poll, and the entries stay queued for the next enter.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => return Ok(()),
+                // Completions must be reaped first; the entries stay queued
+                // and go with the next enter (in `wait`).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                    return Ok(())
+                }
                 Err(e) => {
                     return Err(OpError {
                         operation: "io_uring_enter",
@@ -187,20 +196,20 @@ impl CommitIo for UringIo {
         }
     }
 
-    fn in_flight(&self) -> bool {
-        self.in_flight.is_some() || self.done.is_some()
+    fn in_flight(&self) -> usize {
+        self.in_flight.len() + self.done.len()
     }
 
-    fn poll(&mut self) -> Option<Result<(), OpError>> {
-        if self.done.is_none() {
+    fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
+        if self.done.is_empty() {
             self.reap();
         }
-        self.done.take()
+        self.done.pop_front()
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
         self.reap();
-        if self.done.is_some() {
+        if !self.done.is_empty() {
             return Ok(());
         }
         let res = match timeout {
@@ -213,7 +222,14 @@ impl CommitIo for UringIo {
         };
         match res {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(OpError {
                 operation: "io_uring_enter",
                 source: e,

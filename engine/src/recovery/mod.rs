@@ -1,22 +1,30 @@
 //! Replay of one shard's WAL, on the shard's own thread.
 //!
-//! Decision table for the place where a segment's chain of valid commits
-//! ends (legend: *chain end* = the first block that is not the next valid
+//! Decision table for the place where the chain of valid commits ends
+//! (legend: *chain end* = the first block that is not the next valid
 //! commit; *later commit* = a block after the chain end whose header decodes
 //! with this segment's identity and a sequence number not yet replayed):
 //!
 //! | segment | at the chain end          | later commit? | outcome                         |
 //! |---------|---------------------------|---------------|---------------------------------|
-//! | last    | zeros (never written)     | no            | clean end: writing resumes here |
-//! | last    | a commit that fails checks| no            | torn tail: cut, zeroed, resumed |
-//! | any     | anything                  | yes           | damage: open fails              |
-//! | not last| a commit that fails checks| —             | damage: open fails              |
-//! | not last| zeros                     | no            | end of segment: next segment must start at the next commit sequence, else damage |
+//! | at the chain end                        | later commit? | outcome                          |
+//! |-----------------------------------------|---------------|----------------------------------|
+//! | zeros (never written)                   | no            | end of this segment's chain      |
+//! | a commit that fails a checksum or bound | no            | torn tail: cut, zeroed           |
+//! | zeros or a damaged commit               | only commits in flight with it (sequence within the window their header records) | torn tail: cut, zeroed |
+//! | anything                                | yes, others   | damage: open fails               |
+//! | a whole, valid header out of sequence   | —             | damage (commits are missing)     |
+//! | a gap in segment file numbers           | —             | damage (a segment is missing)    |
 //!
-//! A torn tail can only be the last commit of the last segment because a
-//! shard has one commit in flight and starts a new segment only after the
-//! previous commit completed. An acknowledged last commit damaged at rest is
-//! indistinguishable from a torn one and is cut too; `docs/format.md` says so.
+//! *Later commit* also looks into every later segment. Writing resumes in the
+//! last segment (which may be an empty spare created ahead of use).
+//!
+//! A torn tail can only be among the last `in_flight_max` commits written,
+//! all in one segment (a shard changes segments only with nothing in flight),
+//! and none of them was acknowledged if the first is missing, because
+//! acknowledgements go strictly in order. Acknowledged last commits damaged
+//! at rest are indistinguishable from torn ones and are cut too;
+//! `docs/format.md` says so.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -26,11 +34,12 @@ use bytes::Bytes;
 use crate::buffer::table::BufferTable;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
-use crate::io::file::{self, Access};
+use crate::io::file::{self, Access, ZeroSync};
 use crate::shard::metrics::ShardMetrics;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::format::{
-    decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind, COMMIT_HEADER_BYTES,
+    decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind,
+    COMMIT_HEADER_BYTES,
 };
 use crate::wal::segment::{list_segments, Segment};
 
@@ -78,6 +87,15 @@ enum ChainEnd {
     Damaged(String),
 }
 
+/// A damaged commit that is the torn tail unless a commit follows it.
+struct Torn {
+    seq: SegmentSeq,
+    path: std::path::PathBuf,
+    position: u64,
+    nonzero_end: u64,
+    block: usize,
+}
+
 /// Replays every segment of the shard in order.
 pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
     let segments = list_segments(ctx.shard_dir)?;
@@ -85,21 +103,34 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
     for (_, path) in &segments {
         total += std::fs::metadata(path).map_or(0, |m| m.len());
     }
-    ctx.metrics.recovery_bytes_total.store(total, Ordering::Relaxed);
+    ctx.metrics
+        .recovery_bytes_total
+        .store(total, Ordering::Relaxed);
+    for w in segments.windows(2) {
+        if w[1].0 .0 != w[0].0 .0 + 1 {
+            return Err(Error::Corruption {
+                shard: ctx.shard.0,
+                segment: w[1].0 .0,
+                position: 0,
+                what: format!("segment {} is missing before it", w[0].0 .0 + 1),
+            });
+        }
+    }
 
     let mut table = BufferTable::default();
-    let mut expected: Option<CommitSeq> = None;
+    // The sequence number the next commit must carry; unknown until the first.
+    let mut next: Option<CommitSeq> = None;
     let mut buf: Option<AlignedBuf> = None;
     let mut tail = None;
-    let mut torn_tail_cut = None;
+    let mut torn: Option<Torn> = None;
     let mut next_segment_seq = SegmentSeq(1);
 
     for (i, (seq, path)) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         next_segment_seq = SegmentSeq(seq.0 + 1);
-        let damage = |position: u64, what: String| Error::Corruption {
+        let damage = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
             shard: ctx.shard.0,
-            segment: seq.0,
+            segment: segment.0,
             position,
             what,
         };
@@ -113,7 +144,11 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
             .map_err(|e| Error::io("stat segment", Some(path.clone()), e))?
             .len();
         if size > crate::config::SEGMENT_BYTES_LIMIT {
-            return Err(damage(0, format!("segment file of {size} bytes is larger than any corewal writes")));
+            return Err(damage(
+                *seq,
+                0,
+                format!("segment file of {size} bytes is larger than any corewal writes"),
+            ));
         }
         let want = crate::config::round_up(size as usize, 65536).max(65536);
         if buf.as_ref().is_none_or(|b| b.len() < want) {
@@ -125,7 +160,9 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
             let len = READ_CHUNK_BYTES.min(b.len() - n);
             let got = file::read_at(&f, path, &mut b[n..n + len], n as u64)?;
             n += got;
-            ctx.metrics.recovery_bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+            ctx.metrics
+                .recovery_bytes_read
+                .fetch_add(got as u64, Ordering::Relaxed);
             if got < len {
                 break;
             }
@@ -133,107 +170,143 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
         let n = n.min(size as usize);
         let data = &b[..n];
 
-        let header = decode_segment_header(data).map_err(|e| damage(0, format!("segment header: {e}")))?;
-        if header.shard != ctx.shard || header.store_id != ctx.store_id || header.segment_seq != *seq {
-            return Err(damage(0, "segment header belongs to another shard, store or file name".into()));
+        let header = decode_segment_header(data)
+            .map_err(|e| damage(*seq, 0, format!("segment header: {e}")))?;
+        if header.shard != ctx.shard
+            || header.store_id != ctx.store_id
+            || header.segment_seq != *seq
+        {
+            return Err(damage(
+                *seq,
+                0,
+                "segment header belongs to another shard, store or file name".into(),
+            ));
         }
         if (n as u64) < header.segment_bytes {
-            return Err(damage(n as u64, format!("segment file is {n} bytes, its header says {}", header.segment_bytes)));
-        }
-        match expected {
-            None => expected = Some(header.first_commit_seq),
-            Some(e) if e != header.first_commit_seq => {
-                return Err(damage(
-                    0,
-                    format!(
-                        "segment starts at commit {} but the previous segment ends before commit {}",
-                        header.first_commit_seq.0, e.0
-                    ),
-                ))
-            }
-            Some(_) => {}
+            return Err(damage(
+                *seq,
+                n as u64,
+                format!(
+                    "segment file is {n} bytes, its header says {}",
+                    header.segment_bytes
+                ),
+            ));
         }
         let block = header.block_bytes as usize;
         let mut pos = block;
-        let mut next = expected.expect("set above");
-        let end = loop {
-            if pos + block > n {
-                break ChainEnd::Zeros;
+        let end = if torn.is_some() {
+            // After a damaged commit nothing may be replayed; only scanned.
+            ChainEnd::Zeros
+        } else {
+            loop {
+                if pos + block > n {
+                    break ChainEnd::Zeros;
+                }
+                let h = match decode_commit_header(&data[pos..], block) {
+                    Ok(h) => h,
+                    Err(DecodeError::Empty) => break ChainEnd::Zeros,
+                    Err(e) => break ChainEnd::Damaged(e.to_string()),
+                };
+                if h.store_id != ctx.store_id
+                    || h.shard != ctx.shard
+                    || h.segment_seq != *seq
+                    || h.position != pos as u64
+                {
+                    break ChainEnd::Damaged("commit header from another place or file".into());
+                }
+                if let Some(want) = next {
+                    if h.commit_seq != want {
+                        // A whole, valid header out of sequence is not a torn
+                        // write: commits before it are missing.
+                        return Err(damage(
+                            *seq,
+                            pos as u64,
+                            format!(
+                                "commit {} found where commit {} was next",
+                                h.commit_seq.0, want.0
+                            ),
+                        ));
+                    }
+                }
+                let span = h.blocks as usize * block;
+                if pos + span > n {
+                    break ChainEnd::Damaged("commit runs past the end of the segment".into());
+                }
+                let body = &data[pos + COMMIT_HEADER_BYTES
+                    ..pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize];
+                // First pass verifies every checksum, so that a torn commit is
+                // cut whole and never half-applied.
+                if let Some(err) =
+                    EntryIter::new(body, h.commit_seq, h.entry_count).find_map(|e| e.err())
+                {
+                    break ChainEnd::Damaged(err.to_string());
+                }
+                for e in EntryIter::new(body, h.commit_seq, h.entry_count) {
+                    let e = e.expect("verified in the first pass");
+                    apply(&mut table, &e, h.commit_seq)
+                        .map_err(|what| damage(*seq, pos as u64, what))?;
+                }
+                pos += span;
+                next = Some(CommitSeq(h.commit_seq.0 + 1));
+                ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
             }
-            let h = match decode_commit_header(&data[pos..], block) {
-                Ok(h) => h,
-                Err(DecodeError::Empty) => break ChainEnd::Zeros,
-                Err(e) => break ChainEnd::Damaged(e.to_string()),
-            };
-            if h.store_id != ctx.store_id || h.shard != ctx.shard || h.segment_seq != *seq || h.position != pos as u64 {
-                break ChainEnd::Damaged("commit header from another place or file".into());
-            }
-            if h.commit_seq != next {
-                break ChainEnd::Damaged(format!("commit sequence {} where {} was next", h.commit_seq.0, next.0));
-            }
-            let span = h.blocks as usize * block;
-            if pos + span > n {
-                break ChainEnd::Damaged("commit runs past the end of the segment".into());
-            }
-            let body = &data[pos + COMMIT_HEADER_BYTES..pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize];
-            // First pass verifies every checksum, so that a torn commit is
-            // cut whole and never half-applied.
-            if let Some(err) = EntryIter::new(body, h.commit_seq, h.entry_count).find_map(|e| e.err()) {
-                break ChainEnd::Damaged(err.to_string());
-            }
-            // Second pass applies; the checksums were verified by the first.
-            for e in EntryIter::new(body, h.commit_seq, h.entry_count) {
-                let e = e.expect("verified in the first pass");
-                apply(&mut table, &e, h.commit_seq).map_err(|what| damage(pos as u64, what))?;
-            }
-            pos += span;
-            next = CommitSeq(next.0 + 1);
-            ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
         };
-        expected = Some(next);
 
-        // Whatever ended the chain, no commit may follow it in this segment.
+        // Whatever ended the chain, no commit may follow it — except, in
+        // this segment, commits that were in flight with the one that is
+        // missing (their headers say how many could be): none of them was
+        // acknowledged, since acknowledgements go in order.
+        let scan_from = if torn.is_some() { block } else { pos + block };
+        let window_base = next.unwrap_or(CommitSeq(1));
+        let mut in_flight_after = false;
         let mut nonzero_end = pos;
-        let mut q = pos + block;
+        let mut q = scan_from;
         while q + block <= n {
             let blk = &data[q..q + block];
             if blk.iter().any(|&x| x != 0) {
                 nonzero_end = q + block;
                 if let Ok(h) = decode_commit_header(blk, block) {
-                    if h.store_id == ctx.store_id
+                    let identity = h.store_id == ctx.store_id
                         && h.shard == ctx.shard
                         && h.segment_seq == *seq
-                        && h.position == q as u64
-                        && h.commit_seq >= next
-                    {
-                        let found = match &end {
-                            ChainEnd::Zeros => "zeros".to_string(),
-                            ChainEnd::Damaged(w) => w.clone(),
-                        };
-                        return Err(damage(
-                            pos as u64,
-                            format!("{found} where commit {} was next, yet commit {} follows at byte {q}", next.0, h.commit_seq.0),
-                        ));
+                        && h.position == q as u64;
+                    if identity && h.commit_seq >= window_base {
+                        let in_window = h.commit_seq.0 < window_base.0 + h.in_flight_max as u64;
+                        if torn.is_none() && in_window {
+                            in_flight_after = true;
+                        } else {
+                            let (at_seq, at) = match &torn {
+                                Some(t) => (t.seq, t.position),
+                                None => (*seq, pos as u64),
+                            };
+                            let found = match &end {
+                                _ if torn.is_some() => "a damaged commit".to_string(),
+                                ChainEnd::Damaged(w) => w.clone(),
+                                ChainEnd::Zeros => "zeros".into(),
+                            };
+                            return Err(damage(
+                                at_seq,
+                                at,
+                                format!(
+                                    "{found} where commit {} was next, yet commit {} follows in segment {} at byte {q}",
+                                    window_base.0, h.commit_seq.0, seq.0
+                                ),
+                            ));
+                        }
                     }
                 }
             }
             q += block;
         }
-        if pos < n && data[pos..(pos + block).min(n)].iter().any(|&x| x != 0) {
+        if matches!(end, ChainEnd::Damaged(_)) || in_flight_after {
             nonzero_end = nonzero_end.max((pos + block).min(n));
-        }
-        match end {
-            ChainEnd::Damaged(what) if !last => {
-                return Err(damage(pos as u64, format!("{what}, before later segments")));
-            }
-            ChainEnd::Damaged(_) => {
-                // Torn tail: zero what the torn commit left, so that no byte of
-                // it can be read as part of a later commit's place.
-                let zeros = AlignedBuf::new(READ_CHUNK_BYTES, block);
-                file::zero_fill(&f, path, &zeros, pos as u64, nonzero_end as u64)?;
-                torn_tail_cut = Some((*seq, pos as u64));
-            }
-            ChainEnd::Zeros => {}
+            torn = Some(Torn {
+                seq: *seq,
+                path: path.clone(),
+                position: pos as u64,
+                nonzero_end: nonzero_end as u64,
+                block,
+            });
         }
         if last {
             tail = Some(Tail {
@@ -247,23 +320,52 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
             });
         }
     }
-    ctx.metrics.recovery_channels.store(table.len() as u64, Ordering::Relaxed);
+    let torn_tail_cut = match torn {
+        None => None,
+        Some(t) => {
+            // Torn tail: zero what the torn commit left, so that no byte of
+            // it can be read as part of a later commit's place.
+            let f = file::open_rw(&t.path, ctx.access)?;
+            let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.block);
+            file::zero_fill(
+                &f,
+                &t.path,
+                &zeros,
+                t.position,
+                t.nonzero_end,
+                ZeroSync::AtEnd,
+            )?;
+            Some((t.seq, t.position))
+        }
+    };
+    ctx.metrics
+        .recovery_channels
+        .store(table.len() as u64, Ordering::Relaxed);
     Ok(Recovered {
         table,
-        next_commit_seq: expected.unwrap_or(CommitSeq(1)),
+        next_commit_seq: next.unwrap_or(CommitSeq(1)),
         tail,
         next_segment_seq,
         torn_tail_cut,
     })
 }
 
-fn apply(table: &mut BufferTable, e: &Entry<'_>, commit: CommitSeq) -> std::result::Result<(), String> {
+fn apply(
+    table: &mut BufferTable,
+    e: &Entry<'_>,
+    commit: CommitSeq,
+) -> std::result::Result<(), String> {
     match e.kind {
         EntryKind::Register => {
-            let name = std::str::from_utf8(e.payload).map_err(|_| "channel name is not UTF-8".to_string())?;
+            let name = std::str::from_utf8(e.payload)
+                .map_err(|_| "channel name is not UTF-8".to_string())?;
             crate::validate_channel_name(name).map_err(|err| err.to_string())?;
             if table.next_id() != e.channel {
-                return Err(format!("channel id {} registered where {} was next", e.channel.0, table.next_id().0));
+                return Err(format!(
+                    "channel id {} registered where {} was next",
+                    e.channel.0,
+                    table.next_id().0
+                ));
             }
             if table.lookup(name).is_some() {
                 return Err(format!("channel {name:?} registered twice"));

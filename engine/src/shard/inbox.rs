@@ -74,9 +74,9 @@ impl Request {
     pub fn fail(self, error: Error) {
         match self {
             Request::Register { ack, .. } => ack.complete(Err(error)),
-            Request::Append { ack, .. } | Request::AppendBatch { ack, .. } | Request::NextOffset { ack, .. } => {
-                ack.complete(Err(error))
-            }
+            Request::Append { ack, .. }
+            | Request::AppendBatch { ack, .. }
+            | Request::NextOffset { ack, .. } => ack.complete(Err(error)),
             Request::Read { ack, .. } => ack.complete(Err(error)),
             Request::Close => {}
         }
@@ -127,7 +127,9 @@ impl Inbox {
             if self.queue.is_full() && !self.closed.load(Ordering::SeqCst) {
                 // The timeout bounds a lost notification; the shard notifies
                 // after every drain that found waiters.
-                let _ = self.space_cond.wait_timeout(guard, Duration::from_millis(10));
+                let _ = self
+                    .space_cond
+                    .wait_timeout(guard, Duration::from_millis(10));
             }
             self.space_waiters.fetch_sub(1, Ordering::SeqCst);
         }

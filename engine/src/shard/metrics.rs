@@ -18,6 +18,9 @@ pub struct ShardMetrics {
     pub syncs: AtomicU64,
     /// Segments created.
     pub segments_created: AtomicU64,
+    /// Sum over commits of the time from submission to the shard seeing the
+    /// completion, in nanoseconds.
+    pub commit_device_ns: AtomicU64,
     /// Bytes of segments found at open.
     pub recovery_bytes_total: AtomicU64,
     /// Bytes of segments read so far by recovery.
@@ -45,6 +48,8 @@ pub struct ShardMetricsSnapshot {
     pub syncs: u64,
     /// Segments created.
     pub segments_created: u64,
+    /// Sum over commits of submission-to-completion time, in nanoseconds.
+    pub commit_device_ns: u64,
     /// Bytes of segments found at open.
     pub recovery_bytes_total: u64,
     /// Bytes read by recovery.
@@ -68,6 +73,7 @@ impl ShardMetrics {
             commit_bytes: r(&self.commit_bytes),
             syncs: r(&self.syncs),
             segments_created: r(&self.segments_created),
+            commit_device_ns: r(&self.commit_device_ns),
             recovery_bytes_total: r(&self.recovery_bytes_total),
             recovery_bytes_read: r(&self.recovery_bytes_read),
             recovery_commits: r(&self.recovery_commits),
@@ -87,6 +93,7 @@ impl std::ops::Add for ShardMetricsSnapshot {
             commit_bytes: self.commit_bytes + o.commit_bytes,
             syncs: self.syncs + o.syncs,
             segments_created: self.segments_created + o.segments_created,
+            commit_device_ns: self.commit_device_ns + o.commit_device_ns,
             recovery_bytes_total: self.recovery_bytes_total + o.recovery_bytes_total,
             recovery_bytes_read: self.recovery_bytes_read + o.recovery_bytes_read,
             recovery_commits: self.recovery_commits + o.recovery_commits,

@@ -68,14 +68,25 @@ impl CommitBuilder {
 
     /// Whether an empty commit could ever hold them (else the request is too large).
     pub fn could_fit(&self, records: usize, entry_bytes_total: usize) -> bool {
-        records <= self.records_max && round_up(COMMIT_HEADER_BYTES + entry_bytes_total, self.block) <= self.bytes_max
+        records <= self.records_max
+            && round_up(COMMIT_HEADER_BYTES + entry_bytes_total, self.block) <= self.bytes_max
     }
 
     /// Adds an entry. The caller checked [`CommitBuilder::fits`].
     pub fn push(&mut self, kind: EntryKind, channel: ChannelId, offset: Offset, payload: &[u8]) {
         let n = entry_bytes(payload.len());
-        assert!(self.used + n <= self.bytes_max, "commit entry past the commit buffer");
-        encode_entry(self.commit_seq, kind, channel, offset, payload, &mut self.buf[self.used..]);
+        assert!(
+            self.used + n <= self.bytes_max,
+            "commit entry past the commit buffer"
+        );
+        encode_entry(
+            self.commit_seq,
+            kind,
+            channel,
+            offset,
+            payload,
+            &mut self.buf[self.used..],
+        );
         self.used += n;
         self.entries += 1;
         if kind == EntryKind::Append {
@@ -90,9 +101,20 @@ impl CommitBuilder {
 
     /// Writes the header for the commit's place and zero-pads to the block
     /// size. Returns the bytes to write.
-    pub fn seal(&mut self, shard: ShardId, store_id: u64, segment_seq: SegmentSeq, position: u64) -> &[u8] {
+    pub fn seal(
+        &mut self,
+        shard: ShardId,
+        store_id: u64,
+        segment_seq: SegmentSeq,
+        position: u64,
+        in_flight_max: u16,
+    ) -> &[u8] {
         assert!(!self.is_empty(), "sealing an empty commit");
-        assert_eq!(position % self.block as u64, 0, "commit position not block-aligned");
+        assert_eq!(
+            position % self.block as u64,
+            0,
+            "commit position not block-aligned"
+        );
         let len = self.sealed_len();
         let header = CommitHeader {
             shard,
@@ -103,6 +125,7 @@ impl CommitBuilder {
             position,
             entries_bytes: (self.used - COMMIT_HEADER_BYTES) as u32,
             blocks: (len / self.block) as u32,
+            in_flight_max,
         };
         encode_commit_header(&header, &mut self.buf[..COMMIT_HEADER_BYTES]);
         self.buf[self.used..len].fill(0);

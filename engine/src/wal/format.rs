@@ -15,10 +15,11 @@
 //! 16 store_id u64                          16 store_id     u64
 //! 24 segment_seq u64                       24 segment_seq  u64
 //! 32 segment_bytes u64                     32 commit_seq   u64
-//! 40 first_commit_seq u64                  40 position     u64  (byte of this header)
-//! 48 reserved (zero) 16 bytes              48 entries_bytes u32
+//! 40 reserved (zero) 24 bytes              40 position     u64  (byte of this header)              48 entries_bytes u32
 //!                                          52 blocks       u32  (blocks spanned, with padding)
-//!                                          56 reserved (zero) 8 bytes
+//!                                          56 in_flight_max u16 (commits the writer
+//!                                             had in flight at most)
+//!                                          58 reserved (zero) 6 bytes
 //!
 //! entry (24-byte header, payload, zero padding to 8 bytes)
 //!  0 crc      u32 crc32c of (commit_seq as 8 bytes LE) ++ entry bytes 4..24+len
@@ -96,8 +97,6 @@ pub struct SegmentHeader {
     pub segment_seq: SegmentSeq,
     /// File size at creation.
     pub segment_bytes: u64,
-    /// Sequence number the first commit of this segment must carry.
-    pub first_commit_seq: CommitSeq,
 }
 
 /// The decoded commit header.
@@ -119,6 +118,9 @@ pub struct CommitHeader {
     pub entries_bytes: u32,
     /// Blocks the commit spans, padding included.
     pub blocks: u32,
+    /// Most commits the writer had in flight at once: the commits that may
+    /// follow a torn one without having been acknowledged.
+    pub in_flight_max: u16,
 }
 
 /// A decoded entry, borrowing its payload.
@@ -206,7 +208,6 @@ pub fn encode_segment_header(h: &SegmentHeader, out: &mut [u8]) {
     put_u64(b, 16, h.store_id);
     put_u64(b, 24, h.segment_seq.0);
     put_u64(b, 32, h.segment_bytes);
-    put_u64(b, 40, h.first_commit_seq.0);
     let crc = crc32c::crc32c(&b[8..]);
     put_u32(b, 4, crc);
 }
@@ -242,7 +243,6 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
         store_id: u64_at(b, 16),
         segment_seq: SegmentSeq(u64_at(b, 24)),
         segment_bytes: u64_at(b, 32),
-        first_commit_seq: CommitSeq(u64_at(b, 40)),
     })
 }
 
@@ -260,6 +260,7 @@ pub fn encode_commit_header(h: &CommitHeader, out: &mut [u8]) {
     put_u64(b, 40, h.position);
     put_u32(b, 48, h.entries_bytes);
     put_u32(b, 52, h.blocks);
+    put_u16(b, 56, h.in_flight_max);
     let crc = crc32c::crc32c(&b[8..]);
     put_u32(b, 4, crc);
 }
@@ -295,7 +296,11 @@ pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader
         position: u64_at(b, 40),
         entries_bytes: u32_at(b, 48),
         blocks: u32_at(b, 52),
+        in_flight_max: u16_at(b, 56),
     };
+    if h.in_flight_max == 0 || h.in_flight_max as usize > crate::config::COMMITS_IN_FLIGHT_LIMIT {
+        return Err(DecodeError::OutOfBounds("in_flight_max"));
+    }
     let span = h.blocks as usize * block_bytes;
     if h.blocks == 0 || span > crate::config::COMMIT_BYTES_LIMIT {
         return Err(DecodeError::OutOfBounds("blocks"));
@@ -327,7 +332,11 @@ pub fn encode_entry(
 ) -> usize {
     let total = entry_bytes(payload.len());
     let b = &mut out[..total];
-    put_u32(b, 4, u32::try_from(payload.len()).expect("payload bounded by record_bytes_max"));
+    put_u32(
+        b,
+        4,
+        u32::try_from(payload.len()).expect("payload bounded by record_bytes_max"),
+    );
     b[8] = kind as u8;
     b[9] = 0;
     put_u16(b, 10, 0);
@@ -391,7 +400,10 @@ impl<'a> Iterator for EntryIter<'a> {
         if total > b.len() {
             return fail(self, DecodeError::OutOfBounds("entry padding"));
         }
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.commit_seq.0.to_le_bytes()), &b[4..total]);
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&self.commit_seq.0.to_le_bytes()),
+            &b[4..total],
+        );
         if crc != u32_at(b, 0) {
             return fail(self, DecodeError::BadEntryCrc { index });
         }
@@ -428,6 +440,7 @@ mod tests {
             position: 4096,
             entries_bytes: (entry_bytes(5) + entry_bytes(0)) as u32,
             blocks: 1,
+            in_flight_max: 2,
         }
     }
 
@@ -437,8 +450,22 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         encode_commit_header(&h, &mut buf);
         let mut at = COMMIT_HEADER_BYTES;
-        at += encode_entry(h.commit_seq, EntryKind::Append, ChannelId(1), Offset(9), b"hello", &mut buf[at..]);
-        encode_entry(h.commit_seq, EntryKind::Register, ChannelId(2), Offset(0), b"", &mut buf[at..]);
+        at += encode_entry(
+            h.commit_seq,
+            EntryKind::Append,
+            ChannelId(1),
+            Offset(9),
+            b"hello",
+            &mut buf[at..],
+        );
+        encode_entry(
+            h.commit_seq,
+            EntryKind::Register,
+            ChannelId(2),
+            Offset(0),
+            b"",
+            &mut buf[at..],
+        );
         let d = decode_commit_header(&buf, 4096).unwrap();
         assert_eq!(d, h);
         let entries = &buf[COMMIT_HEADER_BYTES..COMMIT_HEADER_BYTES + d.entries_bytes as usize];
@@ -457,8 +484,22 @@ mod tests {
         let mut buf = vec![0u8; COMMIT_HEADER_BYTES + h.entries_bytes as usize];
         encode_commit_header(&h, &mut buf);
         let mut at = COMMIT_HEADER_BYTES;
-        at += encode_entry(h.commit_seq, EntryKind::Append, ChannelId(1), Offset(9), b"hello", &mut buf[at..]);
-        encode_entry(h.commit_seq, EntryKind::Append, ChannelId(1), Offset(10), b"", &mut buf[at..]);
+        at += encode_entry(
+            h.commit_seq,
+            EntryKind::Append,
+            ChannelId(1),
+            Offset(9),
+            b"hello",
+            &mut buf[at..],
+        );
+        encode_entry(
+            h.commit_seq,
+            EntryKind::Append,
+            ChannelId(1),
+            Offset(10),
+            b"",
+            &mut buf[at..],
+        );
         for bit in 0..buf.len() * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);
@@ -476,7 +517,14 @@ mod tests {
     #[test]
     fn entries_are_bound_to_their_commit() {
         let mut buf = vec![0u8; 64];
-        encode_entry(CommitSeq(1), EntryKind::Append, ChannelId(1), Offset(0), b"x", &mut buf);
+        encode_entry(
+            CommitSeq(1),
+            EntryKind::Append,
+            ChannelId(1),
+            Offset(0),
+            b"x",
+            &mut buf,
+        );
         let n = entry_bytes(1);
         let r: Vec<_> = EntryIter::new(&buf[..n], CommitSeq(2), 1).collect();
         assert_eq!(r, vec![Err(DecodeError::BadEntryCrc { index: 0 })]);
@@ -484,7 +532,10 @@ mod tests {
 
     #[test]
     fn zero_bytes_are_empty_not_damage() {
-        assert_eq!(decode_commit_header(&[0u8; 64], 4096), Err(DecodeError::Empty));
+        assert_eq!(
+            decode_commit_header(&[0u8; 64], 4096),
+            Err(DecodeError::Empty)
+        );
         assert_eq!(decode_segment_header(&[0u8; 64]), Err(DecodeError::Empty));
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod commit;
 pub mod format;
+pub mod preparer;
 pub mod segment;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
-use crate::io::file::{self, Access};
-use crate::types::{CommitSeq, SegmentSeq, ShardId};
+use crate::io::file::{self, Access, ZeroSync};
+use crate::types::{SegmentSeq, ShardId};
 use crate::wal::format::{encode_segment_header, SegmentHeader};
 
 /// Extension of segment files.
@@ -72,7 +72,14 @@ pub fn create_segment(spec: &SegmentSpec<'_>, zeros: &mut AlignedBuf) -> Result<
     let first = file::write_all_at(&file, &tmp, &zeros[..block], 0, "write segment header");
     zeros[..block].fill(0);
     first?;
-    file::zero_fill(&file, &tmp, zeros, block as u64, h.segment_bytes)?;
+    file::zero_fill(
+        &file,
+        &tmp,
+        zeros,
+        block as u64,
+        h.segment_bytes,
+        ZeroSync::EachChunk,
+    )?;
     fs::rename(&tmp, &path).map_err(|e| Error::io("rename segment", Some(path.clone()), e))?;
     file::sync_dir(spec.shard_dir)?;
     Ok(Segment {
@@ -87,14 +94,17 @@ pub fn create_segment(spec: &SegmentSpec<'_>, zeros: &mut AlignedBuf) -> Result<
 /// in sequence order.
 pub fn list_segments(shard_dir: &Path) -> Result<Vec<(SegmentSeq, PathBuf)>> {
     let mut out = Vec::new();
-    let rd = fs::read_dir(shard_dir).map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
+    let rd = fs::read_dir(shard_dir)
+        .map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
     let mut removed = false;
     for entry in rd {
-        let entry = entry.map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
+        let entry =
+            entry.map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
         let path = entry.path();
         let ext = path.extension().and_then(|e| e.to_str());
         if ext == Some(CREATING_EXTENSION) {
-            fs::remove_file(&path).map_err(|e| Error::io("remove unfinished segment", Some(path.clone()), e))?;
+            fs::remove_file(&path)
+                .map_err(|e| Error::io("remove unfinished segment", Some(path.clone()), e))?;
             removed = true;
             continue;
         }
@@ -127,7 +137,6 @@ pub fn new_header(
     store_id: u64,
     segment_seq: SegmentSeq,
     segment_bytes: u64,
-    first_commit_seq: CommitSeq,
 ) -> SegmentHeader {
     SegmentHeader {
         shard,
@@ -135,6 +144,5 @@ pub fn new_header(
         store_id,
         segment_seq,
         segment_bytes,
-        first_commit_seq,
     }
 }
