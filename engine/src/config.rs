@@ -237,7 +237,7 @@ impl Config {
             );
         }
         let seg = self.segment_bytes;
-        if !(1 << 20..=SEGMENT_BYTES_LIMIT).contains(&seg) || seg % block as u64 != 0 {
+        if !(1 << 20..=SEGMENT_BYTES_LIMIT).contains(&seg) || !seg.is_multiple_of(block as u64) {
             return bad(
                 "segment_bytes",
                 format!("is {seg}; allowed 1 MiB..=4 GiB and a multiple of the block size {block}"),
@@ -295,17 +295,16 @@ mod tests {
 
     #[test]
     fn each_limit_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
-            ("shards", Box::new(|c| c.shards = Some(0))),
-            ("block_bytes", Box::new(|c| c.block_bytes = Some(3000))),
-            ("commit_bytes_max", Box::new(|c| c.commit_bytes_max = 4096)),
-            ("segment_bytes", Box::new(|c| c.segment_bytes = 1000)),
-            ("inbox_capacity", Box::new(|c| c.inbox_capacity = 0)),
-            (
-                "records_per_commit_max",
-                Box::new(|c| c.records_per_commit_max = 0),
-            ),
-            ("file_mode", Box::new(|c| c.file_mode = 0o400)),
+        type Change = fn(&mut Config);
+        let cases: [(&str, Change); 8] = [
+            ("shards", |c| c.shards = Some(0)),
+            ("block_bytes", |c| c.block_bytes = Some(3000)),
+            ("commit_bytes_max", |c| c.commit_bytes_max = 4096),
+            ("segment_bytes", |c| c.segment_bytes = 1000),
+            ("inbox_capacity", |c| c.inbox_capacity = 0),
+            ("records_per_commit_max", |c| c.records_per_commit_max = 0),
+            ("file_mode", |c| c.file_mode = 0o400),
+            ("commits_in_flight_max", |c| c.commits_in_flight_max = 17),
         ];
         for (field, change) in cases {
             let mut c = Config::new("/tmp/x");

@@ -323,17 +323,27 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
 
-    barrier.wait();
+    // With --records every record counts: the window opens before the
+    // writers start. Otherwise it opens after the warm-up.
     let warmup = if record_limit.is_some() {
         Duration::ZERO
     } else {
         args.warmup
     };
-    std::thread::sleep(warmup);
-    let m0 = engine.metrics();
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
-    measuring.store(true, Ordering::SeqCst);
+    if record_limit.is_some() {
+        measuring.store(true, Ordering::SeqCst);
+    }
+    let mut m0 = engine.metrics();
+    let mut cpu0 = cpu_seconds();
+    let mut t0 = Instant::now();
+    barrier.wait();
+    if record_limit.is_none() {
+        std::thread::sleep(warmup);
+        m0 = engine.metrics();
+        cpu0 = cpu_seconds();
+        t0 = Instant::now();
+        measuring.store(true, Ordering::SeqCst);
+    }
     if record_limit.is_some() {
         while !handles.iter().all(|h| h.is_finished()) {
             std::thread::sleep(Duration::from_millis(2));

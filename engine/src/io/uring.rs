@@ -18,7 +18,7 @@ const USER_DATA_WAKE: u64 = u64::MAX;
 /// linked data sync), plus the wake read. The completion queue gets twice as
 /// many (the kernel's default), so it cannot overflow.
 const RING_ENTRIES: u32 = 64;
-const _: () = assert!(2 * OPS_IN_FLIGHT_MAX as u32 + 1 <= RING_ENTRIES);
+const _: () = assert!(2 * (OPS_IN_FLIGHT_MAX as u32) < RING_ENTRIES);
 
 struct InFlight {
     id: u64,

@@ -57,8 +57,8 @@ pub const ENTRY_ALIGN: usize = 8;
 /// Longest channel name, in bytes.
 pub const CHANNEL_NAME_BYTES_MAX: usize = 255;
 
-const _: () = assert!(COMMIT_HEADER_BYTES % ENTRY_ALIGN == 0);
-const _: () = assert!(ENTRY_HEADER_BYTES % ENTRY_ALIGN == 0);
+const _: () = assert!(COMMIT_HEADER_BYTES.is_multiple_of(ENTRY_ALIGN));
+const _: () = assert!(ENTRY_HEADER_BYTES.is_multiple_of(ENTRY_ALIGN));
 const _: () = assert!(SEGMENT_HEADER_BYTES <= 512);
 
 /// What an entry says.
@@ -317,7 +317,7 @@ pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader
 
 /// Encoded size of an entry with a payload of `len` bytes.
 pub const fn entry_bytes(len: usize) -> usize {
-    ENTRY_HEADER_BYTES + (len + ENTRY_ALIGN - 1) / ENTRY_ALIGN * ENTRY_ALIGN
+    ENTRY_HEADER_BYTES + len.div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
 }
 
 /// Encodes an entry at the start of `out`, which must hold `entry_bytes(payload.len())`.

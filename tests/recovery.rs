@@ -1,0 +1,199 @@
+//! Reopen after damage: a torn tail is cut, damage before the tail is
+//! refused with the shard, segment and byte, and a cut tail stays cut.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{small_config, test_dir};
+use corewal::{Backend, Engine, Error, Offset};
+use corewal_engine::wal::format::decode_commit_header;
+
+/// Writes `n` records to one channel, one commit each, on a single shard.
+fn write_records(dir: &Path, n: u64) -> usize {
+    let engine = Engine::open(small_config(dir, 1, Backend::IoUring)).unwrap();
+    let ch = engine.register("c").unwrap();
+    for i in 0..n {
+        assert_eq!(
+            ch.append(format!("record-{i}").as_bytes()).unwrap(),
+            Offset(i)
+        );
+    }
+    let block = engine.block_bytes();
+    engine.close().unwrap();
+    block
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("shard-000"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte positions and lengths of the commits in a segment file.
+fn commits(path: &Path, block: usize) -> Vec<(usize, usize)> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut pos = block;
+    while pos + block <= data.len() {
+        match decode_commit_header(&data[pos..], block) {
+            Ok(h) if h.position == pos as u64 => {
+                let len = h.blocks as usize * block;
+                out.push((pos, len));
+                pos += len;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The last segment holding commits (a spare segment created ahead of use
+/// may follow it) and its commits.
+fn tail_segment(dir: &Path, block: usize) -> (PathBuf, Vec<(usize, usize)>) {
+    segments(dir)
+        .into_iter()
+        .rev()
+        .map(|p| {
+            let c = commits(&p, block);
+            (p, c)
+        })
+        .find(|(_, c)| !c.is_empty())
+        .expect("a segment with commits")
+}
+
+/// Damages the commit at (position, length) of a segment's bytes.
+type Damage = fn(&mut [u8], usize, usize);
+
+fn modify(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut data = std::fs::read(path).unwrap();
+    f(&mut data);
+    std::fs::write(path, data).unwrap();
+}
+
+fn read_all(dir: &Path) -> (Engine, Vec<corewal::Record>) {
+    let engine = Engine::open(small_config(dir, 1, Backend::IoUring)).unwrap();
+    let records = engine.register("c").unwrap().read(..).unwrap();
+    (engine, records)
+}
+
+#[test]
+fn a_torn_last_commit_is_cut_and_writing_resumes_there() {
+    // Each way a last commit can be torn: a flipped byte in its record, its
+    // second half never written, its header never written.
+    let tears: [(&str, Damage); 3] = [
+        ("bit flip in the record", |d, pos, _| {
+            d[pos + 64 + 30] ^= 0x01
+        }),
+        ("tail of the commit lost", |d, pos, len| {
+            d[pos + 64 + 16..pos + len].fill(0)
+        }),
+        ("header lost", |d, pos, _| d[pos..pos + 512].fill(0)),
+    ];
+    for (what, tear) in tears {
+        let dir = test_dir();
+        let block = write_records(dir.path(), 50);
+        let (seg, c) = tail_segment(dir.path(), block);
+        let (pos, len) = *c.last().unwrap();
+        modify(&seg, |d| tear(d, pos, len));
+        let (engine, records) = read_all(dir.path());
+        assert_eq!(records.len(), 49, "{what}: only the torn commit is cut");
+        assert_eq!(&records[48].data[..], b"record-48");
+        let ch = engine.register("c").unwrap();
+        assert_eq!(ch.append(b"after").unwrap(), Offset(49), "{what}");
+        engine.close().unwrap();
+        let (_engine, records) = read_all(dir.path());
+        assert_eq!(
+            records.len(),
+            50,
+            "{what}: the cut is stable across reopens"
+        );
+        assert_eq!(&records[49].data[..], b"after");
+    }
+}
+
+#[test]
+fn damage_before_the_tail_is_refused_with_its_place() {
+    let cases: [(&str, Damage); 3] = [
+        ("bit flip", |d, pos, _| d[pos + 64 + 30] ^= 0x80),
+        ("zeroed block", |d, pos, len| d[pos..pos + len].fill(0)),
+        ("block copied from another offset", |d, pos, len| {
+            let other = d[pos + len..pos + 2 * len].to_vec();
+            d[pos..pos + len].copy_from_slice(&other);
+        }),
+    ];
+    for (what, damage) in cases {
+        let dir = test_dir();
+        let block = write_records(dir.path(), 50);
+        let (seg, c) = tail_segment(dir.path(), block);
+        let (pos, len) = c[20];
+        assert_eq!(c[21].1, len, "neighbouring commits of the same size");
+        modify(&seg, |d| damage(d, pos, len));
+        match Engine::open(small_config(dir.path(), 1, Backend::IoUring)) {
+            Err(Error::Corruption {
+                shard, position, ..
+            }) => {
+                assert_eq!((shard, position), (0, pos as u64), "{what}");
+            }
+            other => panic!("{what}: expected Corruption, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_missing_or_truncated_segment_is_damage() {
+    let dir = test_dir();
+    // 1 MiB segments and ~4 KiB per commit: 600 commits span several segments.
+    write_records(dir.path(), 600);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    std::fs::rename(&segs[1], dir.path().join("moved-away")).unwrap();
+    assert!(matches!(
+        Engine::open(small_config(dir.path(), 1, Backend::IoUring)),
+        Err(Error::Corruption { .. })
+    ));
+    std::fs::rename(dir.path().join("moved-away"), &segs[1]).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .unwrap();
+    f.set_len(200 << 10).unwrap();
+    assert!(matches!(
+        Engine::open(small_config(dir.path(), 1, Backend::IoUring)),
+        Err(Error::Corruption { .. })
+    ));
+}
+
+#[test]
+fn a_segment_from_another_store_is_refused() {
+    let a = test_dir();
+    let b = test_dir();
+    write_records(a.path(), 5);
+    write_records(b.path(), 5);
+    let seg_a = segments(a.path()).remove(0);
+    let seg_b = segments(b.path()).remove(0);
+    std::fs::copy(&seg_a, &seg_b).unwrap();
+    match Engine::open(small_config(b.path(), 1, Backend::IoUring)) {
+        Err(Error::Corruption { what, .. }) => assert!(what.contains("another"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn start_returns_before_recovery_and_requests_wait_for_their_shard() {
+    let dir = test_dir();
+    write_records(dir.path(), 300);
+    let engine = Engine::start(small_config(dir.path(), 1, Backend::IoUring)).unwrap();
+    let ch = engine.register("c").unwrap();
+    assert_eq!(
+        ch.append(b"new").unwrap(),
+        Offset(300),
+        "no offset collides with a recovered one"
+    );
+    engine.wait_ready().unwrap();
+    assert_eq!(ch.read(..).unwrap().len(), 301);
+}
