@@ -144,6 +144,38 @@ impl Engine {
         })
     }
 
+    /// Drops the channel called `name`: its records are gone and its handles
+    /// fail with `Error::ChannelDropped`. Durable when this returns, and
+    /// idempotent: dropping a name that is not registered succeeds and writes
+    /// nothing. Registering the name again creates a fresh channel whose
+    /// offsets continue after the dropped channel's last one, so an offset
+    /// never names two different records.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// let old = engine.register("tmp")?;
+    /// old.append(b"x")?;
+    /// engine.unregister("tmp")?;
+    /// engine.unregister("tmp")?;                    // idempotent
+    /// let new = engine.register("tmp")?;
+    /// assert_eq!(new.append(b"y")?, corewal::Offset(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::InvalidChannelName`; `Error::ShardFailed`; `Error::Closed`.
+    pub fn unregister(&self, name: &str) -> Result<()> {
+        corewal_engine::validate_channel_name(name)?;
+        let shard = self.runtime.shard_for(name);
+        let ack = Arc::new(Ack::new());
+        let request = Request::Unregister {
+            name: name.into(),
+            ack: ack.clone(),
+        };
+        Submit::new(shard.inbox.clone(), request, ack).wait()
+    }
+
     /// The number of shards (fixed when the directory was created).
     pub fn shard_count(&self) -> usize {
         self.runtime.shards().len()

@@ -288,3 +288,57 @@ fn requests_after_close_fail_cleanly() {
     assert!(matches!(ch.append(b"x"), Err(Error::Closed)));
     assert!(matches!(ch.read(..), Err(Error::Closed)));
 }
+
+#[test]
+fn unregister_is_durable_idempotent_and_offsets_never_repeat() {
+    for backend in BACKENDS {
+        let dir = test_dir();
+        let config = small_config(dir.path(), 2, backend);
+        {
+            let engine = Engine::open(config.clone()).unwrap();
+            engine.unregister("never-registered").unwrap();
+            let old = engine.register("tmp").unwrap();
+            old.append_batch([b"a".as_slice(), b"b", b"c"]).unwrap();
+            let keep = engine.register("keep").unwrap();
+            keep.append(b"k").unwrap();
+            engine.unregister("tmp").unwrap();
+            engine.unregister("tmp").unwrap();
+            assert!(matches!(
+                old.append(b"x"),
+                Err(Error::ChannelDropped { .. })
+            ));
+            assert!(matches!(old.read(..), Err(Error::ChannelDropped { .. })));
+            let new = engine.register("tmp").unwrap();
+            assert_ne!(new, old);
+            assert!(new.read(..).unwrap().is_empty());
+            assert_eq!(
+                new.append(b"d").unwrap(),
+                Offset(3),
+                "offsets continue after the dropped channel"
+            );
+            engine.unregister("keep").unwrap();
+            engine.close().unwrap();
+        }
+        for round in 0..2u64 {
+            let engine = Engine::open(config.clone()).unwrap();
+            assert_eq!(
+                engine.metrics().recovery_channels,
+                1,
+                "{backend:?}: only the new tmp survives"
+            );
+            let tmp = engine.register("tmp").unwrap();
+            let r = tmp.read(..).unwrap();
+            assert_eq!(r.len(), 1);
+            assert_eq!((r[0].offset, &r[0].data[..]), (Offset(3), &b"d"[..]));
+            let keep = engine.register("keep").unwrap();
+            assert!(
+                keep.read(..).unwrap().is_empty(),
+                "a dropped channel's records stay dropped"
+            );
+            // Each drop of "keep" moved its next offset on by one.
+            assert_eq!(keep.append(b"k2").unwrap(), Offset(1 + round));
+            engine.unregister("keep").unwrap();
+            engine.close().unwrap();
+        }
+    }
+}

@@ -26,6 +26,8 @@ pub struct ChannelState {
     pub records: VecDeque<Bytes>,
     /// Commit that carries the channel's registration.
     pub registered_in: CommitSeq,
+    /// Whether the channel was dropped (its name may since name another).
+    pub dropped: bool,
 }
 
 impl ChannelState {
@@ -39,6 +41,10 @@ impl ChannelState {
 #[derive(Debug, Default)]
 pub struct BufferTable {
     by_name: HashMap<Box<str>, ChannelId>,
+    /// Dropped names: the next offset a re-registration starts at (so that
+    /// offsets never collide with the dropped channel's), and the commit that
+    /// carries the drop.
+    retired: HashMap<Box<str>, (Offset, CommitSeq)>,
     channels: Vec<ChannelState>,
     payload_bytes: u64,
 }
@@ -73,8 +79,31 @@ impl BufferTable {
             next_offset: first_offset,
             records: VecDeque::new(),
             registered_in,
+            dropped: false,
         });
+        self.retired.remove(name);
         id
+    }
+
+    /// Where a dropped `name` left off: its next offset and the commit of the drop.
+    pub fn retired(&self, name: &str) -> Option<(Offset, CommitSeq)> {
+        self.retired.get(name).copied()
+    }
+
+    /// Drops channel `id`: frees its records and its name. Returns the offset
+    /// a later registration of the name starts at.
+    pub fn drop_channel(&mut self, id: ChannelId, dropped_in: CommitSeq) -> Offset {
+        let ch = &mut self.channels[id.0 as usize];
+        assert!(!ch.dropped, "channel {:?} dropped twice", ch.name);
+        ch.dropped = true;
+        let freed: u64 = ch.records.iter().map(|r| r.len() as u64).sum();
+        ch.records = VecDeque::new();
+        let next = ch.next_offset;
+        let name = ch.name.clone();
+        self.payload_bytes -= freed;
+        self.by_name.remove(&name);
+        self.retired.insert(name, (next, dropped_in));
+        next
     }
 
     /// The channel `id`, if it exists.
@@ -100,7 +129,7 @@ impl BufferTable {
 
     /// Records of `id` with offsets in `from..to`, clamped to what is held.
     pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Vec<Record> {
-        let Some(ch) = self.get(id) else {
+        let Some(ch) = self.get(id).filter(|c| !c.dropped) else {
             return Vec::new();
         };
         let start = from.max(ch.first_offset);
@@ -122,14 +151,14 @@ impl BufferTable {
             .collect()
     }
 
-    /// Number of channels.
+    /// Number of live (registered, not dropped) channels.
     pub fn len(&self) -> usize {
-        self.channels.len()
+        self.by_name.len()
     }
 
     /// Whether no channel is registered.
     pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
+        self.by_name.is_empty()
     }
 
     /// Payload bytes held.

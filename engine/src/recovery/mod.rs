@@ -370,13 +370,23 @@ fn apply(
             if table.lookup(name).is_some() {
                 return Err(format!("channel {name:?} registered twice"));
             }
+            let first = table.retired(name).map_or(Offset(0), |(next, _)| next);
+            if e.offset != first {
+                return Err(format!(
+                    "channel {name:?} registered from offset {} where {} was next",
+                    e.offset.0, first.0
+                ));
+            }
             table.insert(name, e.offset, commit);
             Ok(())
         }
         EntryKind::Append => {
             let ch: ChannelId = e.channel;
-            let Some(state) = table.get_mut(ch) else {
-                return Err(format!("record for unregistered channel id {}", ch.0));
+            let Some(state) = table.get_mut(ch).filter(|c| !c.dropped) else {
+                return Err(format!(
+                    "record for unregistered or dropped channel id {}",
+                    ch.0
+                ));
             };
             if state.next_offset != e.offset {
                 return Err(format!(
@@ -388,6 +398,21 @@ fn apply(
             table.push(ch, Bytes::copy_from_slice(e.payload));
             Ok(())
         }
-        EntryKind::Drop => Err("channel drop entries are not understood by this build".into()),
+        EntryKind::Drop => {
+            let Some(state) = table.get(e.channel).filter(|c| !c.dropped) else {
+                return Err(format!(
+                    "drop of unregistered or dropped channel id {}",
+                    e.channel.0
+                ));
+            };
+            if state.next_offset != e.offset {
+                return Err(format!(
+                    "drop of channel {:?} at offset {} where {} was next",
+                    state.name, e.offset.0, state.next_offset.0
+                ));
+            }
+            table.drop_channel(e.channel, commit);
+            Ok(())
+        }
     }
 }

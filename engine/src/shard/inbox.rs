@@ -29,6 +29,13 @@ pub enum Request {
         /// Answer.
         ack: Arc<Ack<ChannelId>>,
     },
+    /// Drop the channel `name` (idempotent); answer once the drop is durable.
+    Unregister {
+        /// Validated channel name.
+        name: Box<str>,
+        /// Answer.
+        ack: Arc<Ack<()>>,
+    },
     /// Append one record; answer with its offset once durable.
     Append {
         /// Target channel.
@@ -78,6 +85,7 @@ impl Request {
             | Request::AppendBatch { ack, .. }
             | Request::NextOffset { ack, .. } => ack.complete(Err(error)),
             Request::Read { ack, .. } => ack.complete(Err(error)),
+            Request::Unregister { ack, .. } => ack.complete(Err(error)),
             Request::Close => {}
         }
     }

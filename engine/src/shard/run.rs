@@ -153,6 +153,7 @@ fn shard_main(
 enum Waiter {
     Offset(Arc<Ack<Offset>>, Offset),
     Channel(Arc<Ack<ChannelId>>, ChannelId),
+    Unit(Arc<Ack<()>>),
 }
 
 /// A commit: its buffer and who waits for it.
@@ -453,11 +454,43 @@ impl Shard {
                     return Accepted::Full(Request::Register { name, ack });
                 }
                 let commit = self.building.builder.commit_seq();
-                let id = self.table.insert(&name, Offset(0), commit);
+                // A name dropped before starts where the dropped channel
+                // stopped, so that its offsets never repeat.
+                let first = self
+                    .table
+                    .retired(&name)
+                    .map_or(Offset(0), |(next, _)| next);
+                let id = self.table.insert(&name, first, commit);
                 self.building
                     .builder
-                    .push(EntryKind::Register, id, Offset(0), name.as_bytes());
+                    .push(EntryKind::Register, id, first, name.as_bytes());
                 self.building.waiters.push(Waiter::Channel(ack, id));
+                Accepted::Done
+            }
+            Request::Unregister { name, ack } => {
+                let Some(id) = self.table.lookup(&name) else {
+                    // Never registered, or already dropped: answer once the
+                    // drop (if any) is durable.
+                    match self.table.retired(&name) {
+                        Some((_, dropped_in)) => {
+                            self.answer_when_durable(dropped_in, Waiter::Unit(ack))
+                        }
+                        None => ack.complete(Ok(())),
+                    }
+                    return Accepted::Done;
+                };
+                if let Some(e) = self.shard_failed() {
+                    ack.complete(Err(e));
+                    return Accepted::Done;
+                }
+                if !self.building.builder.fits(0, entry_bytes(0)) {
+                    return Accepted::Full(Request::Unregister { name, ack });
+                }
+                let commit = self.building.builder.commit_seq();
+                let next = self.table.get(id).expect("looked up").next_offset;
+                self.building.builder.push(EntryKind::Drop, id, next, &[]);
+                self.table.drop_channel(id, commit);
+                self.building.waiters.push(Waiter::Unit(ack));
                 Accepted::Done
             }
             Request::Append {
@@ -473,6 +506,12 @@ impl Shard {
                     ack.complete(Err(unknown_channel(channel)));
                     return Accepted::Done;
                 };
+                if ch.dropped {
+                    ack.complete(Err(Error::ChannelDropped {
+                        name: ch.name.to_string(),
+                    }));
+                    return Accepted::Done;
+                }
                 if !self.building.builder.fits(1, entry_bytes(record.len())) {
                     return Accepted::Full(Request::Append {
                         channel,
@@ -519,6 +558,12 @@ impl Shard {
                     ack.complete(Err(unknown_channel(channel)));
                     return Accepted::Done;
                 };
+                if ch.dropped {
+                    ack.complete(Err(Error::ChannelDropped {
+                        name: ch.name.to_string(),
+                    }));
+                    return Accepted::Done;
+                }
                 let first = ch.next_offset;
                 ch.next_offset = Offset(first.0 + records.len() as u64);
                 for (i, record) in records.into_iter().enumerate() {
@@ -539,7 +584,12 @@ impl Shard {
                 to,
                 ack,
             } => {
-                ack.complete(Ok(self.table.read(channel, from, to)));
+                match self.table.get(channel) {
+                    Some(ch) if ch.dropped => ack.complete(Err(Error::ChannelDropped {
+                        name: ch.name.to_string(),
+                    })),
+                    _ => ack.complete(Ok(self.table.read(channel, from, to))),
+                }
                 Accepted::Done
             }
             Request::NextOffset { channel, ack } => {
@@ -792,6 +842,7 @@ fn complete_waiter(w: Waiter, r: Result<()>) {
     match (w, r) {
         (Waiter::Offset(ack, off), Ok(())) => ack.complete(Ok(off)),
         (Waiter::Channel(ack, id), Ok(())) => ack.complete(Ok(id)),
+        (Waiter::Unit(ack), r) => ack.complete(r),
         (Waiter::Offset(ack, _), Err(e)) => ack.complete(Err(e)),
         (Waiter::Channel(ack, _), Err(e)) => ack.complete(Err(e)),
     }
