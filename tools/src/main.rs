@@ -3,6 +3,7 @@
 
 mod host;
 mod load;
+mod recover_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -22,12 +23,16 @@ struct Cli {
 enum Command {
     /// Drive appends against an engine and report throughput, latency and CPU.
     Load(load::LoadArgs),
+    /// Write a data set, drop the page cache, reopen it and report recovery speed,
+    /// registration latency during recovery and memory.
+    RecoverBench(recover_bench::RecoverBenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(args) => load::run(args),
+        Command::RecoverBench(args) => recover_bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("corewal: error: {e}");

@@ -1,0 +1,366 @@
+//! `corewal recover-bench`: writes a data set, drops the page cache, reopens
+//! it in a fresh process and reports how fast recovery ran and how soon and
+//! how quickly channels could be registered meanwhile.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use corewal::{Config, Engine};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::host::{fingerprint, Host};
+use crate::load::parse_bytes;
+
+/// Arguments of `corewal recover-bench`.
+#[derive(Args, Debug)]
+pub struct RecoverBenchArgs {
+    /// Payload bytes to write before reopening (suffixes KiB, MiB, GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    bytes: u64,
+    /// Channels the data set is spread over.
+    #[arg(long, default_value_t = 1000)]
+    channels: usize,
+    /// Payload bytes of each record.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Shards (default: one per allowed core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Data directory (default: a fresh directory under /var/tmp, removed afterwards).
+    /// With --reuse, an existing data set to reopen.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Reopen the data set in --dir without writing one.
+    #[arg(long)]
+    reuse: bool,
+    /// Keep the data directory.
+    #[arg(long)]
+    keep: bool,
+    /// Do not drop the page cache before reopening (dropping needs root).
+    #[arg(long)]
+    no_drop_caches: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Internal: only reopen --dir and print the reopen figures as JSON.
+    #[arg(long, hide = true)]
+    reopen_only: bool,
+}
+
+/// What the reopening process measured.
+#[derive(Serialize, Deserialize, Debug)]
+struct Reopen {
+    open_returned_ms: f64,
+    all_shards_ready_ms: f64,
+    replayed_bytes: u64,
+    replay_gb_per_s: f64,
+    channels_found: u64,
+    first_registration_ms: f64,
+    registrations: u64,
+    registration_ns_p50: u64,
+    registration_ns_p99: u64,
+    registration_ns_max: u64,
+    peak_rss_bytes: u64,
+    rss_after_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct RecoverResult {
+    tool: &'static str,
+    host: Host,
+    dir: String,
+    shards: usize,
+    data_payload_bytes: u64,
+    channels: usize,
+    record_bytes: usize,
+    page_cache_dropped: bool,
+    reopen: Reopen,
+    fio_read_gb_per_s: Option<f64>,
+    replay_to_fio_ratio: Option<f64>,
+}
+
+fn channel_name(i: usize) -> String {
+    format!("bench-{i}")
+}
+
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let engine = Arc::new(Engine::start(Config::new(dir))?);
+    let open_returned = t0.elapsed();
+    // A registrar registers every channel while the shards recover.
+    let done = Arc::new(AtomicBool::new(false));
+    let registrar = {
+        let engine = engine.clone();
+        std::thread::spawn(
+            move || -> Result<(Histogram<u64>, Duration), corewal::Error> {
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds");
+                let mut first = None;
+                for i in 0..channels {
+                    let t = Instant::now();
+                    engine.register(&channel_name(i))?;
+                    hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+                    first.get_or_insert_with(|| t0.elapsed());
+                }
+                Ok((hist, first.unwrap_or_default()))
+            },
+        )
+    };
+    engine.wait_ready()?;
+    let ready = t0.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let (hist, first) = registrar.join().map_err(|_| "registrar panicked")??;
+    let m = engine.metrics();
+    let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared")?;
+    let rss_after = status_kib("VmRSS:") * 1024;
+    engine.close()?;
+    Ok(Reopen {
+        open_returned_ms: open_returned.as_secs_f64() * 1e3,
+        all_shards_ready_ms: ready.as_secs_f64() * 1e3,
+        replayed_bytes: m.recovery_bytes_read,
+        replay_gb_per_s: m.recovery_bytes_read as f64 / ready.as_secs_f64() / 1e9,
+        channels_found: m.recovery_channels,
+        first_registration_ms: first.as_secs_f64() * 1e3,
+        registrations: hist.len(),
+        registration_ns_p50: hist.value_at_quantile(0.5),
+        registration_ns_p99: hist.value_at_quantile(0.99),
+        registration_ns_max: hist.max(),
+        peak_rss_bytes: status_kib("VmHWM:") * 1024,
+        rss_after_bytes: rss_after,
+    })
+}
+
+fn write_data_set(
+    args: &RecoverBenchArgs,
+    dir: &Path,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let mut config = Config::new(dir);
+    config.shards = args.shards;
+    config.record_bytes_max = config.record_bytes_max.max(args.record_bytes);
+    let engine = Engine::open(config)?;
+    let shards = engine.shard_count();
+    let channels: Vec<_> = (0..args.channels)
+        .map(|i| engine.register(&channel_name(i)))
+        .collect::<Result<_, _>>()?;
+    let record = Bytes::from(vec![0x5Au8; args.record_bytes]);
+    let per_batch = 64usize;
+    let batch_bytes = (per_batch * args.record_bytes) as u64;
+    let batches = args.bytes.div_ceil(batch_bytes.max(1));
+    let writers = 8usize;
+    std::thread::scope(|s| -> Result<(), corewal::Error> {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (channels, record) = (&channels, record.clone());
+                s.spawn(move || -> Result<(), corewal::Error> {
+                    let mut b = w as u64;
+                    while b < batches {
+                        let ch = &channels[b as usize % channels.len()];
+                        ch.append_batch_async(vec![record.clone(); per_batch])?
+                            .wait()?;
+                        b += writers as u64;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("writer thread")?;
+        }
+        Ok(())
+    })?;
+    engine.close()?;
+    Ok(shards)
+}
+
+fn drop_caches() -> bool {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// Sequential direct reads of the data set's segment files with fio, 1 MiB
+/// at queue depth 8, when fio is installed.
+fn fio_read_gb_per_s(dir: &Path) -> Option<f64> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(dir).ok()? {
+        let shard = shard.ok()?.path();
+        if shard.is_dir() {
+            for f in std::fs::read_dir(&shard).ok()? {
+                let f = f.ok()?.path();
+                if f.extension().is_some_and(|e| e == "wal") {
+                    files.push(f.display().to_string());
+                }
+            }
+        }
+    }
+    if files.is_empty() {
+        return None;
+    }
+    let out = Command::new("fio")
+        .args([
+            "--name=seqread",
+            "--rw=read",
+            "--bs=1M",
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=8",
+            "--readonly",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", files.join(":")))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&text[text.find('{')?..]).ok()?;
+    let bw = json["jobs"][0]["read"]["bw_bytes"].as_f64()?;
+    Some(bw / 1e9)
+}
+
+pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.reopen_only {
+        let dir = args.dir.as_ref().ok_or("--reopen-only needs --dir")?;
+        let r = reopen(dir, args.channels)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    if args.channels == 0 || args.channels > 10_000_000 {
+        return Err("--channels must be 1..=10000000".into());
+    }
+    if args.record_bytes == 0 {
+        return Err("--record-bytes must be at least 1".into());
+    }
+    if args.reuse && args.dir.is_none() {
+        return Err("--reuse needs --dir".into());
+    }
+    let (dir, temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("corewal-recover-")
+                .tempdir_in("/var/tmp")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let shards = if args.reuse {
+        0
+    } else {
+        write_data_set(&args, &dir)?
+    };
+    let dropped = !args.no_drop_caches && drop_caches();
+    let out = Command::new(std::env::current_exe()?)
+        .args(["recover-bench", "--reopen-only", "--channels"])
+        .arg(args.channels.to_string())
+        .arg("--dir")
+        .arg(&dir)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("reopen failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let reopen: Reopen = serde_json::from_slice(&out.stdout)?;
+    if !args.no_drop_caches {
+        drop_caches();
+    }
+    let fio = fio_read_gb_per_s(&dir);
+    let result = RecoverResult {
+        tool: "corewal recover-bench",
+        host: fingerprint(&dir),
+        dir: dir.display().to_string(),
+        shards,
+        data_payload_bytes: args.bytes,
+        channels: args.channels,
+        record_bytes: args.record_bytes,
+        page_cache_dropped: dropped,
+        replay_to_fio_ratio: fio.map(|f| reopen.replay_gb_per_s / f),
+        fio_read_gb_per_s: fio,
+        reopen,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        let r = &result.reopen;
+        println!(
+            "corewal recover-bench: {} B of payload over {} channels, {} B records, {} shards; page cache {}",
+            result.data_payload_bytes,
+            result.channels,
+            result.record_bytes,
+            result.shards,
+            if dropped { "dropped" } else { "NOT dropped" }
+        );
+        println!(
+            "host: {} | {} cores | kernel {} | {} on {}",
+            result.host.cpu_model,
+            result.host.cores_online,
+            result.host.kernel,
+            result.host.filesystem,
+            result.host.device
+        );
+        println!();
+        println!("  open returned          {:>10.1} ms", r.open_returned_ms);
+        println!(
+            "  all shards recovered   {:>10.1} ms",
+            r.all_shards_ready_ms
+        );
+        println!(
+            "  segment bytes read     {:>10.1} MB (whole segments, spares and zero tails included)",
+            r.replayed_bytes as f64 / 1e6
+        );
+        println!(
+            "  replay                 {:>10.3} GB/s of segment bytes",
+            r.replay_gb_per_s
+        );
+        if !args.reuse {
+            println!(
+                "  payload recovered      {:>10.3} GB/s ({} B in {:.1} ms)",
+                result.data_payload_bytes as f64 / (r.all_shards_ready_ms / 1e3) / 1e9,
+                result.data_payload_bytes,
+                r.all_shards_ready_ms
+            );
+        }
+        match (result.fio_read_gb_per_s, result.replay_to_fio_ratio) {
+            (Some(f), Some(q)) => {
+                println!("  fio seq read (1M, qd8) {f:>10.3} GB/s  (replay / fio = {q:.2})")
+            }
+            _ => println!("  fio seq read           not measured (fio not installed)"),
+        }
+        println!("  channels found         {:>10}", r.channels_found);
+        println!(
+            "  first registration     {:>10.1} ms after open",
+            r.first_registration_ms
+        );
+        println!(
+            "  registration latency   p50 {:.1} us, p99 {:.1} us, max {:.1} ms ({} registrations during recovery)",
+            r.registration_ns_p50 as f64 / 1e3,
+            r.registration_ns_p99 as f64 / 1e3,
+            r.registration_ns_max as f64 / 1e6,
+            r.registrations
+        );
+        println!(
+            "  peak RSS               {:>10.1} MB (after recovery {:.1} MB)",
+            r.peak_rss_bytes as f64 / 1e6,
+            r.rss_after_bytes as f64 / 1e6
+        );
+    }
+    if args.keep {
+        if let Some(t) = temp {
+            let _ = t.keep();
+        }
+    }
+    Ok(())
+}
