@@ -342,3 +342,29 @@ fn unregister_is_durable_idempotent_and_offsets_never_repeat() {
         }
     }
 }
+
+#[test]
+fn a_changed_block_size_starts_a_new_segment() {
+    let dir = test_dir();
+    let mut config = small_config(dir.path(), 1, Backend::IoUring);
+    for (round, block) in [4096usize, 8192, 4096].into_iter().enumerate() {
+        config.block_bytes = Some(block);
+        let engine = Engine::open(config.clone()).unwrap();
+        assert_eq!(engine.block_bytes(), block);
+        let ch = engine.register("c").unwrap();
+        for i in 0..10u64 {
+            assert_eq!(
+                ch.append(&[round as u8; 100]).unwrap(),
+                Offset(round as u64 * 10 + i)
+            );
+        }
+        engine.close().unwrap();
+    }
+    let engine = Engine::open(config).unwrap();
+    let r = engine.register("c").unwrap().read(..).unwrap();
+    assert_eq!(r.len(), 30);
+    assert!(r
+        .iter()
+        .enumerate()
+        .all(|(i, rec)| rec.data[0] == (i / 10) as u8));
+}

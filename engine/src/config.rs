@@ -88,7 +88,7 @@ pub struct Config {
     /// Default `RecoveryMode::TolerateTornTail`.
     pub recovery_mode: RecoveryMode,
     /// Size of each segment file, zero-filled when created. Default 64 MiB;
-    /// 1 MiB..=4 GiB, a multiple of the block size, and at least twice
+    /// 1 MiB..=1 GiB, a multiple of the block size, and at least twice
     /// `commit_bytes_max` plus one block.
     pub segment_bytes: u64,
     /// Largest commit (one write, one data sync). Default 1 MiB; at least one
@@ -130,8 +130,9 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 pub const COMMIT_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Upper bound of `commit_bytes_max`; also what recovery accepts from disk.
 pub const COMMIT_BYTES_LIMIT: usize = 64 << 20;
-/// Upper bound of `segment_bytes`.
-pub const SEGMENT_BYTES_LIMIT: u64 = 4 << 30;
+/// Upper bound of `segment_bytes`. Recovery reads a segment whole into one
+/// buffer per shard, so this also bounds recovery's memory per shard.
+pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
 /// Upper bound of `commits_in_flight_max`.
 pub const COMMITS_IN_FLIGHT_LIMIT: usize = 16;
 /// Upper bound of the shard count.
@@ -240,7 +241,7 @@ impl Config {
         if !(1 << 20..=SEGMENT_BYTES_LIMIT).contains(&seg) || !seg.is_multiple_of(block as u64) {
             return bad(
                 "segment_bytes",
-                format!("is {seg}; allowed 1 MiB..=4 GiB and a multiple of the block size {block}"),
+                format!("is {seg}; allowed 1 MiB..=1 GiB and a multiple of the block size {block}"),
             );
         }
         if seg < 2 * round_up(self.commit_bytes_max, block) as u64 + block as u64 {

@@ -147,6 +147,13 @@ pub enum Error {
     /// The engine is closed.
     #[error("the engine is closed")]
     Closed,
+
+    /// An internal invariant broke and the shard stopped.
+    #[error("internal error: {what}; the shard stopped — reopen the engine (acknowledged data is on disk) and report this")]
+    Internal {
+        /// What broke.
+        what: &'static str,
+    },
 }
 
 fn path_suffix(path: &Option<PathBuf>) -> String {

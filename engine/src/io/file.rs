@@ -240,6 +240,30 @@ impl DirLock {
     }
 }
 
+/// Renames `from` to `to`, failing if `to` exists (`RENAME_NOREPLACE`), so
+/// that a file holding data is never replaced.
+pub fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
+    let (f, t) = (c_path(from)?, c_path(to)?);
+    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "rename segment",
+            Some(to.into()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads 8 random bytes from the kernel.
 pub fn random_u64() -> Result<u64> {
     let mut b = [0u8; 8];

@@ -52,6 +52,9 @@ pub struct Tail {
     pub segment: Segment,
     /// The first free block in it.
     pub position: u64,
+    /// The segment's block size (the engine's may differ after a config or
+    /// filesystem change; the shard then starts a new segment).
+    pub block: usize,
 }
 
 /// A replayed shard.
@@ -107,7 +110,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
         .recovery_bytes_total
         .store(total, Ordering::Relaxed);
     for w in segments.windows(2) {
-        if w[1].0 .0 != w[0].0 .0 + 1 {
+        if w[0].0 .0.checked_add(1) != Some(w[1].0 .0) {
             return Err(Error::Corruption {
                 shard: ctx.shard.0,
                 segment: w[1].0 .0,
@@ -127,7 +130,12 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
 
     for (i, (seq, path)) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        next_segment_seq = SegmentSeq(seq.0 + 1);
+        next_segment_seq = SegmentSeq(seq.0.checked_add(1).ok_or_else(|| Error::Corruption {
+            shard: ctx.shard.0,
+            segment: seq.0,
+            position: 0,
+            what: "segment sequence number at its maximum".into(),
+        })?);
         let damage = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
             shard: ctx.shard.0,
             segment: segment.0,
@@ -247,7 +255,14 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
                         .map_err(|what| damage(*seq, pos as u64, what))?;
                 }
                 pos += span;
-                next = Some(CommitSeq(h.commit_seq.0 + 1));
+                let Some(after) = h.commit_seq.0.checked_add(1) else {
+                    return Err(damage(
+                        *seq,
+                        pos as u64,
+                        "commit sequence number at its maximum".into(),
+                    ));
+                };
+                next = Some(CommitSeq(after));
                 ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
             }
         };
@@ -271,7 +286,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
                         && h.segment_seq == *seq
                         && h.position == q as u64;
                     if identity && h.commit_seq >= window_base {
-                        let in_window = h.commit_seq.0 < window_base.0 + h.in_flight_max as u64;
+                        let in_window =
+                            h.commit_seq.0 < window_base.0.saturating_add(h.in_flight_max as u64);
                         if torn.is_none() && in_window {
                             in_flight_after = true;
                         } else {
@@ -298,7 +314,14 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
             }
             q += block;
         }
-        if matches!(end, ChainEnd::Damaged(_)) || in_flight_after {
+        // The block at the chain end itself may hold bytes past a zero header.
+        if pos < n && data[pos..(pos + block).min(n)].iter().any(|&x| x != 0) {
+            nonzero_end = nonzero_end.max((pos + block).min(n));
+        }
+        // Anything non-zero after the chain end is what a torn write left
+        // (a lost header with written later blocks, say): it is cut and
+        // zeroed like a damaged commit, so no byte of it outlives the cut.
+        if matches!(end, ChainEnd::Damaged(_)) || in_flight_after || nonzero_end > pos {
             nonzero_end = nonzero_end.max((pos + block).min(n));
             torn = Some(Torn {
                 seq: *seq,
@@ -317,6 +340,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
                     bytes: header.segment_bytes,
                 },
                 position: pos as u64,
+                block,
             });
         }
     }

@@ -149,11 +149,40 @@ fn shard_main(
     }
 }
 
+/// An ack the shard owes. If the shard unwinds (a broken invariant) before
+/// answering, dropping it answers with `Error::Internal`, so that no caller
+/// waits forever.
+struct Owed<T>(Option<Arc<Ack<T>>>);
+
+impl<T> Owed<T> {
+    fn complete(mut self, r: Result<T>) {
+        if let Some(ack) = self.0.take() {
+            ack.complete(r);
+        }
+    }
+}
+
+impl<T> From<Arc<Ack<T>>> for Owed<T> {
+    fn from(ack: Arc<Ack<T>>) -> Self {
+        Owed(Some(ack))
+    }
+}
+
+impl<T> Drop for Owed<T> {
+    fn drop(&mut self) {
+        if let Some(ack) = self.0.take() {
+            ack.complete(Err(Error::Internal {
+                what: "the shard stopped before answering",
+            }));
+        }
+    }
+}
+
 /// What a queued append waits for.
 enum Waiter {
-    Offset(Arc<Ack<Offset>>, Offset),
-    Channel(Arc<Ack<ChannelId>>, ChannelId),
-    Unit(Arc<Ack<()>>),
+    Offset(Owed<Offset>, Offset),
+    Channel(Owed<ChannelId>, ChannelId),
+    Unit(Owed<()>),
 }
 
 /// A commit: its buffer and who waits for it.
@@ -183,6 +212,8 @@ struct Flight {
     /// The commit, or `None` for a periodic data sync.
     batch: Option<Batch>,
     payload_bytes: u64,
+    /// Periodic mode: this commit was written with a data sync.
+    synced: bool,
     started: Instant,
     outcome: Option<std::result::Result<(), OpError>>,
 }
@@ -262,6 +293,9 @@ impl Shard {
             core: spec.core,
         })?;
         let (segment, write_position, next_segment_seq) = match recovered.tail {
+            // A tail segment with another block size is left as it is: the
+            // first commit starts a new segment with the engine's block.
+            Some(t) if t.block != spec.block => (t.segment, u64::MAX, recovered.next_segment_seq),
             Some(t) => (t.segment, t.position, recovered.next_segment_seq),
             None => {
                 let seq = recovered.next_segment_seq;
@@ -291,7 +325,7 @@ impl Shard {
             segment,
             write_position,
             next_segment_seq,
-            completed: CommitSeq(recovered.next_commit_seq.0 - 1),
+            completed: CommitSeq(recovered.next_commit_seq.0.saturating_sub(1)),
             building,
             flights: VecDeque::with_capacity(in_flight_max),
             spare,
@@ -394,8 +428,13 @@ impl Shard {
     /// Whether the built commit must wait for the flights to drain first
     /// (it needs a new segment, and segments change only when idle).
     fn start_blocked(&self) -> bool {
-        self.write_position + self.building.builder.sealed_len() as u64 > self.segment.bytes
-            && !self.flights.is_empty()
+        self.needs_new_segment() && !self.flights.is_empty()
+    }
+
+    fn needs_new_segment(&self) -> bool {
+        self.write_position
+            .saturating_add(self.building.builder.sealed_len() as u64)
+            > self.segment.bytes
     }
 
     fn wake_completed(&mut self) {
@@ -443,7 +482,7 @@ impl Shard {
             Request::Register { name, ack } => {
                 if let Some(id) = self.table.lookup(&name) {
                     let registered_in = self.table.get(id).expect("looked up").registered_in;
-                    self.answer_when_durable(registered_in, Waiter::Channel(ack, id));
+                    self.answer_when_durable(registered_in, Waiter::Channel(ack.into(), id));
                     return Accepted::Done;
                 }
                 if let Some(e) = self.shard_failed() {
@@ -464,7 +503,7 @@ impl Shard {
                 self.building
                     .builder
                     .push(EntryKind::Register, id, first, name.as_bytes());
-                self.building.waiters.push(Waiter::Channel(ack, id));
+                self.building.waiters.push(Waiter::Channel(ack.into(), id));
                 Accepted::Done
             }
             Request::Unregister { name, ack } => {
@@ -473,7 +512,7 @@ impl Shard {
                     // drop (if any) is durable.
                     match self.table.retired(&name) {
                         Some((_, dropped_in)) => {
-                            self.answer_when_durable(dropped_in, Waiter::Unit(ack))
+                            self.answer_when_durable(dropped_in, Waiter::Unit(ack.into()))
                         }
                         None => ack.complete(Ok(())),
                     }
@@ -490,7 +529,7 @@ impl Shard {
                 let next = self.table.get(id).expect("looked up").next_offset;
                 self.building.builder.push(EntryKind::Drop, id, next, &[]);
                 self.table.drop_channel(id, commit);
-                self.building.waiters.push(Waiter::Unit(ack));
+                self.building.waiters.push(Waiter::Unit(ack.into()));
                 Accepted::Done
             }
             Request::Append {
@@ -512,6 +551,17 @@ impl Shard {
                     }));
                     return Accepted::Done;
                 }
+                if !self
+                    .building
+                    .builder
+                    .could_fit(1, entry_bytes(record.len()))
+                {
+                    ack.complete(Err(Error::RecordTooLarge {
+                        len: record.len(),
+                        max: self.config.record_bytes_max,
+                    }));
+                    return Accepted::Done;
+                }
                 if !self.building.builder.fits(1, entry_bytes(record.len())) {
                     return Accepted::Full(Request::Append {
                         channel,
@@ -525,7 +575,9 @@ impl Shard {
                     .builder
                     .push(EntryKind::Append, channel, offset, &record);
                 self.building.records.push((channel, record));
-                self.building.waiters.push(Waiter::Offset(ack, offset));
+                self.building
+                    .waiters
+                    .push(Waiter::Offset(ack.into(), offset));
                 Accepted::Done
             }
             Request::AppendBatch {
@@ -538,7 +590,7 @@ impl Shard {
                     return Accepted::Done;
                 }
                 let bytes: usize = records.iter().map(|r| entry_bytes(r.len())).sum();
-                if !self.building.builder.could_fit(records.len(), bytes) {
+                if records.is_empty() || !self.building.builder.could_fit(records.len(), bytes) {
                     ack.complete(Err(Error::BatchTooLarge {
                         records: records.len(),
                         bytes,
@@ -575,7 +627,9 @@ impl Shard {
                     );
                     self.building.records.push((channel, record));
                 }
-                self.building.waiters.push(Waiter::Offset(ack, first));
+                self.building
+                    .waiters
+                    .push(Waiter::Offset(ack.into(), first));
                 Accepted::Done
             }
             Request::Read {
@@ -632,8 +686,7 @@ impl Shard {
     }
 
     fn start_commit(&mut self) {
-        let len = self.building.builder.sealed_len() as u64;
-        if self.write_position + len > self.segment.bytes {
+        if self.needs_new_segment() {
             if !self.flights.is_empty() {
                 // Segments change only when nothing is in flight, so that a
                 // torn tail never spans two segments.
@@ -658,7 +711,12 @@ impl Shard {
             self.in_flight_max as u16,
         );
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        // Periodic mode under constant load never sees an idle moment for a
+        // separate sync: when one is due, the commit itself carries it (only
+        // with nothing else in flight, so that the sync covers every write).
+        let synced = self.sync_due() && self.flights.is_empty();
         let sync = match (self.config.durability, self.config.sync_method) {
+            (Durability::Periodic { .. }, _) if synced => SyncKind::Dsync,
             (Durability::Periodic { .. }, _) => SyncKind::None,
             (Durability::Sync, SyncMethod::DsyncWrite) => SyncKind::Dsync,
             (Durability::Sync, SyncMethod::WriteThenFdatasync) => SyncKind::Fdatasync,
@@ -682,6 +740,7 @@ impl Shard {
             id,
             batch: Some(batch),
             payload_bytes,
+            synced,
             started: Instant::now(),
             outcome: None,
         });
@@ -711,6 +770,7 @@ impl Shard {
             id,
             batch: None,
             payload_bytes: 0,
+            synced: false,
             started: Instant::now(),
             outcome: None,
         });
@@ -758,14 +818,17 @@ impl Shard {
             .commit_device_ns
             .fetch_add(device_ns, Ordering::Relaxed);
         while self.flights.front().is_some_and(|f| f.outcome.is_some()) {
-            let mut f = self.flights.pop_front().expect("checked");
-            let outcome = f.outcome.take().expect("checked");
+            let front = self.flights.front_mut().expect("checked");
+            let outcome = front.outcome.take().expect("checked");
             if let Err(e) = outcome {
                 if self.failed.is_none() {
+                    // Fail while the failed flight is still in `flights`, so
+                    // that its own callers are answered with the error too.
                     let e = self.op_error(e);
                     self.fail(e);
                 }
             }
+            let f = self.flights.pop_front().expect("checked");
             match f.batch {
                 None => {
                     if self.failed.is_none() {
@@ -776,9 +839,16 @@ impl Shard {
                 Some(mut batch) => {
                     if self.failed.is_none() {
                         self.acknowledge(&mut batch, f.payload_bytes);
+                        if f.synced {
+                            self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                            self.unsynced_since = None;
+                        }
                     }
                     batch.records.clear();
-                    debug_assert!(batch.waiters.is_empty());
+                    assert!(
+                        batch.waiters.is_empty(),
+                        "a finished commit still has waiters"
+                    );
                     self.spare.push(batch);
                 }
             }
@@ -789,7 +859,10 @@ impl Shard {
         self.completed = batch.builder.commit_seq();
         let records = batch.records.len() as u64;
         for (channel, record) in batch.records.drain(..) {
-            self.table.push(channel, record);
+            // A channel dropped while this commit was in flight keeps nothing.
+            if self.table.get(channel).is_some_and(|c| !c.dropped) {
+                self.table.push(channel, record);
+            }
         }
         self.completed_waiters.append(&mut batch.waiters);
         let m = &self.metrics;

@@ -43,11 +43,23 @@ pub struct PreparerSpec {
     pub core: Option<usize>,
 }
 
+/// The preparer's state. A sequence number is wanted, then being prepared,
+/// then ready, then taken — each at most once, so a segment is never built
+/// twice (and `create_segment` refuses to replace an existing file anyway).
 #[derive(Default)]
 struct State {
-    requested: Option<SegmentSeq>,
+    wanted: Option<SegmentSeq>,
+    preparing: Option<SegmentSeq>,
     ready: Option<(SegmentSeq, Result<Segment>)>,
     stop: bool,
+}
+
+impl State {
+    fn knows(&self, seq: SegmentSeq) -> bool {
+        self.wanted == Some(seq)
+            || self.preparing == Some(seq)
+            || self.ready.as_ref().is_some_and(|(s, _)| *s == seq)
+    }
 }
 
 #[derive(Default)]
@@ -80,8 +92,8 @@ impl SegmentPreparer {
     /// Asks for segment `seq` to be made ready.
     pub fn request(&self, seq: SegmentSeq) {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.requested.is_none() && st.ready.as_ref().is_none_or(|(s, _)| *s != seq) {
-            st.requested = Some(seq);
+        if !st.knows(seq) {
+            st.wanted = Some(seq);
             self.shared.cond.notify_all();
         }
     }
@@ -90,17 +102,14 @@ impl SegmentPreparer {
     pub fn take(&self, seq: SegmentSeq) -> Result<Segment> {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some((s, _)) = &st.ready {
-                if *s == seq {
-                    let (_, r) = st.ready.take().expect("checked");
-                    return r;
-                }
-                // A segment for another sequence number cannot be used; the
-                // shard asks in order, so this is an invariant breach.
-                unreachable!("prepared segment {} while {} is wanted", s.0, seq.0);
+            if st.ready.as_ref().is_some_and(|(s, _)| *s == seq) {
+                let (_, r) = st.ready.take().expect("checked");
+                return r;
             }
-            if st.requested.is_none() {
-                st.requested = Some(seq);
+            if !st.knows(seq) {
+                // The shard asks in order; anything else ready is stale.
+                st.ready = None;
+                st.wanted = Some(seq);
                 self.shared.cond.notify_all();
             }
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -144,7 +153,8 @@ fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
                     return;
                 }
                 if st.ready.is_none() {
-                    if let Some(seq) = st.requested.take() {
+                    if let Some(seq) = st.wanted.take() {
+                        st.preparing = Some(seq);
                         break seq;
                     }
                 }
@@ -167,7 +177,61 @@ fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
             &mut zeros,
         );
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.preparing = None;
         st.ready = Some((seq, result));
         shared.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path) -> PreparerSpec {
+        PreparerSpec {
+            shard: ShardId(0),
+            shard_dir: dir.to_path_buf(),
+            block: 4096,
+            store_id: 7,
+            segment_bytes: 1 << 20,
+            access: Access::Buffered,
+            file_mode: 0o600,
+            core: None,
+        }
+    }
+
+    #[test]
+    fn take_before_ready_then_request_next_hands_out_each_segment_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = SegmentPreparer::spawn(spec(dir.path())).unwrap();
+        // The shard takes a segment nobody asked for yet, then asks ahead.
+        for seq in 1..=6u64 {
+            let s = p.take(SegmentSeq(seq)).unwrap();
+            assert_eq!(s.seq, SegmentSeq(seq));
+            p.request(SegmentSeq(seq + 1));
+            // Requests repeated for the same number change nothing.
+            p.request(SegmentSeq(seq + 1));
+        }
+        drop(p);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        // Segments 1..=6 were taken; 7 was asked for and may or may not have
+        // been made before the preparer stopped. Never one twice, no leftovers.
+        assert!((6..=7).contains(&names.len()), "{names:?}");
+        assert!(names.iter().all(|n| n.ends_with(".wal")), "{names:?}");
+    }
+
+    #[test]
+    fn an_existing_segment_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = SegmentPreparer::spawn(spec(dir.path())).unwrap();
+        let s = p.take(SegmentSeq(1)).unwrap();
+        drop(s);
+        // Asking for the same number again must fail, not zero the file.
+        let again = p.take(SegmentSeq(1));
+        assert!(again.is_err(), "segment 1 was created twice");
     }
 }

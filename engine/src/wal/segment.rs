@@ -80,7 +80,7 @@ pub fn create_segment(spec: &SegmentSpec<'_>, zeros: &mut AlignedBuf) -> Result<
         h.segment_bytes,
         ZeroSync::EachChunk,
     )?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io("rename segment", Some(path.clone()), e))?;
+    file::rename_no_replace(&tmp, &path)?;
     file::sync_dir(spec.shard_dir)?;
     Ok(Segment {
         seq: h.segment_seq,
