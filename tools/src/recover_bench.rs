@@ -56,6 +56,7 @@ pub struct RecoverBenchArgs {
 /// What the reopening process measured.
 #[derive(Serialize, Deserialize, Debug)]
 struct Reopen {
+    shards: usize,
     open_returned_ms: f64,
     all_shards_ready_ms: f64,
     replayed_bytes: u64,
@@ -129,10 +130,12 @@ fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Err
     done.store(true, Ordering::SeqCst);
     let (hist, first) = registrar.join().map_err(|_| "registrar panicked")??;
     let m = engine.metrics();
+    let shards = engine.shard_count();
     let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared")?;
     let rss_after = status_kib("VmRSS:") * 1024;
     engine.close()?;
     Ok(Reopen {
+        shards,
         open_returned_ms: open_returned.as_secs_f64() * 1e3,
         all_shards_ready_ms: ready.as_secs_f64() * 1e3,
         replayed_bytes: m.recovery_bytes_read,
@@ -151,12 +154,11 @@ fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Err
 fn write_data_set(
     args: &RecoverBenchArgs,
     dir: &Path,
-) -> Result<usize, Box<dyn std::error::Error>> {
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::new(dir);
     config.shards = args.shards;
     config.record_bytes_max = config.record_bytes_max.max(args.record_bytes);
     let engine = Engine::open(config)?;
-    let shards = engine.shard_count();
     let channels: Vec<_> = (0..args.channels)
         .map(|i| engine.register(&channel_name(i)))
         .collect::<Result<_, _>>()?;
@@ -187,7 +189,7 @@ fn write_data_set(
         Ok(())
     })?;
     engine.close()?;
-    Ok(shards)
+    Ok(())
 }
 
 fn drop_caches() -> bool {
@@ -258,11 +260,9 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let shards = if args.reuse {
-        0
-    } else {
-        write_data_set(&args, &dir)?
-    };
+    if !args.reuse {
+        write_data_set(&args, &dir)?;
+    }
     let dropped = !args.no_drop_caches && drop_caches();
     let out = Command::new(std::env::current_exe()?)
         .args(["recover-bench", "--reopen-only", "--channels"])
@@ -282,8 +282,8 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         tool: "corewal recover-bench",
         host: fingerprint(&dir),
         dir: dir.display().to_string(),
-        shards,
-        data_payload_bytes: args.bytes,
+        shards: reopen.shards,
+        data_payload_bytes: if args.reuse { 0 } else { args.bytes },
         channels: args.channels,
         record_bytes: args.record_bytes,
         page_cache_dropped: dropped,

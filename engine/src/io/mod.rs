@@ -51,12 +51,26 @@ pub enum Op {
         /// The file to sync.
         fd: RawFd,
     },
+    /// Read `len` bytes at `position` of `fd` into `ptr`; exactly `expect`
+    /// bytes must arrive (fewer than `len` only at the end of the file).
+    Read {
+        /// Open `O_DIRECT` segment.
+        fd: RawFd,
+        /// Byte position, block-aligned.
+        position: u64,
+        /// Block-aligned buffer address.
+        ptr: *mut u8,
+        /// Block-multiple length.
+        len: usize,
+        /// Bytes that must be read.
+        expect: usize,
+    },
 }
 
 /// Why an operation failed: the step and the kernel's error.
 #[derive(Debug)]
 pub struct OpError {
-    /// `"write"`, `"short write"` or `"fdatasync"`.
+    /// `"write"`, `"short write"`, `"fdatasync"`, `"read"` or `"short read"`.
     pub operation: &'static str,
     /// The error.
     pub source: io::Error,

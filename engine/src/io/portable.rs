@@ -88,6 +88,39 @@ fn write(
     Ok(())
 }
 
+fn read(fd: RawFd, position: u64, ptr: *mut u8, len: usize, expect: usize) -> Result<(), OpError> {
+    let mut done = 0usize;
+    while done < expect {
+        // SAFETY: the caller of `start` keeps `ptr..ptr+len` valid and
+        // unaliased for the call; `done < expect <= len`.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                ptr.add(done).cast(),
+                len - done,
+                (position + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(os_error("read"));
+        }
+        if n == 0 {
+            return Err(OpError {
+                operation: "short read",
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("read {done} of {expect} bytes"),
+                ),
+            });
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 impl CommitIo for PortableIo {
     unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
         assert!(
@@ -103,6 +136,13 @@ impl CommitIo for PortableIo {
                 sync,
             } => write(fd, position, ptr, len, sync),
             Op::Sync { fd } => fdatasync(fd),
+            Op::Read {
+                fd,
+                position,
+                ptr,
+                len,
+                expect,
+            } => read(fd, position, ptr, len, expect),
         };
         self.done.push_back((id, result));
         Ok(())

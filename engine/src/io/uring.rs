@@ -23,7 +23,9 @@ const _: () = assert!(2 * (OPS_IN_FLIGHT_MAX as u32) < RING_ENTRIES);
 struct InFlight {
     id: u64,
     completions_left: u8,
-    write_len: usize,
+    /// Bytes the write or read must transfer.
+    expect_len: usize,
+    is_read: bool,
     error: Option<OpError>,
 }
 
@@ -90,18 +92,23 @@ impl UringIo {
             let f = &mut self.in_flight[i];
             f.completions_left -= 1;
             if f.error.is_none() {
+                let (op, short) = match (is_sync, f.is_read) {
+                    (true, _) => ("fdatasync", ""),
+                    (false, true) => ("read", "short read"),
+                    (false, false) => ("write", "short write"),
+                };
                 if res < 0 {
                     f.error = Some(OpError {
-                        operation: if is_sync { "fdatasync" } else { "write" },
+                        operation: op,
                         source: io::Error::from_raw_os_error(-res),
                     });
-                } else if !is_sync && res as usize != f.write_len {
+                } else if !is_sync && res as usize != f.expect_len {
                     // A short write also breaks the link: its sync is cancelled.
                     f.error = Some(OpError {
-                        operation: "short write",
+                        operation: short,
                         source: io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            format!("wrote {res} of {} bytes", f.write_len),
+                            io::ErrorKind::UnexpectedEof,
+                            format!("transferred {res} of {} bytes", f.expect_len),
                         ),
                     });
                 }
@@ -125,7 +132,8 @@ impl CommitIo for UringIo {
         );
         assert!(id < 1 << 62, "operation id space exhausted");
         let mut completions = 1;
-        let mut write_len = 0;
+        let mut expect_len = 0;
+        let mut is_read = false;
         let sync_entry = |fd: RawFd| {
             opcode::Fsync::new(types::Fd(fd))
                 .flags(types::FsyncFlags::DATASYNC)
@@ -142,7 +150,7 @@ impl CommitIo for UringIo {
                     len,
                     sync,
                 } => {
-                    write_len = len;
+                    expect_len = len;
                     let rw_flags = if sync == SyncKind::Dsync {
                         libc::RWF_DSYNC
                     } else {
@@ -169,12 +177,30 @@ impl CommitIo for UringIo {
                     // SAFETY: fsync references no memory.
                     unsafe { sq.push(&sync_entry(fd)) }.expect("ring has room for a data sync");
                 }
+                Op::Read {
+                    fd,
+                    position,
+                    ptr,
+                    len,
+                    expect,
+                } => {
+                    expect_len = expect;
+                    is_read = true;
+                    let read = opcode::Read::new(types::Fd(fd), ptr, len as u32)
+                        .offset(position)
+                        .build()
+                        .user_data(id << 1);
+                    // SAFETY: the caller keeps the buffer alive and unread
+                    // until the completion was returned.
+                    unsafe { sq.push(&read) }.expect("ring has room for a read");
+                }
             }
         }
         self.in_flight.push(InFlight {
             id,
             completions_left: completions,
-            write_len,
+            expect_len,
+            is_read,
             error: None,
         });
         loop {

@@ -26,6 +26,8 @@
 //! at rest are indistinguishable from torn ones and are cut too;
 //! `docs/format.md` says so.
 
+use std::fs::File;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -35,16 +37,136 @@ use crate::buffer::table::BufferTable;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::{self, Access, ZeroSync};
+use crate::io::{CommitIo, Op, OpError};
 use crate::shard::metrics::ShardMetrics;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::format::{
     decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind,
-    COMMIT_HEADER_BYTES,
+    COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::wal::segment::{list_segments, Segment};
 
-/// Bytes per read system call while replaying.
+/// Bytes per read while replaying.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Reads a shard keeps in flight while replaying: the device works on the
+/// next megabytes while the shard verifies and decodes the last ones.
+const READS_IN_FLIGHT_MAX: usize = 8;
+const _: () = assert!(READS_IN_FLIGHT_MAX <= crate::io::OPS_IN_FLIGHT_MAX);
+
+/// Reads one segment file into a buffer through the shard's ring, in
+/// `READ_CHUNK_BYTES` pieces with up to `READS_IN_FLIGHT_MAX` in flight, and
+/// hands out the prefix that has arrived.
+struct SegmentReader<'a> {
+    io: &'a mut dyn CommitIo,
+    fd: RawFd,
+    ptr: *mut u8,
+    size: usize,
+    issued: usize,
+    arrived: Vec<bool>,
+    prefix: usize,
+    in_flight: usize,
+    metrics: &'a ShardMetrics,
+    _buf: std::marker::PhantomData<&'a mut AlignedBuf>,
+}
+
+impl<'a> SegmentReader<'a> {
+    fn new(
+        io: &'a mut dyn CommitIo,
+        f: &File,
+        buf: &'a mut AlignedBuf,
+        size: usize,
+        metrics: &'a ShardMetrics,
+    ) -> Self {
+        assert!(
+            buf.len() >= crate::config::round_up(size, READ_CHUNK_BYTES),
+            "segment buffer too small"
+        );
+        SegmentReader {
+            io,
+            fd: f.as_raw_fd(),
+            ptr: buf.as_mut_ptr(),
+            size,
+            issued: 0,
+            arrived: vec![false; size.div_ceil(READ_CHUNK_BYTES)],
+            prefix: 0,
+            in_flight: 0,
+            metrics,
+            _buf: std::marker::PhantomData,
+        }
+    }
+
+    /// Waits until the first `upto` bytes (at most the file) have arrived,
+    /// keeping the reads after them in flight.
+    fn ensure(&mut self, upto: usize) -> std::result::Result<(), OpError> {
+        let upto = upto.min(self.size);
+        loop {
+            while self.in_flight < READS_IN_FLIGHT_MAX && self.issued < self.size {
+                let chunk = self.issued / READ_CHUNK_BYTES;
+                let expect = READ_CHUNK_BYTES.min(self.size - self.issued);
+                let op = Op::Read {
+                    fd: self.fd,
+                    position: self.issued as u64,
+                    // SAFETY: within the buffer (checked in `new`).
+                    ptr: unsafe { self.ptr.add(self.issued) },
+                    len: READ_CHUNK_BYTES,
+                    expect,
+                };
+                // SAFETY: the buffer is borrowed for 'a and this chunk of it
+                // is neither read nor handed out before its completion; Drop
+                // waits for every read still in flight.
+                unsafe { self.io.start(chunk as u64, op) }?;
+                self.issued += expect;
+                self.in_flight += 1;
+            }
+            if self.prefix >= upto {
+                return Ok(());
+            }
+            let mut reaped = false;
+            while let Some((chunk, outcome)) = self.io.poll() {
+                self.in_flight -= 1;
+                reaped = true;
+                outcome?;
+                self.arrived[chunk as usize] = true;
+            }
+            while self.prefix < self.size && self.arrived[self.prefix / READ_CHUNK_BYTES] {
+                let got = READ_CHUNK_BYTES.min(self.size - self.prefix);
+                self.prefix += got;
+                self.metrics
+                    .recovery_bytes_read
+                    .fetch_add(got as u64, Ordering::Relaxed);
+            }
+            // Block only when nothing arrived: otherwise go round and put
+            // the freed slots to work first.
+            if self.prefix < upto && !reaped {
+                assert!(self.in_flight > 0, "waiting for reads with none in flight");
+                self.io.wait(None)?;
+            }
+        }
+    }
+
+    /// The bytes that have arrived.
+    fn view(&self) -> &[u8] {
+        // SAFETY: bytes 0..prefix were written by completed reads and no
+        // read in flight targets them.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.prefix) }
+    }
+}
+
+impl Drop for SegmentReader<'_> {
+    fn drop(&mut self) {
+        // The kernel may still write into the buffer: wait for every read.
+        while self.in_flight > 0 {
+            if self.io.poll().is_some() {
+                self.in_flight -= 1;
+            } else if self.io.wait(None).is_err() {
+                // The ring itself failed; the reads are cancelled when it
+                // drops, after this buffer. Leak the buffer's contents to the
+                // ring rather than free memory the kernel might write.
+                std::process::abort();
+            }
+        }
+    }
+}
 
 /// Where the shard goes on writing.
 pub struct Tail {
@@ -99,8 +221,8 @@ struct Torn {
     block: usize,
 }
 
-/// Replays every segment of the shard in order.
-pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
+/// Replays every segment of the shard in order, reading through `io`.
+pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<Recovered> {
     let segments = list_segments(ctx.shard_dir)?;
     let mut total = 0u64;
     for (_, path) in &segments {
@@ -158,26 +280,21 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
                 format!("segment file of {size} bytes is larger than any corewal writes"),
             ));
         }
-        let want = crate::config::round_up(size as usize, 65536).max(65536);
+        let want = crate::config::round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
         if buf.as_ref().is_none_or(|b| b.len() < want) {
             buf = Some(AlignedBuf::new(want, 4096));
         }
-        let b = buf.as_mut().expect("allocated above");
-        let mut n = 0usize;
-        while (n as u64) < size {
-            let len = READ_CHUNK_BYTES.min(b.len() - n);
-            let got = file::read_at(&f, path, &mut b[n..n + len], n as u64)?;
-            n += got;
-            ctx.metrics
-                .recovery_bytes_read
-                .fetch_add(got as u64, Ordering::Relaxed);
-            if got < len {
-                break;
-            }
-        }
-        let n = n.min(size as usize);
-        let data = &b[..n];
-
+        let n = size as usize;
+        let mut reader = SegmentReader::new(
+            &mut *io,
+            &f,
+            buf.as_mut().expect("allocated above"),
+            n,
+            ctx.metrics,
+        );
+        let read_error = |e: OpError| Error::io(e.operation, Some(path.clone()), e.source);
+        reader.ensure(SEGMENT_HEADER_BYTES).map_err(read_error)?;
+        let data = reader.view();
         let header = decode_segment_header(data)
             .map_err(|e| damage(*seq, 0, format!("segment header: {e}")))?;
         if header.shard != ctx.shard
@@ -210,6 +327,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
                 if pos + block > n {
                     break ChainEnd::Zeros;
                 }
+                reader.ensure(pos + block).map_err(read_error)?;
+                let data = reader.view();
                 let h = match decode_commit_header(&data[pos..], block) {
                     Ok(h) => h,
                     Err(DecodeError::Empty) => break ChainEnd::Zeros,
@@ -240,6 +359,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
                 if pos + span > n {
                     break ChainEnd::Damaged("commit runs past the end of the segment".into());
                 }
+                reader.ensure(pos + span).map_err(read_error)?;
+                let data = reader.view();
                 let body = &data[pos + COMMIT_HEADER_BYTES
                     ..pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize];
                 // First pass verifies every checksum, so that a torn commit is
@@ -267,6 +388,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>) -> Result<Recovered> {
             }
         };
 
+        reader.ensure(n).map_err(read_error)?;
+        let data = reader.view();
         // Whatever ended the chain, no commit may follow it — except, in
         // this segment, commits that were in flight with the one that is
         // missing (their headers say how many could be): none of them was

@@ -274,14 +274,17 @@ impl Shard {
         }
         let config = spec.config;
         let access = Access::Direct;
-        let io = new_commit_io(config.backend, inbox.wake_fd().fd())?;
-        let recovered = recover_shard(&RecoverContext {
-            shard_dir: &spec.dir,
-            shard: spec.id,
-            store_id: spec.store_id,
-            access,
-            metrics: &metrics,
-        })?;
+        let mut io = new_commit_io(config.backend, inbox.wake_fd().fd())?;
+        let recovered = recover_shard(
+            &RecoverContext {
+                shard_dir: &spec.dir,
+                shard: spec.id,
+                store_id: spec.store_id,
+                access,
+                metrics: &metrics,
+            },
+            &mut *io,
+        )?;
         let preparer = SegmentPreparer::spawn(PreparerSpec {
             shard: spec.id,
             shard_dir: spec.dir.clone(),
