@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{small_config, test_dir};
-use corewal::{Backend, Engine, Error, Offset};
+use corewal::{Backend, Engine, Error, Offset, RecoveryMode};
 use corewal_engine::wal::format::decode_commit_header;
 
 /// Writes `n` records to one channel, one commit each, on a single shard.
@@ -114,6 +114,28 @@ fn a_torn_last_commit_is_cut_and_writing_resumes_there() {
         );
         assert_eq!(&records[49].data[..], b"after");
     }
+}
+
+#[test]
+fn fail_on_any_damage_refuses_a_torn_tail_and_cuts_nothing() {
+    let dir = test_dir();
+    let block = write_records(dir.path(), 20);
+    let (seg, c) = tail_segment(dir.path(), block);
+    let (pos, _) = *c.last().unwrap();
+    modify(&seg, |d| d[pos + 64 + 30] ^= 0x01);
+    let mut strict = small_config(dir.path(), 1, Backend::IoUring);
+    strict.recovery_mode = RecoveryMode::FailOnAnyDamage;
+    match Engine::open(strict.clone()) {
+        Err(Error::Corruption { position, what, .. }) => {
+            assert_eq!(position, pos as u64);
+            assert!(what.contains("torn tail"), "{what}");
+        }
+        other => panic!("expected Corruption, got {other:?}"),
+    }
+    // Nothing was cut: the strict open fails again, the default one cuts.
+    assert!(Engine::open(strict).is_err());
+    let (_engine, records) = read_all(dir.path());
+    assert_eq!(records.len(), 19);
 }
 
 #[test]

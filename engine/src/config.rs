@@ -55,6 +55,9 @@ pub enum RecoveryMode {
     /// other damage, naming the shard, segment and byte. The default.
     #[default]
     TolerateTornTail,
+    /// Refuse to open on any damage, a torn tail included: for a store that
+    /// was closed cleanly and must come back exactly. Nothing is cut.
+    FailOnAnyDamage,
 }
 
 /// Engine configuration. Start from [`Config::new`] and change fields.

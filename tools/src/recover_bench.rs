@@ -151,10 +151,7 @@ fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Err
     })
 }
 
-fn write_data_set(
-    args: &RecoverBenchArgs,
-    dir: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn write_data_set(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::new(dir);
     config.shards = args.shards;
     config.record_bytes_max = config.record_bytes_max.max(args.record_bytes);

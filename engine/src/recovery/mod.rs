@@ -34,6 +34,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use crate::buffer::table::BufferTable;
+use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::{self, Access, ZeroSync};
@@ -205,6 +206,8 @@ pub struct RecoverContext<'a> {
     pub access: Access,
     /// Progress counters.
     pub metrics: &'a ShardMetrics,
+    /// What to do about damage.
+    pub mode: RecoveryMode,
 }
 
 enum ChainEnd {
@@ -469,6 +472,16 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     }
     let torn_tail_cut = match torn {
         None => None,
+        Some(t) if ctx.mode == RecoveryMode::FailOnAnyDamage => {
+            return Err(Error::Corruption {
+                shard: ctx.shard.0,
+                segment: t.seq.0,
+                position: t.position,
+                what: "torn tail (an incomplete last commit); RecoveryMode::FailOnAnyDamage cuts nothing — \
+                       open with RecoveryMode::TolerateTornTail to cut it"
+                    .into(),
+            });
+        }
         Some(t) => {
             // Torn tail: zero what the torn commit left, so that no byte of
             // it can be read as part of a later commit's place.

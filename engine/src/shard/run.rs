@@ -282,6 +282,7 @@ impl Shard {
                 store_id: spec.store_id,
                 access,
                 metrics: &metrics,
+                mode: config.recovery_mode,
             },
             &mut *io,
         )?;

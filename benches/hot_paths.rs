@@ -1,0 +1,87 @@
+//! Criterion benchmarks of the write path's CPU work: entry encoding with
+//! its CRC32C, commit assembly (encode + seal), and decoding a commit back.
+//! Run with `cargo bench --bench hot_paths`.
+
+use corewal_engine::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
+use corewal_engine::wal::commit::CommitBuilder;
+use corewal_engine::wal::format::{
+    decode_commit_header, encode_entry, entry_bytes, EntryIter, EntryKind, COMMIT_HEADER_BYTES,
+};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn encode_entry_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode_entry");
+    for len in [256usize, 4096] {
+        let payload = vec![0xA5u8; len];
+        let mut out = vec![0u8; entry_bytes(len)];
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, _| {
+            b.iter(|| {
+                encode_entry(
+                    CommitSeq(7),
+                    EntryKind::Append,
+                    ChannelId(3),
+                    Offset(99),
+                    &payload,
+                    &mut out,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn commit_assembly_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("commit_assembly");
+    for records in [1usize, 16, 256] {
+        let payload = vec![0x5Au8; 256];
+        let mut builder = CommitBuilder::new(1 << 20, 4096, 4096);
+        g.throughput(Throughput::Elements(records as u64));
+        g.bench_with_input(
+            BenchmarkId::new("records_256B", records),
+            &records,
+            |b, &n| {
+                b.iter(|| {
+                    builder.reset(CommitSeq(1));
+                    for i in 0..n {
+                        builder.push(EntryKind::Append, ChannelId(1), Offset(i as u64), &payload);
+                    }
+                    builder.seal(ShardId(0), 42, SegmentSeq(1), 4096, 1).len()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn decode_commit_bench(c: &mut Criterion) {
+    let payload = vec![0x5Au8; 256];
+    let mut builder = CommitBuilder::new(1 << 20, 4096, 4096);
+    builder.reset(CommitSeq(1));
+    for i in 0..256u64 {
+        builder.push(EntryKind::Append, ChannelId(1), Offset(i), &payload);
+    }
+    let bytes = builder
+        .seal(ShardId(0), 42, SegmentSeq(1), 4096, 1)
+        .to_vec();
+    let mut g = c.benchmark_group("decode_commit");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("256_records_256B", |b| {
+        b.iter(|| {
+            let h = decode_commit_header(&bytes, 4096).unwrap();
+            let body = &bytes[COMMIT_HEADER_BYTES..COMMIT_HEADER_BYTES + h.entries_bytes as usize];
+            EntryIter::new(body, h.commit_seq, h.entry_count)
+                .filter(|e| e.is_ok())
+                .count()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    encode_entry_bench,
+    commit_assembly_bench,
+    decode_commit_bench
+);
+criterion_main!(benches);
