@@ -176,6 +176,16 @@ impl Engine {
         Submit::new(shard.inbox.clone(), request, ack).wait()
     }
 
+    /// How many shards have finished recovery (successfully or not); with
+    /// [`Engine::shard_metrics`] this is what a progress display needs.
+    pub fn ready_shards(&self) -> usize {
+        self.runtime
+            .shards()
+            .iter()
+            .filter(|s| s.is_ready())
+            .count()
+    }
+
     /// The number of shards (fixed when the directory was created).
     pub fn shard_count(&self) -> usize {
         self.runtime.shards().len()

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Barrier};
 
 use common::{block_on, payload, small_config, test_dir, BACKENDS};
@@ -367,4 +368,106 @@ fn a_changed_block_size_starts_a_new_segment() {
         .iter()
         .enumerate()
         .all(|(i, rec)| rec.data[0] == (i / 10) as u8));
+}
+
+#[test]
+fn a_full_inbox_is_backpressure_for_threads_and_futures() {
+    let dir = test_dir();
+    let mut config = small_config(dir.path(), 1, Backend::IoUring);
+    config.inbox_capacity = 2;
+    let engine = Arc::new(Engine::open(config).unwrap());
+    let ch = engine.register("bp").unwrap();
+    // Blocking callers: 8 threads against an inbox of 2.
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let ch = ch.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| ch.append(&[t as u8, i as u8]).unwrap().0)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut offsets: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    // Futures: 64 polled round-robin from one thread; most find the inbox full.
+    let mut futs: Vec<_> = (0..64)
+        .map(|i| Some(ch.append_async(vec![i as u8]).unwrap()))
+        .collect();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while futs.iter().any(|f| f.is_some()) {
+        for slot in futs.iter_mut() {
+            if let Some(f) = slot {
+                if let std::task::Poll::Ready(r) = std::pin::Pin::new(f).poll(&mut cx) {
+                    offsets.push(r.unwrap().0);
+                    *slot = None;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "futures never completed"
+        );
+        std::thread::yield_now();
+    }
+    offsets.sort();
+    assert_eq!(
+        offsets,
+        (0..464).collect::<Vec<_>>(),
+        "every append acknowledged once, densely"
+    );
+}
+
+#[test]
+fn a_filesystem_without_direct_io_is_named_and_the_portable_backend_works_there() {
+    // tmpfs refuses O_DIRECT; /dev/shm is a tmpfs on most Linux systems.
+    let shm = std::path::Path::new("/dev/shm");
+    let is_tmpfs = std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/dev/shm") && l.contains(" tmpfs "))
+        })
+        .unwrap_or(false);
+    if !is_tmpfs {
+        eprintln!("SKIPPED: /dev/shm is not a tmpfs here");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    // tmpfs accepts O_DIRECT since Linux 6.6; only an older kernel refuses.
+    let probe = dir.path().join("probe");
+    let direct_ok = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok()
+    };
+    let _ = std::fs::remove_file(&probe);
+    if direct_ok {
+        eprintln!("SKIPPED (refusal part): this kernel's tmpfs accepts O_DIRECT");
+    } else {
+        match Engine::open(small_config(dir.path(), 1, Backend::IoUring)) {
+            Err(e @ Error::DirectIoUnsupported { .. }) => {
+                assert!(e.to_string().contains("Backend::Portable"), "{e}");
+            }
+            other => panic!("expected DirectIoUnsupported, got {other:?}"),
+        }
+    }
+    // The way out the error names works there.
+    let engine = Engine::open(small_config(dir.path(), 1, Backend::Portable)).unwrap();
+    let ch = engine.register("on-tmpfs").unwrap();
+    assert_eq!(ch.append(b"x").unwrap(), Offset(0));
+    engine.close().unwrap();
+    let engine = Engine::open(small_config(dir.path(), 1, Backend::Portable)).unwrap();
+    assert_eq!(
+        engine.register("on-tmpfs").unwrap().read(..).unwrap().len(),
+        1
+    );
 }

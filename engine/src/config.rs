@@ -13,10 +13,11 @@ pub enum Backend {
     /// one `io_uring_enter` per commit. The default.
     #[default]
     IoUring,
-    /// Portable fallback: plain `pwrite` + `fdatasync` (or `pwritev2(RWF_DSYNC)`)
-    /// on the shard thread, for kernels or sandboxes where `io_uring` is off.
-    /// Same format, same guarantees, more syscalls and no overlap of I/O with
-    /// the assembly of the next commit.
+    /// Portable fallback: plain `pwritev2(RWF_DSYNC)` (or `pwrite` +
+    /// `fdatasync`) through the page cache on the shard thread, for kernels
+    /// or sandboxes where `io_uring` is off and filesystems that refuse
+    /// `O_DIRECT`. Same format, same guarantees, more syscalls and no overlap
+    /// of I/O with the assembly of the next commit.
     Portable,
 }
 

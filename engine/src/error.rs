@@ -97,7 +97,7 @@ pub enum Error {
     },
 
     /// The filesystem refuses `O_DIRECT`.
-    #[error("the filesystem under {path} refuses O_DIRECT ({source}); put the directory on a local disk filesystem (ext4, xfs), or set Config::backend = Backend::Portable")]
+    #[error("the filesystem under {path} refuses O_DIRECT ({source}); put the directory on a local disk filesystem (ext4, xfs), or set Config::backend = Backend::Portable (buffered writes, each commit made durable by a data sync)")]
     DirectIoUnsupported {
         /// The file that could not be opened.
         path: PathBuf,

@@ -188,7 +188,9 @@ fn block_bytes(config: &Config) -> Result<usize> {
         }
         None => round_up(dio.max(4096), 4096),
     };
-    check_direct_io(&config.dir, config.file_mode)?;
+    if config.backend == Backend::IoUring {
+        check_direct_io(&config.dir, config.file_mode)?;
+    }
     Ok(block)
 }
 

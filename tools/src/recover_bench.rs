@@ -125,6 +125,7 @@ fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Err
             },
         )
     };
+    show_recovery_progress(&engine);
     engine.wait_ready()?;
     let ready = t0.elapsed();
     done.store(true, Ordering::SeqCst);
@@ -149,6 +150,43 @@ fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Err
         peak_rss_bytes: status_kib("VmHWM:") * 1024,
         rss_after_bytes: rss_after,
     })
+}
+
+/// Draws a progress bar of the bytes replayed by all shards on stderr while
+/// recovery runs, when stderr is a terminal; returns when every shard is ready.
+fn show_recovery_progress(engine: &Engine) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let total: u64 = engine
+        .shard_metrics()
+        .iter()
+        .map(|m| m.recovery_bytes_total)
+        .sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "recovering {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let shards = engine.shard_metrics();
+        let read: u64 = shards.iter().map(|m| m.recovery_bytes_read).sum();
+        let channels: u64 = shards.iter().map(|m| m.recovery_channels).sum();
+        let done = engine.ready_shards();
+        bar.set_position(read.min(total));
+        bar.set_message(format!(
+            "{done}/{} shards ready, {channels} channels",
+            shards.len()
+        ));
+        if done == shards.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish();
 }
 
 fn write_data_set(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -194,24 +232,28 @@ fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
-/// Sequential direct reads of the data set's segment files with fio, 1 MiB
-/// at queue depth 8, when fio is installed.
+/// Sequential direct reads with fio, 1 MiB at queue depth 8, of a file of
+/// the data set's size written just before (so that it is as fresh in any
+/// cache below the guest as the data set is), when fio is installed.
+/// Reading the data set's own files after the reopen would flatter fio: the
+/// reopen has just pulled them into the host's cache.
 fn fio_read_gb_per_s(dir: &Path) -> Option<f64> {
-    let mut files = Vec::new();
+    let mut total = 0u64;
     for shard in std::fs::read_dir(dir).ok()? {
         let shard = shard.ok()?.path();
         if shard.is_dir() {
             for f in std::fs::read_dir(&shard).ok()? {
                 let f = f.ok()?.path();
                 if f.extension().is_some_and(|e| e == "wal") {
-                    files.push(f.display().to_string());
+                    total += f.metadata().ok()?.len();
                 }
             }
         }
     }
-    if files.is_empty() {
+    if total == 0 {
         return None;
     }
+    let probe = dir.join("fio-read-probe");
     let out = Command::new("fio")
         .args([
             "--name=seqread",
@@ -220,12 +262,14 @@ fn fio_read_gb_per_s(dir: &Path) -> Option<f64> {
             "--direct=1",
             "--ioengine=io_uring",
             "--iodepth=8",
-            "--readonly",
+            "--invalidate=1",
             "--output-format=json",
         ])
-        .arg(format!("--filename={}", files.join(":")))
-        .output()
-        .ok()?;
+        .arg(format!("--size={total}"))
+        .arg(format!("--filename={}", probe.display()))
+        .output();
+    let _ = std::fs::remove_file(&probe);
+    let out = out.ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(&text[text.find('{')?..]).ok()?;
     let bw = json["jobs"][0]["read"]["bw_bytes"].as_f64()?;
@@ -260,21 +304,20 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.reuse {
         write_data_set(&args, &dir)?;
     }
+    let fio = fio_read_gb_per_s(&dir);
     let dropped = !args.no_drop_caches && drop_caches();
     let out = Command::new(std::env::current_exe()?)
         .args(["recover-bench", "--reopen-only", "--channels"])
         .arg(args.channels.to_string())
         .arg("--dir")
         .arg(&dir)
+        // The reopening process draws its progress bar on our terminal.
+        .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        return Err(format!("reopen failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        return Err("the reopening process failed (its error is above)".into());
     }
     let reopen: Reopen = serde_json::from_slice(&out.stdout)?;
-    if !args.no_drop_caches {
-        drop_caches();
-    }
-    let fio = fio_read_gb_per_s(&dir);
     let result = RecoverResult {
         tool: "corewal recover-bench",
         host: fingerprint(&dir),

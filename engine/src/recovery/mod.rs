@@ -373,9 +373,12 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                 {
                     break ChainEnd::Damaged(err.to_string());
                 }
-                for e in EntryIter::new(body, h.commit_seq, h.entry_count) {
+                // One copy and one allocation per commit; records are
+                // slices of it (they keep the commit's bytes alive).
+                let owned = Bytes::copy_from_slice(body);
+                for e in EntryIter::new(&owned, h.commit_seq, h.entry_count) {
                     let e = e.expect("verified in the first pass");
-                    apply(&mut table, &e, h.commit_seq)
+                    apply(&mut table, &e, &owned, h.commit_seq)
                         .map_err(|what| damage(*seq, pos as u64, what))?;
                 }
                 pos += span;
@@ -513,6 +516,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
 fn apply(
     table: &mut BufferTable,
     e: &Entry<'_>,
+    commit_body: &Bytes,
     commit: CommitSeq,
 ) -> std::result::Result<(), String> {
     match e.kind {
@@ -555,7 +559,7 @@ fn apply(
                 ));
             }
             state.next_offset = Offset(e.offset.0 + 1);
-            table.push(ch, Bytes::copy_from_slice(e.payload));
+            table.push(ch, commit_body.slice_ref(e.payload));
             Ok(())
         }
         EntryKind::Drop => {

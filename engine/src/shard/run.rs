@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::buffer::table::BufferTable;
-use crate::config::{Config, Durability, SyncMethod};
+use crate::config::{Backend, Config, Durability, SyncMethod};
 use crate::error::{Error, Result};
 use crate::io::file::Access;
 use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
@@ -273,7 +273,13 @@ impl Shard {
             pin_current_thread(core)?;
         }
         let config = spec.config;
-        let access = Access::Direct;
+        // The portable backend is the way out where O_DIRECT is refused too
+        // (tmpfs, some network filesystems): it writes through the page cache
+        // and makes every commit durable with the same data sync.
+        let access = match config.backend {
+            Backend::IoUring => Access::Direct,
+            Backend::Portable => Access::Buffered,
+        };
         let mut io = new_commit_io(config.backend, inbox.wake_fd().fd())?;
         let recovered = recover_shard(
             &RecoverContext {
