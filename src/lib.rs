@@ -38,7 +38,9 @@ use corewal_engine::shard::inbox::{Inbox, Request};
 use corewal_engine::types::ChannelId;
 
 pub use bytes;
-pub use corewal_engine::config::{Backend, Config, Durability, RecoveryMode, SyncMethod};
+pub use corewal_engine::config::{
+    Backend, Config, Durability, FaultPlan, RecoveryMode, SyncMethod,
+};
 pub use corewal_engine::error::{Error, Result};
 pub use corewal_engine::shard::metrics::ShardMetricsSnapshot as Metrics;
 pub use corewal_engine::shard::Record;

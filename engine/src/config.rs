@@ -19,6 +19,33 @@ pub enum Backend {
     /// `O_DIRECT`. Same format, same guarantees, more syscalls and no overlap
     /// of I/O with the assembly of the next commit.
     Portable,
+    /// Fault injection, for tests: the `io_uring` backend, except that the
+    /// planned operation fails with the planned error instead of reaching
+    /// the disk. Never use it for data you want to keep.
+    FaultInjection(FaultPlan),
+}
+
+impl Backend {
+    /// Whether the backend writes with `O_DIRECT` through `io_uring`.
+    pub fn uses_io_uring(&self) -> bool {
+        matches!(self, Backend::IoUring | Backend::FaultInjection(_))
+    }
+}
+
+/// Which operation a [`Backend::FaultInjection`] fails, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// The shard whose operation fails (`None`: every shard).
+    pub shard: Option<u16>,
+    /// The 1-based index, among the shard's commit writes and data syncs
+    /// (recovery reads not counted), of the operation that fails.
+    pub fail_op: u64,
+    /// The errno it fails with, e.g. `libc::EIO`.
+    pub errno: i32,
+    /// Fail the operation's data sync rather than its write: the bytes are
+    /// written (without being made durable) and the sync reports the error,
+    /// as when a device fails a cache flush.
+    pub in_sync: bool,
 }
 
 /// When an append is acknowledged.

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{round_up, Backend, Config};
+use crate::config::{round_up, Config};
 use crate::error::{Error, Result};
 use crate::io::file::{self, Access, DirLock};
 use crate::shard::metrics::ShardMetricsSnapshot;
@@ -26,7 +26,7 @@ impl Runtime {
     /// Returns as soon as the threads started; each recovers on its own.
     pub fn start(config: Config) -> Result<Runtime> {
         config.validate()?;
-        if config.backend == Backend::IoUring {
+        if config.backend.uses_io_uring() {
             crate::io::probe_io_uring()?;
         }
         let allowed = crate::shard::pin::allowed_cores()?;
@@ -188,7 +188,7 @@ fn block_bytes(config: &Config) -> Result<usize> {
         }
         None => round_up(dio.max(4096), 4096),
     };
-    if config.backend == Backend::IoUring {
+    if config.backend.uses_io_uring() {
         check_direct_io(&config.dir, config.file_mode)?;
     }
     Ok(block)

@@ -7,6 +7,7 @@
 //! finished commit. Files are created, sized and read through [`file`].
 
 pub mod buffer;
+pub mod faulty;
 pub mod file;
 pub mod portable;
 pub mod uring;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use crate::config::Backend;
 use crate::error::Result;
+use crate::types::ShardId;
 
 /// How a write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +108,22 @@ pub trait CommitIo: Send {
 pub const OPS_IN_FLIGHT_MAX: usize = crate::config::COMMITS_IN_FLIGHT_LIMIT;
 
 /// Builds the backend a shard asked for, on the shard's own thread.
-pub fn new_commit_io(backend: Backend, wake_fd: RawFd) -> Result<Box<dyn CommitIo>> {
+pub fn new_commit_io(
+    backend: Backend,
+    shard: ShardId,
+    wake_fd: RawFd,
+) -> Result<Box<dyn CommitIo>> {
     Ok(match backend {
         Backend::IoUring => Box::new(uring::UringIo::new(wake_fd)?),
         Backend::Portable => Box::new(portable::PortableIo::new(wake_fd)),
+        Backend::FaultInjection(plan) => {
+            let inner = Box::new(uring::UringIo::new(wake_fd)?);
+            if plan.shard.is_none_or(|s| s == shard.0) {
+                Box::new(faulty::FaultyIo::new(inner, plan))
+            } else {
+                inner
+            }
+        }
     })
 }
 

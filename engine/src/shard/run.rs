@@ -277,10 +277,10 @@ impl Shard {
         // (tmpfs, some network filesystems): it writes through the page cache
         // and makes every commit durable with the same data sync.
         let access = match config.backend {
-            Backend::IoUring => Access::Direct,
+            Backend::IoUring | Backend::FaultInjection(_) => Access::Direct,
             Backend::Portable => Access::Buffered,
         };
-        let mut io = new_commit_io(config.backend, inbox.wake_fd().fd())?;
+        let mut io = new_commit_io(config.backend, spec.id, inbox.wake_fd().fd())?;
         let recovered = recover_shard(
             &RecoverContext {
                 shard_dir: &spec.dir,
