@@ -471,3 +471,26 @@ fn a_filesystem_without_direct_io_is_named_and_the_portable_backend_works_there(
         1
     );
 }
+
+#[test]
+fn reopening_without_writes_does_not_grow_the_directory() {
+    let dir = test_dir();
+    let config = small_config(dir.path(), 2, Backend::IoUring);
+    let count = || {
+        let mut n = 0;
+        for s in ["shard-000", "shard-001"] {
+            n += std::fs::read_dir(dir.path().join(s)).unwrap().count();
+        }
+        n
+    };
+    let engine = Engine::open(config.clone()).unwrap();
+    engine.register("a").unwrap().append(b"x").unwrap();
+    engine.close().unwrap();
+    let after_first = count();
+    for _ in 0..5 {
+        let engine = Engine::open(config.clone()).unwrap();
+        assert_eq!(engine.register("a").unwrap().read(..).unwrap().len(), 1);
+        engine.close().unwrap();
+    }
+    assert_eq!(count(), after_first, "each open added segment files");
+}

@@ -249,6 +249,8 @@ struct Shard {
     closing: bool,
     unsynced_since: Option<Instant>,
     preparer: SegmentPreparer,
+    /// Whether the next segment was asked of the preparer.
+    spare_requested: bool,
     /// Waiters of completed commits, woken at the top of the loop.
     completed_waiters: Vec<Waiter>,
 }
@@ -314,7 +316,13 @@ impl Shard {
                 (seg, spec.block as u64, SegmentSeq(seq.0 + 1))
             }
         };
-        preparer.request(next_segment_seq);
+        // A spare is prepared once the segment in use has commits; a store
+        // reopened again and again without writes must not grow by a
+        // segment per open.
+        let spare_requested = write_position > spec.block as u64 && write_position != u64::MAX;
+        if spare_requested {
+            preparer.request(next_segment_seq);
+        }
         let in_flight_max = config.commits_in_flight_max;
         let mut building = Batch::new(&config, spec.block);
         building.builder.reset(recovered.next_commit_seq);
@@ -346,6 +354,7 @@ impl Shard {
             closing: false,
             unsynced_since: None,
             preparer,
+            spare_requested,
             completed_waiters: Vec::with_capacity(config.records_per_commit_max * in_flight_max),
             config,
         })
@@ -696,6 +705,10 @@ impl Shard {
     }
 
     fn start_commit(&mut self) {
+        if !self.spare_requested {
+            self.preparer.request(self.next_segment_seq);
+            self.spare_requested = true;
+        }
         if self.needs_new_segment() {
             if !self.flights.is_empty() {
                 // Segments change only when nothing is in flight, so that a
