@@ -19,15 +19,22 @@ use corewal_engine::wal::format::decode_commit_header;
 
 const RECORDS: u64 = 40;
 
-/// A store with `RECORDS` records of varied size in one channel, one commit
-/// each. Returns the directory, the tail segment, the commits in it and
-/// every record's bytes.
-fn build() -> (
+/// A damage case: its name, the outcome it must have, and the damage.
+type Case = (String, Expect, Box<dyn Fn(&mut Vec<u8>)>);
+
+/// A generated store: its directory, its tail segment, the (position, used
+/// bytes) of the commits in it, and every record's bytes.
+type Built = (
     tempfile::TempDir,
     PathBuf,
     Vec<(usize, usize)>,
     Vec<Vec<u8>>,
-) {
+);
+
+/// A store with `RECORDS` records of varied size in one channel, one commit
+/// each. Returns the directory, the tail segment, the commits in it and
+/// every record's bytes.
+fn build() -> Built {
     let dir = test_dir();
     let engine = Engine::open(small_config(dir.path(), 1, Backend::IoUring)).unwrap();
     let ch = engine.register("m").unwrap();
@@ -102,9 +109,7 @@ fn check(dir: &Path, expect: Expect, records: &[Vec<u8>], case: &str) {
 }
 
 /// Runs `f` on a fresh copy of the store for every case.
-fn each_case(
-    cases: impl IntoIterator<Item = (String, Expect, Box<dyn Fn(&mut Vec<u8>)>)>,
-) -> usize {
+fn each_case(cases: impl IntoIterator<Item = Case>) -> usize {
     let (dir, seg, _, records) = build();
     let original = std::fs::read(&seg).unwrap();
     let mut n = 0;
@@ -124,7 +129,7 @@ fn each_case(
 fn torn_writes_at_every_16th_byte_of_the_last_two_commits_are_cut() {
     let (_, _, c, _) = build();
     let (last, prev) = (c[c.len() - 1], c[c.len() - 2]);
-    let mut cases: Vec<(String, Expect, Box<dyn Fn(&mut Vec<u8>)>)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     for (which, (pos, used), survivors) in
         [("last", last, RECORDS - 1), ("previous", prev, RECORDS - 2)]
     {
@@ -181,7 +186,7 @@ fn bit_flips_in_a_middle_commit_are_refused() {
 fn a_block_from_another_offset_or_an_older_segment_is_refused() {
     let (_, _, c, _) = build();
     let (a, b) = (c[3], c[10]);
-    let mut cases: Vec<(String, Expect, Box<dyn Fn(&mut Vec<u8>)>)> = vec![(
+    let mut cases: Vec<Case> = vec![(
         "commit 10's first block copied over commit 3's".into(),
         Expect::Damage,
         Box::new(move |d: &mut Vec<u8>| {
