@@ -35,6 +35,9 @@ use crate::wal::format::{entry_bytes, EntryKind};
 use crate::wal::preparer::{PreparerSpec, SegmentPreparer};
 use crate::wal::segment::Segment;
 
+/// Longest time a shard waits in its ring before re-checking its inbox.
+const WAIT_MAX: Duration = Duration::from_millis(10);
+
 /// Everything a shard thread needs to start.
 pub struct ShardSpec {
     /// The shard.
@@ -469,15 +472,19 @@ impl Shard {
         }
     }
 
+    /// Every wait is bounded: a shard re-checks its inbox and its ring at
+    /// least every `WAIT_MAX` even if no wake-up arrives. A stress test
+    /// (tests/reregister.rs) once left a shard asleep with a registration
+    /// queued — a lost wake-up not yet explained; the bound turns such a
+    /// loss into a delay of at most `WAIT_MAX` instead of a hang.
     fn wait_timeout(&self) -> Option<Duration> {
-        match (self.config.durability, self.unsynced_since) {
-            (Durability::Periodic { interval }, Some(since)) if self.flights.is_empty() => Some(
-                interval
-                    .saturating_sub(since.elapsed())
-                    .max(Duration::from_micros(50)),
-            ),
-            _ => None,
-        }
+        let bound = match (self.config.durability, self.unsynced_since) {
+            (Durability::Periodic { interval }, Some(since)) if self.flights.is_empty() => interval
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_micros(50)),
+            _ => WAIT_MAX,
+        };
+        Some(bound.min(WAIT_MAX))
     }
 
     fn sync_due(&self) -> bool {
