@@ -13,9 +13,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{small_config, test_dir};
+use common::{small_config, tail_segment, test_dir};
 use corewal::{Backend, Engine, Error};
-use corewal_engine::wal::format::decode_commit_header;
 
 const RECORDS: u64 = 40;
 
@@ -46,39 +45,9 @@ fn build() -> Built {
     }
     let block = engine.block_bytes();
     engine.close().unwrap();
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("shard-000"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segs.sort();
-    let (seg, commits) = segs
-        .into_iter()
-        .rev()
-        .map(|p| {
-            let c = commits(&p, block);
-            (p, c)
-        })
-        .find(|(_, c)| !c.is_empty())
-        .unwrap();
+    let (seg, places) = tail_segment(dir.path(), block);
+    let commits = places.iter().map(|c| (c.pos, c.used)).collect();
     (dir, seg, commits, records)
-}
-
-fn commits(path: &Path, block: usize) -> Vec<(usize, usize)> {
-    let data = std::fs::read(path).unwrap();
-    let mut out = Vec::new();
-    let mut pos = block;
-    while pos + block <= data.len() {
-        match decode_commit_header(&data[pos..], block) {
-            Ok(h) if h.position == pos as u64 => {
-                let used = 64 + h.entries_bytes as usize;
-                out.push((pos, used));
-                pos += h.blocks as usize * block;
-            }
-            _ => break,
-        }
-    }
-    out
 }
 
 enum Expect {

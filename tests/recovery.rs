@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{small_config, test_dir};
+use common::{segments, small_config, tail_segment, test_dir};
 use corewal::{Backend, Engine, Error, Offset, RecoveryMode};
-use corewal_engine::wal::format::decode_commit_header;
 
 /// Writes `n` records to one channel, one commit each, on a single shard.
 fn write_records(dir: &Path, n: u64) -> usize {
@@ -22,48 +21,6 @@ fn write_records(dir: &Path, n: u64) -> usize {
     let block = engine.block_bytes();
     engine.close().unwrap();
     block
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("shard-000"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Byte positions and lengths of the commits in a segment file.
-fn commits(path: &Path, block: usize) -> Vec<(usize, usize)> {
-    let data = std::fs::read(path).unwrap();
-    let mut out = Vec::new();
-    let mut pos = block;
-    while pos + block <= data.len() {
-        match decode_commit_header(&data[pos..], block) {
-            Ok(h) if h.position == pos as u64 => {
-                let len = h.blocks as usize * block;
-                out.push((pos, len));
-                pos += len;
-            }
-            _ => break,
-        }
-    }
-    out
-}
-
-/// The last segment holding commits (a spare segment created ahead of use
-/// may follow it) and its commits.
-fn tail_segment(dir: &Path, block: usize) -> (PathBuf, Vec<(usize, usize)>) {
-    segments(dir)
-        .into_iter()
-        .rev()
-        .map(|p| {
-            let c = commits(&p, block);
-            (p, c)
-        })
-        .find(|(_, c)| !c.is_empty())
-        .expect("a segment with commits")
 }
 
 /// Damages the commit at (position, length) of a segment's bytes.
@@ -98,7 +55,8 @@ fn a_torn_last_commit_is_cut_and_writing_resumes_there() {
         let dir = test_dir();
         let block = write_records(dir.path(), 50);
         let (seg, c) = tail_segment(dir.path(), block);
-        let (pos, len) = *c.last().unwrap();
+        let last = c.last().unwrap();
+        let (pos, len) = (last.pos, last.span);
         modify(&seg, |d| tear(d, pos, len));
         let (engine, records) = read_all(dir.path());
         assert_eq!(records.len(), 49, "{what}: only the torn commit is cut");
@@ -121,7 +79,7 @@ fn fail_on_any_damage_refuses_a_torn_tail_and_cuts_nothing() {
     let dir = test_dir();
     let block = write_records(dir.path(), 20);
     let (seg, c) = tail_segment(dir.path(), block);
-    let (pos, _) = *c.last().unwrap();
+    let pos = c.last().unwrap().pos;
     modify(&seg, |d| d[pos + 64 + 30] ^= 0x01);
     let mut strict = small_config(dir.path(), 1, Backend::IoUring);
     strict.recovery_mode = RecoveryMode::FailOnAnyDamage;
@@ -152,8 +110,8 @@ fn damage_before_the_tail_is_refused_with_its_place() {
         let dir = test_dir();
         let block = write_records(dir.path(), 50);
         let (seg, c) = tail_segment(dir.path(), block);
-        let (pos, len) = c[20];
-        assert_eq!(c[21].1, len, "neighbouring commits of the same size");
+        let (pos, len) = (c[20].pos, c[20].span);
+        assert_eq!(c[21].span, len, "neighbouring commits of the same size");
         modify(&seg, |d| damage(d, pos, len));
         match Engine::open(small_config(dir.path(), 1, Backend::IoUring)) {
             Err(Error::Corruption {

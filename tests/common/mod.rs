@@ -94,3 +94,59 @@ pub fn payload(name: &str, i: u64, max: usize) -> Vec<u8> {
         .map(|k| (h.wrapping_add(k as u64) % 251) as u8)
         .collect()
 }
+
+/// Where a commit sits in a segment file: its byte position, the bytes its
+/// header and entries use, and the bytes it spans with its padding.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitPlace {
+    pub pos: usize,
+    pub used: usize,
+    pub span: usize,
+}
+
+/// The segment files of shard 0, in sequence order.
+pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("shard-000"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The chain of valid commit headers at the start of a segment file.
+pub fn commits(path: &Path, block: usize) -> Vec<CommitPlace> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut pos = block;
+    while pos + block <= data.len() {
+        match corewal_engine::wal::format::decode_commit_header(&data[pos..], block) {
+            Ok(h) if h.position == pos as u64 => {
+                let span = h.blocks as usize * block;
+                out.push(CommitPlace {
+                    pos,
+                    used: 64 + h.entries_bytes as usize,
+                    span,
+                });
+                pos += span;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Shard 0's last segment holding commits (a spare segment created ahead of
+/// use may follow it) and its commits.
+pub fn tail_segment(dir: &Path, block: usize) -> (std::path::PathBuf, Vec<CommitPlace>) {
+    segments(dir)
+        .into_iter()
+        .rev()
+        .map(|p| {
+            let c = commits(&p, block);
+            (p, c)
+        })
+        .find(|(_, c)| !c.is_empty())
+        .expect("a segment with commits")
+}
