@@ -310,7 +310,7 @@ impl Channel {
     /// channel's shard (nothing more is acknowledged); `Error::Closed`.
     pub fn append(&self, record: &[u8]) -> Result<Offset> {
         self.check_len(record.len())?;
-        self.append_async(Bytes::copy_from_slice(record))?.wait()
+        self.submit_append(Bytes::copy_from_slice(record)).wait()
     }
 
     /// [`Channel::append`] as a future that works under any executor. Takes
@@ -331,15 +331,20 @@ impl Channel {
     pub fn append_async(&self, record: impl Into<Bytes>) -> Result<AppendFuture> {
         let record = record.into();
         self.check_len(record.len())?;
+        Ok(self.submit_append(record))
+    }
+
+    /// The append request of a record whose length was checked.
+    fn submit_append(&self, record: Bytes) -> AppendFuture {
         let ack = Arc::new(Ack::new());
         let request = Request::Append {
             channel: self.inner.id,
             record,
             ack: ack.clone(),
         };
-        Ok(AppendFuture {
+        AppendFuture {
             submit: Submit::new(self.inner.inbox.clone(), request, ack),
-        })
+        }
     }
 
     /// Appends `records` atomically in one commit; returns the first one's
@@ -369,7 +374,7 @@ impl Channel {
                 self.check_len(r.len()).map(|_| Bytes::copy_from_slice(r))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.append_batch_async(records)?.wait()
+        self.submit_batch(records)?.wait()
     }
 
     /// [`Channel::append_batch`] as a future, taking owned records.
@@ -380,6 +385,11 @@ impl Channel {
         for r in &records {
             self.check_len(r.len())?;
         }
+        self.submit_batch(records)
+    }
+
+    /// The batch request of records whose lengths were checked.
+    fn submit_batch(&self, records: Vec<Bytes>) -> Result<AppendFuture> {
         if records.is_empty() {
             return Err(Error::BatchTooLarge {
                 records: 0,

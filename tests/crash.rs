@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,20 +30,11 @@ fn backend_from_env() -> Backend {
 #[test]
 #[ignore = "helper: the writer process of the SIGKILL tests"]
 fn child_writer() {
-    let Ok(dir) = std::env::var("COREWAL_CHILD_DIR") else {
+    let Some((dir, seed)) = common::child_args() else {
         return;
     };
-    let seed: u64 = std::env::var("COREWAL_CHILD_SEED")
-        .unwrap()
-        .parse()
-        .unwrap();
     let engine = Engine::open(small_config(dir.as_ref(), 2, backend_from_env())).unwrap();
-    let out = std::sync::Mutex::new(std::io::stdout());
-    let say = |line: String| {
-        let mut o = out.lock().unwrap();
-        writeln!(o, "{line}").unwrap();
-        o.flush().unwrap();
-    };
+    let say = |line: String| common::report(&line);
     say("ready".into());
     std::thread::scope(|s| {
         for t in 0..6u64 {

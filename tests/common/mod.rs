@@ -150,3 +150,21 @@ pub fn tail_segment(dir: &Path, block: usize) -> (std::path::PathBuf, Vec<Commit
         .find(|(_, c)| !c.is_empty())
         .expect("a segment with commits")
 }
+
+/// In a writer child process: the directory and seed its parent passed in
+/// `COREWAL_CHILD_DIR` and `COREWAL_CHILD_SEED`, or `None` when this test
+/// binary runs as the parent (the child test then returns at once).
+pub fn child_args() -> Option<(String, u64)> {
+    let dir = std::env::var("COREWAL_CHILD_DIR").ok()?;
+    let seed = std::env::var("COREWAL_CHILD_SEED").ok()?.parse().ok()?;
+    Some((dir, seed))
+}
+
+/// A child's report to its parent: one whole line on stdout, flushed at
+/// once. Safe from any thread: the stdout lock keeps lines whole.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}

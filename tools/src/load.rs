@@ -15,6 +15,7 @@ use corewal::{Backend, Config, Durability, Engine, SyncMethod};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::data_dir::DataDir;
 use crate::host::{cpu_seconds, fingerprint, Host};
 
 /// Arguments of `corewal load`.
@@ -214,23 +215,8 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.duration.is_zero() && args.records.is_none() {
         return Err("--duration must be longer than 0".into());
     }
-    let (dir, temp) = match &args.dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("corewal-load-")
-                .tempdir_in("/var/tmp")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    // With --keep the temporary directory is released from removal.
-    let temp = match temp {
-        Some(t) if args.keep => {
-            let _ = t.keep();
-            None
-        }
-        t => t,
-    };
+    let data = DataDir::new(args.dir.as_deref(), "corewal-load-", args.keep)?;
+    let dir = data.path.clone();
 
     let mut config = Config::new(&dir);
     config.shards = args.shards;
@@ -434,9 +420,8 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        print_table(&result, temp.is_some() || args.dir.is_none() && !args.keep);
+        print_table(&result, data.is_removed());
     }
-    drop(temp);
     Ok(())
 }
 

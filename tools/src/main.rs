@@ -1,6 +1,7 @@
 //! `corewal`: the load generator and the tools around a corewal data directory.
 #![deny(unsafe_code)]
 
+mod data_dir;
 mod host;
 mod load;
 mod recover_bench;

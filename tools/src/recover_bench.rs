@@ -14,6 +14,7 @@ use corewal::{Config, Engine};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::data_dir::DataDir;
 use crate::host::{fingerprint, Host};
 use crate::load::parse_bytes;
 
@@ -292,15 +293,8 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.reuse && args.dir.is_none() {
         return Err("--reuse needs --dir".into());
     }
-    let (dir, temp) = match &args.dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("corewal-recover-")
-                .tempdir_in("/var/tmp")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let data = DataDir::new(args.dir.as_deref(), "corewal-recover-", args.keep)?;
+    let dir = data.path.clone();
     if !args.reuse {
         write_data_set(&args, &dir)?;
     }
@@ -397,10 +391,6 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             r.rss_after_bytes as f64 / 1e6
         );
     }
-    if args.keep {
-        if let Some(t) = temp {
-            let _ = t.keep();
-        }
-    }
+    drop(data);
     Ok(())
 }

@@ -101,8 +101,4 @@ impl CommitIo for FaultyIo {
         }
         self.inner.wait(timeout)
     }
-
-    fn name(&self) -> &'static str {
-        "fault-injection"
-    }
 }

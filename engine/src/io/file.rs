@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -109,21 +109,6 @@ pub fn dio_offset_align(file: &File) -> Option<usize> {
     Some(stx.stx_dio_offset_align as usize)
 }
 
-/// Reads exactly `buf.len()` bytes at `position`, or fewer at the end of the file.
-/// Returns the bytes read.
-pub fn read_at(file: &File, path: &Path, buf: &mut [u8], position: u64) -> Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], position + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read segment", Some(path.into()), e)),
-        }
-    }
-    Ok(done)
-}
-
 /// Writes all of `buf` at `position`.
 pub fn write_all_at(
     file: &File,
@@ -193,7 +178,6 @@ pub fn zero_fill(
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DirLock {
@@ -214,7 +198,7 @@ impl DirLock {
             // SAFETY: flock on a file descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
-                return Ok(DirLock { _file: file, path });
+                return Ok(DirLock { _file: file });
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
@@ -232,11 +216,6 @@ impl DirLock {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// The lock file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

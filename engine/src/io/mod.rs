@@ -99,9 +99,6 @@ pub trait CommitIo: Send {
     /// `timeout` passes (`None`: no timeout). Spurious returns are allowed;
     /// the caller re-checks its state.
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError>;
-
-    /// The backend's name, for metrics and tools.
-    fn name(&self) -> &'static str;
 }
 
 /// Most operations a backend holds in flight.

@@ -175,8 +175,4 @@ impl CommitIo for PortableIo {
         }
         Ok(())
     }
-
-    fn name(&self) -> &'static str {
-        "portable"
-    }
 }

@@ -262,8 +262,4 @@ impl CommitIo for UringIo {
             }),
         }
     }
-
-    fn name(&self) -> &'static str {
-        "io_uring"
-    }
 }

@@ -190,8 +190,6 @@ pub struct Recovered {
     pub tail: Option<Tail>,
     /// Sequence number for the next new segment.
     pub next_segment_seq: SegmentSeq,
-    /// Where a torn tail was cut, if one was.
-    pub torn_tail_cut: Option<(SegmentSeq, u64)>,
 }
 
 /// What recovery needs to know.
@@ -473,8 +471,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
             });
         }
     }
-    let torn_tail_cut = match torn {
-        None => None,
+    match torn {
+        None => {}
         Some(t) if ctx.mode == RecoveryMode::FailOnAnyDamage => {
             return Err(Error::Corruption {
                 shard: ctx.shard.0,
@@ -498,9 +496,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                 t.nonzero_end,
                 ZeroSync::AtEnd,
             )?;
-            Some((t.seq, t.position))
         }
-    };
+    }
     ctx.metrics
         .recovery_channels
         .store(table.len() as u64, Ordering::Relaxed);
@@ -509,7 +506,6 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         next_commit_seq: next.unwrap_or(CommitSeq(1)),
         tail,
         next_segment_seq,
-        torn_tail_cut,
     })
 }
 
