@@ -42,6 +42,7 @@ pub use corewal_engine::config::{
     Backend, Config, Durability, FaultPlan, RecoveryMode, SyncMethod,
 };
 pub use corewal_engine::error::{Error, Result};
+pub use corewal_engine::recovery::{Damage, DamageAction};
 pub use corewal_engine::shard::metrics::ShardMetricsSnapshot as Metrics;
 pub use corewal_engine::shard::Record;
 pub use corewal_engine::types::{Offset, ShardId};
@@ -186,6 +187,19 @@ impl Engine {
             .iter()
             .filter(|s| s.is_ready())
             .count()
+    }
+
+    /// Damage that recovery found and went past, in shard and WAL order:
+    /// torn tails cut (every mode), commits skipped
+    /// (`RecoveryMode::SkipDamaged`), the place replay stopped
+    /// (`RecoveryMode::KeepPrefix`). Shards still recovering contribute
+    /// nothing yet; call it after [`Engine::wait_ready`] for the whole list.
+    pub fn recovery_damage(&self) -> Vec<Damage> {
+        self.runtime
+            .shards()
+            .iter()
+            .flat_map(|s| s.recovery_damage())
+            .collect()
     }
 
     /// The number of shards (fixed when the directory was created).

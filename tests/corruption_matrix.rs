@@ -2,6 +2,9 @@
 //! documented outcome of `RecoveryMode::TolerateTornTail`: a torn tail is
 //! cut back to the last whole commit (and the records before it are intact),
 //! anything else is refused as damage — zero false accepts, zero panics.
+//! The middle-commit flips also run in `KeepPrefix` (the records before the
+//! damaged commit, nothing after) and `SkipDamaged` (every record but the
+//! damaged commit's, at their own offsets).
 //!
 //! Cases: the written region zeroed from every 16th byte of the last two
 //! commits on (a write torn there); every bit of the last commit's headers
@@ -14,12 +17,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{small_config, tail_segment, test_dir};
-use corewal::{Backend, Engine, Error};
+use corewal::{Backend, Engine, Error, RecoveryMode};
 
 const RECORDS: u64 = 40;
 
 /// A damage case: its name, the outcome it must have, and the damage.
-type Case = (String, Expect, Box<dyn Fn(&mut Vec<u8>)>);
+type Case = (String, RecoveryMode, Expect, Box<dyn Fn(&mut Vec<u8>)>);
 
 /// A generated store: its directory, its tail segment, the (position, used
 /// bytes) of the commits in it, and every record's bytes.
@@ -51,24 +54,55 @@ fn build() -> Built {
 }
 
 enum Expect {
-    /// Recovery cuts a torn tail: this many records survive, byte for byte.
+    /// Recovery cuts a torn tail (or keeps a prefix): this many records
+    /// survive, byte for byte.
     Torn(u64),
+    /// Recovery finds no damage: this many records, byte for byte.
+    Clean(u64),
+    /// Recovery skips the record at this offset; every other one survives.
+    Without(u64),
     /// Recovery refuses to open.
     Damage,
 }
 
-fn check(dir: &Path, expect: Expect, records: &[Vec<u8>], case: &str) {
-    let result = Engine::open(small_config(dir, 1, Backend::IoUring));
-    match (expect, result) {
-        (Expect::Torn(n), Ok(engine)) => {
+fn check(dir: &Path, mode: RecoveryMode, expect: Expect, records: &[Vec<u8>], case: &str) {
+    let mut config = small_config(dir, 1, Backend::IoUring);
+    config.recovery_mode = mode;
+    let result = Engine::open(config);
+    match (&expect, result) {
+        (Expect::Torn(n) | Expect::Clean(n), Ok(engine)) => {
+            let damaged = usize::from(matches!(expect, Expect::Torn(_)));
             let got = engine.register("m").unwrap().read(..).unwrap();
-            assert_eq!(got.len() as u64, n, "{case}: records after the cut");
+            assert_eq!(got.len() as u64, *n, "{case}: records after the cut");
             for (k, r) in got.iter().enumerate() {
+                assert_eq!(r.offset.0, k as u64, "{case}: record {k} moved");
                 assert_eq!(&r.data[..], &records[k][..], "{case}: record {k} changed");
             }
+            assert_eq!(engine.recovery_damage().len(), damaged, "{case}: damage reported");
+        }
+        (Expect::Without(skipped), Ok(engine)) => {
+            let got = engine.register("m").unwrap().read(..).unwrap();
+            let offsets: Vec<u64> = got.iter().map(|r| r.offset.0).collect();
+            let want: Vec<u64> = (0..records.len() as u64).filter(|o| o != skipped).collect();
+            assert_eq!(offsets, want, "{case}: offsets after the skip");
+            for r in &got {
+                assert_eq!(&r.data[..], &records[r.offset.0 as usize][..], "{case}: record changed");
+            }
+            let damage = engine.recovery_damage();
+            assert!(
+                matches!(
+                    &damage[..],
+                    [corewal::Damage {
+                        action: corewal::DamageAction::Skipped { resumed_at: Some(_), records_lost: 1 },
+                        ..
+                    }]
+                ),
+                "{case}: {damage:?}"
+            );
         }
         (Expect::Damage, Err(Error::Corruption { .. })) => {}
-        (Expect::Torn(n), Err(e)) => panic!("{case}: expected a cut to {n} records, got {e}"),
+        (Expect::Torn(n) | Expect::Clean(n), Err(e)) => panic!("{case}: expected a cut to {n} records, got {e}"),
+        (Expect::Without(k), Err(e)) => panic!("{case}: expected record {k} skipped, got {e}"),
         (Expect::Damage, Ok(engine)) => {
             let n = engine.register("m").unwrap().read(..).unwrap().len();
             panic!("{case}: damage accepted ({n} records)")
@@ -82,11 +116,11 @@ fn each_case(cases: impl IntoIterator<Item = Case>) -> usize {
     let (dir, seg, _, records) = build();
     let original = std::fs::read(&seg).unwrap();
     let mut n = 0;
-    for (case, expect, damage) in cases {
+    for (case, mode, expect, damage) in cases {
         let mut d = original.clone();
         damage(&mut d);
         std::fs::write(&seg, &d).unwrap();
-        check(dir.path(), expect, &records, &case);
+        check(dir.path(), mode, expect, &records, &case);
         // Recovery may have zeroed a torn region: start the next case clean.
         std::fs::write(&seg, &original).unwrap();
         n += 1;
@@ -106,7 +140,14 @@ fn torn_writes_at_every_16th_byte_of_the_last_two_commits_are_cut() {
             let end = last.0 + last.1;
             cases.push((
                 format!("{which} commit written up to byte {b}"),
-                Expect::Torn(survivors),
+                RecoveryMode::TolerateTornTail,
+                // Zeros from a commit's first byte on: a log that ends
+                // earlier, with nothing torn.
+                if b == pos {
+                    Expect::Clean(survivors)
+                } else {
+                    Expect::Torn(survivors)
+                },
                 Box::new(move |d: &mut Vec<u8>| d[b..end].fill(0)),
             ));
         }
@@ -127,6 +168,7 @@ fn bit_flips_of_the_last_commit_are_cut_never_accepted() {
         let at = pos + bit / 8;
         (
             format!("bit {bit} of the last commit"),
+            RecoveryMode::TolerateTornTail,
             Expect::Torn(RECORDS - 1),
             Box::new(move |d: &mut Vec<u8>| d[at] ^= 1 << (bit % 8)) as Box<dyn Fn(&mut Vec<u8>)>,
         )
@@ -136,19 +178,36 @@ fn bit_flips_of_the_last_commit_are_cut_never_accepted() {
 }
 
 #[test]
-fn bit_flips_in_a_middle_commit_are_refused() {
+fn bit_flips_in_a_middle_commit_are_refused_kept_before_or_skipped() {
     let (_, _, c, _) = build();
-    let (pos, used) = c[c.len() / 2];
-    let cases = (0..used * 8).step_by(7).map(move |bit| {
-        let at = pos + bit / 8;
-        (
-            format!("bit {bit} of a middle commit"),
-            Expect::Damage,
-            Box::new(move |d: &mut Vec<u8>| d[at] ^= 1 << (bit % 8)) as Box<dyn Fn(&mut Vec<u8>)>,
-        )
+    let middle = c.len() / 2;
+    let (pos, used) = c[middle];
+    // Commit 0 registers the channel; commit k holds record k - 1.
+    let record = middle as u64 - 1;
+    let modes = [
+        (RecoveryMode::TolerateTornTail, 7),
+        (RecoveryMode::KeepPrefix, 31),
+        (RecoveryMode::SkipDamaged, 31),
+    ];
+    let cases = modes.into_iter().flat_map(move |(mode, step)| {
+        (0..used * 8).step_by(step).map(move |bit| {
+            let at = pos + bit / 8;
+            let expect = match mode {
+                RecoveryMode::KeepPrefix => Expect::Torn(record),
+                RecoveryMode::SkipDamaged => Expect::Without(record),
+                _ => Expect::Damage,
+            };
+            (
+                format!("bit {bit} of a middle commit, {mode:?}"),
+                mode,
+                expect,
+                Box::new(move |d: &mut Vec<u8>| d[at] ^= 1 << (bit % 8))
+                    as Box<dyn Fn(&mut Vec<u8>)>,
+            )
+        })
     });
     let n = each_case(cases);
-    assert!(n >= 70, "{n} cases");
+    assert!(n >= 100, "{n} cases");
 }
 
 #[test]
@@ -157,6 +216,7 @@ fn a_block_from_another_offset_or_an_older_segment_is_refused() {
     let (a, b) = (c[3], c[10]);
     let mut cases: Vec<Case> = vec![(
         "commit 10's first block copied over commit 3's".into(),
+        RecoveryMode::TolerateTornTail,
         Expect::Damage,
         Box::new(move |d: &mut Vec<u8>| {
             let src = d[b.0..b.0 + 4096].to_vec();
@@ -169,8 +229,9 @@ fn a_block_from_another_offset_or_an_older_segment_is_refused() {
     let older_len = c[20].0;
     cases.push((
         "segment replaced by its state after 20 commits".into(),
+        RecoveryMode::TolerateTornTail,
         // Commit 0 registers the channel; commits 1..20 hold records 0..19.
-        Expect::Torn(19),
+        Expect::Clean(19),
         Box::new(move |d: &mut Vec<u8>| d[older_len..].fill(0)),
     ));
     each_case(cases);

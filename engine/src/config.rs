@@ -86,6 +86,26 @@ pub enum RecoveryMode {
     /// Refuse to open on any damage, a torn tail included: for a store that
     /// was closed cleanly and must come back exactly. Nothing is cut.
     FailOnAnyDamage,
+    /// Replay up to the first damage and keep that prefix: every commit
+    /// before it comes back, nothing after it does. The bytes after it are
+    /// not destroyed: the damaged segment is copied whole, and every later
+    /// segment moved, into `shard-NNN/damaged/<time>/`; then the damaged
+    /// segment is zeroed from the damage on and writing resumes there.
+    /// A torn tail is cut as in `TolerateTornTail`. Each stop is reported by
+    /// `Engine::recovery_damage`. For a service that prefers losing a suffix
+    /// to not starting.
+    KeepPrefix,
+    /// Pass over damaged commits and replay every whole commit after them;
+    /// report each damaged region through `Engine::recovery_damage`. A commit
+    /// is skipped whole (its checksums are per entry, but one bad entry makes
+    /// the lengths after it untrustworthy, and a commit is all or nothing).
+    /// The offsets of the records lost leave a gap in their channel: reads
+    /// leave them out, and offsets never repeat. A channel whose
+    /// registration was lost cannot be named: its records are counted as
+    /// lost. Nothing on disk is changed except a torn tail, which is cut as
+    /// in `TolerateTornTail`; a later open in another mode finds the same
+    /// damage again.
+    SkipDamaged,
 }
 
 /// Engine configuration. Start from [`Config::new`] and change fields.

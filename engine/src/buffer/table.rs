@@ -28,6 +28,10 @@ pub struct ChannelState {
     pub registered_in: CommitSeq,
     /// Whether the channel was dropped (its name may since name another).
     pub dropped: bool,
+    /// Offsets whose records `RecoveryMode::SkipDamaged` passed over with a
+    /// damaged commit, as `[from, to)` ranges in offset order; `records`
+    /// holds an empty placeholder for each, and reads leave them out.
+    pub lost: Vec<(Offset, Offset)>,
 }
 
 impl ChannelState {
@@ -80,9 +84,43 @@ impl BufferTable {
             records: VecDeque::new(),
             registered_in,
             dropped: false,
+            lost: Vec::new(),
         });
         self.retired.remove(name);
         id
+    }
+
+    /// Takes up channel id `next_id()` for a channel whose registration was
+    /// lost with a damaged commit (`RecoveryMode::SkipDamaged`): it has no
+    /// name, counts as dropped, and keeps later ids where the WAL has them.
+    pub fn insert_lost(&mut self, registered_in: CommitSeq) -> ChannelId {
+        let id = self.next_id();
+        self.channels.push(ChannelState {
+            name: "".into(),
+            first_offset: Offset(0),
+            next_offset: Offset(0),
+            records: VecDeque::new(),
+            registered_in,
+            dropped: true,
+            lost: Vec::new(),
+        });
+        id
+    }
+
+    /// Marks the offsets from the channel's next offset up to `to` as lost
+    /// with a damaged commit (`RecoveryMode::SkipDamaged`).
+    pub fn push_lost(&mut self, id: ChannelId, to: Offset) {
+        let ch = &mut self.channels[id.0 as usize];
+        let from = ch.next_offset;
+        assert!(from <= to, "lost offsets go backwards");
+        assert_eq!(ch.durable_next_offset(), from, "lost offsets after queued ones");
+        for _ in from.0..to.0 {
+            ch.records.push_back(Bytes::new());
+        }
+        ch.next_offset = to;
+        if from < to {
+            ch.lost.push((from, to));
+        }
     }
 
     /// Where a dropped `name` left off: its next offset and the commit of the drop.
@@ -139,6 +177,7 @@ impl BufferTable {
         }
         let skip = (start.0 - ch.first_offset.0) as usize;
         let n = (end.0 - start.0) as usize;
+        let is_lost = |o: Offset| ch.lost.iter().any(|&(a, b)| a <= o && o < b);
         ch.records
             .iter()
             .skip(skip)
@@ -148,6 +187,7 @@ impl BufferTable {
                 offset: Offset(start.0 + i as u64),
                 data: data.clone(),
             })
+            .filter(|r| ch.lost.is_empty() || !is_lost(r.offset))
             .collect()
     }
 
@@ -184,5 +224,27 @@ mod tests {
         assert_eq!(&r[0].data[..], b"1");
         assert!(t.read(id, Offset(5), Offset(2)).is_empty());
         assert_eq!(t.lookup("a"), Some(id));
+    }
+
+    #[test]
+    fn lost_offsets_are_left_out_of_reads() {
+        let mut t = BufferTable::default();
+        let id = t.insert("a", Offset(0), CommitSeq(1));
+        let mut append = |t: &mut BufferTable, data: &'static [u8]| {
+            let ch = t.get_mut(id).unwrap();
+            ch.next_offset = Offset(ch.next_offset.0 + 1);
+            t.push(id, Bytes::from_static(data));
+        };
+        append(&mut t, b"0");
+        t.push_lost(id, Offset(3));
+        append(&mut t, b"3");
+        let r = t.read(id, Offset(0), Offset(10));
+        let offsets: Vec<u64> = r.iter().map(|r| r.offset.0).collect();
+        assert_eq!(offsets, [0, 3]);
+        assert_eq!(&r[1].data[..], b"3");
+        assert_eq!(t.get(id).unwrap().durable_next_offset(), Offset(4));
+        let lost = t.insert_lost(CommitSeq(2));
+        assert!(t.get(lost).unwrap().dropped);
+        assert_eq!(t.len(), 1);
     }
 }

@@ -190,6 +190,47 @@ pub struct Recovered {
     pub tail: Option<Tail>,
     /// Sequence number for the next new segment.
     pub next_segment_seq: SegmentSeq,
+    /// Damage found and what was done about it (torn tails included).
+    pub damage: Vec<Damage>,
+}
+
+/// Damage recovery found and went past, in WAL order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The shard.
+    pub shard: u16,
+    /// Segment where the damage starts.
+    pub segment: u64,
+    /// Byte in that segment.
+    pub position: u64,
+    /// What was found there.
+    pub what: String,
+    /// What recovery did about it.
+    pub action: DamageAction,
+}
+
+/// What recovery did about damage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DamageAction {
+    /// A torn tail (an incomplete last commit, never acknowledged unless
+    /// damaged at rest): cut back to the last whole commit and zeroed.
+    TornTailCut,
+    /// `RecoveryMode::SkipDamaged`: passed over. Replay resumed at
+    /// `(segment, byte)`, or nowhere if nothing whole came after it.
+    Skipped {
+        /// Where replay resumed.
+        resumed_at: Option<(u64, u64)>,
+        /// Records of known channels lost with it (their offsets are the
+        /// gaps); records of channels whose registration was lost are counted
+        /// by the first commit that names them.
+        records_lost: u64,
+    },
+    /// `RecoveryMode::KeepPrefix`: replay stopped here; the damaged segment
+    /// was copied and every later segment moved into `moved_to`.
+    PrefixKept {
+        /// The directory now holding the bytes after the damage.
+        moved_to: std::path::PathBuf,
+    },
 }
 
 /// What recovery needs to know.
@@ -208,18 +249,33 @@ pub struct RecoverContext<'a> {
     pub mode: RecoveryMode,
 }
 
+/// A place in the shard's WAL: where the chain of commits ends or where
+/// damage starts.
+#[derive(Clone)]
+struct Place {
+    seq: SegmentSeq,
+    path: std::path::PathBuf,
+    position: u64,
+    block: usize,
+    segment_bytes: u64,
+}
+
 enum ChainEnd {
     Zeros,
     Damaged(String),
 }
 
-/// A damaged commit that is the torn tail unless a commit follows it.
+/// A damaged chain end that is the torn tail unless a commit follows it.
 struct Torn {
-    seq: SegmentSeq,
-    path: std::path::PathBuf,
-    position: u64,
+    at: Place,
     nonzero_end: u64,
-    block: usize,
+    what: String,
+}
+
+/// A commit found after the chain end.
+struct Later {
+    position: usize,
+    commit_seq: CommitSeq,
 }
 
 /// Replays every segment of the shard in order, reading through `io`.
@@ -232,54 +288,86 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     ctx.metrics
         .recovery_bytes_total
         .store(total, Ordering::Relaxed);
-    for w in segments.windows(2) {
-        if w[0].0 .0.checked_add(1) != Some(w[1].0 .0) {
-            return Err(Error::Corruption {
-                shard: ctx.shard.0,
-                segment: w[1].0 .0,
-                position: 0,
-                what: format!("segment {} is missing before it", w[0].0 .0 + 1),
-            });
-        }
-    }
+    let mode = ctx.mode;
+    let lenient = mode == RecoveryMode::SkipDamaged;
+    let error = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
+        shard: ctx.shard.0,
+        segment: segment.0,
+        position,
+        what,
+    };
 
     let mut table = BufferTable::default();
     // The sequence number the next commit must carry; unknown until the first.
     let mut next: Option<CommitSeq> = None;
     let mut buf: Option<AlignedBuf> = None;
-    let mut tail = None;
     let mut torn: Option<Torn> = None;
+    let mut damage: Vec<Damage> = Vec::new();
+    // Where the chain of whole commits ends so far: writing resumes there.
+    let mut end_of_chain: Option<Place> = None;
+    // KeepPrefix: where replay stopped, and why.
+    let mut stop: Option<(Place, String)> = None;
     let mut next_segment_seq = SegmentSeq(1);
+    let mut previous: Option<SegmentSeq> = None;
 
-    for (i, (seq, path)) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        next_segment_seq = SegmentSeq(seq.0.checked_add(1).ok_or_else(|| Error::Corruption {
-            shard: ctx.shard.0,
-            segment: seq.0,
-            position: 0,
-            what: "segment sequence number at its maximum".into(),
+    for (seq, path) in &segments {
+        next_segment_seq = SegmentSeq(seq.0.checked_add(1).ok_or_else(|| {
+            error(*seq, 0, "segment sequence number at its maximum".into())
         })?);
-        let damage = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
-            shard: ctx.shard.0,
-            segment: segment.0,
-            position,
-            what,
+        let skip_segment = |what: String,
+                                torn: &mut Option<Torn>,
+                                damage: &mut Vec<Damage>,
+                                end_of_chain: &Option<Place>|
+         -> Result<Option<(Place, String)>> {
+            // A whole segment cannot be replayed: damage, whatever came before.
+            let here = Place {
+                seq: *seq,
+                path: path.clone(),
+                position: 0,
+                block: 0,
+                segment_bytes: 0,
+            };
+            match mode {
+                RecoveryMode::SkipDamaged => {
+                    if let Some(t) = torn.take() {
+                        damage.push(skipped(ctx, &t.at, t.what, None));
+                    }
+                    damage.push(skipped(ctx, &here, what, None));
+                    Ok(None)
+                }
+                RecoveryMode::KeepPrefix => Ok(Some(match torn.take() {
+                    Some(t) => (t.at, t.what),
+                    None => (
+                        end_of_chain.clone().unwrap_or(here),
+                        format!("segment {}: {what}", seq.0),
+                    ),
+                })),
+                _ => Err(error(*seq, 0, what)),
+            }
         };
-        let f = if last {
-            file::open_rw(path, ctx.access)?
-        } else {
-            file::open_read(path, ctx.access)?
-        };
+        if let Some(p) = previous {
+            if p.0.checked_add(1) != Some(seq.0) {
+                let what = format!("segments {}..{} are missing before it", p.0 + 1, seq.0);
+                stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
+                if stop.is_some() {
+                    break;
+                }
+            }
+        }
+        previous = Some(*seq);
+
+        let f = file::open_read(path, ctx.access)?;
         let size = f
             .metadata()
             .map_err(|e| Error::io("stat segment", Some(path.clone()), e))?
             .len();
         if size > crate::config::SEGMENT_BYTES_LIMIT {
-            return Err(damage(
-                *seq,
-                0,
-                format!("segment file of {size} bytes is larger than any corewal writes"),
-            ));
+            let what = format!("segment file of {size} bytes is larger than any corewal writes");
+            stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
+            if stop.is_some() {
+                break;
+            }
+            continue;
         }
         let want = crate::config::round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
         if buf.as_ref().is_none_or(|b| b.len() < want) {
@@ -295,231 +383,428 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         );
         let read_error = |e: OpError| Error::io(e.operation, Some(path.clone()), e.source);
         reader.ensure(SEGMENT_HEADER_BYTES).map_err(read_error)?;
-        let data = reader.view();
-        let header = decode_segment_header(data)
-            .map_err(|e| damage(*seq, 0, format!("segment header: {e}")))?;
-        if header.shard != ctx.shard
-            || header.store_id != ctx.store_id
-            || header.segment_seq != *seq
-        {
-            return Err(damage(
-                *seq,
-                0,
-                "segment header belongs to another shard, store or file name".into(),
-            ));
-        }
-        if (n as u64) < header.segment_bytes {
-            return Err(damage(
-                *seq,
-                n as u64,
-                format!(
-                    "segment file is {n} bytes, its header says {}",
-                    header.segment_bytes
-                ),
-            ));
-        }
-        let block = header.block_bytes as usize;
-        let mut pos = block;
-        let end = if torn.is_some() {
-            // After a damaged commit nothing may be replayed; only scanned.
-            ChainEnd::Zeros
-        } else {
-            loop {
-                if pos + block > n {
-                    break ChainEnd::Zeros;
+        let header = match decode_segment_header(reader.view()) {
+            Ok(h)
+                if h.shard != ctx.shard
+                    || h.store_id != ctx.store_id
+                    || h.segment_seq != *seq =>
+            {
+                Err("segment header belongs to another shard, store or file name".to_string())
+            }
+            Ok(h) if (n as u64) < h.segment_bytes => Err(format!(
+                "segment file is {n} bytes, its header says {}",
+                h.segment_bytes
+            )),
+            Ok(h) => Ok(h),
+            Err(e) => Err(format!("segment header: {e}")),
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(what) => {
+                drop(reader);
+                stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
+                if stop.is_some() {
+                    break;
                 }
-                reader.ensure(pos + block).map_err(read_error)?;
-                let data = reader.view();
-                let h = match decode_commit_header(&data[pos..], block) {
-                    Ok(h) => h,
-                    Err(DecodeError::Empty) => break ChainEnd::Zeros,
-                    Err(e) => break ChainEnd::Damaged(e.to_string()),
-                };
-                if h.store_id != ctx.store_id
-                    || h.shard != ctx.shard
-                    || h.segment_seq != *seq
-                    || h.position != pos as u64
-                {
-                    break ChainEnd::Damaged("commit header from another place or file".into());
-                }
-                if let Some(want) = next {
-                    if h.commit_seq != want {
-                        // A whole, valid header out of sequence is not a torn
-                        // write: commits before it are missing.
-                        return Err(damage(
-                            *seq,
-                            pos as u64,
-                            format!(
-                                "commit {} found where commit {} was next",
-                                h.commit_seq.0, want.0
-                            ),
-                        ));
-                    }
-                }
-                let span = h.blocks as usize * block;
-                if pos + span > n {
-                    break ChainEnd::Damaged("commit runs past the end of the segment".into());
-                }
-                reader.ensure(pos + span).map_err(read_error)?;
-                let data = reader.view();
-                let body = &data[pos + COMMIT_HEADER_BYTES
-                    ..pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize];
-                // First pass verifies every checksum, so that a torn commit is
-                // cut whole and never half-applied.
-                if let Some(err) =
-                    EntryIter::new(body, h.commit_seq, h.entry_count).find_map(|e| e.err())
-                {
-                    break ChainEnd::Damaged(err.to_string());
-                }
-                // One copy and one allocation per commit; records are
-                // slices of it (they keep the commit's bytes alive).
-                let owned = Bytes::copy_from_slice(body);
-                for e in EntryIter::new(&owned, h.commit_seq, h.entry_count) {
-                    let e = e.expect("verified in the first pass");
-                    apply(&mut table, &e, &owned, h.commit_seq)
-                        .map_err(|what| damage(*seq, pos as u64, what))?;
-                }
-                pos += span;
-                let Some(after) = h.commit_seq.0.checked_add(1) else {
-                    return Err(damage(
-                        *seq,
-                        pos as u64,
-                        "commit sequence number at its maximum".into(),
-                    ));
-                };
-                next = Some(CommitSeq(after));
-                ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
         };
+        let block = header.block_bytes as usize;
+        let place = |position: usize| Place {
+            seq: *seq,
+            path: path.clone(),
+            position: position as u64,
+            block,
+            segment_bytes: header.segment_bytes,
+        };
+        let mut pos = block;
+        // Whether commits here continue the chain (after a damaged chain end,
+        // later segments are only scanned until a commit is found).
+        let mut live = torn.is_none();
+        loop {
+            let end = if !live {
+                ChainEnd::Zeros
+            } else {
+                loop {
+                    if pos + block > n {
+                        break ChainEnd::Zeros;
+                    }
+                    reader.ensure(pos + block).map_err(read_error)?;
+                    let data = reader.view();
+                    let h = match decode_commit_header(&data[pos..], block) {
+                        Ok(h) => h,
+                        Err(DecodeError::Empty) => break ChainEnd::Zeros,
+                        Err(e) => break ChainEnd::Damaged(e.to_string()),
+                    };
+                    if h.store_id != ctx.store_id
+                        || h.shard != ctx.shard
+                        || h.segment_seq != *seq
+                        || h.position != pos as u64
+                    {
+                        break ChainEnd::Damaged("commit header from another place or file".into());
+                    }
+                    if let Some(want) = next {
+                        if h.commit_seq != want {
+                            // A whole, valid header out of sequence is not a
+                            // torn write: commits before it are missing.
+                            let what = format!(
+                                "commit {} found where commit {} was next",
+                                h.commit_seq.0, want.0
+                            );
+                            match mode {
+                                RecoveryMode::SkipDamaged if h.commit_seq > want => {
+                                    damage.push(skipped(
+                                        ctx,
+                                        &place(pos),
+                                        format!("{what} (commits missing)"),
+                                        Some((seq.0, pos as u64)),
+                                    ));
+                                }
+                                RecoveryMode::SkipDamaged => {
+                                    break ChainEnd::Damaged(what);
+                                }
+                                RecoveryMode::KeepPrefix => {
+                                    stop = Some((place(pos), what));
+                                    break ChainEnd::Zeros;
+                                }
+                                _ => return Err(error(*seq, pos as u64, what)),
+                            }
+                        }
+                    }
+                    let span = h.blocks as usize * block;
+                    if pos + span > n {
+                        break ChainEnd::Damaged("commit runs past the end of the segment".into());
+                    }
+                    reader.ensure(pos + span).map_err(read_error)?;
+                    let data = reader.view();
+                    let body = &data[pos + COMMIT_HEADER_BYTES
+                        ..pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize];
+                    // First pass verifies every checksum, so that a damaged
+                    // commit is cut or skipped whole and never half-applied.
+                    if let Some(err) =
+                        EntryIter::new(body, h.commit_seq, h.entry_count).find_map(|e| e.err())
+                    {
+                        break ChainEnd::Damaged(err.to_string());
+                    }
+                    // One copy and one allocation per commit; records are
+                    // slices of it (they keep the commit's bytes alive).
+                    let owned = Bytes::copy_from_slice(body);
+                    for e in EntryIter::new(&owned, h.commit_seq, h.entry_count) {
+                        let e = e.expect("verified in the first pass");
+                        let lost = apply(&mut table, &e, &owned, h.commit_seq, lenient)
+                            .map_err(|what| error(*seq, pos as u64, what))?;
+                        if lost > 0 {
+                            count_lost(&mut damage, lost);
+                        }
+                    }
+                    pos += span;
+                    let Some(after) = h.commit_seq.0.checked_add(1) else {
+                        return Err(error(
+                            *seq,
+                            pos as u64,
+                            "commit sequence number at its maximum".into(),
+                        ));
+                    };
+                    next = Some(CommitSeq(after));
+                    ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            if stop.is_some() {
+                break;
+            }
+            if live {
+                end_of_chain = Some(place(pos));
+            }
 
-        reader.ensure(n).map_err(read_error)?;
-        let data = reader.view();
-        // Whatever ended the chain, no commit may follow it — except, in
-        // this segment, commits that were in flight with the one that is
-        // missing (their headers say how many could be): none of them was
-        // acknowledged, since acknowledgements go in order.
-        let scan_from = if torn.is_some() { block } else { pos + block };
-        let window_base = next.unwrap_or(CommitSeq(1));
-        let mut in_flight_after = false;
-        let mut nonzero_end = pos;
-        let mut q = scan_from;
-        while q + block <= n {
-            let blk = &data[q..q + block];
-            if blk.iter().any(|&x| x != 0) {
-                nonzero_end = q + block;
-                if let Ok(h) = decode_commit_header(blk, block) {
-                    let identity = h.store_id == ctx.store_id
-                        && h.shard == ctx.shard
-                        && h.segment_seq == *seq
-                        && h.position == q as u64;
-                    if identity && h.commit_seq >= window_base {
-                        let in_window =
-                            h.commit_seq.0 < window_base.0.saturating_add(h.in_flight_max as u64);
-                        if torn.is_none() && in_window {
-                            in_flight_after = true;
-                        } else {
-                            let (at_seq, at) = match &torn {
-                                Some(t) => (t.seq, t.position),
-                                None => (*seq, pos as u64),
+            reader.ensure(n).map_err(read_error)?;
+            let data = reader.view();
+            // Whatever ended the chain, no commit may follow it — except, in
+            // this segment, commits that were in flight with the one that is
+            // missing (their headers say how many could be): none of them was
+            // acknowledged, since acknowledgements go in order.
+            let scan_from = if live { pos + block } else { block };
+            let window_base = next.unwrap_or(CommitSeq(1));
+            let mut first_later: Option<Later> = None;
+            let mut beyond: Option<Later> = None;
+            let mut nonzero_end = pos;
+            let mut q = scan_from;
+            while q + block <= n && beyond.is_none() {
+                let blk = &data[q..q + block];
+                if blk.iter().any(|&x| x != 0) {
+                    nonzero_end = q + block;
+                    if let Ok(h) = decode_commit_header(blk, block) {
+                        let identity = h.store_id == ctx.store_id
+                            && h.shard == ctx.shard
+                            && h.segment_seq == *seq
+                            && h.position == q as u64;
+                        if identity && h.commit_seq >= window_base {
+                            let later = || Later {
+                                position: q,
+                                commit_seq: h.commit_seq,
                             };
-                            let found = match &end {
-                                _ if torn.is_some() => "a damaged commit".to_string(),
-                                ChainEnd::Damaged(w) => w.clone(),
-                                ChainEnd::Zeros => "zeros".into(),
-                            };
-                            return Err(damage(
-                                at_seq,
-                                at,
-                                format!(
-                                    "{found} where commit {} was next, yet commit {} follows in segment {} at byte {q}",
-                                    window_base.0, h.commit_seq.0, seq.0
-                                ),
-                            ));
+                            let in_window = h.commit_seq.0
+                                < window_base.0.saturating_add(h.in_flight_max as u64);
+                            if !(live && in_window) {
+                                beyond = Some(later());
+                            }
+                            first_later.get_or_insert_with(later);
                         }
                     }
                 }
+                q += block;
             }
-            q += block;
+            if let Some(b) = beyond {
+                // Damage, not a torn tail: a commit follows the chain end.
+                let (at, found) = match torn.take() {
+                    Some(t) => (t.at, t.what),
+                    None => (
+                        place(pos),
+                        match &end {
+                            ChainEnd::Damaged(w) => w.clone(),
+                            ChainEnd::Zeros => "zeros".into(),
+                        },
+                    ),
+                };
+                let what = format!(
+                    "{found} where commit {} was next, yet commit {} follows in segment {} at byte {}",
+                    window_base.0, b.commit_seq.0, seq.0, b.position
+                );
+                match mode {
+                    RecoveryMode::SkipDamaged => {
+                        let resume = first_later.expect("beyond is a later commit");
+                        damage.push(skipped(
+                            ctx,
+                            &at,
+                            what,
+                            Some((seq.0, resume.position as u64)),
+                        ));
+                        pos = resume.position;
+                        next = Some(resume.commit_seq);
+                        live = true;
+                        continue;
+                    }
+                    RecoveryMode::KeepPrefix => {
+                        stop = Some((at, what));
+                        break;
+                    }
+                    _ => return Err(error(at.seq, at.position, what)),
+                }
+            }
+            if live {
+                // The block at the chain end itself may hold bytes past a
+                // zero header.
+                if pos < n && data[pos..(pos + block).min(n)].iter().any(|&x| x != 0) {
+                    nonzero_end = nonzero_end.max((pos + block).min(n));
+                }
+                // Anything non-zero after the chain end is what a torn write
+                // left (a lost header with written later blocks, say): it is
+                // cut and zeroed like a damaged commit, so no byte of it
+                // outlives the cut.
+                let in_flight_after = first_later.is_some();
+                if matches!(end, ChainEnd::Damaged(_)) || in_flight_after || nonzero_end > pos {
+                    nonzero_end = nonzero_end.max((pos + block).min(n));
+                    torn = Some(Torn {
+                        at: place(pos),
+                        nonzero_end: nonzero_end as u64,
+                        what: match end {
+                            ChainEnd::Damaged(w) => w,
+                            ChainEnd::Zeros => "bytes after the last whole commit".into(),
+                        },
+                    });
+                }
+            } else if nonzero_end == pos && first_later.is_none() {
+                // An empty segment after a damaged chain end (the spare made
+                // ahead of use): writing resumes in it if the damage turns
+                // out to be the torn tail.
+                end_of_chain = Some(place(pos));
+            }
+            break;
         }
-        // The block at the chain end itself may hold bytes past a zero header.
-        if pos < n && data[pos..(pos + block).min(n)].iter().any(|&x| x != 0) {
-            nonzero_end = nonzero_end.max((pos + block).min(n));
-        }
-        // Anything non-zero after the chain end is what a torn write left
-        // (a lost header with written later blocks, say): it is cut and
-        // zeroed like a damaged commit, so no byte of it outlives the cut.
-        if matches!(end, ChainEnd::Damaged(_)) || in_flight_after || nonzero_end > pos {
-            nonzero_end = nonzero_end.max((pos + block).min(n));
-            torn = Some(Torn {
-                seq: *seq,
-                path: path.clone(),
-                position: pos as u64,
-                nonzero_end: nonzero_end as u64,
-                block,
-            });
-        }
-        if last {
-            tail = Some(Tail {
-                segment: Segment {
-                    seq: *seq,
-                    path: path.clone(),
-                    file: f,
-                    bytes: header.segment_bytes,
-                },
-                position: pos as u64,
-                block,
-            });
+        if stop.is_some() {
+            break;
         }
     }
-    match torn {
-        None => {}
-        Some(t) if ctx.mode == RecoveryMode::FailOnAnyDamage => {
-            return Err(Error::Corruption {
-                shard: ctx.shard.0,
-                segment: t.seq.0,
-                position: t.position,
-                what: "torn tail (an incomplete last commit); RecoveryMode::FailOnAnyDamage cuts nothing — \
-                       open with RecoveryMode::TolerateTornTail to cut it"
-                    .into(),
-            });
-        }
-        Some(t) => {
-            // Torn tail: zero what the torn commit left, so that no byte of
-            // it can be read as part of a later commit's place.
-            let f = file::open_rw(&t.path, ctx.access)?;
-            let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.block);
-            file::zero_fill(
-                &f,
-                &t.path,
-                &zeros,
-                t.position,
-                t.nonzero_end,
-                ZeroSync::AtEnd,
-            )?;
-        }
+
+    let mut next_segment_seq = next_segment_seq;
+    if let Some((at, what)) = stop {
+        let moved_to = keep_prefix(ctx, &segments, &at)?;
+        damage.push(Damage {
+            shard: ctx.shard.0,
+            segment: at.seq.0,
+            position: at.position,
+            what,
+            action: DamageAction::PrefixKept {
+                moved_to: moved_to.clone(),
+            },
+        });
+        torn = None;
+        next_segment_seq = SegmentSeq(at.seq.0 + 1);
+        end_of_chain = (at.block != 0).then_some(at);
     }
+    if let Some(t) = torn {
+        if mode == RecoveryMode::FailOnAnyDamage {
+            return Err(error(
+                t.at.seq,
+                t.at.position,
+                format!(
+                    "torn tail ({}); RecoveryMode::FailOnAnyDamage cuts nothing — \
+                     open with RecoveryMode::TolerateTornTail to cut it",
+                    t.what
+                ),
+            ));
+        }
+        // Torn tail: zero what the torn commit left, so that no byte of it
+        // can be read as part of a later commit's place.
+        let f = file::open_rw(&t.at.path, ctx.access)?;
+        let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.at.block);
+        file::zero_fill(
+            &f,
+            &t.at.path,
+            &zeros,
+            t.at.position,
+            t.nonzero_end,
+            ZeroSync::AtEnd,
+        )?;
+        damage.push(Damage {
+            shard: ctx.shard.0,
+            segment: t.at.seq.0,
+            position: t.at.position,
+            what: t.what,
+            action: DamageAction::TornTailCut,
+        });
+    }
+    // Writing resumes at the chain end only if nothing was kept after it.
+    let tail = match end_of_chain {
+        Some(p) if SegmentSeq(p.seq.0 + 1) == next_segment_seq => Some(Tail {
+            segment: Segment {
+                seq: p.seq,
+                file: file::open_rw(&p.path, ctx.access)?,
+                path: p.path,
+                bytes: p.segment_bytes,
+            },
+            position: p.position,
+            block: p.block,
+        }),
+        _ => None,
+    };
     ctx.metrics
         .recovery_channels
         .store(table.len() as u64, Ordering::Relaxed);
+    ctx.metrics
+        .recovery_damage
+        .store(damage.len() as u64, Ordering::Relaxed);
     Ok(Recovered {
         table,
         next_commit_seq: next.unwrap_or(CommitSeq(1)),
         tail,
         next_segment_seq,
+        damage,
     })
 }
 
+fn skipped(
+    ctx: &RecoverContext<'_>,
+    at: &Place,
+    what: String,
+    resumed_at: Option<(u64, u64)>,
+) -> Damage {
+    Damage {
+        shard: ctx.shard.0,
+        segment: at.seq.0,
+        position: at.position,
+        what,
+        action: DamageAction::Skipped {
+            resumed_at,
+            records_lost: 0,
+        },
+    }
+}
+
+/// Adds records found lost to the last skipped damage.
+fn count_lost(damage: &mut [Damage], lost: u64) {
+    if let Some(DamageAction::Skipped { records_lost, .. }) =
+        damage.iter_mut().rev().find_map(|d| match &mut d.action {
+            a @ DamageAction::Skipped { .. } => Some(a),
+            _ => None,
+        })
+    {
+        *records_lost += lost;
+    }
+}
+
+/// `RecoveryMode::KeepPrefix`: moves every byte after `at` out of the WAL
+/// into a fresh `damaged/<time>/` directory (the segment of `at` copied whole,
+/// later segments moved, highest first so that a crash midway never leaves a
+/// gap), then zeroes the segment of `at` from `at` on. Running it again after
+/// a crash midway finds the same damage and finishes the job.
+fn keep_prefix(
+    ctx: &RecoverContext<'_>,
+    segments: &[(SegmentSeq, std::path::PathBuf)],
+    at: &Place,
+) -> Result<std::path::PathBuf> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let damaged = ctx.shard_dir.join("damaged");
+    let moved_to = damaged.join(format!(
+        "{}-{:08x}",
+        since_epoch.as_secs(),
+        file::random_u64()? as u32
+    ));
+    file::create_dir(&moved_to, 0o700)?;
+    file::sync_dir(&damaged)?;
+    file::sync_dir(ctx.shard_dir)?;
+    let name = |p: &Path| moved_to.join(p.file_name().expect("segment paths have a file name"));
+    if at.block != 0 {
+        let copy = name(&at.path);
+        std::fs::copy(&at.path, &copy)
+            .map_err(|e| Error::io("copy damaged segment", Some(copy.clone()), e))?;
+        File::open(&copy)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("sync copy of damaged segment", Some(copy.clone()), e))?;
+    }
+    // Segments from `at` on when `at` is a whole segment (block 0), after it
+    // otherwise.
+    let first_moved = if at.block == 0 { at.seq.0 } else { at.seq.0 + 1 };
+    for (_, path) in segments.iter().rev().filter(|(s, _)| s.0 >= first_moved) {
+        let to = name(path);
+        std::fs::rename(path, &to)
+            .map_err(|e| Error::io("move segment after damage", Some(to.clone()), e))?;
+        file::sync_dir(&moved_to)?;
+        file::sync_dir(ctx.shard_dir)?;
+    }
+    if at.block != 0 {
+        let f = file::open_rw(&at.path, ctx.access)?;
+        let size = f
+            .metadata()
+            .map_err(|e| Error::io("stat segment", Some(at.path.clone()), e))?
+            .len();
+        let zeros = AlignedBuf::new(READ_CHUNK_BYTES, at.block);
+        file::zero_fill(&f, &at.path, &zeros, at.position, size, ZeroSync::AtEnd)?;
+    }
+    Ok(moved_to)
+}
+
+/// Applies one verified entry. With `lenient` (`RecoveryMode::SkipDamaged`),
+/// the gaps that skipped commits leave are filled as lost: channel ids with
+/// lost registrations, offsets with lost records; returns how many records
+/// were found lost. Without it, any gap is damage.
 fn apply(
     table: &mut BufferTable,
     e: &Entry<'_>,
     commit_body: &Bytes,
     commit: CommitSeq,
-) -> std::result::Result<(), String> {
+    lenient: bool,
+) -> std::result::Result<u64, String> {
+    let mut lost = 0;
     match e.kind {
         EntryKind::Register => {
             let name = std::str::from_utf8(e.payload)
                 .map_err(|_| "channel name is not UTF-8".to_string())?;
             crate::validate_channel_name(name).map_err(|err| err.to_string())?;
+            while lenient && table.next_id() < e.channel {
+                table.insert_lost(commit);
+            }
             if table.next_id() != e.channel {
                 return Err(format!(
                     "channel id {} registered where {} was next",
@@ -531,48 +816,63 @@ fn apply(
                 return Err(format!("channel {name:?} registered twice"));
             }
             let first = table.retired(name).map_or(Offset(0), |(next, _)| next);
-            if e.offset != first {
+            if e.offset != first && !(lenient && e.offset > first) {
                 return Err(format!(
                     "channel {name:?} registered from offset {} where {} was next",
                     e.offset.0, first.0
                 ));
             }
             table.insert(name, e.offset, commit);
-            Ok(())
         }
         EntryKind::Append => {
             let ch: ChannelId = e.channel;
             let Some(state) = table.get_mut(ch).filter(|c| !c.dropped) else {
+                if lenient {
+                    // The channel's registration was lost (or its drop
+                    // survived while a later registration was lost).
+                    return Ok(1);
+                }
                 return Err(format!(
                     "record for unregistered or dropped channel id {}",
                     ch.0
                 ));
             };
             if state.next_offset != e.offset {
-                return Err(format!(
-                    "record at offset {} of channel {:?} where offset {} was next",
-                    e.offset.0, state.name, state.next_offset.0
-                ));
+                if !(lenient && state.next_offset < e.offset) {
+                    return Err(format!(
+                        "record at offset {} of channel {:?} where offset {} was next",
+                        e.offset.0, state.name, state.next_offset.0
+                    ));
+                }
+                lost = e.offset.0 - state.next_offset.0;
+                table.push_lost(ch, e.offset);
             }
+            let state = table.get_mut(ch).expect("looked up above");
             state.next_offset = Offset(e.offset.0 + 1);
             table.push(ch, commit_body.slice_ref(e.payload));
-            Ok(())
         }
         EntryKind::Drop => {
             let Some(state) = table.get(e.channel).filter(|c| !c.dropped) else {
+                if lenient {
+                    return Ok(0);
+                }
                 return Err(format!(
                     "drop of unregistered or dropped channel id {}",
                     e.channel.0
                 ));
             };
             if state.next_offset != e.offset {
-                return Err(format!(
-                    "drop of channel {:?} at offset {} where {} was next",
-                    state.name, e.offset.0, state.next_offset.0
-                ));
+                if !(lenient && state.next_offset < e.offset) {
+                    return Err(format!(
+                        "drop of channel {:?} at offset {} where {} was next",
+                        state.name, e.offset.0, state.next_offset.0
+                    ));
+                }
+                lost = e.offset.0 - state.next_offset.0;
+                table.push_lost(e.channel, e.offset);
             }
             table.drop_channel(e.channel, commit);
-            Ok(())
         }
     }
+    Ok(lost)
 }

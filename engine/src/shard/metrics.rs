@@ -31,6 +31,9 @@ pub struct ShardMetrics {
     pub recovery_channels: AtomicU64,
     /// Nanoseconds recovery took (0 while it runs).
     pub recovery_ns: AtomicU64,
+    /// Damaged places recovery found (torn tails included); see
+    /// `Engine::recovery_damage` for what and where.
+    pub recovery_damage: AtomicU64,
 }
 
 /// A copy of a shard's counters.
@@ -60,6 +63,8 @@ pub struct ShardMetricsSnapshot {
     pub recovery_channels: u64,
     /// Nanoseconds recovery took (0 while it runs).
     pub recovery_ns: u64,
+    /// Damaged places recovery found, torn tails included.
+    pub recovery_damage: u64,
 }
 
 impl ShardMetrics {
@@ -79,6 +84,7 @@ impl ShardMetrics {
             recovery_commits: r(&self.recovery_commits),
             recovery_channels: r(&self.recovery_channels),
             recovery_ns: r(&self.recovery_ns),
+            recovery_damage: r(&self.recovery_damage),
         }
     }
 }
@@ -99,6 +105,7 @@ impl std::ops::Add for ShardMetricsSnapshot {
             recovery_commits: self.recovery_commits + o.recovery_commits,
             recovery_channels: self.recovery_channels + o.recovery_channels,
             recovery_ns: self.recovery_ns.max(o.recovery_ns),
+            recovery_damage: self.recovery_damage + o.recovery_damage,
         }
     }
 }

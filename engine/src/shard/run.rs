@@ -24,7 +24,7 @@ use crate::config::{Backend, Config, Durability, SyncMethod};
 use crate::error::{Error, Result};
 use crate::io::file::Access;
 use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
-use crate::recovery::{recover_shard, RecoverContext};
+use crate::recovery::{recover_shard, Damage, RecoverContext};
 use crate::shard::ack::Ack;
 use crate::shard::inbox::{Inbox, Request};
 use crate::shard::metrics::ShardMetrics;
@@ -59,6 +59,8 @@ pub struct ShardSpec {
 struct Readiness {
     state: Mutex<Option<Result<()>>>,
     cond: Condvar,
+    /// What recovery found damaged and did about it.
+    damage: Mutex<Vec<Damage>>,
 }
 
 /// The caller side of a shard.
@@ -83,6 +85,15 @@ impl ShardHandle {
             }
             s = self.ready.cond.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// The damage recovery found and went past (empty until it finishes).
+    pub fn recovery_damage(&self) -> Vec<Damage> {
+        self.ready
+            .damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the shard finished recovery (successfully or not).
@@ -135,7 +146,7 @@ fn shard_main(
     metrics: Arc<ShardMetrics>,
     ready: Arc<Readiness>,
 ) {
-    match Shard::start(spec, inbox.clone(), metrics) {
+    match Shard::start(spec, inbox.clone(), metrics, &ready) {
         Ok(mut shard) => {
             set_ready(&ready, Ok(()));
             shard.run();
@@ -263,15 +274,17 @@ impl Shard {
         spec: ShardSpec,
         inbox: Arc<Inbox>,
         metrics: Arc<ShardMetrics>,
+        ready: &Readiness,
     ) -> std::result::Result<Shard, (ShardId, Error)> {
         let id = spec.id;
-        Self::start_inner(spec, inbox, metrics).map_err(|e| (id, e))
+        Self::start_inner(spec, inbox, metrics, ready).map_err(|e| (id, e))
     }
 
     fn start_inner(
         spec: ShardSpec,
         inbox: Arc<Inbox>,
         metrics: Arc<ShardMetrics>,
+        ready: &Readiness,
     ) -> Result<Shard> {
         let started = Instant::now();
         if let Some(core) = spec.core {
@@ -297,6 +310,7 @@ impl Shard {
             },
             &mut *io,
         )?;
+        *ready.damage.lock().unwrap_or_else(|p| p.into_inner()) = recovered.damage;
         let preparer = SegmentPreparer::spawn(PreparerSpec {
             shard: spec.id,
             shard_dir: spec.dir.clone(),
