@@ -78,7 +78,11 @@ fn check(dir: &Path, mode: RecoveryMode, expect: Expect, records: &[Vec<u8>], ca
                 assert_eq!(r.offset.0, k as u64, "{case}: record {k} moved");
                 assert_eq!(&r.data[..], &records[k][..], "{case}: record {k} changed");
             }
-            assert_eq!(engine.recovery_damage().len(), damaged, "{case}: damage reported");
+            assert_eq!(
+                engine.recovery_damage().len(),
+                damaged,
+                "{case}: damage reported"
+            );
         }
         (Expect::Without(skipped), Ok(engine)) => {
             let got = engine.register("m").unwrap().read(..).unwrap();
@@ -86,14 +90,21 @@ fn check(dir: &Path, mode: RecoveryMode, expect: Expect, records: &[Vec<u8>], ca
             let want: Vec<u64> = (0..records.len() as u64).filter(|o| o != skipped).collect();
             assert_eq!(offsets, want, "{case}: offsets after the skip");
             for r in &got {
-                assert_eq!(&r.data[..], &records[r.offset.0 as usize][..], "{case}: record changed");
+                assert_eq!(
+                    &r.data[..],
+                    &records[r.offset.0 as usize][..],
+                    "{case}: record changed"
+                );
             }
             let damage = engine.recovery_damage();
             assert!(
                 matches!(
                     &damage[..],
                     [corewal::Damage {
-                        action: corewal::DamageAction::Skipped { resumed_at: Some(_), records_lost: 1 },
+                        action: corewal::DamageAction::Skipped {
+                            resumed_at: Some(_),
+                            records_lost: 1
+                        },
                         ..
                     }]
                 ),
@@ -101,7 +112,9 @@ fn check(dir: &Path, mode: RecoveryMode, expect: Expect, records: &[Vec<u8>], ca
             );
         }
         (Expect::Damage, Err(Error::Corruption { .. })) => {}
-        (Expect::Torn(n) | Expect::Clean(n), Err(e)) => panic!("{case}: expected a cut to {n} records, got {e}"),
+        (Expect::Torn(n) | Expect::Clean(n), Err(e)) => {
+            panic!("{case}: expected a cut to {n} records, got {e}")
+        }
         (Expect::Without(k), Err(e)) => panic!("{case}: expected record {k} skipped, got {e}"),
         (Expect::Damage, Ok(engine)) => {
             let n = engine.register("m").unwrap().read(..).unwrap().len();

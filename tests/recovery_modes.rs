@@ -36,7 +36,11 @@ fn offsets(engine: &Engine, name: &str) -> Vec<u64> {
     let records = engine.register(name).unwrap().read(..).unwrap();
     for r in &records {
         let want = format!("record-{}-", r.offset.0);
-        assert!(r.data.starts_with(want.as_bytes()), "record {} changed", r.offset.0);
+        assert!(
+            r.data.starts_with(want.as_bytes()),
+            "record {} changed",
+            r.offset.0
+        );
     }
     records.iter().map(|r| r.offset.0).collect()
 }
@@ -72,7 +76,10 @@ fn keep_prefix_keeps_what_precedes_the_damage_and_moves_the_rest_aside() {
     let [d] = &damage[..] else {
         panic!("{damage:?}")
     };
-    assert_eq!((d.shard, d.segment, d.position), (0, 1, first[k].pos as u64));
+    assert_eq!(
+        (d.shard, d.segment, d.position),
+        (0, 1, first[k].pos as u64)
+    );
     let DamageAction::PrefixKept { moved_to } = &d.action else {
         panic!("{d:?}")
     };
@@ -86,12 +93,23 @@ fn keep_prefix_keeps_what_precedes_the_damage_and_moves_the_rest_aside() {
     let copy = std::fs::read(moved_to.join(segs[0].file_name().unwrap())).unwrap();
     let live = std::fs::read(&segs[0]).unwrap();
     let at = first[k].pos;
-    assert!(live[at..].iter().all(|&b| b == 0), "live segment zeroed from the damage on");
+    assert!(
+        live[at..].iter().all(|&b| b == 0),
+        "live segment zeroed from the damage on"
+    );
     assert_eq!(copy[..at], live[..at]);
-    assert_ne!(copy[at..at + 64], [0u8; 64][..], "the copy keeps the damaged commit");
+    assert_ne!(
+        copy[at..at + 64],
+        [0u8; 64][..],
+        "the copy keeps the damaged commit"
+    );
     let moved_bytes: u64 = segs[1..]
         .iter()
-        .map(|p| std::fs::metadata(moved_to.join(p.file_name().unwrap())).unwrap().len())
+        .map(|p| {
+            std::fs::metadata(moved_to.join(p.file_name().unwrap()))
+                .unwrap()
+                .len()
+        })
         .sum();
     assert_eq!(moved_bytes, later_bytes);
 
@@ -148,8 +166,14 @@ fn skip_damaged_passes_over_damaged_commits_and_a_missing_segment() {
         })
         .sum();
     assert_eq!(lost, 1 + in_second + 1, "{damage:#?}");
-    assert_eq!((damage[0].segment, damage[0].position), (1, zeroed.pos as u64));
-    assert!(damage.iter().any(|d| d.what.contains("missing")), "{damage:#?}");
+    assert_eq!(
+        (damage[0].segment, damage[0].position),
+        (1, zeroed.pos as u64)
+    );
+    assert!(
+        damage.iter().any(|d| d.what.contains("missing")),
+        "{damage:#?}"
+    );
 
     // Offsets never repeat: the next append follows the last record.
     let ch = engine.register("c").unwrap();
@@ -224,7 +248,11 @@ fn every_mode_reports_a_torn_tail_it_cuts() {
         let last = places.last().unwrap();
         flip(&seg, last.pos + 80);
         let engine = Engine::open(config(dir.path(), mode)).unwrap();
-        assert_eq!(offsets(&engine, "c"), (0..29).collect::<Vec<_>>(), "{mode:?}");
+        assert_eq!(
+            offsets(&engine, "c"),
+            (0..29).collect::<Vec<_>>(),
+            "{mode:?}"
+        );
         let damage = engine.recovery_damage();
         assert!(
             matches!(

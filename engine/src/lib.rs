@@ -16,6 +16,7 @@
 pub mod buffer;
 pub mod config;
 pub mod error;
+pub mod inspect;
 pub mod io;
 pub mod recovery;
 pub mod runtime;

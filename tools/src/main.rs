@@ -3,6 +3,7 @@
 
 mod data_dir;
 mod host;
+mod inspect;
 mod load;
 mod recover_bench;
 
@@ -27,16 +28,34 @@ enum Command {
     /// Write a data set, drop the page cache, reopen it and report recovery speed,
     /// registration latency during recovery and memory.
     RecoverBench(recover_bench::RecoverBenchArgs),
+    /// Read-only summary of a data directory: shards, segments, channels,
+    /// damage; or, with --dump, every commit and entry.
+    Inspect(inspect::InspectArgs),
+    /// Check every checksum and structural rule of a data directory without
+    /// changing it. Exit status 0: sound; 1: damaged; 2: could not be read.
+    Verify(inspect::VerifyArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
+    let is_verify = matches!(cli.command, Command::Verify(_));
     let result = match cli.command {
-        Command::Load(args) => load::run(args),
-        Command::RecoverBench(args) => recover_bench::run(args),
+        Command::Load(args) => load::run(args).map(|()| 0),
+        Command::RecoverBench(args) => recover_bench::run(args).map(|()| 0),
+        Command::Inspect(args) => inspect::run_inspect(args).map(|()| 0),
+        Command::Verify(args) => inspect::run_verify(args),
     };
-    if let Err(e) = result {
-        eprintln!("corewal: error: {e}");
-        std::process::exit(1);
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        // Output cut short by a closed pipe (`| head`) is not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+        Err(e) => {
+            eprintln!("corewal: error: {e}");
+            // 2 for `verify`, whose 1 means damage found; 1 elsewhere.
+            std::process::exit(if is_verify { 2 } else { 1 });
+        }
     }
 }

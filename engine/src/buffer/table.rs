@@ -113,7 +113,11 @@ impl BufferTable {
         let ch = &mut self.channels[id.0 as usize];
         let from = ch.next_offset;
         assert!(from <= to, "lost offsets go backwards");
-        assert_eq!(ch.durable_next_offset(), from, "lost offsets after queued ones");
+        assert_eq!(
+            ch.durable_next_offset(),
+            from,
+            "lost offsets after queued ones"
+        );
         for _ in from.0..to.0 {
             ch.records.push_back(Bytes::new());
         }
@@ -191,6 +195,14 @@ impl BufferTable {
             .collect()
     }
 
+    /// Every channel id ever taken, dropped ones included, in id order.
+    pub fn channels(&self) -> impl Iterator<Item = (ChannelId, &ChannelState)> {
+        self.channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (ChannelId(i as u32), c))
+    }
+
     /// Number of live (registered, not dropped) channels.
     pub fn len(&self) -> usize {
         self.by_name.len()
@@ -230,7 +242,7 @@ mod tests {
     fn lost_offsets_are_left_out_of_reads() {
         let mut t = BufferTable::default();
         let id = t.insert("a", Offset(0), CommitSeq(1));
-        let mut append = |t: &mut BufferTable, data: &'static [u8]| {
+        let append = |t: &mut BufferTable, data: &'static [u8]| {
             let ch = t.get_mut(id).unwrap();
             ch.next_offset = Offset(ch.next_offset.0 + 1);
             t.push(id, Bytes::from_static(data));

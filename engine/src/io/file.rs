@@ -193,10 +193,37 @@ impl DirLock {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io("open lock file", Some(path.clone()), e))?;
+        Self::lock(file, dir, &path, libc::LOCK_EX, wait)
+    }
+
+    /// Takes a shared lock for a reader that must not run beside a writer
+    /// (inspection, verification), without creating anything: `None` when
+    /// the directory has no lock file (it never held an engine, or is a copy).
+    pub fn acquire_shared(dir: &Path, wait: Duration) -> Result<Option<DirLock>> {
+        let path = dir.join("LOCK");
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open lock file", Some(path), e)),
+        };
+        Self::lock(file, dir, &path, libc::LOCK_SH, wait).map(Some)
+    }
+
+    fn lock(
+        file: File,
+        dir: &Path,
+        path: &Path,
+        op: libc::c_int,
+        wait: Duration,
+    ) -> Result<DirLock> {
         let started = Instant::now();
         loop {
             // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
             if rc == 0 {
                 return Ok(DirLock { _file: file });
             }
@@ -204,7 +231,7 @@ impl DirLock {
             match e.raw_os_error() {
                 Some(libc::EWOULDBLOCK) => {}
                 Some(libc::EINTR) => continue,
-                _ => return Err(Error::io("lock directory", Some(path), e)),
+                _ => return Err(Error::io("lock directory", Some(path.into()), e)),
             }
             // A SIGKILLed holder's lock can outlive it while the kernel tears
             // down its io_uring; retry for a bounded time.

@@ -215,6 +215,8 @@ pub enum DamageAction {
     /// A torn tail (an incomplete last commit, never acknowledged unless
     /// damaged at rest): cut back to the last whole commit and zeroed.
     TornTailCut,
+    /// A torn tail found by a read-only examination; the next open cuts it.
+    TornTailFound,
     /// `RecoveryMode::SkipDamaged`: passed over. Replay resumed at
     /// `(segment, byte)`, or nowhere if nothing whole came after it.
     Skipped {
@@ -247,6 +249,11 @@ pub struct RecoverContext<'a> {
     pub metrics: &'a ShardMetrics,
     /// What to do about damage.
     pub mode: RecoveryMode,
+    /// Examine only (`corewal inspect`, `corewal verify`): change nothing
+    /// on disk, report a torn tail as found rather than cut, and open no
+    /// segment for writing. Requires a mode that changes nothing but a
+    /// torn tail (`TolerateTornTail`, `FailOnAnyDamage`, `SkipDamaged`).
+    pub read_only: bool,
 }
 
 /// A place in the shard's WAL: where the chain of commits ends or where
@@ -280,7 +287,7 @@ struct Later {
 
 /// Replays every segment of the shard in order, reading through `io`.
 pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<Recovered> {
-    let segments = list_segments(ctx.shard_dir)?;
+    let segments = list_segments(ctx.shard_dir, !ctx.read_only)?;
     let mut total = 0u64;
     for (_, path) in &segments {
         total += std::fs::metadata(path).map_or(0, |m| m.len());
@@ -289,6 +296,10 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         .recovery_bytes_total
         .store(total, Ordering::Relaxed);
     let mode = ctx.mode;
+    assert!(
+        !(ctx.read_only && mode == RecoveryMode::KeepPrefix),
+        "KeepPrefix moves segments: not a read-only mode"
+    );
     let lenient = mode == RecoveryMode::SkipDamaged;
     let error = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
         shard: ctx.shard.0,
@@ -311,13 +322,15 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     let mut previous: Option<SegmentSeq> = None;
 
     for (seq, path) in &segments {
-        next_segment_seq = SegmentSeq(seq.0.checked_add(1).ok_or_else(|| {
-            error(*seq, 0, "segment sequence number at its maximum".into())
-        })?);
+        next_segment_seq = SegmentSeq(
+            seq.0
+                .checked_add(1)
+                .ok_or_else(|| error(*seq, 0, "segment sequence number at its maximum".into()))?,
+        );
         let skip_segment = |what: String,
-                                torn: &mut Option<Torn>,
-                                damage: &mut Vec<Damage>,
-                                end_of_chain: &Option<Place>|
+                            torn: &mut Option<Torn>,
+                            damage: &mut Vec<Damage>,
+                            end_of_chain: &Option<Place>|
          -> Result<Option<(Place, String)>> {
             // A whole segment cannot be replayed: damage, whatever came before.
             let here = Place {
@@ -385,9 +398,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         reader.ensure(SEGMENT_HEADER_BYTES).map_err(read_error)?;
         let header = match decode_segment_header(reader.view()) {
             Ok(h)
-                if h.shard != ctx.shard
-                    || h.store_id != ctx.store_id
-                    || h.segment_seq != *seq =>
+                if h.shard != ctx.shard || h.store_id != ctx.store_id || h.segment_seq != *seq =>
             {
                 Err("segment header belongs to another shard, store or file name".to_string())
             }
@@ -625,7 +636,6 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         }
     }
 
-    let mut next_segment_seq = next_segment_seq;
     if let Some((at, what)) = stop {
         let moved_to = keep_prefix(ctx, &segments, &at)?;
         damage.push(Damage {
@@ -655,22 +665,28 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         }
         // Torn tail: zero what the torn commit left, so that no byte of it
         // can be read as part of a later commit's place.
-        let f = file::open_rw(&t.at.path, ctx.access)?;
-        let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.at.block);
-        file::zero_fill(
-            &f,
-            &t.at.path,
-            &zeros,
-            t.at.position,
-            t.nonzero_end,
-            ZeroSync::AtEnd,
-        )?;
+        if !ctx.read_only {
+            let f = file::open_rw(&t.at.path, ctx.access)?;
+            let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.at.block);
+            file::zero_fill(
+                &f,
+                &t.at.path,
+                &zeros,
+                t.at.position,
+                t.nonzero_end,
+                ZeroSync::AtEnd,
+            )?;
+        }
         damage.push(Damage {
             shard: ctx.shard.0,
             segment: t.at.seq.0,
             position: t.at.position,
             what: t.what,
-            action: DamageAction::TornTailCut,
+            action: if ctx.read_only {
+                DamageAction::TornTailFound
+            } else {
+                DamageAction::TornTailCut
+            },
         });
     }
     // Writing resumes at the chain end only if nothing was kept after it.
@@ -678,7 +694,11 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         Some(p) if SegmentSeq(p.seq.0 + 1) == next_segment_seq => Some(Tail {
             segment: Segment {
                 seq: p.seq,
-                file: file::open_rw(&p.path, ctx.access)?,
+                file: if ctx.read_only {
+                    file::open_read(&p.path, ctx.access)?
+                } else {
+                    file::open_rw(&p.path, ctx.access)?
+                },
                 path: p.path,
                 bytes: p.segment_bytes,
             },
@@ -765,7 +785,11 @@ fn keep_prefix(
     }
     // Segments from `at` on when `at` is a whole segment (block 0), after it
     // otherwise.
-    let first_moved = if at.block == 0 { at.seq.0 } else { at.seq.0 + 1 };
+    let first_moved = if at.block == 0 {
+        at.seq.0
+    } else {
+        at.seq.0 + 1
+    };
     for (_, path) in segments.iter().rev().filter(|(s, _)| s.0 >= first_moved) {
         let to = name(path);
         std::fs::rename(path, &to)

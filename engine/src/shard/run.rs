@@ -307,6 +307,7 @@ impl Shard {
                 access,
                 metrics: &metrics,
                 mode: config.recovery_mode,
+                read_only: false,
             },
             &mut *io,
         )?;

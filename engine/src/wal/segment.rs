@@ -90,9 +90,10 @@ pub fn create_segment(spec: &SegmentSpec<'_>, zeros: &mut AlignedBuf) -> Result<
     })
 }
 
-/// Removes leftovers of interrupted creations and lists the shard's segments
-/// in sequence order.
-pub fn list_segments(shard_dir: &Path) -> Result<Vec<(SegmentSeq, PathBuf)>> {
+/// Lists the shard's segments in sequence order; with `tidy`, first removes
+/// leftovers of interrupted creations (never with a reader that must not
+/// write).
+pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, PathBuf)>> {
     let mut out = Vec::new();
     let rd = fs::read_dir(shard_dir)
         .map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
@@ -102,7 +103,7 @@ pub fn list_segments(shard_dir: &Path) -> Result<Vec<(SegmentSeq, PathBuf)>> {
             entry.map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
         let path = entry.path();
         let ext = path.extension().and_then(|e| e.to_str());
-        if ext == Some(CREATING_EXTENSION) {
+        if ext == Some(CREATING_EXTENSION) && tidy {
             fs::remove_file(&path)
                 .map_err(|e| Error::io("remove unfinished segment", Some(path.clone()), e))?;
             removed = true;
