@@ -1,18 +1,31 @@
-//! `corewal load`: a closed-loop load generator.
+//! `corewal load`: the load generator.
 //!
-//! Each writer thread appends and waits for its own acknowledgement before the
-//! next append (closed loop), and measures each append call from just before
-//! the call to its return. Results count only appends that started after the
-//! warm-up and finished before the end of the measured window.
+//! Closed loop (default): each writer thread appends and waits for its own
+//! acknowledgement before the next append, and each append is timed from just
+//! before the call to its return.
+//!
+//! Open loop (`--rate R`): the writers share a schedule of R appends per
+//! second (writer w's k-th append is due at start + (w + k * writers) / R),
+//! and each append is timed from the moment it was *due*, not the moment the
+//! writer got round to it, so a stall shows as the latency of every append it
+//! delayed (the coordinated-omission correction of wrk2 and HdrHistogram).
+//!
+//! Results count only appends that started after the warm-up and finished
+//! before the end of the measured window.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
 use clap::{Args, ValueEnum};
 use corewal::{Backend, Config, Durability, Engine, SyncMethod};
 use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::data_dir::DataDir;
@@ -21,19 +34,35 @@ use crate::host::{cpu_seconds, fingerprint, Host};
 /// Arguments of `corewal load`.
 #[derive(Args, Debug)]
 pub struct LoadArgs {
-    /// Writer threads. Each waits for its own acknowledgement before its next append (closed loop).
-    #[arg(long, default_value_t = 16)]
-    writers: usize,
-    /// Channels. With at least as many channels as writers, writer w appends round-robin to
-    /// channels w, w+writers, …; with fewer, writer w shares channel w % channels.
-    #[arg(long, default_value_t = 16)]
-    channels: usize,
-    /// Payload bytes of each record.
-    #[arg(long, default_value_t = 256)]
-    record_bytes: usize,
-    /// Records per append call (1: `append`; more: `append_batch`, one atomic commit).
+    /// A named workload (see docs/BENCHMARKS.md); flags given beside it
+    /// override its values.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// Writer threads [default: 16, or the preset's]. In the closed loop each waits for its own
+    /// acknowledgement before its next append.
+    #[arg(long)]
+    writers: Option<usize>,
+    /// Channels [default: 16, or the preset's]. With at least as many channels as writers,
+    /// writer w appends round-robin to channels w, w+writers, …; with fewer, writer w shares
+    /// channel w % channels.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Payload bytes of each record: a size (`256`, `4KiB`) or a range drawn uniformly per
+    /// record (`128-4096`, `1KiB-64KiB`) [default: 256, or the preset's].
+    #[arg(long, value_parser = parse_size_range)]
+    record_bytes: Option<SizeRange>,
+    /// Records per append call (1: `append`; more: `append_batch`, one atomic commit)
+    /// [default: 1, or the preset's].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Open loop: this many append calls per second in total, spread evenly over the writers;
+    /// latency is measured from each append's scheduled start (coordinated-omission
+    /// corrected). Default: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seed of the record-size draws (the same seed gives the same sizes per writer).
     #[arg(long, default_value_t = 1)]
-    batch: usize,
+    seed: u64,
     /// Length of the measured window, e.g. `10s`, `500ms`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -83,6 +112,89 @@ pub struct LoadArgs {
     /// Print one JSON object (fio-like, nanosecond units) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Write an HdrHistogram interval log of append latency (ns) to this file, one histogram
+    /// per --interval of the measured window (readable by HistogramLogAnalyzer and hdr-plot).
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Length of a progress interval: a line on a terminal's stderr and an --hdr-log entry.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+}
+
+/// Named workloads; the figures in docs/BENCHMARKS.md use these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// 16 writers x 1 channel each x 256 B, one record per call.
+    SmallSync,
+    /// 4 writers x 64 channels x 4 KiB x 16 records per call.
+    Batched,
+    /// 16 writers over 10,000 channels x 1 KiB, one record per call.
+    Fanout,
+}
+
+/// Record sizes: fixed (`min == max`) or uniform in `min..=max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeRange {
+    pub min: usize,
+    pub max: usize,
+}
+
+fn parse_size_range(s: &str) -> Result<SizeRange, String> {
+    let size = |t: &str| -> Result<usize, String> {
+        usize::try_from(parse_bytes(t)?).map_err(|_| format!("{t:?} is too large"))
+    };
+    let (min, max) = match s.split_once('-') {
+        Some((a, b)) => (size(a)?, size(b)?),
+        None => {
+            let v = size(s)?;
+            (v, v)
+        }
+    };
+    if min > max {
+        return Err(format!("{s:?}: the range goes down"));
+    }
+    Ok(SizeRange { min, max })
+}
+
+/// The workload after the preset and the flags are combined.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    writers: usize,
+    channels: usize,
+    record: SizeRange,
+    batch: usize,
+}
+
+impl Workload {
+    fn resolve(a: &LoadArgs) -> Workload {
+        let fixed = |b| SizeRange { min: b, max: b };
+        let base = match a.preset {
+            None | Some(Preset::SmallSync) => Workload {
+                writers: 16,
+                channels: 16,
+                record: fixed(256),
+                batch: 1,
+            },
+            Some(Preset::Batched) => Workload {
+                writers: 4,
+                channels: 64,
+                record: fixed(4096),
+                batch: 16,
+            },
+            Some(Preset::Fanout) => Workload {
+                writers: 16,
+                channels: 10_000,
+                record: fixed(1024),
+                batch: 1,
+            },
+        };
+        Workload {
+            writers: a.writers.unwrap_or(base.writers),
+            channels: a.channels.unwrap_or(base.channels),
+            record: a.record_bytes.unwrap_or(base.record),
+            batch: a.batch.unwrap_or(base.batch),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -171,6 +283,7 @@ struct LatNs {
 struct LoadResult {
     tool: &'static str,
     mode: &'static str,
+    preset: Option<String>,
     host: Host,
     dir: String,
     block_bytes: usize,
@@ -181,8 +294,11 @@ struct LoadResult {
     sync_method: String,
     writers: usize,
     channels: usize,
-    record_bytes: usize,
+    record_bytes_min: usize,
+    record_bytes_max: usize,
     batch: usize,
+    seed: u64,
+    rate_target: Option<f64>,
     warmup_s: f64,
     measured_s: f64,
     appends: u64,
@@ -195,19 +311,171 @@ struct LoadResult {
     cpu_s_per_gb: f64,
     commits: u64,
     records_per_commit_mean: f64,
+    /// Upper bound of the power-of-two bucket holding the 99th percentile.
+    records_per_commit_p99_le: u64,
     commit_device_us_mean: f64,
     device_bytes_per_payload_byte: f64,
+    /// Shard sleeps that ran to their bound with requests queued (should be 0).
+    wakeups_missed: u64,
+    /// Open loop: how far behind its schedule the latest writer was at the end.
+    schedule_lag_end_ns: Option<u64>,
+    /// Open loop: whether the engine kept up with the schedule (the lag at the
+    /// end stayed under a tenth of the measured window).
+    rate_sustained: Option<bool>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds")
+}
+
+/// What a writer thread needs.
+struct WriterPlan {
+    w: usize,
+    work: Workload,
+    rate: Option<f64>,
+    seed: u64,
+    record_limit: Option<u64>,
+    pin: Option<usize>,
+}
+
+/// State shared by the writers and the main thread.
+struct Shared {
+    channels: Vec<corewal::Channel>,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    issued: AtomicU64,
+    /// Appends finished (counted or not), for the progress display.
+    done: AtomicU64,
+    /// Each writer's latencies since the main thread last collected them.
+    hists: Vec<Mutex<Histogram<u64>>>,
+    /// Open loop: how late (ns) each writer's latest append started against
+    /// its schedule; at the end, the backlog the run left.
+    lag_ns: Vec<AtomicU64>,
+    barrier: Barrier,
+    /// When the open-loop schedule starts (set before the barrier opens).
+    epoch: Mutex<Option<Instant>>,
+}
+
+fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> {
+    if let Some(core) = plan.pin {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(core).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+    let WriterPlan { w, work, .. } = plan;
+    let channels = &shared.channels;
+    let mine: Vec<&corewal::Channel> = if channels.len() >= work.writers {
+        channels.iter().skip(w).step_by(work.writers).collect()
+    } else {
+        vec![&channels[w % channels.len()]]
+    };
+    let mut rng =
+        SmallRng::seed_from_u64(plan.seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let payload = vec![0xA5u8; work.record.max];
+    let mut sizes = vec![0usize; work.batch];
+    let mut counted = 0u64;
+    shared.barrier.wait();
+    let epoch = shared
+        .epoch
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .expect("set before the barrier");
+    // Open loop: this writer's appends are due every `period`, from `first`.
+    let offset = plan
+        .rate
+        .map(|rate| Duration::from_secs_f64(w as f64 / rate));
+    let mut schedule = plan.rate.map(|rate| {
+        let period = Duration::from_secs_f64(work.writers as f64 / rate);
+        (epoch + offset.unwrap_or_default(), period)
+    });
+    let mut k: u64 = 0;
+    let mut was_counting = shared.measuring.load(Ordering::Relaxed);
+    while !shared.stop.load(Ordering::Relaxed) {
+        // The measured window starts on a fresh schedule: a backlog left by
+        // the warm-up (engine start, first segment) is not charged to it.
+        let counting = shared.measuring.load(Ordering::Relaxed);
+        if counting && !was_counting {
+            if let Some((first, _)) = schedule.as_mut() {
+                *first = Instant::now() + offset.unwrap_or_default();
+                k = 0;
+            }
+        }
+        was_counting = counting;
+        if let Some(limit) = plan.record_limit {
+            if shared
+                .issued
+                .fetch_add(work.batch as u64, Ordering::Relaxed)
+                >= limit
+            {
+                break;
+            }
+        }
+        for s in sizes.iter_mut() {
+            *s = if work.record.min == work.record.max {
+                work.record.min
+            } else {
+                rng.random_range(work.record.min..=work.record.max)
+            };
+        }
+        let ch = mine[k as usize % mine.len()];
+        let start = match schedule {
+            Some((first, period)) => {
+                let due = first + period.mul_f64(k as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let late = now.saturating_duration_since(due).as_nanos() as u64;
+                shared.lag_ns[w].store(late, Ordering::Relaxed);
+                due
+            }
+            None => Instant::now(),
+        };
+        k += 1;
+        if work.batch == 1 {
+            ch.append(&payload[..sizes[0]])?;
+        } else {
+            let batch: Vec<&[u8]> = sizes.iter().map(|&n| &payload[..n]).collect();
+            ch.append_batch(&batch)?;
+        }
+        let ns = start.elapsed().as_nanos() as u64;
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        if counting && !shared.stop.load(Ordering::Relaxed) {
+            shared.hists[w]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .saturating_record(ns.max(1));
+            counted += 1;
+        }
+    }
+    Ok(counted)
+}
+
+/// Moves every writer's latencies since the last call into one histogram.
+fn collect(shared: &Shared) -> Histogram<u64> {
+    let mut out = new_histogram();
+    for h in &shared.hists {
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        out.add(&*h).expect("same bounds");
+        h.reset();
+    }
+    out
 }
 
 pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.writers == 0 || args.writers > 4096 {
+    let work = Workload::resolve(&args);
+    if work.writers == 0 || work.writers > 4096 {
         return Err("--writers must be 1..=4096".into());
     }
-    if args.channels == 0 || args.channels > 1_000_000 {
+    if work.channels == 0 || work.channels > 1_000_000 {
         return Err("--channels must be 1..=1000000".into());
     }
-    if args.batch == 0 {
-        return Err("--batch must be at least 1".into());
+    if work.batch == 0 || work.batch > 65_536 {
+        return Err("--batch must be 1..=65536".into());
+    }
+    if work.record.max == 0 {
+        return Err("--record-bytes must be at least 1".into());
     }
     if args.records == Some(0) {
         return Err("--records must be at least 1".into());
@@ -215,6 +483,26 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.duration.is_zero() && args.records.is_none() {
         return Err("--duration must be longer than 0".into());
     }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1e8) {
+            return Err("--rate must be more than 0 and at most 100000000 appends/s".into());
+        }
+    }
+    if args.interval < Duration::from_millis(10) {
+        return Err("--interval must be at least 10ms".into());
+    }
+    if let Some(cores) = &args.writer_cores {
+        if cores.is_empty() {
+            return Err("--writer-cores needs at least one core".into());
+        }
+    }
+    // Open the log before any work, so that a bad path fails at once.
+    let mut hdr_log = match &args.hdr_log {
+        Some(p) => {
+            Some(std::fs::File::create(p).map_err(|e| format!("--hdr-log {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
     let data = DataDir::new(args.dir.as_deref(), "corewal-load-", args.keep)?;
     let dir = data.path.clone();
 
@@ -234,77 +522,40 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.commit_bytes_max = usize::try_from(args.commit_bytes_max)?;
     config.records_per_commit_max = args.records_per_commit_max;
     config.commits_in_flight_max = args.commits_in_flight_max;
-    config.record_bytes_max = config.record_bytes_max.max(args.record_bytes);
-    let engine = Arc::new(Engine::open(config)?);
+    config.record_bytes_max = config.record_bytes_max.max(work.record.max);
+    let engine = Engine::open(config)?;
 
-    let channels: Vec<corewal::Channel> = (0..args.channels)
+    let channels: Vec<corewal::Channel> = (0..work.channels)
         .map(|c| engine.register(&format!("load-{c}")))
         .collect::<Result<_, _>>()?;
-    let channels = Arc::new(channels);
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let issued = Arc::new(AtomicU64::new(0));
-    let barrier = Arc::new(Barrier::new(args.writers + 1));
+    let shared = Arc::new(Shared {
+        channels,
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        issued: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        hists: (0..work.writers)
+            .map(|_| Mutex::new(new_histogram()))
+            .collect(),
+        lag_ns: (0..work.writers).map(|_| AtomicU64::new(0)).collect(),
+        barrier: Barrier::new(work.writers + 1),
+        epoch: Mutex::new(None),
+    });
     let record_limit = args.records;
-    let batch = args.batch;
-    let record = vec![0xA5u8; args.record_bytes];
-
-    let handles: Vec<_> = (0..args.writers)
+    let handles: Vec<_> = (0..work.writers)
         .map(|w| {
-            let (channels, measuring, stop, issued, barrier) = (
-                channels.clone(),
-                measuring.clone(),
-                stop.clone(),
-                issued.clone(),
-                barrier.clone(),
-            );
-            let record = record.clone();
-            let writers = args.writers;
-            let pin = args.writer_cores.as_ref().map(|c| c[w % c.len()]);
+            let plan = WriterPlan {
+                w,
+                work,
+                rate: args.rate,
+                seed: args.seed,
+                record_limit,
+                pin: args.writer_cores.as_ref().map(|c| c[w % c.len()]),
+            };
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("load-writer-{w}"))
-                .spawn(move || -> Result<(Histogram<u64>, u64), corewal::Error> {
-                    if let Some(core) = pin {
-                        let mut set = nix::sched::CpuSet::new();
-                        if set.set(core).is_ok() {
-                            let _ =
-                                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-                        }
-                    }
-                    let mine: Vec<&corewal::Channel> = if channels.len() >= writers {
-                        channels.iter().skip(w).step_by(writers).collect()
-                    } else {
-                        vec![&channels[w % channels.len()]]
-                    };
-                    let batch_records: Vec<&[u8]> = vec![&record[..]; batch];
-                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-                        .expect("valid bounds");
-                    let mut counted = 0u64;
-                    barrier.wait();
-                    let mut k = 0usize;
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Some(limit) = record_limit {
-                            if issued.fetch_add(batch as u64, Ordering::Relaxed) >= limit {
-                                break;
-                            }
-                        }
-                        let ch = mine[k % mine.len()];
-                        k += 1;
-                        let counting = measuring.load(Ordering::Relaxed);
-                        let t0 = Instant::now();
-                        if batch == 1 {
-                            ch.append(&record)?;
-                        } else {
-                            ch.append_batch(&batch_records)?;
-                        }
-                        let ns = t0.elapsed().as_nanos() as u64;
-                        if counting && !stop.load(Ordering::Relaxed) {
-                            hist.saturating_record(ns.max(1));
-                            counted += 1;
-                        }
-                    }
-                    Ok((hist, counted))
-                })
+                .spawn(move || writer(plan, shared))
                 .expect("spawn writer thread")
         })
         .collect();
@@ -316,58 +567,162 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.warmup
     };
-    if record_limit.is_some() {
-        measuring.store(true, Ordering::SeqCst);
+    let terminal = std::io::stderr().is_terminal();
+    let bar = (terminal && !args.json)
+        .then_some(record_limit)
+        .flatten()
+        .map(|n| {
+            let b = indicatif::ProgressBar::new(n);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} records, {per_sec}, eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            b
+        });
+    let mut log_writer = None;
+    let mut serializer = hdrhistogram::serialization::V2Serializer::new();
+    if let Some(f) = hdr_log.as_mut() {
+        log_writer = Some(
+            hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder::new()
+                .add_comment("corewal load: append latency in nanoseconds")
+                .with_start_time(std::time::SystemTime::now())
+                .with_max_value_divisor(1e6)
+                .begin_log_with(f, &mut serializer)?,
+        );
     }
+
+    let started = Instant::now();
+    *shared.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+    if record_limit.is_some() {
+        shared.measuring.store(true, Ordering::SeqCst);
+    }
+    shared.barrier.wait();
     let mut m0 = engine.metrics();
     let mut cpu0 = cpu_seconds();
     let mut t0 = Instant::now();
-    barrier.wait();
-    if record_limit.is_none() {
-        std::thread::sleep(warmup);
-        m0 = engine.metrics();
-        cpu0 = cpu_seconds();
-        t0 = Instant::now();
-        measuring.store(true, Ordering::SeqCst);
-    }
-    if record_limit.is_some() {
-        while !handles.iter().all(|h| h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(2));
+    let mut total = new_histogram();
+    let mut measuring = record_limit.is_some();
+    let end_of_warmup = t0 + warmup;
+    let mut last_tick = t0;
+    let mut last_done = 0u64;
+    loop {
+        let now = Instant::now();
+        let finished = if record_limit.is_some() {
+            handles.iter().all(|h| h.is_finished())
+        } else {
+            measuring && now >= t0 + args.duration
+        };
+        if finished {
+            break;
         }
-    } else {
-        std::thread::sleep(args.duration);
+        if !measuring && now >= end_of_warmup {
+            m0 = engine.metrics();
+            cpu0 = cpu_seconds();
+            t0 = Instant::now();
+            shared.measuring.store(true, Ordering::SeqCst);
+            measuring = true;
+            last_tick = t0;
+            continue;
+        }
+        // Sleep to the next tick, the end of the warm-up or of the window.
+        let next_tick = last_tick + args.interval;
+        let wake = if !measuring {
+            next_tick.min(end_of_warmup)
+        } else if record_limit.is_none() {
+            next_tick.min(t0 + args.duration)
+        } else {
+            next_tick.min(now + Duration::from_millis(5))
+        };
+        if wake > now {
+            std::thread::sleep(wake - now);
+        }
+        if let Some(b) = &bar {
+            b.set_position(
+                shared
+                    .issued
+                    .load(Ordering::Relaxed)
+                    .min(b.length().unwrap_or(0)),
+            );
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        // A tick: the interval's latencies go into the total, the log and the progress line.
+        let h = collect(&shared);
+        let done = shared.done.load(Ordering::Relaxed);
+        let span = last_tick.elapsed();
+        if measuring {
+            total.add(&h)?;
+            if let Some(lw) = log_writer.as_mut() {
+                lw.write_histogram(&h, last_tick - started, span, None)?;
+            }
+        }
+        if terminal && bar.is_none() && !args.json {
+            eprintln!(
+                "[{:>7.1}s]{} {:>10.0} appends/s  p50 {:>9.1} us  p99 {:>9.1} us  max {:>9.1} us",
+                started.elapsed().as_secs_f64(),
+                if measuring {
+                    "          "
+                } else {
+                    " (warm-up)"
+                },
+                (done - last_done) as f64 / span.as_secs_f64(),
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+                h.max() as f64 / 1e3,
+            );
+        }
+        last_done = done;
+        last_tick = Instant::now();
     }
     let measured = t0.elapsed();
+    let lag_end_ns = shared
+        .lag_ns
+        .iter()
+        .map(|l| l.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
     let cpu1 = cpu_seconds();
     let m1 = engine.metrics();
-    stop.store(true, Ordering::SeqCst);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    shared.stop.store(true, Ordering::SeqCst);
     let mut appends = 0u64;
     for h in handles {
-        let (h, n) = h.join().map_err(|_| "writer thread panicked")??;
-        hist.add(&h)?;
-        appends += n;
+        appends += h.join().map_err(|_| "writer thread panicked")??;
+    }
+    let rest = collect(&shared);
+    total.add(&rest)?;
+    if let Some(lw) = log_writer.as_mut() {
+        lw.write_histogram(&rest, last_tick - started, last_tick.elapsed(), None)?;
+    }
+    drop(log_writer);
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     let block_bytes = engine.block_bytes();
     let shards = engine.shard_count();
     let cores = engine.cores().to_vec();
-    let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared")?;
-    drop(channels);
+    drop(shared);
     engine.close()?;
 
     let secs = measured.as_secs_f64();
-    let records = appends * batch as u64;
-    let payload = records as f64 * args.record_bytes as f64;
+    let records = appends * work.batch as u64;
+    let payload = (m1.payload_bytes - m0.payload_bytes) as f64;
     let commits = m1.commits - m0.commits;
     let cpu = cpu1 - cpu0;
-    let pct = |q: f64| hist.value_at_quantile(q);
     let mut percentile = std::collections::BTreeMap::new();
     for q in [50.0, 90.0, 99.0, 99.9, 99.99] {
-        percentile.insert(format!("{q:.6}"), pct(q / 100.0));
+        percentile.insert(format!("{q:.6}"), total.value_at_quantile(q / 100.0));
     }
     let result = LoadResult {
         tool: "corewal load",
-        mode: "closed-loop",
+        mode: if args.rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        },
+        preset: args.preset.map(|p| format!("{p:?}")),
         host: fingerprint(&dir),
         dir: dir.display().to_string(),
         block_bytes,
@@ -376,10 +731,13 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         backend: format!("{:?}", args.backend),
         durability: format!("{:?}", args.durability),
         sync_method: format!("{:?}", args.sync_method),
-        writers: args.writers,
-        channels: args.channels,
-        record_bytes: args.record_bytes,
-        batch,
+        writers: work.writers,
+        channels: work.channels,
+        record_bytes_min: work.record.min,
+        record_bytes_max: work.record.max,
+        batch: work.batch,
+        seed: args.seed,
+        rate_target: args.rate,
         warmup_s: warmup.as_secs_f64(),
         measured_s: secs,
         appends,
@@ -388,9 +746,9 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         records_per_s: records as f64 / secs,
         payload_mb_per_s: payload / secs / 1e6,
         lat_ns: LatNs {
-            min: hist.min(),
-            max: hist.max(),
-            mean: hist.mean(),
+            min: total.min(),
+            max: total.max(),
+            mean: total.mean(),
             percentile,
         },
         cpu_s: cpu,
@@ -405,6 +763,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             0.0
         },
+        records_per_commit_p99_le: m1.commit_records_quantile_le(&m0, 0.99),
         commit_device_us_mean: if commits > 0 {
             (m1.commit_device_ns - m0.commit_device_ns) as f64 / commits as f64 / 1e3
         } else {
@@ -416,6 +775,9 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             0.0
         },
+        wakeups_missed: m1.wakeups_missed - m0.wakeups_missed,
+        schedule_lag_end_ns: args.rate.map(|_| lag_end_ns),
+        rate_sustained: args.rate.map(|_| (lag_end_ns as f64) < secs * 1e9 / 10.0),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -428,9 +790,32 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn print_table(r: &LoadResult, removed: bool) {
     let us = |ns: u64| ns as f64 / 1e3;
     let p = |k: &str| r.lat_ns.percentile.get(k).copied().unwrap_or(0);
+    let sizes = if r.record_bytes_min == r.record_bytes_max {
+        format!("{} B", r.record_bytes_min)
+    } else {
+        format!(
+            "{}-{} B (uniform, seed {})",
+            r.record_bytes_min, r.record_bytes_max, r.seed
+        )
+    };
+    let mode = match r.rate_target {
+        Some(rate) => {
+            format!("open loop at {rate:.0} appends/s (latency from each append's scheduled start)")
+        }
+        None => "closed loop (each writer waits for its own acknowledgement)".into(),
+    };
+    println!("corewal load: {mode}");
     println!(
-        "corewal load: closed loop, {} writers x {} channels, {} B records x {} per call, durability {}, {} / {}",
-        r.writers, r.channels, r.record_bytes, r.batch, r.durability, r.backend, r.sync_method
+        "  {}{} writers x {} channels, {sizes} records x {} per call, durability {}, {} / {}",
+        r.preset
+            .as_ref()
+            .map_or(String::new(), |p| format!("preset {p}: ")),
+        r.writers,
+        r.channels,
+        r.batch,
+        r.durability,
+        r.backend,
+        r.sync_method
     );
     println!(
         "host: {} | {} cores | kernel {} | {} on {} | block {} B | {} shards on cores {:?}",
@@ -454,6 +839,20 @@ fn print_table(r: &LoadResult, removed: bool) {
         r.measured_s, r.warmup_s
     );
     println!("  appends/s           {:>12.0}", r.appends_per_s);
+    if let (Some(rate), Some(lag)) = (r.rate_target, r.schedule_lag_end_ns) {
+        println!(
+            "  schedule lag at end {:>12.1} ms{}",
+            lag as f64 / 1e6,
+            if r.rate_sustained == Some(false) {
+                format!(
+                    "  NOT SUSTAINED: the engine fell behind {rate:.0} appends/s with {} writers; latencies include the backlog",
+                    r.writers
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     println!("  records/s           {:>12.0}", r.records_per_s);
     println!("  payload MB/s        {:>12.2}", r.payload_mb_per_s);
     println!("  latency p50         {:>12.1} us", us(p("50.000000")));
@@ -467,7 +866,10 @@ fn print_table(r: &LoadResult, removed: bool) {
         r.cpu_s_per_gb, r.cpu_s
     );
     println!("  commits             {:>12}", r.commits);
-    println!("  records per commit  {:>12.2}", r.records_per_commit_mean);
+    println!(
+        "  records per commit  {:>12.2} mean, p99 <= {}",
+        r.records_per_commit_mean, r.records_per_commit_p99_le
+    );
     println!(
         "  commit time mean    {:>12.1} us (submission to completion seen)",
         r.commit_device_us_mean
@@ -476,4 +878,10 @@ fn print_table(r: &LoadResult, removed: bool) {
         "  device B / payload B{:>12.2}",
         r.device_bytes_per_payload_byte
     );
+    if r.wakeups_missed > 0 {
+        println!(
+            "  WAKE-UPS MISSED     {:>12} (a shard slept to its bound with requests queued)",
+            r.wakeups_missed
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `corewal`: the load generator and the tools around a corewal data directory.
 #![deny(unsafe_code)]
 
+mod compare;
 mod data_dir;
 mod host;
 mod inspect;
@@ -24,10 +25,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drive appends against an engine and report throughput, latency and CPU.
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     /// Write a data set, drop the page cache, reopen it and report recovery speed,
     /// registration latency during recovery and memory.
     RecoverBench(recover_bench::RecoverBenchArgs),
+    /// Print two `load --json` results side by side with ratios.
+    Compare(compare::CompareArgs),
     /// Read-only summary of a data directory: shards, segments, channels,
     /// damage; or, with --dump, every commit and entry.
     Inspect(inspect::InspectArgs),
@@ -40,8 +43,9 @@ fn main() {
     let cli = Cli::parse();
     let is_verify = matches!(cli.command, Command::Verify(_));
     let result = match cli.command {
-        Command::Load(args) => load::run(args).map(|()| 0),
+        Command::Load(args) => load::run(*args).map(|()| 0),
         Command::RecoverBench(args) => recover_bench::run(args).map(|()| 0),
+        Command::Compare(args) => compare::run(args).map(|()| 0),
         Command::Inspect(args) => inspect::run_inspect(args).map(|()| 0),
         Command::Verify(args) => inspect::run_verify(args),
     };

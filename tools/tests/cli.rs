@@ -15,9 +15,24 @@ fn test_dir() -> tempfile::TempDir {
 
 #[test]
 fn bad_arguments_get_a_clear_error() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["load", "--writers", "0"], "--writers must be 1..=4096"),
-        (&["load", "--batch", "0"], "--batch must be at least 1"),
+        (&["load", "--rate", "0"], "--rate must be more than 0"),
+        (&["load", "--rate", "-5"], "unexpected argument"),
+        (
+            &["load", "--record-bytes", "4096-100"],
+            "the range goes down",
+        ),
+        (
+            &["load", "--record-bytes", "0"],
+            "--record-bytes must be at least 1",
+        ),
+        (&["load", "--preset", "huge"], "invalid value 'huge'"),
+        (
+            &["compare", "/nonexistent/a.json", "/nonexistent/b.json"],
+            "/nonexistent/a.json",
+        ),
+        (&["load", "--batch", "0"], "--batch must be 1..=65536"),
         (&["load", "--duration", "10parsecs"], "unknown unit"),
         (&["load", "--segment-bytes", "12XB"], "unknown unit"),
         (
@@ -105,10 +120,88 @@ fn help_documents_every_flag_with_its_default() {
         "--dir",
         "--keep",
         "--json",
+        "--rate",
+        "--preset",
+        "--hdr-log",
+        "--seed",
+        "--warmup",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
-    assert!(help.contains("[default: 16]"));
+    assert!(help.contains("[default: 16, or the preset's]"));
+    assert!(help.contains("[default: 1s]"));
+    for tool in ["inspect", "verify", "compare", "recover-bench"] {
+        let out = corewal().args([tool, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{tool} --help");
+    }
+}
+
+#[test]
+fn open_loop_preset_range_hdr_log_and_compare() {
+    let dir = test_dir();
+    let log = dir.path().join("lat.hlog");
+    let run = |extra: &[&str], store: &str| {
+        let out = corewal()
+            .args(["load", "--json", "--duration", "500ms", "--warmup", "200ms"])
+            .args(["--segment-bytes", "4MiB", "--dir"])
+            .arg(dir.path().join(store))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, out.stdout)
+    };
+    let (open, open_json) = run(
+        &[
+            "--preset",
+            "batched",
+            "--rate",
+            "200",
+            "--record-bytes",
+            "100-3000",
+            "--hdr-log",
+            log.to_str().unwrap(),
+        ],
+        "a",
+    );
+    assert_eq!(open["mode"], "open-loop");
+    assert_eq!(open["rate_target"].as_f64(), Some(200.0));
+    // The preset's values, with --record-bytes overriding its record size.
+    assert_eq!(open["writers"].as_u64(), Some(4));
+    assert_eq!(open["channels"].as_u64(), Some(64));
+    assert_eq!(open["batch"].as_u64(), Some(16));
+    assert_eq!(open["record_bytes_min"].as_u64(), Some(100));
+    assert_eq!(open["record_bytes_max"].as_u64(), Some(3000));
+    // About 100 appends in 0.5 s at 200/s; each of 16 records of 100..=3000 B.
+    let appends = open["appends"].as_f64().unwrap();
+    assert!((50.0..=150.0).contains(&appends), "{appends}");
+    assert_eq!(open["records"].as_f64().unwrap(), appends * 16.0);
+    let mb =
+        open["payload_mb_per_s"].as_f64().unwrap() * 1e6 * open["measured_s"].as_f64().unwrap();
+    let per_record = mb / open["records"].as_f64().unwrap();
+    assert!((100.0..=3000.0).contains(&per_record), "{per_record}");
+    assert!(open["schedule_lag_end_ns"].is_u64());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("#corewal load"), "{text}");
+    assert!(text.lines().any(|l| l.contains(",HIST")), "{text}");
+
+    let (closed, closed_json) = run(&["--preset", "batched"], "b");
+    assert_eq!(closed["mode"], "closed-loop");
+    assert!(closed["rate_target"].is_null());
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    std::fs::write(&a, open_json).unwrap();
+    std::fs::write(&b, closed_json).unwrap();
+    let out = corewal().arg("compare").arg(&a).arg(&b).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("differs: mode"), "{text}");
+    assert!(text.contains("latency p99"), "{text}");
+    assert!(text.contains("B/A"), "{text}");
 }
 
 /// Writes a small two-shard store with `corewal load` into `dir/store`.

@@ -3,11 +3,23 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Buckets of the records-per-commit histogram: bucket `i` counts commits
+/// of `2^i ..= 2^(i+1) - 1` records (the last bucket: that many or more).
+pub const COMMIT_RECORDS_BUCKETS: usize = 16;
+
+/// The bucket of a commit of `records` records (0 for a commit of entries
+/// that are not records, such as a registration).
+pub fn commit_records_bucket(records: u64) -> usize {
+    (records.max(1).ilog2() as usize).min(COMMIT_RECORDS_BUCKETS - 1)
+}
+
 /// Counters of one shard.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
     /// Commits completed.
     pub commits: AtomicU64,
+    /// Commits completed by records per commit (see `commit_records_bucket`).
+    pub commit_records_log2: [AtomicU64; COMMIT_RECORDS_BUCKETS],
     /// Records acknowledged.
     pub records: AtomicU64,
     /// Payload bytes acknowledged.
@@ -34,6 +46,9 @@ pub struct ShardMetrics {
     /// Damaged places recovery found (torn tails included); see
     /// `Engine::recovery_damage` for what and where.
     pub recovery_damage: AtomicU64,
+    /// Sleeps that lasted their whole bound while requests were queued: a
+    /// wake-up that did not arrive. Should stay 0.
+    pub wakeups_missed: AtomicU64,
 }
 
 /// A copy of a shard's counters.
@@ -41,6 +56,9 @@ pub struct ShardMetrics {
 pub struct ShardMetricsSnapshot {
     /// Commits completed.
     pub commits: u64,
+    /// Commits by records per commit: bucket `i` counts commits of
+    /// `2^i ..= 2^(i+1) - 1` records.
+    pub commit_records_log2: [u64; COMMIT_RECORDS_BUCKETS],
     /// Records acknowledged.
     pub records: u64,
     /// Payload bytes acknowledged.
@@ -65,6 +83,8 @@ pub struct ShardMetricsSnapshot {
     pub recovery_ns: u64,
     /// Damaged places recovery found, torn tails included.
     pub recovery_damage: u64,
+    /// Sleeps that lasted their whole bound with requests queued.
+    pub wakeups_missed: u64,
 }
 
 impl ShardMetrics {
@@ -73,6 +93,7 @@ impl ShardMetrics {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ShardMetricsSnapshot {
             commits: r(&self.commits),
+            commit_records_log2: std::array::from_fn(|i| r(&self.commit_records_log2[i])),
             records: r(&self.records),
             payload_bytes: r(&self.payload_bytes),
             commit_bytes: r(&self.commit_bytes),
@@ -85,7 +106,32 @@ impl ShardMetrics {
             recovery_channels: r(&self.recovery_channels),
             recovery_ns: r(&self.recovery_ns),
             recovery_damage: r(&self.recovery_damage),
+            wakeups_missed: r(&self.wakeups_missed),
         }
+    }
+}
+
+impl ShardMetricsSnapshot {
+    /// The upper bound of the bucket that holds quantile `q` (0..=1) of
+    /// records per commit, among the commits counted since `earlier`; 0
+    /// when there were none.
+    pub fn commit_records_quantile_le(&self, earlier: &Self, q: f64) -> u64 {
+        let counts: Vec<u64> = (0..COMMIT_RECORDS_BUCKETS)
+            .map(|i| self.commit_records_log2[i] - earlier.commit_records_log2[i])
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let want = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return (1u64 << (i + 1)) - 1;
+            }
+        }
+        u64::MAX
     }
 }
 
@@ -94,6 +140,9 @@ impl std::ops::Add for ShardMetricsSnapshot {
     fn add(self, o: Self) -> Self {
         ShardMetricsSnapshot {
             commits: self.commits + o.commits,
+            commit_records_log2: std::array::from_fn(|i| {
+                self.commit_records_log2[i] + o.commit_records_log2[i]
+            }),
             records: self.records + o.records,
             payload_bytes: self.payload_bytes + o.payload_bytes,
             commit_bytes: self.commit_bytes + o.commit_bytes,
@@ -106,6 +155,7 @@ impl std::ops::Add for ShardMetricsSnapshot {
             recovery_channels: self.recovery_channels + o.recovery_channels,
             recovery_ns: self.recovery_ns.max(o.recovery_ns),
             recovery_damage: self.recovery_damage + o.recovery_damage,
+            wakeups_missed: self.wakeups_missed + o.wakeups_missed,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
 use crate::recovery::{recover_shard, Damage, RecoverContext};
 use crate::shard::ack::Ack;
 use crate::shard::inbox::{Inbox, Request};
-use crate::shard::metrics::ShardMetrics;
+use crate::shard::metrics::{commit_records_bucket, ShardMetrics};
 use crate::shard::pin::pin_current_thread;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::commit::CommitBuilder;
@@ -456,8 +456,14 @@ impl Shard {
             if !self.inbox.prepare_sleep() {
                 continue;
             }
+            let slept = Instant::now();
             self.wait(timeout);
             self.inbox.woke();
+            // A whole bound slept through with requests queued: their wake-up
+            // was lost (the bound caught it). Counted, so that it shows.
+            if timeout.is_some_and(|t| slept.elapsed() >= t) && !self.inbox.is_empty() {
+                self.metrics.wakeups_missed.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.inbox.close(Error::Closed);
     }
@@ -914,6 +920,7 @@ impl Shard {
         m.commits.fetch_add(1, Ordering::Relaxed);
         m.records.fetch_add(records, Ordering::Relaxed);
         m.payload_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+        m.commit_records_log2[commit_records_bucket(records)].fetch_add(1, Ordering::Relaxed);
         match self.config.durability {
             Durability::Sync => {
                 m.syncs.fetch_add(1, Ordering::Relaxed);
