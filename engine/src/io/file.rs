@@ -135,28 +135,9 @@ pub fn write_all_at(
     Ok(())
 }
 
-/// How a zero-fill reaches stable storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZeroSync {
-    /// One `fdatasync` at the end.
-    AtEnd,
-    /// An `fdatasync` after every chunk. On a device with a volatile cache,
-    /// every cache flush — including the one of a concurrent commit — writes
-    /// out whatever is cached; syncing each chunk keeps what a commit's flush
-    /// may have to carry to one chunk instead of a whole segment.
-    EachChunk,
-}
-
 /// Fills `file` with zeros from `from` to `to` (block-aligned) using `zeros`,
 /// an all-zero aligned buffer, and makes them durable.
-pub fn zero_fill(
-    file: &File,
-    path: &Path,
-    zeros: &AlignedBuf,
-    from: u64,
-    to: u64,
-    sync: ZeroSync,
-) -> Result<()> {
+pub fn zero_fill(file: &File, path: &Path, zeros: &AlignedBuf, from: u64, to: u64) -> Result<()> {
     debug_assert!(zeros.iter().all(|&b| b == 0));
     let sync_data = || {
         file.sync_data()
@@ -167,9 +148,6 @@ pub fn zero_fill(
         let n = (zeros.len() as u64).min(to - at) as usize;
         write_all_at(file, path, &zeros[..n], at, "zero-fill segment")?;
         at += n as u64;
-        if sync == ZeroSync::EachChunk {
-            sync_data()?;
-        }
     }
     sync_data()
 }

@@ -37,7 +37,7 @@ use crate::buffer::table::BufferTable;
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
-use crate::io::file::{self, Access, ZeroSync};
+use crate::io::file::{self, Access};
 use crate::io::{CommitIo, Op, OpError};
 use crate::shard::metrics::ShardMetrics;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
@@ -668,14 +668,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         if !ctx.read_only {
             let f = file::open_rw(&t.at.path, ctx.access)?;
             let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.at.block);
-            file::zero_fill(
-                &f,
-                &t.at.path,
-                &zeros,
-                t.at.position,
-                t.nonzero_end,
-                ZeroSync::AtEnd,
-            )?;
+            file::zero_fill(&f, &t.at.path, &zeros, t.at.position, t.nonzero_end)?;
         }
         damage.push(Damage {
             shard: ctx.shard.0,
@@ -804,7 +797,7 @@ fn keep_prefix(
             .map_err(|e| Error::io("stat segment", Some(at.path.clone()), e))?
             .len();
         let zeros = AlignedBuf::new(READ_CHUNK_BYTES, at.block);
-        file::zero_fill(&f, &at.path, &zeros, at.position, size, ZeroSync::AtEnd)?;
+        file::zero_fill(&f, &at.path, &zeros, at.position, size)?;
     }
     Ok(moved_to)
 }

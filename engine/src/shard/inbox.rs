@@ -6,7 +6,7 @@
 //! announcement. A full queue is backpressure: blocking callers wait, futures
 //! stay pending, nothing is buffered beyond the bound.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::Duration;
@@ -96,6 +96,8 @@ pub struct Inbox {
     queue: ArrayQueue<Request>,
     /// Set by the shard just before it sleeps; cleared by the caller that wakes it.
     sleeping: AtomicBool,
+    /// Wake-ups sent, for telling a lost wake-up from a late one.
+    wakes_sent: AtomicU64,
     /// Set by the shard once it has stopped for good.
     closed: AtomicBool,
     wake: WakeFd,
@@ -110,6 +112,7 @@ impl Inbox {
         Ok(Inbox {
             queue: ArrayQueue::new(capacity),
             sleeping: AtomicBool::new(false),
+            wakes_sent: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             wake: WakeFd::new()?,
             space_waiters: AtomicUsize::new(0),
@@ -157,6 +160,7 @@ impl Inbox {
         // request, or we see its announcement and wake it.
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            self.wakes_sent.fetch_add(1, Ordering::Relaxed);
             self.wake.wake();
         }
         if self.closed.load(Ordering::SeqCst) {
@@ -211,6 +215,11 @@ impl Inbox {
             return false;
         }
         true
+    }
+
+    /// Wake-ups sent so far.
+    pub fn wakes_sent(&self) -> u64 {
+        self.wakes_sent.load(Ordering::Relaxed)
     }
 
     /// Shard side: the shard is awake again.

@@ -49,6 +49,9 @@ pub struct ShardMetrics {
     /// Sleeps that lasted their whole bound while requests were queued: a
     /// wake-up that did not arrive. Should stay 0.
     pub wakeups_missed: AtomicU64,
+    /// Sleeps that lasted their whole bound with requests queued although a
+    /// wake-up was sent: the thread ran late (its core was busy).
+    pub wakeups_late: AtomicU64,
 }
 
 /// A copy of a shard's counters.
@@ -85,6 +88,8 @@ pub struct ShardMetricsSnapshot {
     pub recovery_damage: u64,
     /// Sleeps that lasted their whole bound with requests queued.
     pub wakeups_missed: u64,
+    /// Sleeps that lasted their whole bound although a wake-up was sent.
+    pub wakeups_late: u64,
 }
 
 impl ShardMetrics {
@@ -107,6 +112,7 @@ impl ShardMetrics {
             recovery_ns: r(&self.recovery_ns),
             recovery_damage: r(&self.recovery_damage),
             wakeups_missed: r(&self.wakeups_missed),
+            wakeups_late: r(&self.wakeups_late),
         }
     }
 }
@@ -156,6 +162,7 @@ impl std::ops::Add for ShardMetricsSnapshot {
             recovery_ns: self.recovery_ns.max(o.recovery_ns),
             recovery_damage: self.recovery_damage + o.recovery_damage,
             wakeups_missed: self.wakeups_missed + o.wakeups_missed,
+            wakeups_late: self.wakeups_late + o.wakeups_late,
         }
     }
 }

@@ -801,6 +801,8 @@ impl Shard {
             return;
         }
         self.write_position += len as u64;
+        self.preparer
+            .report_fill(self.write_position, self.segment.bytes);
         self.metrics
             .commit_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
@@ -851,6 +853,8 @@ impl Shard {
             .fetch_add(1, Ordering::Relaxed);
         self.segment = segment;
         self.write_position = self.block as u64;
+        self.preparer
+            .report_fill(self.write_position, self.segment.bytes);
         self.next_segment_seq = SegmentSeq(seq.0 + 1);
         Ok(())
     }

@@ -6,10 +6,24 @@
 //! segment ready. The thread runs on the shard's core at a lower priority
 //! (nice 10): it is mostly waiting for the device, and when the shard has
 //! work the scheduler prefers the shard.
+//!
+//! The preparer is paced by the shard: it fills the next segment in step
+//! with the current one's use, finishing when that is `1 - LEAD` full, in
+//! synced 256 KiB pieces, and pauses otherwise, so that the device sees the
+//! fill spread over the life of a segment instead of 64 MiB of writes and
+//! syncs at once. A shard waiting for the segment makes it run flat out.
+//! Measured on the project's 2-core virtio machine (docs/BENCHMARKS.md),
+//! open loop at 5,000 appends/s: unpaced, each segment change was followed
+//! by about a second of commits at 60–144 ms (p99 99 ms over 10 s); paced,
+//! no interval's maximum passed 16 ms (p99 5.5 ms). Closed loop, 16 writers,
+//! medians of 3: p99 1.96 ms and p99.9 6.1 ms paced in 256 KiB pieces,
+//! against 2.23 / 9.5 ms unpaced and 3.7 / 6.6 ms paced in 1 MiB pieces.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
@@ -17,10 +31,20 @@ use crate::io::file::Access;
 use crate::types::{SegmentSeq, ShardId};
 use crate::wal::segment::{create_segment, new_header, Segment, SegmentSpec};
 
-/// Bytes of zeros written per call while filling a segment.
-const ZERO_FILL_BYTES: usize = 1 << 20;
+/// Bytes of zeros written and synced per piece while filling a segment.
+const ZERO_FILL_BYTES: usize = 256 << 10;
 /// Nice value of preparer threads.
 const PREPARER_NICE: i32 = 10;
+/// How early (as a fraction of a segment) the next segment's fill finishes
+/// before the current one is full.
+const LEAD: f64 = 0.25;
+/// How often a paced fill looks again at how full the current segment is:
+/// every `PAUSE_MIN` while the segment grows, backing off to `PAUSE_MAX`
+/// while it does not (an idle shard costs its preparer few wake-ups).
+const PAUSE_MIN: Duration = Duration::from_millis(2);
+const PAUSE_MAX: Duration = Duration::from_millis(200);
+/// Parts per million, the unit of the fill fraction the shard reports.
+const PPM: u64 = 1_000_000;
 
 /// What a preparer makes segments from.
 #[derive(Clone)]
@@ -66,6 +90,10 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     cond: Condvar,
+    /// How full the shard's current segment is, in parts per million.
+    fill_ppm: AtomicU64,
+    /// Whether the shard waits in `take` (the fill then runs unpaced).
+    urgent: std::sync::atomic::AtomicBool,
 }
 
 /// The handle the shard holds.
@@ -98,13 +126,25 @@ impl SegmentPreparer {
         }
     }
 
+    /// Tells the preparer how full the current segment is (`position` of
+    /// `bytes`): it paces the next segment's fill by it.
+    pub fn report_fill(&self, position: u64, bytes: u64) {
+        let ppm = (u128::from(position) * u128::from(PPM) / u128::from(bytes.max(1))) as u64;
+        self.shared.fill_ppm.store(ppm.min(PPM), Ordering::Relaxed);
+    }
+
     /// Returns segment `seq`, waiting for it (and requesting it if nobody did).
     pub fn take(&self, seq: SegmentSeq) -> Result<Segment> {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if st.ready.as_ref().is_some_and(|(s, _)| *s == seq) {
                 let (_, r) = st.ready.take().expect("checked");
+                self.shared.urgent.store(false, Ordering::Relaxed);
                 return r;
+            }
+            if !self.shared.urgent.swap(true, Ordering::Relaxed) {
+                // A paced fill waits on the same condition: run it flat out.
+                self.shared.cond.notify_all();
             }
             if !st.knows(seq) {
                 // The shard asks in order; anything else ready is stale.
@@ -175,11 +215,40 @@ fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
                 file_mode: spec.file_mode,
             },
             &mut zeros,
+            &mut |done, total| pace(&shared, done, total),
         );
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         st.preparing = None;
         st.ready = Some((seq, result));
         shared.cond.notify_all();
+    }
+}
+
+/// Between two pieces of a fill (`done` of `total` bytes): pauses while the
+/// fill is ahead of `used / (1 - LEAD)` of the current segment, unless the
+/// shard waits. No burst when a segment starts; done at `1 - LEAD` full.
+fn pace(shared: &Shared, done: u64, total: u64) {
+    let ahead = |shared: &Shared| {
+        let used = shared.fill_ppm.load(Ordering::Relaxed) as f64 / PPM as f64;
+        let filled = done as f64 / total.max(1) as f64;
+        filled >= (used / (1.0 - LEAD)).min(1.0)
+    };
+    // Look again soon while the shard writes, rarely while it idles; `take`
+    // wakes the wait at once.
+    let mut pause = PAUSE_MIN;
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    while ahead(shared) && !shared.urgent.load(Ordering::Relaxed) && !st.stop {
+        let before = shared.fill_ppm.load(Ordering::Relaxed);
+        st = shared
+            .cond
+            .wait_timeout(st, pause)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        pause = if shared.fill_ppm.load(Ordering::Relaxed) == before {
+            (pause * 2).min(PAUSE_MAX)
+        } else {
+            PAUSE_MIN
+        };
     }
 }
 

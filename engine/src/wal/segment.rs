@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
-use crate::io::file::{self, Access, ZeroSync};
+use crate::io::file::{self, Access};
 use crate::types::{SegmentSeq, ShardId};
 use crate::wal::format::{encode_segment_header, SegmentHeader};
 
@@ -60,7 +60,14 @@ pub struct SegmentSpec<'a> {
 /// Zero-filling costs one sequential write of the segment at creation; in
 /// return, commits later overwrite allocated, written blocks, which this disk
 /// syncs at about 3x the rate of blocks that are unwritten or being extended.
-pub fn create_segment(spec: &SegmentSpec<'_>, zeros: &mut AlignedBuf) -> Result<Segment> {
+///
+/// `between` runs after each synced piece of the fill with the bytes done and
+/// the total: the preparer paces the fill there.
+pub fn create_segment(
+    spec: &SegmentSpec<'_>,
+    zeros: &mut AlignedBuf,
+    between: &mut dyn FnMut(u64, u64),
+) -> Result<Segment> {
     let h = &spec.header;
     let path = segment_path(spec.shard_dir, h.segment_seq);
     let tmp = path.with_extension(CREATING_EXTENSION);
@@ -72,14 +79,17 @@ pub fn create_segment(spec: &SegmentSpec<'_>, zeros: &mut AlignedBuf) -> Result<
     let first = file::write_all_at(&file, &tmp, &zeros[..block], 0, "write segment header");
     zeros[..block].fill(0);
     first?;
-    file::zero_fill(
-        &file,
-        &tmp,
-        zeros,
-        block as u64,
-        h.segment_bytes,
-        ZeroSync::EachChunk,
-    )?;
+    // One synced piece per buffer: on a device with a volatile cache every
+    // flush, a concurrent commit's included, writes out whatever is cached,
+    // so syncing each piece keeps what a commit's flush may have to carry to
+    // one piece instead of a whole segment.
+    let mut at = block as u64;
+    while at < h.segment_bytes {
+        let end = (at + zeros.len() as u64).min(h.segment_bytes);
+        file::zero_fill(&file, &tmp, zeros, at, end)?;
+        at = end;
+        between(at, h.segment_bytes);
+    }
     file::rename_no_replace(&tmp, &path)?;
     file::sync_dir(spec.shard_dir)?;
     Ok(Segment {
