@@ -10,6 +10,8 @@ use std::thread::Thread;
 
 use corewal::{Backend, Config};
 
+pub mod writer;
+
 /// A directory on the local disk (inside `target/`), where `O_DIRECT` works;
 /// `/tmp` may be a tmpfs elsewhere.
 pub fn test_dir() -> tempfile::TempDir {
