@@ -166,6 +166,9 @@ fn torn_writes_at_every_16th_byte_of_the_last_two_commits_are_cut() {
         }
     }
     let n = each_case(cases);
+    common::say(&format!(
+        "corruption matrix: {n} torn-write cases, all cut to the valid prefix"
+    ));
     assert!(n > 100, "{n} cases");
 }
 
@@ -187,6 +190,9 @@ fn bit_flips_of_the_last_commit_are_cut_never_accepted() {
         )
     });
     let n = each_case(cases);
+    common::say(&format!(
+        "corruption matrix: {n} last-commit bit flips, all cut"
+    ));
     assert!(n >= 512, "{n} cases");
 }
 
@@ -220,6 +226,9 @@ fn bit_flips_in_a_middle_commit_are_refused_kept_before_or_skipped() {
         })
     });
     let n = each_case(cases);
+    common::say(&format!(
+        "corruption matrix: {n} middle-commit bit flips, each refused, kept before or skipped by its mode"
+    ));
     assert!(n >= 100, "{n} cases");
 }
 

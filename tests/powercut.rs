@@ -23,7 +23,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,19 +30,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::writer::{read_reports, spawn_writer, verify, Model};
-use common::{test_dir, Rng};
+use common::{say, test_dir, Rng};
 use corewal::Backend;
 
 #[test]
 #[ignore = "helper: the writer process of the power-cut tests"]
 fn child_writer() {
     common::writer::child_writer_main();
-}
-
-/// Writes past the test harness's output capture, so that a skip or the
-/// figures of a run always show.
-fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {

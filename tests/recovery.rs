@@ -212,3 +212,17 @@ fn replay_reads_many_chunks_per_segment_with_reads_in_flight() {
         }
     }
 }
+
+#[test]
+fn a_missing_shard_directory_is_a_format_error_naming_it() {
+    let dir = test_dir();
+    write_records(dir.path(), 5);
+    std::fs::remove_dir_all(dir.path().join("shard-000")).unwrap();
+    match Engine::open(small_config(dir.path(), 1, Backend::IoUring)) {
+        Err(Error::Format { path, what }) => {
+            assert!(path.ends_with("shard-000"), "{path:?}");
+            assert!(what.contains("missing"), "{what}");
+        }
+        other => panic!("expected Format, got {other:?}"),
+    }
+}

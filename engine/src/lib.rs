@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod probe;
 pub mod recovery;
 pub mod runtime;
 pub mod shard;

@@ -10,6 +10,7 @@ use std::thread::Thread;
 
 use corewal::{Backend, Config};
 
+pub mod image;
 pub mod writer;
 
 /// A directory on the local disk (inside `target/`), where `O_DIRECT` works;
@@ -160,6 +161,13 @@ pub fn child_args() -> Option<(String, u64)> {
     let dir = std::env::var("COREWAL_CHILD_DIR").ok()?;
     let seed = std::env::var("COREWAL_CHILD_SEED").ok()?.parse().ok()?;
     Some((dir, seed))
+}
+
+/// A figure of a test run, written past the test harness's output capture
+/// so that it shows in every `cargo test` (docs/RELIABILITY.md quotes them).
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A child's report to its parent: one whole line on stdout, flushed at

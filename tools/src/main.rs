@@ -6,6 +6,7 @@ mod data_dir;
 mod host;
 mod inspect;
 mod load;
+mod probe;
 mod recover_bench;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Command {
     /// Write a data set, drop the page cache, reopen it and report recovery speed,
     /// registration latency during recovery and memory.
     RecoverBench(recover_bench::RecoverBenchArgs),
+    /// Measure the device under a directory the way the engine uses it and print the
+    /// configuration it suggests.
+    Probe(probe::ProbeArgs),
     /// Print two `load --json` results side by side with ratios.
     Compare(compare::CompareArgs),
     /// Read-only summary of a data directory: shards, segments, channels,
@@ -45,6 +49,7 @@ fn main() {
     let result = match cli.command {
         Command::Load(args) => load::run(*args).map(|()| 0),
         Command::RecoverBench(args) => recover_bench::run(args).map(|()| 0),
+        Command::Probe(args) => probe::run(args).map(|()| 0),
         Command::Compare(args) => compare::run(args).map(|()| 0),
         Command::Inspect(args) => inspect::run_inspect(args).map(|()| 0),
         Command::Verify(args) => inspect::run_verify(args),

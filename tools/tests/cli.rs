@@ -344,3 +344,53 @@ fn inspect_summarises_and_dumps_as_parseable_json() {
         );
     }
 }
+
+#[test]
+fn probe_measures_and_reports_json_and_refuses_bad_input() {
+    let dir = test_dir();
+    let out = corewal()
+        .args([
+            "probe",
+            "--json",
+            "--file-bytes",
+            "16MiB",
+            "--sync-test",
+            "200ms",
+            "--queue-depths",
+            "1,2",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["dsync_write_4k"]["ops_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["write_then_fdatasync_4k"]["ops"].as_u64().unwrap() > 0);
+    assert_eq!(v["seq_read_1m"].as_array().unwrap().len(), 2);
+    assert!(v["seq_write_1m"][1]["mb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["block_bytes"].as_u64().unwrap() >= 4096);
+    // The scratch file is gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    for (args, message) in [
+        (&["probe", "--queue-depths", "0"][..], "queue_depths"),
+        (&["probe", "--file-bytes", "1MiB"][..], "file_bytes"),
+    ] {
+        let out = corewal().args(args).arg(dir.path()).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{args:?}"
+        );
+    }
+    let out = corewal()
+        .arg("probe")
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+}

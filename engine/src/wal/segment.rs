@@ -105,8 +105,14 @@ pub fn create_segment(
 /// write).
 pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, PathBuf)>> {
     let mut out = Vec::new();
-    let rd = fs::read_dir(shard_dir)
-        .map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
+    let rd = fs::read_dir(shard_dir).map_err(|e| match e.kind() {
+        // corewal.meta names the shard; its directory must be there.
+        std::io::ErrorKind::NotFound => Error::Format {
+            path: shard_dir.into(),
+            what: "shard directory is missing (corewal.meta records this shard)".into(),
+        },
+        _ => Error::io("list shard directory", Some(shard_dir.into()), e),
+    })?;
     let mut removed = false;
     for entry in rd {
         let entry =
