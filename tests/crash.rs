@@ -46,10 +46,17 @@ fn sigkill_during_load_loses_no_acknowledged_append() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let dir = test_dir();
+    // A fresh store every 50 cycles: each reopen replays the whole WAL, so
+    // one store across hundreds of cycles would spend the time replaying.
+    let mut dir = test_dir();
     let mut model = Model::default();
-    let mut total_acks = 0;
+    let (mut total_acks, mut checked) = (0, 0);
     for c in 0..cycles {
+        if c > 0 && c % 50 == 0 {
+            checked += model.acked.values().map(|m| m.len()).sum::<usize>();
+            dir = test_dir();
+            model = Model::default();
+        }
         let backend = if c % 3 == 2 {
             Backend::Portable
         } else {
@@ -58,10 +65,9 @@ fn sigkill_during_load_loses_no_acknowledged_append() {
         total_acks += run_cycle(dir.path(), backend, seed.wrapping_add(c), &mut model);
         verify(dir.path(), backend, &mut model);
     }
-    let unique: usize = model.acked.values().map(|m| m.len()).sum();
+    checked += model.acked.values().map(|m| m.len()).sum::<usize>();
     common::say(&format!(
-        "sigkill: {cycles} cycles, {total_acks} acknowledgements reported, {unique} distinct records checked after every cycle (lost: 0), {} channels",
-        model.registered.len()
+        "sigkill: {cycles} cycles, {total_acks} acknowledgements reported, {checked} distinct acknowledged records checked after every cycle of their store (lost: 0)"
     ));
     assert!(total_acks > 0, "the child never acknowledged anything");
 }
