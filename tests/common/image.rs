@@ -213,7 +213,7 @@ pub fn check(image: &Image, mutations: &[Mutation], mode: RecoveryMode, scratch:
 /// Runs every decoder of the format over arbitrary bytes taken as a segment
 /// file with `block`-byte blocks: the segment header, then a commit header
 /// and its entries at every block. Nothing may panic, read out of bounds or
-/// loop; whatever decodes must be within the bytes given.
+/// loop; whatever decodes must be within its header's span.
 pub fn decode_segment_bytes(data: &[u8], block: usize) -> usize {
     use corewal_engine::wal::format::{
         decode_commit_header, decode_segment_header, EntryIter, COMMIT_HEADER_BYTES,
@@ -222,11 +222,19 @@ pub fn decode_segment_bytes(data: &[u8], block: usize) -> usize {
     let mut pos = 0;
     while pos < data.len() {
         if let Ok(h) = decode_commit_header(&data[pos..], block) {
+            // The decoder promises the entries fit the span its header
+            // claims; whether the span fits the file is the reader's check
+            // (recovery calls a commit running past the end damaged).
+            let span = h.blocks as usize * block;
             let body_end = pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize;
             assert!(
-                body_end <= data.len(),
-                "a header accepted past the bytes given"
+                body_end <= pos + span,
+                "entries accepted past the header's span"
             );
+            if pos + span > data.len() {
+                pos += block;
+                continue;
+            }
             let body = &data[pos + COMMIT_HEADER_BYTES..body_end];
             for e in EntryIter::new(body, h.commit_seq, h.entry_count).take(1 << 20) {
                 match e {
@@ -243,14 +251,18 @@ pub fn decode_segment_bytes(data: &[u8], block: usize) -> usize {
     decoded
 }
 
-/// Makes arbitrary bytes pass the checksums of the commit header at byte 0
-/// and of each entry the header's count frames, so that a fuzzer explores
-/// the field checks behind them rather than stopping at a checksum.
+/// Makes arbitrary bytes pass the magic, version and checksum of the commit
+/// header at byte 0 and the checksum of each entry that follows, so that a
+/// fuzzer explores the field checks behind them rather than stopping there.
 pub fn seal_checksums(data: &mut [u8]) {
-    use corewal_engine::wal::format::{COMMIT_HEADER_BYTES, ENTRY_ALIGN, ENTRY_HEADER_BYTES};
+    use corewal_engine::wal::format::{
+        COMMIT_HEADER_BYTES, COMMIT_MAGIC, ENTRY_ALIGN, ENTRY_HEADER_BYTES, FORMAT_VERSION,
+    };
     if data.len() < COMMIT_HEADER_BYTES {
         return;
     }
+    data[0..4].copy_from_slice(&COMMIT_MAGIC.to_le_bytes());
+    data[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     let crc = crc32c::crc32c(&data[8..COMMIT_HEADER_BYTES]);
     data[4..8].copy_from_slice(&crc.to_le_bytes());
     let seq = &data[32..40];
