@@ -1,6 +1,8 @@
-//! Criterion benchmarks of the write path's CPU work: entry encoding with
-//! its CRC32C, commit assembly (encode + seal), and decoding a commit back.
-//! Run with `cargo bench --bench hot_paths`.
+//! Criterion benchmarks of the hot paths' CPU work: entry encoding with its
+//! CRC32C, commit assembly (encode + seal), decoding a commit back, the
+//! buffer table's insert and lookup, and the cross-thread hand-off of a
+//! request to a shard and of its answer back (with the shard's sleep and
+//! eventfd wake-up). Run with `cargo bench --bench hot_paths`.
 
 use corewal_engine::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use corewal_engine::wal::commit::CommitBuilder;
@@ -78,10 +80,77 @@ fn decode_commit_bench(c: &mut Criterion) {
     g.finish();
 }
 
+fn buffer_table_bench(c: &mut Criterion) {
+    use corewal_engine::buffer::table::BufferTable;
+    let names: Vec<String> = (0..10_000).map(|i| format!("dml_{i}_v0")).collect();
+    let mut g = c.benchmark_group("buffer_table");
+    g.throughput(Throughput::Elements(names.len() as u64));
+    g.bench_function("insert_10000_channels", |b| {
+        b.iter(|| {
+            let mut t = BufferTable::default();
+            for n in &names {
+                t.insert(n, Offset(0), CommitSeq(1));
+            }
+            t.len()
+        })
+    });
+    let mut t = BufferTable::default();
+    for n in &names {
+        t.insert(n, Offset(0), CommitSeq(1));
+    }
+    g.bench_function("lookup_10000_names", |b| {
+        b.iter(|| names.iter().filter(|n| t.lookup(n).is_some()).count())
+    });
+    g.finish();
+}
+
+fn handoff_bench(c: &mut Criterion) {
+    use corewal_engine::shard::ack::Ack;
+    use corewal_engine::shard::inbox::{Inbox, Request};
+    use std::sync::Arc;
+    // A stand-in shard thread: pops requests, answers them, and sleeps on
+    // its eventfd when the inbox is empty — the protocol the shard uses.
+    let inbox = Arc::new(Inbox::new(4096).unwrap());
+    let shard = {
+        let inbox = inbox.clone();
+        std::thread::spawn(move || loop {
+            match inbox.pop() {
+                Some(Request::NextOffset { ack, .. }) => ack.complete(Ok(Offset(1))),
+                Some(Request::Close) => return,
+                Some(_) => unreachable!("only NextOffset and Close are sent"),
+                None => {
+                    if inbox.prepare_sleep() {
+                        inbox.wake_fd().drain();
+                        inbox.woke();
+                    }
+                }
+            }
+        })
+    };
+    let mut g = c.benchmark_group("handoff");
+    g.bench_function("request_and_answer_round_trip", |b| {
+        b.iter(|| {
+            let ack = Arc::new(Ack::new());
+            inbox
+                .push_blocking(Request::NextOffset {
+                    channel: ChannelId(0),
+                    ack: ack.clone(),
+                })
+                .unwrap();
+            ack.wait().unwrap()
+        })
+    });
+    g.finish();
+    inbox.push_blocking(Request::Close).unwrap();
+    shard.join().unwrap();
+}
+
 criterion_group!(
     benches,
     encode_entry_bench,
     commit_assembly_bench,
-    decode_commit_bench
+    decode_commit_bench,
+    buffer_table_bench,
+    handoff_bench
 );
 criterion_main!(benches);

@@ -74,7 +74,8 @@ const FIGURES: &[(&str, &str, f64, &str, bool)] = &[
     ),
 ];
 
-/// Settings that must match for the figures to be comparable.
+/// Settings that must match for the figures to be comparable (a setting
+/// only one side records is not reported).
 const SETTINGS: &[&str] = &[
     "/mode",
     "/rate_target",
@@ -97,19 +98,31 @@ fn load(path: &PathBuf) -> Result<Value, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    if v.pointer("/tool").and_then(Value::as_str) != Some("corewal load") {
-        return Err(format!("{}: not a `corewal load --json` result", path.display()).into());
+    // `corewal-peers` (peers/) prints the same figures for other logs.
+    let tool = v.pointer("/tool").and_then(Value::as_str);
+    if tool != Some("corewal load") && tool != Some("corewal-peers") {
+        return Err(format!(
+            "{}: not a `corewal load --json` (or `corewal-peers`) result",
+            path.display()
+        )
+        .into());
     }
     Ok(v)
 }
 
 pub fn run(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (a, b) = (load(&args.a)?, load(&args.b)?);
-    println!("A: {}", args.a.display());
-    println!("B: {}", args.b.display());
+    let system = |v: &Value| {
+        v.pointer("/system")
+            .and_then(Value::as_str)
+            .unwrap_or("corewal")
+            .to_string()
+    };
+    println!("A: {} ({})", args.a.display(), system(&a));
+    println!("B: {} ({})", args.b.display(), system(&b));
     for s in SETTINGS {
         let (x, y) = (a.pointer(s), b.pointer(s));
-        if x != y {
+        if x.is_some() && y.is_some() && x != y {
             println!(
                 "  differs: {} is {} in A, {} in B",
                 &s[1..],
@@ -119,7 +132,10 @@ pub fn run(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!();
-    println!("  {:<22} {:>14} {:>14} {:>8}", "", "A", "B", "B/A");
+    println!(
+        "  {:<22} {:>14} {:>14} {:>8} (better/worse: B against A)",
+        "", "A", "B", "B/A"
+    );
     for (label, ptr, div, unit, higher_better) in FIGURES {
         let (Some(x), Some(y)) = (
             a.pointer(ptr).and_then(Value::as_f64),
