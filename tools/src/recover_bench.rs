@@ -293,6 +293,9 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.reuse && args.dir.is_none() {
         return Err("--reuse needs --dir".into());
     }
+    if !args.reuse && args.bytes < args.record_bytes as u64 {
+        return Err("--bytes must hold at least one record of --record-bytes".into());
+    }
     let data = DataDir::new(args.dir.as_deref(), "corewal-recover-", args.keep)?;
     let dir = data.path.clone();
     if !args.reuse {

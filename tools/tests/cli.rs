@@ -394,3 +394,65 @@ fn probe_measures_and_reports_json_and_refuses_bad_input() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
 }
+
+#[test]
+fn recover_bench_reports_parseable_figures_and_refuses_bad_input() {
+    let dir = test_dir();
+    let out = corewal()
+        .args([
+            "recover-bench",
+            "--bytes",
+            "8MiB",
+            "--channels",
+            "20",
+            "--record-bytes",
+            "1024",
+            "--shards",
+            "2",
+            "--no-drop-caches",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tool"], "corewal recover-bench");
+    assert_eq!(v["page_cache_dropped"], false);
+    let r = &v["reopen"];
+    assert_eq!(r["shards"].as_u64(), Some(2));
+    assert_eq!(r["channels_found"].as_u64(), Some(20));
+    assert_eq!(r["registrations"].as_u64(), Some(20));
+    assert!(r["replayed_bytes"].as_u64().unwrap() >= 8 << 20);
+    assert!(r["replay_gb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // The ratio is there exactly when fio was.
+    assert_eq!(
+        v["fio_read_gb_per_s"].is_null(),
+        v["replay_to_fio_ratio"].is_null()
+    );
+
+    for (args, message) in [
+        (
+            &["recover-bench", "--channels", "0"][..],
+            "--channels must be",
+        ),
+        (
+            &["recover-bench", "--bytes", "100", "--record-bytes", "1024"][..],
+            "--bytes must hold",
+        ),
+        (&["recover-bench", "--reuse"][..], "--reuse needs --dir"),
+    ] {
+        let out = corewal().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{args:?}"
+        );
+    }
+}
