@@ -100,9 +100,13 @@ pub enum RecoveryMode {
     /// is skipped whole (its checksums are per entry, but one bad entry makes
     /// the lengths after it untrustworthy, and a commit is all or nothing).
     /// The offsets of the records lost leave a gap in their channel: reads
-    /// leave them out, and offsets never repeat. A channel whose
-    /// registration was lost cannot be named: its records are counted as
-    /// lost. Nothing on disk is changed except a torn tail, which is cut as
+    /// leave them out. Only a later record reveals a gap: when the lost
+    /// records were a channel's last, its next appends take their offsets
+    /// again. A channel whose registration was lost cannot be named: its
+    /// records are counted as lost, and its name can be registered anew (a
+    /// skipped drop followed by a re-registration is refused as a name
+    /// registered twice). Gaps are accepted only after something was
+    /// skipped; before that, an entry that contradicts the log is refused. Nothing on disk is changed except a torn tail, which is cut as
     /// in `TolerateTornTail`; a later open in another mode finds the same
     /// damage again.
     SkipDamaged,

@@ -171,6 +171,17 @@ fn next_completion(io: &mut dyn CommitIo, path: &Path) -> Result<u64> {
     }
 }
 
+/// Waits until no operation is in flight, so that buffers they use may be
+/// freed; called when a measurement stops early on an error. Aborts if the
+/// ring itself fails, rather than free memory the kernel may still write.
+fn drain(io: &mut dyn CommitIo) {
+    while io.in_flight() > 0 {
+        if io.poll().is_none() && io.wait(None).is_err() {
+            std::process::abort();
+        }
+    }
+}
+
 /// Reads or writes the first `size` bytes of `f` in 1 MiB pieces with `qd`
 /// in flight; a write pass ends with one `fdatasync`. Returns MB/s.
 fn sequential(
@@ -184,6 +195,21 @@ fn sequential(
     let mut bufs: Vec<AlignedBuf> = (0..qd)
         .map(|_| AlignedBuf::new(SEQ_CHUNK_BYTES, 4096))
         .collect();
+    let r = sequential_with(io, f, path, size, &mut bufs, read);
+    // On an early error, operations may still use `bufs`.
+    drain(io);
+    r
+}
+
+fn sequential_with(
+    io: &mut dyn CommitIo,
+    f: &File,
+    path: &Path,
+    size: u64,
+    bufs: &mut [AlignedBuf],
+    read: bool,
+) -> Result<f64> {
+    let qd = bufs.len();
     let fd = f.as_raw_fd();
     let started = Instant::now();
     let mut next = 0u64;
@@ -211,8 +237,9 @@ fn sequential(
                 }
             };
             // SAFETY: buffer `slot` is used by this operation only until its
-            // completion comes back below; `bufs` outlives every operation
-            // because this function waits for all of them before returning.
+            // completion comes back below; `bufs` outlives every operation:
+            // `sequential` drains the ring before dropping them, whether this
+            // returns early or not.
             unsafe { io.start(slot as u64, op) }.map_err(failed(path))?;
             in_flight += 1;
             next += SEQ_CHUNK_BYTES as u64;
@@ -241,6 +268,21 @@ fn durable_writes(
 ) -> Result<SyncStats> {
     let mut buf = AlignedBuf::new(block, block);
     buf.fill(0xA5);
+    let r = durable_writes_with(io, f, path, &buf, sync, opts);
+    // On an early error, the write may still use `buf`.
+    drain(io);
+    r
+}
+
+fn durable_writes_with(
+    io: &mut dyn CommitIo,
+    f: &File,
+    path: &Path,
+    buf: &AlignedBuf,
+    sync: SyncKind,
+    opts: &ProbeOptions,
+) -> Result<SyncStats> {
+    let block = buf.len();
     let slots = (SEQ_CHUNK_BYTES / block) as u64;
     let mut lat_ns = Vec::new();
     let started = Instant::now();
@@ -255,7 +297,8 @@ fn durable_writes(
         };
         let t = Instant::now();
         // SAFETY: `buf` is neither changed nor dropped before the completion,
-        // which is awaited right here.
+        // which is awaited right here (and `durable_writes` drains the ring
+        // before dropping it if this returns early).
         unsafe { io.start(k, op) }.map_err(failed(path))?;
         next_completion(io, path)?;
         lat_ns.push(t.elapsed().as_nanos() as u64);

@@ -35,7 +35,7 @@ use crate::host::{cpu_seconds, fingerprint, Host};
 #[derive(Args, Debug)]
 pub struct LoadArgs {
     /// A named workload (see docs/BENCHMARKS.md); flags given beside it
-    /// override its values.
+    /// override its values. Default: none (the flags' defaults, which are small-sync's).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// Writer threads [default: 16, or the preset's]. In the closed loop each waits for its own
@@ -67,6 +67,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
     /// Stop after this many records in total instead of after --duration (no warm-up then).
+    /// Default: run for --duration.
     #[arg(long)]
     records: Option<u64>,
     /// Time before the measured window; its appends are not counted.
@@ -114,6 +115,7 @@ pub struct LoadArgs {
     json: bool,
     /// Write an HdrHistogram interval log of append latency (ns) to this file, one histogram
     /// per --interval of the measured window (readable by HistogramLogAnalyzer and hdr-plot).
+    /// Default: no log.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
     /// Length of a progress interval: a line on a terminal's stderr and an --hdr-log entry.
@@ -425,8 +427,16 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> 
             Some((first, period)) => {
                 let due = first + period.mul_f64(k as f64);
                 let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
+                // Slices, so that a slow schedule does not hold up the end
+                // of the warm-up or of the run.
+                let mut left = due.saturating_duration_since(now);
+                while !left.is_zero() && !shared.stop.load(Ordering::Relaxed) {
+                    let slice = left.min(Duration::from_millis(20));
+                    std::thread::sleep(slice);
+                    left = due.saturating_duration_since(Instant::now());
+                }
+                if shared.stop.load(Ordering::Relaxed) {
+                    break;
                 }
                 let late = now.saturating_duration_since(due).as_nanos() as u64;
                 shared.lag_ns[w].store(late, Ordering::Relaxed);

@@ -140,6 +140,7 @@ impl BufferTable {
         ch.dropped = true;
         let freed: u64 = ch.records.iter().map(|r| r.len() as u64).sum();
         ch.records = VecDeque::new();
+        ch.lost = Vec::new();
         let next = ch.next_offset;
         let name = ch.name.clone();
         self.payload_bytes -= freed;

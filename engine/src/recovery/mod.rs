@@ -280,6 +280,7 @@ struct Torn {
 }
 
 /// A commit found after the chain end.
+#[derive(Clone, Copy)]
 struct Later {
     position: usize,
     commit_seq: CommitSeq,
@@ -321,7 +322,10 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     let mut next_segment_seq = SegmentSeq(1);
     let mut previous: Option<SegmentSeq> = None;
 
-    for (seq, path) in &segments {
+    // Non-zero bytes without a commit in segments after a damaged chain
+    // end: zeroed with the torn tail if that is what it turns out to be.
+    let mut junk: Vec<(std::path::PathBuf, usize, u64, u64)> = Vec::new();
+    for (i, (seq, path)) in segments.iter().enumerate() {
         next_segment_seq = SegmentSeq(
             seq.0
                 .checked_add(1)
@@ -502,7 +506,14 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                     let owned = Bytes::copy_from_slice(body);
                     for e in EntryIter::new(&owned, h.commit_seq, h.entry_count) {
                         let e = e.expect("verified in the first pass");
-                        let lost = apply(&mut table, &e, &owned, h.commit_seq, lenient)
+                        // Gaps are expected only after something was skipped;
+                        // before that, an entry that contradicts the log is
+                        // refused in every mode.
+                        let after_skip = lenient
+                            && damage
+                                .iter()
+                                .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
+                        let lost = apply(&mut table, &e, &owned, h.commit_seq, after_skip)
                             .map_err(|what| error(*seq, pos as u64, what))?;
                         if lost > 0 {
                             count_lost(&mut damage, lost);
@@ -564,8 +575,22 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                 }
                 q += block;
             }
+            // SkipDamaged: commits in flight with a damaged one are only
+            // unacknowledged if nothing follows; when a later segment holds
+            // a commit, every commit here was acknowledged (segments change
+            // with nothing in flight), so the damage is not a torn tail and
+            // replay goes on at the first of them.
+            if beyond.is_none()
+                && lenient
+                && live
+                && first_later.is_some()
+                && later_segment_has_commit(ctx, &segments[i + 1..])
+            {
+                beyond = first_later;
+            }
             if let Some(b) = beyond {
                 // Damage, not a torn tail: a commit follows the chain end.
+                junk.clear();
                 let (at, found) = match torn.take() {
                     Some(t) => (t.at, t.what),
                     None => (
@@ -623,10 +648,14 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                         },
                     });
                 }
-            } else if nonzero_end == pos && first_later.is_none() {
-                // An empty segment after a damaged chain end (the spare made
-                // ahead of use): writing resumes in it if the damage turns
-                // out to be the torn tail.
+            } else if first_later.is_none() {
+                // A segment with no commit after a damaged chain end (the
+                // spare made ahead of use, or one whose only commit tore):
+                // if the damage turns out to be the torn tail, whatever is
+                // in it is zeroed with the tail and writing resumes in it.
+                if nonzero_end > pos {
+                    junk.push((path.clone(), block, pos as u64, nonzero_end as u64));
+                }
                 end_of_chain = Some(place(pos));
             }
             break;
@@ -666,9 +695,12 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         // Torn tail: zero what the torn commit left, so that no byte of it
         // can be read as part of a later commit's place.
         if !ctx.read_only {
-            let f = file::open_rw(&t.at.path, ctx.access)?;
-            let zeros = AlignedBuf::new(READ_CHUNK_BYTES, t.at.block);
-            file::zero_fill(&f, &t.at.path, &zeros, t.at.position, t.nonzero_end)?;
+            let tail = (t.at.path.clone(), t.at.block, t.at.position, t.nonzero_end);
+            for (path, block, from, to) in std::iter::once(tail).chain(junk.drain(..)) {
+                let f = file::open_rw(&path, ctx.access)?;
+                let zeros = AlignedBuf::new(READ_CHUNK_BYTES, block);
+                file::zero_fill(&f, &path, &zeros, from, to)?;
+            }
         }
         damage.push(Damage {
             shard: ctx.shard.0,
@@ -712,6 +744,38 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         tail,
         next_segment_seq,
         damage,
+    })
+}
+
+/// Whether any of `later` segments starts with a commit of its own (a peek
+/// at its header and first block, read through the page cache).
+fn later_segment_has_commit(
+    ctx: &RecoverContext<'_>,
+    later: &[(SegmentSeq, std::path::PathBuf)],
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    later.iter().any(|(seq, path)| {
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
+        let mut head = [0u8; SEGMENT_HEADER_BYTES];
+        if f.read_exact_at(&mut head, 0).is_err() {
+            return false;
+        }
+        let Ok(h) = decode_segment_header(&head) else {
+            return false;
+        };
+        let block = h.block_bytes as usize;
+        let mut first = vec![0u8; COMMIT_HEADER_BYTES];
+        if f.read_exact_at(&mut first, block as u64).is_err() {
+            return false;
+        }
+        decode_commit_header(&first, block).is_ok_and(|c| {
+            c.store_id == ctx.store_id
+                && c.shard == ctx.shard
+                && c.segment_seq == *seq
+                && c.position == block as u64
+        })
     })
 }
 
@@ -775,6 +839,7 @@ fn keep_prefix(
         File::open(&copy)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("sync copy of damaged segment", Some(copy.clone()), e))?;
+        file::sync_dir(&moved_to)?;
     }
     // Segments from `at` on when `at` is a whole segment (block 0), after it
     // otherwise.

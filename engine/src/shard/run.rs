@@ -453,16 +453,25 @@ impl Shard {
                 continue;
             }
             // A commit could start: ask callers to wake us for new requests.
+            let wakes = self.inbox.wakes_sent();
             if !self.inbox.prepare_sleep() {
                 continue;
             }
             let slept = Instant::now();
             self.wait(timeout);
             self.inbox.woke();
-            // A whole bound slept through with requests queued: their wake-up
-            // was lost (the bound caught it). Counted, so that it shows.
-            if timeout.is_some_and(|t| slept.elapsed() >= t) && !self.inbox.is_empty() {
-                self.metrics.wakeups_missed.fetch_add(1, Ordering::Relaxed);
+            // A whole bound slept through with requests queued: either no
+            // caller sent a wake-up (lost: the bound caught it), or one did
+            // and the thread ran late (its core was busy). Counted apart, so
+            // that either shows. Only the bound itself counts: a shorter
+            // timeout (a periodic sync due) ends sleeps on purpose.
+            if timeout == Some(WAIT_MAX) && slept.elapsed() >= WAIT_MAX && !self.inbox.is_empty() {
+                let counter = if self.inbox.wakes_sent() == wakes {
+                    &self.metrics.wakeups_missed
+                } else {
+                    &self.metrics.wakeups_late
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.inbox.close(Error::Closed);
@@ -847,6 +856,9 @@ impl Shard {
         }
         let seq = self.next_segment_seq;
         let segment = self.preparer.take(seq)?;
+        // The new segment is empty: say so before asking for the next one,
+        // so that its fill is paced from the start.
+        self.preparer.report_fill(self.block as u64, segment.bytes);
         self.preparer.request(SegmentSeq(seq.0 + 1));
         self.metrics
             .segments_created

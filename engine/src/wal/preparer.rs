@@ -227,7 +227,9 @@ fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
 /// Between two pieces of a fill (`done` of `total` bytes): pauses while the
 /// fill is ahead of `used / (1 - LEAD)` of the current segment, unless the
 /// shard waits. No burst when a segment starts; done at `1 - LEAD` full.
-fn pace(shared: &Shared, done: u64, total: u64) {
+/// Returns false when the preparer is stopping: the fill is abandoned, so
+/// that closing an idle engine does not wait for a whole segment's fill.
+fn pace(shared: &Shared, done: u64, total: u64) -> bool {
     let ahead = |shared: &Shared| {
         let used = shared.fill_ppm.load(Ordering::Relaxed) as f64 / PPM as f64;
         let filled = done as f64 / total.max(1) as f64;
@@ -250,6 +252,7 @@ fn pace(shared: &Shared, done: u64, total: u64) {
             PAUSE_MIN
         };
     }
+    !st.stop
 }
 
 #[cfg(test)]

@@ -62,11 +62,13 @@ pub struct SegmentSpec<'a> {
 /// syncs at about 3x the rate of blocks that are unwritten or being extended.
 ///
 /// `between` runs after each synced piece of the fill with the bytes done and
-/// the total: the preparer paces the fill there.
+/// the total: the preparer paces the fill there. When it returns false the
+/// creation stops, the unfinished file is removed and `Error::Closed` is
+/// returned (the engine is closing).
 pub fn create_segment(
     spec: &SegmentSpec<'_>,
     zeros: &mut AlignedBuf,
-    between: &mut dyn FnMut(u64, u64),
+    between: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<Segment> {
     let h = &spec.header;
     let path = segment_path(spec.shard_dir, h.segment_seq);
@@ -88,7 +90,11 @@ pub fn create_segment(
         let end = (at + zeros.len() as u64).min(h.segment_bytes);
         file::zero_fill(&file, &tmp, zeros, at, end)?;
         at = end;
-        between(at, h.segment_bytes);
+        if !between(at, h.segment_bytes) {
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Closed);
+        }
     }
     file::rename_no_replace(&tmp, &path)?;
     file::sync_dir(spec.shard_dir)?;
