@@ -161,10 +161,18 @@ fn cycles_on(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals)
         };
         let mut writer = spawn_writer(&dir, backend, seed.wrapping_add(c));
         let cut = Arc::new(AtomicBool::new(false));
+        // The cut comes 0–200 ms after the first acknowledgement, so that
+        // every cycle cuts a writer at work, however slowly it started.
+        let acked = Arc::new(AtomicBool::new(false));
         let cutter = std::thread::spawn({
-            let (cut, mnt, pid) = (cut.clone(), m.mountpoint.clone(), writer.child.id());
-            let after = Duration::from_millis(20 + rng.below(200));
+            let (cut, acked) = (cut.clone(), acked.clone());
+            let (mnt, pid) = (m.mountpoint.clone(), writer.child.id());
+            let after = Duration::from_millis(rng.below(200));
             move || {
+                let waiting = Instant::now();
+                while !acked.load(Ordering::SeqCst) && waiting.elapsed() < Duration::from_secs(30) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 std::thread::sleep(after);
                 // Every acknowledgement read before this store was made
                 // before the cut.
@@ -177,7 +185,10 @@ fn cycles_on(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals)
                 .unwrap();
             }
         });
-        let acks = read_reports(&mut writer, &mut model, || cut.load(Ordering::SeqCst));
+        let acks = read_reports(&mut writer, &mut model, || {
+            acked.store(true, Ordering::SeqCst);
+            cut.load(Ordering::SeqCst)
+        });
         cutter.join().unwrap();
         writer.child.wait().unwrap();
         assert!(acks > 0, "{fs}/{sector}: the writer acknowledged nothing");

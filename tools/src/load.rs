@@ -579,7 +579,9 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.warmup
     };
-    let terminal = std::io::stderr().is_terminal();
+    // Progress only on a terminal: stderr is where it goes, and nothing
+    // interactive happens when stdout (the results) is redirected.
+    let terminal = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let bar = (terminal && !args.json)
         .then_some(record_limit)
         .flatten()
