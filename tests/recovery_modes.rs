@@ -268,3 +268,87 @@ fn every_mode_reports_a_torn_tail_it_cuts() {
         assert_eq!(engine.metrics().recovery_damage, 1);
     }
 }
+
+#[test]
+fn skip_damaged_keeps_the_commits_in_flight_with_a_damaged_one_when_a_later_segment_follows() {
+    // With two commits in flight, the one after a damaged commit is in its
+    // window; when a later segment holds commits, both were acknowledged,
+    // so only the damaged commit's record may be lost.
+    let dir = test_dir();
+    let mut c = config(dir.path(), RecoveryMode::TolerateTornTail);
+    c.commits_in_flight_max = 2;
+    let engine = Engine::open(c).unwrap();
+    let ch = engine.register("c").unwrap();
+    for i in 0..600u64 {
+        let mut r = format!("record-{i}-").into_bytes();
+        r.resize(3000, b'.');
+        ch.append(&r).unwrap();
+    }
+    let block = engine.block_bytes();
+    engine.close().unwrap();
+    let segs = segments(dir.path());
+    let first = common::commits(&segs[0], block);
+    assert!(common::commits(&segs[1], block).len() > 1);
+    // The second-to-last commit of the first segment: commit k holds
+    // record k - 1 (commit 0 registers the channel).
+    let k = first.len() - 2;
+    flip(&segs[0], first[k].pos + 100);
+    let engine = Engine::open(config(dir.path(), RecoveryMode::SkipDamaged)).unwrap();
+    let lost = k as u64 - 1;
+    let want: Vec<u64> = (0..600).filter(|&o| o != lost).collect();
+    assert_eq!(offsets(&engine, "c"), want);
+    let damage = engine.recovery_damage();
+    assert_eq!(damage.len(), 1, "{damage:#?}");
+    assert_eq!(
+        damage[0].action,
+        DamageAction::Skipped {
+            resumed_at: Some((1, first[k + 1].pos as u64)),
+            records_lost: 1
+        }
+    );
+}
+
+#[test]
+fn a_torn_tail_cut_also_clears_a_later_segment_without_commits_and_writes_there() {
+    // The last commit of a segment torn, and the next segment (the spare)
+    // holding stray non-zero bytes but no commit: the cut zeroes both,
+    // writing resumes in the spare, and the store reopens cleanly after.
+    let dir = test_dir();
+    let block = write_records(dir.path(), 600);
+    let segs = segments(dir.path());
+    let last_with_commits = segs
+        .iter()
+        .rposition(|p| !common::commits(p, block).is_empty())
+        .unwrap();
+    let torn_seg = &segs[last_with_commits];
+    let places = common::commits(torn_seg, block);
+    let last = places.last().unwrap();
+    flip(torn_seg, last.pos + 100);
+    // An empty segment after it, as the preparer makes them (any spare it
+    // left is replaced), with junk in its fourth block.
+    use corewal_engine::types::SegmentSeq;
+    use corewal_engine::wal::format::{decode_segment_header, encode_segment_header};
+    for p in &segs[last_with_commits + 1..] {
+        std::fs::remove_file(p).unwrap();
+    }
+    let torn_bytes = std::fs::read(torn_seg).unwrap();
+    let mut h = decode_segment_header(&torn_bytes).unwrap();
+    h.segment_seq = SegmentSeq(h.segment_seq.0 + 1);
+    let spare = torn_seg.with_file_name(format!("{:016x}.wal", h.segment_seq.0));
+    let mut d = vec![0u8; h.segment_bytes as usize];
+    encode_segment_header(&h, &mut d);
+    d[3 * block + 17] = 0x5a;
+    std::fs::write(&spare, d).unwrap();
+    let engine = Engine::open(config(dir.path(), RecoveryMode::TolerateTornTail)).unwrap();
+    let n = offsets(&engine, "c").len() as u64;
+    assert_eq!(n, 599, "only the torn commit is cut");
+    let ch = engine.register("c").unwrap();
+    assert_eq!(ch.append(b"record-599-after").unwrap(), Offset(599));
+    engine.close().unwrap();
+    // Writing resumed in that segment, after the junk was zeroed.
+    assert_eq!(common::commits(&spare, block).len(), 1);
+    assert_eq!(std::fs::read(&spare).unwrap()[3 * block + 17], 0);
+    let engine = Engine::open(config(dir.path(), RecoveryMode::FailOnAnyDamage)).unwrap();
+    assert_eq!(offsets(&engine, "c").len(), 600);
+    assert_eq!(engine.recovery_damage(), []);
+}
