@@ -23,12 +23,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::loopfs::Mounted;
 use common::writer::{read_reports, spawn_writer, verify, Model};
 use common::{say, test_dir, Rng};
 use corewal::Backend;
@@ -37,89 +37,6 @@ use corewal::Backend;
 #[ignore = "helper: the writer process of the power-cut tests"]
 fn child_writer() {
     common::writer::child_writer_main();
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A loop device over an image file, with a filesystem mounted from it;
-/// unmounted and detached on drop.
-struct Mounted {
-    device: String,
-    mountpoint: PathBuf,
-    mounted: bool,
-}
-
-impl Mounted {
-    fn new(image: &Path, mountpoint: &Path, fs: &str, sector: u32) -> Result<Mounted, String> {
-        let size = if fs == "xfs" { 320 << 20 } else { 256 << 20 };
-        std::fs::File::create(image)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| format!("create {}: {e}", image.display()))?;
-        let device = run(
-            "losetup",
-            &[
-                "--find",
-                "--show",
-                "--sector-size",
-                &sector.to_string(),
-                image.to_str().unwrap(),
-            ],
-        )?;
-        let mut m = Mounted {
-            device,
-            mountpoint: mountpoint.to_path_buf(),
-            mounted: false,
-        };
-        match fs {
-            "xfs" => run("mkfs.xfs", &["-q", "-f", &m.device])?,
-            _ => run("mkfs.ext4", &["-q", "-F", "-b", "4096", &m.device])?,
-        };
-        std::fs::create_dir_all(mountpoint).map_err(|e| e.to_string())?;
-        m.mount()?;
-        Ok(m)
-    }
-
-    fn mount(&mut self) -> Result<(), String> {
-        run("mount", &[&self.device, self.mountpoint.to_str().unwrap()])?;
-        self.mounted = true;
-        Ok(())
-    }
-
-    /// Unmounts, retrying while a killed process's ring still holds files.
-    fn unmount(&mut self) -> Result<(), String> {
-        let started = Instant::now();
-        loop {
-            match run("umount", &[self.mountpoint.to_str().unwrap()]) {
-                Ok(_) => {
-                    self.mounted = false;
-                    return Ok(());
-                }
-                Err(e) if started.elapsed() > Duration::from_secs(20) => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = self.unmount();
-        }
-        let _ = run("losetup", &["--detach", &self.device]);
-    }
 }
 
 #[derive(Default)]
@@ -134,11 +51,13 @@ struct Totals {
 /// store, each verified before the next writer starts.
 fn cycles_on(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals) {
     let work = test_dir();
+    let size = if fs == "xfs" { 320 << 20 } else { 256 << 20 };
     let mut m = match Mounted::new(
         &work.path().join("image"),
         &work.path().join("mnt"),
         fs,
         sector,
+        size,
     ) {
         Ok(m) => m,
         Err(e) => {
@@ -205,15 +124,9 @@ fn cycles_on(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals)
 
 #[test]
 fn power_cuts_lose_no_acknowledged_append() {
-    if !nix::unistd::geteuid().is_root() {
-        say("powercut: SKIPPED: needs root for loop devices and mount");
+    if let Err(why) = common::loopfs::can_mount() {
+        say(&format!("powercut: SKIPPED: {why}"));
         return;
-    }
-    for tool in ["losetup", "mount", "umount", "mkfs.ext4"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            say(&format!("powercut: SKIPPED: {tool} is not installed"));
-            return;
-        }
     }
     let seed = common::seed();
     let cycles: u64 = std::env::var("COREWAL_POWERCUT_CYCLES")

@@ -11,6 +11,7 @@ use std::thread::Thread;
 use corewal::{Backend, Config};
 
 pub mod image;
+pub mod loopfs;
 pub mod writer;
 
 /// A directory on the local disk (inside `target/`), where `O_DIRECT` works;
