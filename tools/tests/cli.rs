@@ -1,9 +1,26 @@
 //! The `corewal` command: argument validation and output formats.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn corewal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_corewal"))
+}
+
+/// The output of a run that must have succeeded, parsed as one JSON value.
+fn json_ok(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Checks that a run failed with `message` on stderr.
+fn failed_with(out: &Output, message: &str, what: &dyn std::fmt::Debug) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what:?} succeeded");
+    assert!(stderr.contains(message), "{what:?}: {stderr}");
 }
 
 fn test_dir() -> tempfile::TempDir {
@@ -43,9 +60,7 @@ fn bad_arguments_get_a_clear_error() {
     ];
     for (args, message) in cases {
         let out = corewal().args(args).output().unwrap();
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        failed_with(&out, message, &args);
     }
 }
 
@@ -88,12 +103,7 @@ fn load_json_is_one_parseable_object_with_measured_figures() {
         .arg(dir.path().join("store"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_ok(&out);
     let records = v["records"].as_u64().unwrap();
     assert_eq!(records, 2000);
     assert!(v["records_per_s"].as_f64().unwrap() > 0.0);
@@ -148,12 +158,7 @@ fn open_loop_preset_range_hdr_log_and_compare() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_ok(&out);
         (v, out.stdout)
     };
     let (open, open_json) = run(
@@ -362,12 +367,7 @@ fn probe_measures_and_reports_json_and_refuses_bad_input() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_ok(&out);
     assert!(v["dsync_write_4k"]["ops_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["write_then_fdatasync_4k"]["ops"].as_u64().unwrap() > 0);
     assert_eq!(v["seq_read_1m"].as_array().unwrap().len(), 2);
@@ -381,11 +381,7 @@ fn probe_measures_and_reports_json_and_refuses_bad_input() {
         (&["probe", "--file-bytes", "1MiB"][..], "file_bytes"),
     ] {
         let out = corewal().args(args).arg(dir.path()).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(message),
-            "{args:?}"
-        );
+        failed_with(&out, message, &args);
     }
     let out = corewal()
         .arg("probe")
@@ -416,12 +412,7 @@ fn recover_bench_reports_parseable_figures_and_refuses_bad_input() {
         .arg(dir.path().join("store"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_ok(&out);
     assert_eq!(v["tool"], "corewal recover-bench");
     assert_eq!(v["page_cache_dropped"], false);
     let r = &v["reopen"];
@@ -449,10 +440,6 @@ fn recover_bench_reports_parseable_figures_and_refuses_bad_input() {
         (&["recover-bench", "--reuse"][..], "--reuse needs --dir"),
     ] {
         let out = corewal().args(args).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(message),
-            "{args:?}"
-        );
+        failed_with(&out, message, &args);
     }
 }
