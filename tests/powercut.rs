@@ -129,10 +129,7 @@ fn power_cuts_lose_no_acknowledged_append() {
         return;
     }
     let seed = common::seed();
-    let cycles: u64 = std::env::var("COREWAL_POWERCUT_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let cycles = common::cycles("COREWAL_POWERCUT_CYCLES", 10);
     let mut filesystems = vec!["ext4"];
     if Command::new("mkfs.xfs").arg("-V").output().is_ok() {
         filesystems.push("xfs");

@@ -118,10 +118,7 @@ fn crash_cycle(dir: &std::path::Path, seed: u64, acked: &mut HashMap<String, u64
 #[test]
 fn reregistration_during_recovery_never_fails_or_collides() {
     let seed = common::seed();
-    let cycles: u64 = std::env::var("COREWAL_REREGISTER_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let cycles = common::cycles("COREWAL_REREGISTER_CYCLES", 3);
     let dir = test_dir();
     let mut acked: HashMap<String, u64> = HashMap::new();
     // Offsets of the records this test appended itself (not the child).

@@ -74,6 +74,15 @@ pub fn seed() -> u64 {
     s
 }
 
+/// How many cycles a long-running test runs: `var` when set to a number,
+/// else `default` (each test documents its variable).
+pub fn cycles(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// splitmix64: a small deterministic generator for test workloads.
 pub struct Rng(pub u64);
 impl Rng {

@@ -504,15 +504,15 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                     // One copy and one allocation per commit; records are
                     // slices of it (they keep the commit's bytes alive).
                     let owned = Bytes::copy_from_slice(body);
+                    // Gaps are expected only after something was skipped;
+                    // before that, an entry that contradicts the log is
+                    // refused in every mode.
+                    let after_skip = lenient
+                        && damage
+                            .iter()
+                            .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
                     for e in EntryIter::new(&owned, h.commit_seq, h.entry_count) {
                         let e = e.expect("verified in the first pass");
-                        // Gaps are expected only after something was skipped;
-                        // before that, an entry that contradicts the log is
-                        // refused in every mode.
-                        let after_skip = lenient
-                            && damage
-                                .iter()
-                                .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
                         let lost = apply(&mut table, &e, &owned, h.commit_seq, after_skip)
                             .map_err(|what| error(*seq, pos as u64, what))?;
                         if lost > 0 {

@@ -865,8 +865,6 @@ impl Shard {
             .fetch_add(1, Ordering::Relaxed);
         self.segment = segment;
         self.write_position = self.block as u64;
-        self.preparer
-            .report_fill(self.write_position, self.segment.bytes);
         self.next_segment_seq = SegmentSeq(seq.0 + 1);
         Ok(())
     }
