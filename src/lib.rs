@@ -47,6 +47,14 @@ pub use corewal_engine::shard::metrics::ShardMetricsSnapshot as Metrics;
 pub use corewal_engine::shard::Record;
 pub use corewal_engine::types::{Offset, ShardId};
 
+/// The simulated disk behind [`Backend::Simulated`], for tests of what
+/// survives power cuts and device faults. Never for data you want to keep.
+pub mod sim {
+    pub use corewal_engine::io::sim::{
+        PowerCutReport, SimDisk, SimFault, SimReadFault, SimStats, SIM_SECTOR_BYTES,
+    };
+}
+
 /// An open data directory and its running shards.
 ///
 /// Dropping the engine closes it like [`Engine::close`], ignoring errors.

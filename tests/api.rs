@@ -14,7 +14,7 @@ use corewal::{Backend, Durability, Engine, Error, Offset};
 fn append_read_round_trip_across_shards_and_reopen() {
     for backend in BACKENDS {
         let dir = test_dir();
-        let config = small_config(dir.path(), 3, backend);
+        let config = small_config(dir.path(), 3, backend.clone());
         let names: Vec<String> = (0..40).map(|i| format!("channel-{i}")).collect();
         let mut expected: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         {
@@ -124,7 +124,7 @@ fn empty_channels_persist() {
 fn batch_and_async_appends() {
     for backend in BACKENDS {
         let dir = test_dir();
-        let engine = Engine::open(small_config(dir.path(), 2, backend)).unwrap();
+        let engine = Engine::open(small_config(dir.path(), 2, backend.clone())).unwrap();
         let ch = engine.register("batch").unwrap();
         let first = ch.append_batch([b"a".as_slice(), b"bb", b"ccc"]).unwrap();
         assert_eq!(first, Offset(0));
@@ -294,7 +294,7 @@ fn requests_after_close_fail_cleanly() {
 fn unregister_is_durable_idempotent_and_offsets_never_repeat() {
     for backend in BACKENDS {
         let dir = test_dir();
-        let config = small_config(dir.path(), 2, backend);
+        let config = small_config(dir.path(), 2, backend.clone());
         {
             let engine = Engine::open(config.clone()).unwrap();
             engine.unregister("never-registered").unwrap();

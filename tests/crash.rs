@@ -59,7 +59,12 @@ fn sigkill_during_load_loses_no_acknowledged_append() {
         } else {
             Backend::IoUring
         };
-        total_acks += run_cycle(dir.path(), backend, seed.wrapping_add(c), &mut model);
+        total_acks += run_cycle(
+            dir.path(),
+            backend.clone(),
+            seed.wrapping_add(c),
+            &mut model,
+        );
         verify(dir.path(), backend, &mut model);
     }
     checked += model.acked.values().map(|m| m.len()).sum::<usize>();

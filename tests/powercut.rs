@@ -78,7 +78,7 @@ fn cycles_on(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals)
         } else {
             Backend::Portable
         };
-        let mut writer = spawn_writer(&dir, backend, seed.wrapping_add(c));
+        let mut writer = spawn_writer(&dir, backend.clone(), seed.wrapping_add(c));
         let cut = Arc::new(AtomicBool::new(false));
         // The cut comes 0–200 ms after the first acknowledgement, so that
         // every cycle cuts a writer at work, however slowly it started.

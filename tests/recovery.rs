@@ -184,7 +184,7 @@ fn replay_reads_many_chunks_per_segment_with_reads_in_flight() {
     // ~24 MiB of records spread over several segments and both backends.
     for backend in [Backend::IoUring, Backend::Portable] {
         let dir = test_dir();
-        let mut config = small_config(dir.path(), 2, backend);
+        let mut config = small_config(dir.path(), 2, backend.clone());
         config.segment_bytes = 8 << 20;
         let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
         {

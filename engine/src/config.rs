@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::wal::format::{COMMIT_HEADER_BYTES, ENTRY_HEADER_BYTES};
 
 /// Which I/O backend the shards use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Backend {
     /// Each shard submits its writes and data syncs through its own `io_uring`,
     /// one `io_uring_enter` per commit. The default.
@@ -23,6 +23,11 @@ pub enum Backend {
     /// planned operation fails with the planned error instead of reaching
     /// the disk. Never use it for data you want to keep.
     FaultInjection(FaultPlan),
+    /// The simulated disk, for tests: the portable backend's calls, with a
+    /// device model that tracks what is durable, cuts the power, and fails,
+    /// shortens, misdirects or corrupts planned operations (see
+    /// [`crate::io::sim`]). Never use it for data you want to keep.
+    Simulated(crate::io::sim::SimDisk),
 }
 
 impl Backend {

@@ -30,7 +30,7 @@ pub fn child_writer_main() {
         Ok("portable") => Backend::Portable,
         _ => Backend::IoUring,
     };
-    let engine = Engine::open(small_config(dir.as_ref(), 2, backend)).unwrap();
+    let engine = Engine::open(small_config(dir.as_ref(), 2, backend.clone())).unwrap();
     let say = |line: String| report(&line);
     say("ready".into());
     std::thread::scope(|s| {
@@ -164,7 +164,7 @@ pub struct Indeterminate {
 /// Indeterminate acknowledgements found present become acknowledged (later
 /// cycles must keep them); absent ones are forgotten.
 pub fn verify(dir: &Path, backend: Backend, model: &mut Model) -> Indeterminate {
-    let engine = Engine::open(small_config(dir, 2, backend)).unwrap();
+    let engine = Engine::open(small_config(dir, 2, backend.clone())).unwrap();
     let mut found = Indeterminate::default();
     let mut survived = Vec::new();
     for name in &model.registered {

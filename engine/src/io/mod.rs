@@ -10,6 +10,7 @@ pub mod buffer;
 pub mod faulty;
 pub mod file;
 pub mod portable;
+pub mod sim;
 pub mod uring;
 pub mod wake;
 
@@ -113,6 +114,7 @@ pub fn new_commit_io(
     Ok(match backend {
         Backend::IoUring => Box::new(uring::UringIo::new(wake_fd)?),
         Backend::Portable => Box::new(portable::PortableIo::new(wake_fd)),
+        Backend::Simulated(disk) => Box::new(sim::SimIo::new(disk, wake_fd)),
         Backend::FaultInjection(plan) => {
             let inner = Box::new(uring::UringIo::new(wake_fd)?);
             if plan.shard.is_none_or(|s| s == shard.0) {

@@ -46,7 +46,7 @@ fn fdatasync(fd: RawFd) -> Result<(), OpError> {
     }
 }
 
-fn write(
+pub(crate) fn write(
     fd: RawFd,
     position: u64,
     ptr: *const u8,
@@ -88,7 +88,13 @@ fn write(
     Ok(())
 }
 
-fn read(fd: RawFd, position: u64, ptr: *mut u8, len: usize, expect: usize) -> Result<(), OpError> {
+pub(crate) fn read(
+    fd: RawFd,
+    position: u64,
+    ptr: *mut u8,
+    len: usize,
+    expect: usize,
+) -> Result<(), OpError> {
     let mut done = 0usize;
     while done < expect {
         // SAFETY: the caller of `start` keeps `ptr..ptr+len` valid and

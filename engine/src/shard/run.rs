@@ -296,9 +296,9 @@ impl Shard {
         // and makes every commit durable with the same data sync.
         let access = match config.backend {
             Backend::IoUring | Backend::FaultInjection(_) => Access::Direct,
-            Backend::Portable => Access::Buffered,
+            Backend::Portable | Backend::Simulated(_) => Access::Buffered,
         };
-        let mut io = new_commit_io(config.backend, spec.id, inbox.wake_fd().fd())?;
+        let mut io = new_commit_io(config.backend.clone(), spec.id, inbox.wake_fd().fd())?;
         let recovered = recover_shard(
             &RecoverContext {
                 shard_dir: &spec.dir,

@@ -1,0 +1,478 @@
+//! The simulated disk: a deterministic, fault-injecting [`CommitIo`] for
+//! tests. Never use it for data you want to keep.
+//!
+//! It writes through the page cache (like the portable backend, so it runs on
+//! any filesystem, tmpfs included) and keeps, apart from the files, what a
+//! device would have made durable: every write since the last data sync of
+//! its file is *volatile*. [`SimDisk::power_cut`] then decides, from the
+//! disk's seed, what each volatile write leaves behind — all of it, none of
+//! it, or a torn prefix of whole 512-byte sectors — and rewrites the files
+//! to that state, as a power cut would.
+//!
+//! The model of the device, where it is stricter than Linux:
+//! * a write completes into the device's volatile cache;
+//! * `fdatasync(fd)` makes every completed write of that file durable;
+//! * an `RWF_DSYNC` write is a cache flush followed by a forced-unit-access
+//!   write: it makes itself and every earlier completed write of its file
+//!   durable (what the flush of an `O_DIRECT` `RWF_DSYNC` write does);
+//! * nothing else is ever durable — no write-back "by luck".
+//!
+//! Files are created, zero-filled, renamed and removed outside the commit
+//! path (`io::file`, with their own syncs); the simulated disk treats those
+//! as durable. Power cuts between those steps are what `tests/powercut.rs`
+//! covers on a real filesystem.
+//!
+//! Faults are planned by operation: the n-th write or data sync of the disk
+//! (counted over all shards, from 1, across sessions) fails, completes short,
+//! lands elsewhere, or is where the power goes. Reads are faulted by place:
+//! any read covering a planned sector of a file fails or returns it with a
+//! bit flipped. With one client issuing one request at a time the sequence
+//! of operations, and so every fault, repeats exactly from a seed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::io::portable::{self, PortableIo};
+use crate::io::{CommitIo, Op, OpError, SyncKind};
+
+/// Sector size of the simulated device: the unit of a torn write.
+pub const SIM_SECTOR_BYTES: usize = 512;
+
+/// A fault planned for one write or data sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimFault {
+    /// The operation fails with `errno` (e.g. `EIO`, `ENOSPC`); a write
+    /// writes nothing, a sync makes nothing durable.
+    Error(i32),
+    /// A write completes only its first half (whole sectors) and reports
+    /// the short count.
+    ShortWrite,
+    /// A write lands `blocks` × 4 KiB away from where it was aimed (never
+    /// before byte 4096 of the file) and reports success: the device
+    /// misdirected it.
+    Misdirect(i64),
+    /// The power goes during this operation: a write reaches the volatile
+    /// cache and is then at the mercy of [`SimDisk::power_cut`]; this and
+    /// every later operation fails until [`SimDisk::power_cut`].
+    PowerCut,
+}
+
+/// A fault planned for reads of one sector of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimReadFault {
+    /// A latent sector error: any read covering the sector fails with `EIO`.
+    Unreadable,
+    /// The sector reads back with bit `bit` (0..4096) flipped.
+    FlipBit(u16),
+}
+
+/// What a power cut left behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PowerCutReport {
+    /// Volatile writes kept whole.
+    pub kept: u64,
+    /// Volatile writes lost whole.
+    pub lost: u64,
+    /// Volatile writes torn to a prefix of sectors.
+    pub torn: u64,
+}
+
+/// Operation counts of the simulated disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Writes and data syncs (the counter faults are planned against).
+    pub ops: u64,
+    /// Reads.
+    pub reads: u64,
+    /// Faults that took effect (planned write/sync faults and read faults).
+    pub faults: u64,
+}
+
+/// A shared handle to one simulated disk; clones name the same disk.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SimDisk({:?})", self.lock().stats)
+    }
+}
+
+impl PartialEq for SimDisk {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+}
+impl Eq for SimDisk {}
+
+struct Volatile {
+    position: u64,
+    /// What the bytes were before the write.
+    before: Vec<u8>,
+}
+
+struct SimState {
+    rng: SmallRng,
+    stats: SimStats,
+    planned: HashMap<u64, SimFault>,
+    read_faults: HashMap<(PathBuf, u64), SimReadFault>,
+    /// Writes not yet durable, per file, oldest first.
+    volatile: HashMap<PathBuf, Vec<Volatile>>,
+    cut: bool,
+}
+
+fn cut_error() -> io::Error {
+    io::Error::other("simulated power cut: the device is gone")
+}
+
+fn fd_path(fd: RawFd) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+}
+
+fn pread_exact(fd: RawFd, position: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: reads into a slice we own, of its length.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (position + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            // Beyond the end of the file: what is there reads as zeros.
+            rest.fill(0);
+            return Ok(());
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+impl SimDisk {
+    /// A disk whose every decision follows from `seed`.
+    pub fn new(seed: u64) -> SimDisk {
+        SimDisk {
+            state: Arc::new(Mutex::new(SimState {
+                rng: SmallRng::seed_from_u64(seed),
+                stats: SimStats::default(),
+                planned: HashMap::new(),
+                read_faults: HashMap::new(),
+                volatile: HashMap::new(),
+                cut: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plans `fault` for operation `op` (1-based, over all writes and data
+    /// syncs the disk has seen, see [`SimStats::ops`]).
+    pub fn plan(&self, op: u64, fault: SimFault) {
+        self.lock().planned.insert(op, fault);
+    }
+
+    /// Plans `fault` for every read covering the 512-byte `sector` of `path`.
+    pub fn plan_read(&self, path: &Path, sector: u64, fault: SimReadFault) {
+        self.lock()
+            .read_faults
+            .insert((path.to_path_buf(), sector), fault);
+    }
+
+    /// Removes every planned fault that has not happened yet.
+    pub fn clear_plans(&self) {
+        let mut s = self.lock();
+        s.planned.clear();
+        s.read_faults.clear();
+    }
+
+    /// Operation counts so far.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats
+    }
+
+    /// Whether the power has gone (a planned [`SimFault::PowerCut`] happened)
+    /// and [`SimDisk::power_cut`] has not yet been called.
+    pub fn is_cut(&self) -> bool {
+        self.lock().cut
+    }
+
+    /// Cuts the power now, or completes a cut planned earlier: every
+    /// volatile write keeps all, none, or a torn prefix of its sectors (one
+    /// third each, from the seed), and the files are rewritten to that state.
+    /// Call it with no engine open on the disk's files. Afterwards the disk
+    /// works again, with nothing volatile.
+    pub fn power_cut(&self) -> io::Result<PowerCutReport> {
+        let mut s = self.lock();
+        let mut report = PowerCutReport::default();
+        let mut files: Vec<_> = s.volatile.drain().collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, writes) in files {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            // Newest first: a sector a newer write kept is not rolled back
+            // by an older write that was lost.
+            let mut kept: HashSet<u64> = HashSet::new();
+            for w in writes.iter().rev() {
+                let sectors = w.before.len().div_ceil(SIM_SECTOR_BYTES);
+                let keep = match s.rng.random_range(0..3u32) {
+                    0 => {
+                        report.kept += 1;
+                        sectors
+                    }
+                    1 => {
+                        report.lost += 1;
+                        0
+                    }
+                    _ => {
+                        report.torn += 1;
+                        s.rng.random_range(0..sectors.max(1))
+                    }
+                };
+                for i in 0..sectors {
+                    let sector = w.position / SIM_SECTOR_BYTES as u64 + i as u64;
+                    if i < keep {
+                        kept.insert(sector);
+                        continue;
+                    }
+                    if kept.contains(&sector) {
+                        continue;
+                    }
+                    let from = i * SIM_SECTOR_BYTES;
+                    let to = (from + SIM_SECTOR_BYTES).min(w.before.len());
+                    file.write_all_at(&w.before[from..to], w.position + from as u64)?;
+                }
+            }
+        }
+        s.cut = false;
+        Ok(report)
+    }
+
+    /// Flips bit `bit` of byte `byte` of `path` at rest, as a device's decay would.
+    pub fn flip_bit_at_rest(&self, path: &Path, byte: u64, bit: u8) -> io::Result<()> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, byte)?;
+        b[0] ^= 1 << (bit % 8);
+        file.write_all_at(&b, byte)?;
+        file.sync_all()
+    }
+}
+
+impl SimState {
+    /// Counts one write or sync and returns its planned fault.
+    fn next_op(&mut self) -> Option<SimFault> {
+        self.stats.ops += 1;
+        let fault = self.planned.remove(&self.stats.ops);
+        if fault.is_some() {
+            self.stats.faults += 1;
+        }
+        fault
+    }
+
+    fn make_durable(&mut self, path: &Path) {
+        self.volatile.remove(path);
+    }
+
+    /// Writes `data` at `position` of `fd` into the volatile cache.
+    fn write(&mut self, fd: RawFd, path: &Path, position: u64, data: &[u8]) -> Result<(), OpError> {
+        let mut before = vec![0u8; data.len()];
+        pread_exact(fd, position, &mut before).map_err(|source| OpError {
+            operation: "write",
+            source,
+        })?;
+        portable::write(fd, position, data.as_ptr(), data.len(), SyncKind::None)?;
+        self.volatile
+            .entry(path.to_path_buf())
+            .or_default()
+            .push(Volatile { position, before });
+        Ok(())
+    }
+}
+
+/// The [`CommitIo`] of one shard on a [`SimDisk`].
+pub struct SimIo {
+    disk: SimDisk,
+    /// Waits on the wake fd; the simulated operations complete in `start`.
+    waiter: PortableIo,
+    done: VecDeque<(u64, Result<(), OpError>)>,
+}
+
+impl SimIo {
+    /// A shard's backend on `disk`, waiting on `wake_fd`.
+    pub fn new(disk: SimDisk, wake_fd: RawFd) -> SimIo {
+        SimIo {
+            disk,
+            waiter: PortableIo::new(wake_fd),
+            done: VecDeque::new(),
+        }
+    }
+
+    fn run(&mut self, op: Op) -> Result<(), OpError> {
+        let failed = |operation: &'static str, source: io::Error| OpError { operation, source };
+        let mut s = self.disk.lock();
+        match op {
+            Op::Write {
+                fd,
+                position,
+                ptr,
+                len,
+                sync,
+            } => {
+                if s.cut {
+                    return Err(failed("write", cut_error()));
+                }
+                let path = fd_path(fd).map_err(|e| failed("write", e))?;
+                // SAFETY: the caller of `start` keeps the buffer valid and
+                // unmodified for the call (the operation completes in it).
+                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+                match s.next_op() {
+                    Some(SimFault::Error(errno)) => {
+                        return Err(failed("write", io::Error::from_raw_os_error(errno)));
+                    }
+                    Some(SimFault::ShortWrite) => {
+                        let half = (len / 2) / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
+                        s.write(fd, &path, position, &data[..half])?;
+                        return Err(failed(
+                            "short write",
+                            io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                format!("wrote {half} of {len} bytes"),
+                            ),
+                        ));
+                    }
+                    Some(SimFault::Misdirect(blocks)) => {
+                        let to = (position as i64 + blocks * 4096).max(4096) as u64;
+                        s.write(fd, &path, to, data)?;
+                    }
+                    Some(SimFault::PowerCut) => {
+                        s.write(fd, &path, position, data)?;
+                        s.cut = true;
+                        return Err(failed("write", cut_error()));
+                    }
+                    None => s.write(fd, &path, position, data)?,
+                }
+                match sync {
+                    SyncKind::None => Ok(()),
+                    SyncKind::Dsync => {
+                        s.make_durable(&path);
+                        Ok(())
+                    }
+                    SyncKind::Fdatasync => Self::sync(&mut s, &path),
+                }
+            }
+            Op::Sync { fd } => {
+                if s.cut {
+                    return Err(failed("fdatasync", cut_error()));
+                }
+                let path = fd_path(fd).map_err(|e| failed("fdatasync", e))?;
+                Self::sync(&mut s, &path)
+            }
+            Op::Read {
+                fd,
+                position,
+                ptr,
+                len,
+                expect,
+            } => {
+                if s.cut {
+                    return Err(failed("read", cut_error()));
+                }
+                s.stats.reads += 1;
+                portable::read(fd, position, ptr, len, expect)?;
+                if s.read_faults.is_empty() {
+                    return Ok(());
+                }
+                let path = fd_path(fd).map_err(|e| failed("read", e))?;
+                let first = position / SIM_SECTOR_BYTES as u64;
+                let end = (position + expect as u64).div_ceil(SIM_SECTOR_BYTES as u64);
+                for sector in first..end {
+                    match s.read_faults.get(&(path.clone(), sector)).copied() {
+                        None => {}
+                        Some(SimReadFault::Unreadable) => {
+                            s.stats.faults += 1;
+                            return Err(failed("read", io::Error::from_raw_os_error(libc::EIO)));
+                        }
+                        Some(SimReadFault::FlipBit(bit)) => {
+                            s.stats.faults += 1;
+                            let at = (sector - first) as usize * SIM_SECTOR_BYTES
+                                + (bit as usize / 8) % SIM_SECTOR_BYTES;
+                            if at < expect {
+                                // SAFETY: `at < expect <= len`, inside the
+                                // caller's buffer, valid for the call.
+                                unsafe { *ptr.add(at) ^= 1 << (bit % 8) };
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn sync(s: &mut SimState, path: &Path) -> Result<(), OpError> {
+        match s.next_op() {
+            Some(SimFault::Error(errno)) => Err(OpError {
+                operation: "fdatasync",
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            Some(SimFault::PowerCut) => {
+                s.cut = true;
+                Err(OpError {
+                    operation: "fdatasync",
+                    source: cut_error(),
+                })
+            }
+            // A short or misdirected sync is no fault: it syncs.
+            Some(SimFault::ShortWrite | SimFault::Misdirect(_)) | None => {
+                s.make_durable(path);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl CommitIo for SimIo {
+    unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
+        let result = self.run(op);
+        self.done.push_back((id, result));
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+
+    fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
+        self.done.pop_front()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
+        if !self.done.is_empty() {
+            return Ok(());
+        }
+        self.waiter.wait(timeout)
+    }
+}
