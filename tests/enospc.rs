@@ -1,11 +1,10 @@
 //! A full filesystem: a store on a small loop-mounted ext4 runs out of space
-//! when a new segment cannot be created. The shard stops acknowledging at
-//! once and says why (the cause is ENOSPC), nothing acknowledged before is
-//! lost, and once space is freed a reopen recovers everything and writes
-//! again. Root only (a loop device); without it the test prints SKIPPED.
-//!
-//! Running out of space stops the shard (fail-stop), like any failed write:
-//! that it is not yet a retryable error is stated in docs/RELIABILITY.md.
+//! when a new segment cannot be created. The request that needed the segment
+//! is refused with `Error::NoSpace` — retryable: it got no offset, the shard
+//! goes on, nothing half-created is left holding space — and once space is
+//! freed the same engine writes again at the next offset. Nothing
+//! acknowledged is lost across a reopen. Root only (a loop device); without
+//! it the test prints SKIPPED.
 
 mod common;
 
@@ -14,7 +13,7 @@ use common::{say, small_config, test_dir};
 use corewal::{Backend, Engine, Error, Offset};
 
 #[test]
-fn running_out_of_space_stops_the_shard_and_loses_nothing_acknowledged() {
+fn running_out_of_space_refuses_with_a_retryable_error_and_loses_nothing() {
     if let Err(why) = can_mount() {
         say(&format!("enospc: SKIPPED: {why}"));
         return;
@@ -48,36 +47,66 @@ fn running_out_of_space_stops_the_shard_and_loses_nothing_acknowledged() {
     let ch = engine.register("c").unwrap();
     let record = vec![0x42u8; 3000];
     let mut acked = 0u64;
-    let cause = loop {
+    let refused = loop {
         match ch.append(&record) {
             Ok(off) => {
                 assert_eq!(off, Offset(acked));
                 acked += 1;
                 assert!(acked < 100_000, "the filesystem never filled");
             }
-            Err(Error::ShardFailed { cause, .. }) => break cause,
-            Err(e) => panic!("unexpected error {e}"),
+            Err(e) => break e,
         }
     };
-    assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC), "{cause}");
-    // Nothing is acknowledged after the failure.
-    assert!(matches!(ch.append(&record), Err(Error::ShardFailed { .. })));
-    drop(ch);
-    let _ = engine.close();
+    assert!(
+        matches!(refused, Error::NoSpace { .. }) && refused.is_retryable(),
+        "{refused}"
+    );
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
+    // Refused again at once, the shard alive: what was acknowledged reads back.
+    assert!(matches!(ch.append(&record), Err(Error::NoSpace { .. })));
+    assert_eq!(ch.read(..).unwrap().len() as u64, acked);
+    assert_eq!(ch.next_offset().unwrap(), Offset(acked));
+    // The failed creation left no half-filled file behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("shard-000"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "creating"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // Space freed: the same engine writes again, at the next offset.
     std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let resumed = loop {
+        match ch.append(&record) {
+            Ok(off) => break off,
+            Err(Error::NoSpace { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("after space was freed: {e}"),
+        }
+    };
+    assert_eq!(resumed, Offset(acked), "a refused request used an offset");
+    let mut total = acked + 1;
+    for _ in 0..200 {
+        assert_eq!(ch.append(&record).unwrap(), Offset(total));
+        total += 1;
+    }
+    drop(ch);
+    engine.close().unwrap();
+
     let engine = Engine::open(config).unwrap();
     let ch = engine.register("c").unwrap();
     let records = ch.read(..).unwrap();
-    assert!(
-        records.len() as u64 >= acked,
-        "{} of {acked}",
-        records.len()
-    );
-    assert!(records.iter().all(|r| r.data[..] == record[..]));
-    assert_eq!(ch.append(&record).unwrap(), Offset(records.len() as u64));
+    assert_eq!(records.len() as u64, total);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, Offset(i as u64));
+        assert_eq!(r.data[..], record[..]);
+    }
+    assert_eq!(ch.append(&record).unwrap(), Offset(total));
     engine.close().unwrap();
     say(&format!(
-        "enospc: {acked} records acknowledged before the filesystem filled; all recovered after space was freed"
+        "enospc: {acked} records acknowledged before the filesystem filled, then refused with NoSpace \
+         (retryable); {total} written after space was freed, all recovered"
     ));
 }

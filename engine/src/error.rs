@@ -115,6 +115,19 @@ pub enum Error {
         cause: Arc<Error>,
     },
 
+    /// The shard's next segment could not be created for lack of space
+    /// (`ENOSPC` or `EDQUOT`). Retryable: nothing of the refused request was
+    /// written or assigned an offset, the shard goes on, and the request
+    /// succeeds once space is freed. Requests that fit the current segment
+    /// are not affected.
+    #[error("shard {shard} has no space for its next segment ({cause}); nothing of this request was written — free space and retry")]
+    NoSpace {
+        /// The shard.
+        shard: u16,
+        /// The error from creating the segment.
+        cause: Arc<Error>,
+    },
+
     /// The WAL holds damage that is not a torn tail.
     #[error("WAL damage in shard {shard}, segment {segment}, byte {position}: {what}; run `corewal verify` on the directory")]
     Corruption {
@@ -177,9 +190,20 @@ impl Error {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Error::Io { source, .. } => source.raw_os_error(),
-            Error::ShardFailed { cause, .. } => cause.raw_os_error(),
+            Error::ShardFailed { cause, .. } | Error::NoSpace { cause, .. } => cause.raw_os_error(),
             _ => None,
         }
+    }
+
+    /// Whether the same request may succeed if retried later on the same
+    /// engine (today: [`Error::NoSpace`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::NoSpace { .. })
+    }
+
+    /// Whether this is a full filesystem or an exhausted quota.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
     }
 }
 

@@ -52,6 +52,9 @@ pub struct ShardMetrics {
     /// Sleeps that lasted their whole bound with requests queued although a
     /// wake-up was sent: the thread ran late (its core was busy).
     pub wakeups_late: AtomicU64,
+    /// Requests refused because the next segment could not be created for
+    /// lack of space (`Error::NoSpace`).
+    pub no_space: AtomicU64,
 }
 
 /// A copy of a shard's counters.
@@ -90,6 +93,8 @@ pub struct ShardMetricsSnapshot {
     pub wakeups_missed: u64,
     /// Sleeps that lasted their whole bound although a wake-up was sent.
     pub wakeups_late: u64,
+    /// Requests refused for lack of space for the next segment.
+    pub no_space: u64,
 }
 
 impl ShardMetrics {
@@ -113,6 +118,7 @@ impl ShardMetrics {
             recovery_damage: r(&self.recovery_damage),
             wakeups_missed: r(&self.wakeups_missed),
             wakeups_late: r(&self.wakeups_late),
+            no_space: r(&self.no_space),
         }
     }
 }
@@ -163,6 +169,7 @@ impl std::ops::Add for ShardMetricsSnapshot {
             recovery_damage: self.recovery_damage + o.recovery_damage,
             wakeups_missed: self.wakeups_missed + o.wakeups_missed,
             wakeups_late: self.wakeups_late + o.wakeups_late,
+            no_space: self.no_space + o.no_space,
         }
     }
 }

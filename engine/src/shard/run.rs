@@ -237,6 +237,21 @@ enum Accepted {
     Full(Request),
 }
 
+/// Whether a request's entries may join the commit being built.
+enum Admit {
+    Yes,
+    /// Not now: the commit is full, or the request starts the next segment
+    /// and must wait for the commits in flight.
+    Full,
+    /// Refused with this error; nothing was assigned.
+    Refused(Error),
+}
+
+/// After the next segment could not be created for lack of space, requests
+/// that need it are refused at once for this long; the next one after it
+/// tries again.
+const NO_SPACE_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 struct Shard {
     id: ShardId,
     config: Arc<Config>,
@@ -260,6 +275,8 @@ struct Shard {
     in_flight_max: usize,
     deferred: Option<Request>,
     failed: Option<Error>,
+    /// When the next segment last failed for lack of space, and why.
+    no_space: Option<(Instant, Error)>,
     closing: bool,
     unsynced_since: Option<Instant>,
     preparer: SegmentPreparer,
@@ -369,6 +386,7 @@ impl Shard {
             in_flight_max,
             deferred: None,
             failed: None,
+            no_space: None,
             closing: false,
             unsynced_since: None,
             preparer,
@@ -406,6 +424,15 @@ impl Shard {
                 self.inbox.notify_space();
             }
             if self.flights.len() < self.in_flight_max {
+                if self.building.builder.is_empty() {
+                    // A request that starts the next segment waited for
+                    // the flights to drain.
+                    if let Some(r) = self.deferred.take() {
+                        if let Accepted::Full(r) = self.accept(r) {
+                            self.deferred = Some(r);
+                        }
+                    }
+                }
                 if !self.building.builder.is_empty() {
                     self.start_commit();
                     if let Some(r) = self.deferred.take() {
@@ -526,6 +553,60 @@ impl Shard {
         }
     }
 
+    /// Admission of `records` records with `bytes` entry bytes into the
+    /// commit being built. A commit never runs past its segment's end: when
+    /// it would, what is built goes first, and the request starts the next
+    /// segment — admitted only once that segment exists, so that a full
+    /// filesystem refuses the request before it gets an offset, and never
+    /// stops the shard.
+    fn admit(&mut self, records: usize, bytes: usize) -> Admit {
+        let builder = &self.building.builder;
+        if !builder.fits(records, bytes) {
+            return Admit::Full;
+        }
+        let sealed = builder.sealed_len_with(bytes) as u64;
+        if self.write_position.saturating_add(sealed) <= self.segment.bytes {
+            return Admit::Yes;
+        }
+        if !builder.is_empty() {
+            return Admit::Full;
+        }
+        let seq = self.next_segment_seq;
+        if self.preparer.is_ready(seq) {
+            return Admit::Yes;
+        }
+        let no_space = |shard: ShardId, cause: &Error| Error::NoSpace {
+            shard: shard.0,
+            cause: Arc::new(cause.clone()),
+        };
+        if let Some((at, cause)) = &self.no_space {
+            if at.elapsed() < NO_SPACE_RETRY_AFTER {
+                return Admit::Refused(no_space(self.id, cause));
+            }
+        }
+        if !self.flights.is_empty() {
+            // Acknowledgements do not wait for the preparer: the request
+            // waits for the flights first (segments change only when idle).
+            return Admit::Full;
+        }
+        match self.preparer.wait_ready(seq) {
+            Ok(()) => {
+                self.no_space = None;
+                Admit::Yes
+            }
+            Err(e) if e.is_no_space() => {
+                self.metrics.no_space.fetch_add(1, Ordering::Relaxed);
+                let refused = no_space(self.id, &e);
+                self.no_space = Some((Instant::now(), e));
+                Admit::Refused(refused)
+            }
+            Err(e) => {
+                self.fail(e);
+                Admit::Refused(self.shard_failed().expect("failed above"))
+            }
+        }
+    }
+
     fn shard_failed(&self) -> Option<Error> {
         self.failed.as_ref().map(|cause| Error::ShardFailed {
             shard: self.id.0,
@@ -545,8 +626,13 @@ impl Shard {
                     ack.complete(Err(e));
                     return Accepted::Done;
                 }
-                if !self.building.builder.fits(0, entry_bytes(name.len())) {
-                    return Accepted::Full(Request::Register { name, ack });
+                match self.admit(0, entry_bytes(name.len())) {
+                    Admit::Yes => {}
+                    Admit::Full => return Accepted::Full(Request::Register { name, ack }),
+                    Admit::Refused(e) => {
+                        ack.complete(Err(e));
+                        return Accepted::Done;
+                    }
                 }
                 let commit = self.building.builder.commit_seq();
                 // A name dropped before starts where the dropped channel
@@ -578,8 +664,13 @@ impl Shard {
                     ack.complete(Err(e));
                     return Accepted::Done;
                 }
-                if !self.building.builder.fits(0, entry_bytes(0)) {
-                    return Accepted::Full(Request::Unregister { name, ack });
+                match self.admit(0, entry_bytes(0)) {
+                    Admit::Yes => {}
+                    Admit::Full => return Accepted::Full(Request::Unregister { name, ack }),
+                    Admit::Refused(e) => {
+                        ack.complete(Err(e));
+                        return Accepted::Done;
+                    }
                 }
                 let commit = self.building.builder.commit_seq();
                 let next = self.table.get(id).expect("looked up").next_offset;
@@ -618,13 +709,21 @@ impl Shard {
                     }));
                     return Accepted::Done;
                 }
-                if !self.building.builder.fits(1, entry_bytes(record.len())) {
-                    return Accepted::Full(Request::Append {
-                        channel,
-                        record,
-                        ack,
-                    });
+                match self.admit(1, entry_bytes(record.len())) {
+                    Admit::Yes => {}
+                    Admit::Full => {
+                        return Accepted::Full(Request::Append {
+                            channel,
+                            record,
+                            ack,
+                        })
+                    }
+                    Admit::Refused(e) => {
+                        ack.complete(Err(e));
+                        return Accepted::Done;
+                    }
                 }
+                let ch = self.table.get_mut(channel).expect("looked up above");
                 let offset = ch.next_offset;
                 ch.next_offset = Offset(offset.0 + 1);
                 self.building
@@ -655,14 +754,7 @@ impl Shard {
                     }));
                     return Accepted::Done;
                 }
-                if !self.building.builder.fits(records.len(), bytes) {
-                    return Accepted::Full(Request::AppendBatch {
-                        channel,
-                        records,
-                        ack,
-                    });
-                }
-                let Some(ch) = self.table.get_mut(channel) else {
+                let Some(ch) = self.table.get(channel) else {
                     ack.complete(Err(unknown_channel(channel)));
                     return Accepted::Done;
                 };
@@ -672,6 +764,21 @@ impl Shard {
                     }));
                     return Accepted::Done;
                 }
+                match self.admit(records.len(), bytes) {
+                    Admit::Yes => {}
+                    Admit::Full => {
+                        return Accepted::Full(Request::AppendBatch {
+                            channel,
+                            records,
+                            ack,
+                        })
+                    }
+                    Admit::Refused(e) => {
+                        ack.complete(Err(e));
+                        return Accepted::Done;
+                    }
+                }
+                let ch = self.table.get_mut(channel).expect("looked up above");
                 let first = ch.next_offset;
                 ch.next_offset = Offset(first.0 + records.len() as u64);
                 for (i, record) in records.into_iter().enumerate() {

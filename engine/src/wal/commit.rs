@@ -99,6 +99,11 @@ impl CommitBuilder {
         round_up(self.used, self.block)
     }
 
+    /// Bytes the sealed commit would take with `entry_bytes_total` more.
+    pub fn sealed_len_with(&self, entry_bytes_total: usize) -> usize {
+        round_up(self.used + entry_bytes_total, self.block)
+    }
+
     /// Writes the header for the commit's place and zero-pads to the block
     /// size. Returns the bytes to write.
     pub fn seal(

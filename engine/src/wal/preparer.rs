@@ -135,12 +135,36 @@ impl SegmentPreparer {
 
     /// Returns segment `seq`, waiting for it (and requesting it if nobody did).
     pub fn take(&self, seq: SegmentSeq) -> Result<Segment> {
+        let mut st = self.wait_for(seq);
+        st.ready.take().expect("waited for").1
+    }
+
+    /// Waits until segment `seq` is created (requesting it if nobody did),
+    /// without taking it. A failed creation is handed over and forgotten, so
+    /// that the next call tries again.
+    pub fn wait_ready(&self, seq: SegmentSeq) -> Result<()> {
+        let mut st = self.wait_for(seq);
+        if st.ready.as_ref().is_some_and(|(_, r)| r.is_ok()) {
+            return Ok(());
+        }
+        st.ready.take().expect("waited for").1.map(drop)
+    }
+
+    /// Whether segment `seq` is created and waiting to be taken.
+    pub fn is_ready(&self, seq: SegmentSeq) -> bool {
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ready
+            .as_ref()
+            .is_some_and(|(s, r)| *s == seq && r.is_ok())
+    }
+
+    /// Waits until `ready` holds segment `seq`'s outcome.
+    fn wait_for(&self, seq: SegmentSeq) -> std::sync::MutexGuard<'_, State> {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if st.ready.as_ref().is_some_and(|(s, _)| *s == seq) {
-                let (_, r) = st.ready.take().expect("checked");
                 self.shared.urgent.store(false, Ordering::Relaxed);
-                return r;
+                return st;
             }
             if !self.shared.urgent.swap(true, Ordering::Relaxed) {
                 // A paced fill waits on the same condition: run it flat out.

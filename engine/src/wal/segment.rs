@@ -76,9 +76,35 @@ pub fn create_segment(
     // A leftover from a crash during an earlier creation: it never held a commit.
     let _ = fs::remove_file(&tmp);
     let file = file::create_new(&tmp, spec.access, spec.file_mode)?;
+    if let Err(e) = fill_and_publish(spec, &file, &tmp, &path, zeros, between) {
+        // Never leave a half-filled file behind: on a full filesystem it
+        // would hold the space a retry needs.
+        drop(file);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Segment {
+        seq: h.segment_seq,
+        path,
+        file,
+        bytes: h.segment_bytes,
+    })
+}
+
+/// Writes the header and zeros of the new segment file `tmp`, then gives it
+/// its name `path` and syncs the directory.
+fn fill_and_publish(
+    spec: &SegmentSpec<'_>,
+    file: &File,
+    tmp: &Path,
+    path: &Path,
+    zeros: &mut AlignedBuf,
+    between: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<()> {
+    let h = &spec.header;
     encode_segment_header(h, &mut zeros[..]);
     let block = h.block_bytes as usize;
-    let first = file::write_all_at(&file, &tmp, &zeros[..block], 0, "write segment header");
+    let first = file::write_all_at(file, tmp, &zeros[..block], 0, "write segment header");
     zeros[..block].fill(0);
     first?;
     // One synced piece per buffer: on a device with a volatile cache every
@@ -88,22 +114,14 @@ pub fn create_segment(
     let mut at = block as u64;
     while at < h.segment_bytes {
         let end = (at + zeros.len() as u64).min(h.segment_bytes);
-        file::zero_fill(&file, &tmp, zeros, at, end)?;
+        file::zero_fill(file, tmp, zeros, at, end)?;
         at = end;
         if !between(at, h.segment_bytes) {
-            drop(file);
-            let _ = fs::remove_file(&tmp);
             return Err(Error::Closed);
         }
     }
-    file::rename_no_replace(&tmp, &path)?;
-    file::sync_dir(spec.shard_dir)?;
-    Ok(Segment {
-        seq: h.segment_seq,
-        path,
-        file,
-        bytes: h.segment_bytes,
-    })
+    file::rename_no_replace(tmp, path)?;
+    file::sync_dir(spec.shard_dir)
 }
 
 /// Lists the shard's segments in sequence order; with `tidy`, first removes
