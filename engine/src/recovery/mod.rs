@@ -5,8 +5,6 @@
 //! commit; *later commit* = a block after the chain end whose header decodes
 //! with this segment's identity and a sequence number not yet replayed):
 //!
-//! | segment | at the chain end          | later commit? | outcome                         |
-//! |---------|---------------------------|---------------|---------------------------------|
 //! | at the chain end                        | later commit? | outcome                          |
 //! |-----------------------------------------|---------------|----------------------------------|
 //! | zeros (never written)                   | no            | end of this segment's chain      |
