@@ -226,3 +226,81 @@ fn a_missing_shard_directory_is_a_format_error_naming_it() {
         other => panic!("expected Format, got {other:?}"),
     }
 }
+
+#[test]
+fn an_open_that_fails_cuts_nothing_and_the_next_open_reports_the_torn_tail() {
+    // Shard 1 has a torn tail, shard 0 damage before its tail: the open
+    // fails on shard 0. Shard 1 recovered meanwhile, but nothing of its torn
+    // tail may be cut before it writes: once shard 0 is repaired, the next
+    // open must find and report the torn tail itself.
+    let dir = test_dir();
+    let config = small_config(dir.path(), 2, Backend::IoUring);
+    let engine = Engine::open(config.clone()).unwrap();
+    let block = engine.block_bytes();
+    let names: Vec<String> = (0..64).map(|i| format!("ch-{i}")).collect();
+    let on = |shard: u16| {
+        names
+            .iter()
+            .find(|n| engine.register(n).unwrap().shard().0 == shard)
+            .unwrap()
+            .clone()
+    };
+    let (a, b) = (on(0), on(1));
+    for i in 0..20u64 {
+        for name in [&a, &b] {
+            let ch = engine.register(name).unwrap();
+            assert_eq!(
+                ch.append(format!("{name}-{i}").as_bytes()).unwrap(),
+                Offset(i)
+            );
+        }
+    }
+    engine.close().unwrap();
+    let seg = |shard: &str| dir.path().join(shard).join("0000000000000001.wal");
+    let (seg0, seg1) = (seg("shard-000"), seg("shard-001"));
+    let c1 = common::commits(&seg1, block);
+    let last = *c1.last().unwrap();
+    modify(&seg1, |d| {
+        d[last.pos + 64 + 16..last.pos + last.used].fill(0)
+    });
+    let torn = std::fs::read(&seg1).unwrap();
+    let original0 = std::fs::read(&seg0).unwrap();
+    let first0 = common::commits(&seg0, block)[0];
+    modify(&seg0, |d| d[first0.pos + 64 + 30] ^= 0x01);
+
+    assert!(matches!(
+        Engine::open(config.clone()),
+        Err(Error::Corruption { .. })
+    ));
+    assert_eq!(
+        std::fs::read(&seg1).unwrap(),
+        torn,
+        "the failed open changed shard 1's segment"
+    );
+
+    std::fs::write(&seg0, &original0).unwrap();
+    let engine = Engine::open(config).unwrap();
+    let damage = engine.recovery_damage();
+    assert!(
+        matches!(
+            &damage[..],
+            [corewal::Damage {
+                shard: 1,
+                action: corewal::DamageAction::TornTailCut,
+                ..
+            }]
+        ),
+        "{damage:?}"
+    );
+    assert_eq!(engine.register(&a).unwrap().read(..).unwrap().len(), 20);
+    let ch = engine.register(&b).unwrap();
+    assert_eq!(ch.read(..).unwrap().len(), 19, "the torn commit is cut");
+    // Writing resumes at the cut, over zeros.
+    assert_eq!(ch.append(b"after").unwrap(), Offset(19));
+    engine.close().unwrap();
+    let engine = Engine::open(small_config(dir.path(), 2, Backend::IoUring)).unwrap();
+    assert!(engine.recovery_damage().is_empty());
+    let got = engine.register(&b).unwrap().read(..).unwrap();
+    assert_eq!(got.len(), 20);
+    assert_eq!(&got[19].data[..], b"after");
+}

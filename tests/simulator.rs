@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use common::{cycles, say, seed, Rng};
 use corewal::sim::{SimDisk, SimFault, SimReadFault, SIM_SECTOR_BYTES};
 use corewal::{Backend, Channel, Config, Engine, Error, Offset, SyncMethod};
+use corewal_engine::store::route;
 
 const NAMES: [&str; 12] = [
     "orders", "audit", "dml_1_v0", "dml_2_v0", "dml_3_v0", "metrics", "events", "tmp", "a", "b",
@@ -48,6 +49,12 @@ struct Chan {
     acked: Vec<Vec<u8>>,
     /// Records whose append failed, in order of submission.
     pending: Vec<Vec<u8>>,
+    /// Records (acknowledged or not) that the last recovery did not return
+    /// while their shard has written nothing since: what recovery found
+    /// torn is zeroed only before the shard's next write, so a damage that
+    /// was only in the reading may let them come back — at their offsets,
+    /// in order — until then.
+    lost: Vec<Vec<u8>>,
 }
 
 impl Chan {
@@ -154,24 +161,26 @@ fn check(
             .next_offset()
             .map_err(|e| format!("next_offset {name}: {e}"))?
             .0;
-        let as_model = |m: &Chan| -> Result<usize, String> {
-            let want = m.acked.len();
-            if recs.len() < want || recs.len() > want + m.pending.len() {
+        let all: Vec<&Vec<u8>> = m.acked.iter().chain(&m.lost).chain(&m.pending).collect();
+        let want = m.acked.len();
+        // Recovery returned a prefix of everything that may exist, each at
+        // its offset, byte for byte; nothing else.
+        let prefix = || -> Result<(), String> {
+            if recs.len() > all.len() {
                 return Err(format!(
-                    "{name}: {} records, expected {want} acknowledged + up to {} failed",
+                    "{name}: {} records, at most {} may exist",
                     recs.len(),
-                    m.pending.len()
+                    all.len()
                 ));
             }
             for (i, r) in recs.iter().enumerate() {
-                let expect = m.acked.get(i).unwrap_or_else(|| &m.pending[i - want]);
-                if r.offset != Offset(m.base + i as u64) || r.data[..] != expect[..] {
+                if r.offset != Offset(m.base + i as u64) || r.data[..] != all[i][..] {
                     return Err(format!(
                         "{name}: record {i} is offset {} with {} bytes, expected offset {} with {} bytes",
                         r.offset.0,
                         r.data.len(),
                         m.base + i as u64,
-                        expect.len()
+                        all[i].len()
                     ));
                 }
             }
@@ -182,40 +191,67 @@ fn check(
                     m.base
                 ));
             }
-            Ok(recs.len() - want)
+            Ok(())
         };
-        let outcome = match as_model(m) {
-            Ok(appeared) => Ok(appeared),
-            // A drop whose acknowledgement was lost to the fault may have
-            // happened: the name is then a fresh channel after the old one.
-            Err(_) if m.unsure && recs.is_empty() && next >= m.next() => Ok(0),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(appeared) => {
-                totals.pending_appeared += appeared as u64;
-                totals.checked += m.acked.len() as u64;
+        // A drop whose acknowledgement was lost to the fault may have
+        // happened: the name is then a fresh channel after the old one.
+        let dropped = m.unsure && recs.is_empty() && next >= m.next();
+        let mut was_dropped = false;
+        match prefix() {
+            Ok(()) if recs.len() >= want => {
+                totals.pending_appeared += (recs.len() - want) as u64;
+                totals.checked += want as u64;
             }
-            Err(e) if damaged && reported => {
+            _ if dropped => was_dropped = true,
+            Ok(()) if damaged && reported => {
                 totals.reported_loss += 1;
-                if std::env::var_os("COREWAL_SIM_VERBOSE").is_some() {
-                    eprintln!("reported loss: {e}; damage: {:?}", engine.recovery_damage());
-                }
+                trace(|| {
+                    format!(
+                        "{name}: {} of {want} acknowledged records after reported damage {:?}",
+                        recs.len(),
+                        engine.recovery_damage()
+                    )
+                });
             }
-            Err(e) => {
+            Ok(()) => {
                 return Err(format!(
-                    "{e} (damage injected: {damaged}, damage reported: {reported})"
+                    "{name}: {} records, expected {want} acknowledged (damage injected: {damaged}, damage reported: {reported})",
+                    recs.len()
                 ))
             }
+            Err(e) => return Err(format!("{e} (damage injected: {damaged}, damage reported: {reported})")),
         }
         // Adopt what recovery rebuilt: it is the store's state from now on.
+        let lost: Vec<Vec<u8>> = if was_dropped {
+            Vec::new()
+        } else {
+            all[recs.len()..].iter().map(|r| r.to_vec()).collect()
+        };
         m.base = recs.first().map_or(next, |r| r.offset.0);
         m.acked = recs.iter().map(|r| r.data.to_vec()).collect();
+        m.lost = lost;
         m.pending.clear();
         m.live = true;
         m.unsure = false;
     }
     Ok(())
+}
+
+/// A write to `shard` (attempted: its commit zeroes what recovery found
+/// torn first) ends the chance of its channels' unreturned records.
+fn forget_lost(model: &mut HashMap<&'static str, Chan>, shards: usize, shard: u16) {
+    for (name, m) in model.iter_mut() {
+        if route(name, shards) == shard {
+            m.lost.clear();
+        }
+    }
+}
+
+/// Prints the story of a seed when `COREWAL_SIM_VERBOSE` is set.
+fn trace(what: impl FnOnce() -> String) {
+    if std::env::var_os("COREWAL_SIM_VERBOSE").is_some() {
+        eprintln!("sim: {}", what());
+    }
 }
 
 /// Runs one seed: sessions of workload, fault, power cut and check.
@@ -264,6 +300,12 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         };
         disk.clear_plans();
         undo = None;
+        trace(|| {
+            format!(
+                "session {session}: opened; damage {:?}",
+                engine.recovery_damage()
+            )
+        });
         check(&engine, &mut model, damaged, totals)
             .map_err(|e| format!("session {session}: {e}"))?;
         damaged = false;
@@ -283,13 +325,25 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         if let Some(f) = fault {
             disk.plan(at, f);
         }
+        trace(|| format!("session {session}: {fault:?} planned at operation {at}"));
 
         let mut handles: HashMap<&'static str, Channel> = HashMap::new();
         let ops = 10 + rng.below(120);
         for _ in 0..ops {
             let name = NAMES[rng.below(NAMES.len() as u64) as usize];
+            let op = rng.below(100);
+            let live = model.get(name).is_some_and(|m| m.live);
+            let writes = match op {
+                0..=11 => !live,
+                12..=16 => live,
+                17..=30 => false,
+                _ => handles.contains_key(name),
+            };
+            if writes {
+                forget_lost(&mut model, shards, route(name, shards));
+            }
             let m = model.entry(name).or_default();
-            match rng.below(100) {
+            match op {
                 0..=11 => match engine.register(name) {
                     Ok(ch) => {
                         if !m.live && !m.unsure {
@@ -350,6 +404,7 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                             continue;
                         };
                         let data = record(&mut rng, max_record / 2);
+                        forget_lost(&mut model, shards, ch.shard().0);
                         let future = ch.append_async(data.clone());
                         flying.push((name, data, future));
                     }
@@ -433,9 +488,30 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
             totals.damage_injected += 1;
         }
         let cut = disk.power_cut().map_err(|e| format!("power cut: {e}"))?;
+        trace(|| {
+            let chains: Vec<String> = segment_files(dir.path())
+                .iter()
+                .map(|(p, end)| {
+                    let c: Vec<usize> = common::commits(p, 4096).iter().map(|c| c.pos).collect();
+                    format!("{}: commits at {c:?}, non-zero to {end}", p.display())
+                })
+                .collect();
+            format!(
+                "session {session}: {} operations, fault happened: {happened}; power cut {cut:?}; {chains:?}",
+                disk.stats().ops
+            )
+        });
         totals.power_cuts += 1;
         totals.torn += cut.torn;
 
+        if let Some(keep) = std::env::var_os("COREWAL_SIM_KEEP") {
+            let to = PathBuf::from(keep).join(format!("session-{session}"));
+            let _ = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(dir.path())
+                .arg(&to)
+                .status();
+        }
         // Damage at rest or on read, before the next open.
         let files = segment_files(dir.path());
         let used: Vec<_> = files.into_iter().filter(|(_, end)| *end > 0).collect();
@@ -444,7 +520,14 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
             let byte = rng.below(end);
             damaged = true;
             totals.damage_injected += 1;
-            match rng.below(3) {
+            let kind = rng.below(3);
+            trace(|| {
+                format!(
+                    "damage {kind} (0 decay, 1 unreadable, 2 bad read) at {} byte {byte}",
+                    path.display()
+                )
+            });
+            match kind {
                 0 => {
                     let bit = rng.below(8) as u8;
                     disk.flip_bit_at_rest(&path, byte, bit).unwrap();

@@ -190,6 +190,35 @@ pub struct Recovered {
     pub next_segment_seq: SegmentSeq,
     /// Damage found and what was done about it (torn tails included).
     pub damage: Vec<Damage>,
+    /// What a torn tail left, to be zeroed before writing resumes
+    /// ([`apply_cuts`]). Not done during recovery, so that an open that
+    /// fails (another shard's damage, say) changes nothing and the next open
+    /// finds and reports the same torn tail.
+    pub cuts: Vec<Cut>,
+}
+
+/// A byte range of a segment file to zero before writing resumes.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// The segment file.
+    pub path: std::path::PathBuf,
+    /// Its block size.
+    pub block: usize,
+    /// First byte to zero.
+    pub from: u64,
+    /// One past the last byte to zero.
+    pub to: u64,
+}
+
+/// Zeroes and syncs every range in `cuts`, so that no byte a torn write left
+/// can be read as part of a later commit's place.
+pub fn apply_cuts(cuts: &[Cut], access: Access) -> Result<()> {
+    for c in cuts {
+        let f = file::open_rw(&c.path, access)?;
+        let zeros = AlignedBuf::new(READ_CHUNK_BYTES, c.block);
+        file::zero_fill(&f, &c.path, &zeros, c.from, c.to)?;
+    }
+    Ok(())
 }
 
 /// Damage recovery found and went past, in WAL order.
@@ -323,6 +352,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     // Non-zero bytes without a commit in segments after a damaged chain
     // end: zeroed with the torn tail if that is what it turns out to be.
     let mut junk: Vec<(std::path::PathBuf, usize, u64, u64)> = Vec::new();
+    let mut cuts: Vec<Cut> = Vec::new();
     for (i, (seq, path)) in segments.iter().enumerate() {
         next_segment_seq = SegmentSeq(
             seq.0
@@ -690,14 +720,17 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                 ),
             ));
         }
-        // Torn tail: zero what the torn commit left, so that no byte of it
-        // can be read as part of a later commit's place.
+        // Torn tail: what the torn commit left is zeroed before writing
+        // resumes (see `Recovered::cuts`).
         if !ctx.read_only {
             let tail = (t.at.path.clone(), t.at.block, t.at.position, t.nonzero_end);
             for (path, block, from, to) in std::iter::once(tail).chain(junk.drain(..)) {
-                let f = file::open_rw(&path, ctx.access)?;
-                let zeros = AlignedBuf::new(READ_CHUNK_BYTES, block);
-                file::zero_fill(&f, &path, &zeros, from, to)?;
+                cuts.push(Cut {
+                    path,
+                    block,
+                    from,
+                    to,
+                });
             }
         }
         damage.push(Damage {
@@ -742,6 +775,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         tail,
         next_segment_seq,
         damage,
+        cuts,
     })
 }
 

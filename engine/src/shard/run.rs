@@ -24,7 +24,7 @@ use crate::config::{Backend, Config, Durability, SyncMethod};
 use crate::error::{Error, Result};
 use crate::io::file::Access;
 use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
-use crate::recovery::{recover_shard, Damage, RecoverContext};
+use crate::recovery::{apply_cuts, recover_shard, Cut, Damage, RecoverContext};
 use crate::shard::ack::Ack;
 use crate::shard::inbox::{Inbox, Request};
 use crate::shard::metrics::{commit_records_bucket, ShardMetrics};
@@ -277,6 +277,10 @@ struct Shard {
     failed: Option<Error>,
     /// When the next segment last failed for lack of space, and why.
     no_space: Option<(Instant, Error)>,
+    /// What a torn tail left, zeroed before the first commit is written.
+    cuts: Vec<Cut>,
+    /// How segment files are opened.
+    access: Access,
     closing: bool,
     unsynced_since: Option<Instant>,
     preparer: SegmentPreparer,
@@ -387,6 +391,8 @@ impl Shard {
             deferred: None,
             failed: None,
             no_space: None,
+            cuts: recovered.cuts,
+            access,
             closing: false,
             unsynced_since: None,
             preparer,
@@ -849,6 +855,13 @@ impl Shard {
     }
 
     fn start_commit(&mut self) {
+        if !self.cuts.is_empty() {
+            if let Err(e) = apply_cuts(&self.cuts, self.access) {
+                self.fail(e);
+                return;
+            }
+            self.cuts.clear();
+        }
         if !self.spare_requested {
             self.preparer.request(self.next_segment_seq);
             self.spare_requested = true;
