@@ -24,7 +24,9 @@ pub struct RecoverBenchArgs {
     /// Payload bytes to write before reopening (suffixes KiB, MiB, GiB).
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     bytes: u64,
-    /// Channels the data set is spread over.
+    /// Channels the data set is spread over (with --reuse: the number it was
+    /// written with; the reopening process registers every one of them
+    /// while recovery runs).
     #[arg(long, default_value_t = 1000)]
     channels: usize,
     /// Payload bytes of each record.

@@ -539,7 +539,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                         && damage
                             .iter()
                             .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
-                    for e in EntryIter::new(&owned, h.commit_seq, h.entry_count) {
+                    for e in EntryIter::verified(&owned, h.entry_count) {
                         let e = e.expect("verified in the first pass");
                         let lost = apply(&mut table, &e, &owned, h.commit_seq, after_skip)
                             .map_err(|what| error(*seq, pos as u64, what))?;
