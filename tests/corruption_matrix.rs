@@ -258,3 +258,28 @@ fn a_block_from_another_offset_or_an_older_segment_is_refused() {
     ));
     each_case(cases);
 }
+
+#[test]
+fn truncation_at_every_byte_of_the_last_two_commits_is_refused() {
+    // Segments are created at their full size, zero-filled, before any
+    // commit goes in: a crash never shortens one. A segment file cut short
+    // (a copy that stopped, a tool, a filesystem fault) is damage at every
+    // byte, whole commits or not.
+    let (_, _, c, _) = build();
+    let (last, prev) = (c[c.len() - 1], c[c.len() - 2]);
+    let cases = (prev.0..last.0 + last.1 + 1).map(|at| {
+        (
+            format!("segment truncated to {at} bytes"),
+            RecoveryMode::TolerateTornTail,
+            Expect::Damage,
+            Box::new(move |d: &mut Vec<u8>| d.truncate(at)) as Box<dyn Fn(&mut Vec<u8>)>,
+        )
+    });
+    let started = std::time::Instant::now();
+    let n = each_case(cases);
+    common::say(&format!(
+        "corruption matrix: {n} truncations, every byte of the last two commits, all refused ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+    assert!(n > 1000, "{n} cases");
+}
