@@ -55,11 +55,40 @@ struct Chan {
     /// was only in the reading may let them come back — at their offsets,
     /// in order — until then.
     lost: Vec<Vec<u8>>,
+    /// Every record ever written to the name, by offset (acknowledged or
+    /// not; an offset can hold different records after a cut of damaged
+    /// acknowledged ones).
+    written: HashMap<u64, Vec<Vec<u8>>>,
+    /// A recovery rolled the name back past what the model can follow (a
+    /// damaged last commit held a drop, say): until the shard writes, only
+    /// "nothing invented" is checked.
+    loose: bool,
 }
 
 impl Chan {
     fn next(&self) -> u64 {
         self.base + self.acked.len() as u64
+    }
+
+    fn wrote(&mut self, offset: u64, data: &[u8]) {
+        self.written.entry(offset).or_default().push(data.to_vec());
+    }
+
+    /// Records failed from the next offset on.
+    fn failed(&mut self, records: impl IntoIterator<Item = Vec<u8>>) {
+        for r in records {
+            let at = self.next() + self.pending.len() as u64;
+            self.wrote(at, &r);
+            self.pending.push(r);
+        }
+    }
+
+    /// Records acknowledged from offset `first` on.
+    fn acknowledged(&mut self, first: u64, records: impl IntoIterator<Item = Vec<u8>>) {
+        for (i, r) in records.into_iter().enumerate() {
+            self.wrote(first + i as u64, &r);
+            self.acked.push(r);
+        }
     }
 }
 
@@ -150,7 +179,10 @@ fn check(
         let Some(m) = model.get_mut(name) else {
             continue;
         };
-        if !m.live && !m.unsure {
+        // Damage of the log's last commits may have undone anything in them,
+        // a drop included: then every name is looked at.
+        let rollback = damaged && reported || m.loose;
+        if !m.live && !m.unsure && !rollback {
             continue;
         }
         let ch = engine
@@ -197,6 +229,18 @@ fn check(
         // happened: the name is then a fresh channel after the old one.
         let dropped = m.unsure && recs.is_empty() && next >= m.next();
         let mut was_dropped = false;
+        let mut rolled_back = false;
+        // Nothing invented: dense offsets, each record one that was written there.
+        let invented = || {
+            let dense = recs.windows(2).all(|w| w[1].offset.0 == w[0].offset.0 + 1);
+            let known = recs.iter().all(|r| {
+                m.written
+                    .get(&r.offset.0)
+                    .is_some_and(|c| c.iter().any(|d| d[..] == r.data[..]))
+            });
+            let next_ok = recs.last().is_none_or(|r| next == r.offset.0 + 1);
+            !(dense && known && next_ok)
+        };
         match prefix() {
             Ok(()) if recs.len() >= want => {
                 totals.pending_appeared += (recs.len() - want) as u64;
@@ -219,10 +263,15 @@ fn check(
                     recs.len()
                 ))
             }
+            Err(_) if rollback && !invented() => {
+                rolled_back = true;
+                totals.reported_loss += 1;
+                trace(|| format!("{name}: rolled back to {} records after reported damage", recs.len()));
+            }
             Err(e) => return Err(format!("{e} (damage injected: {damaged}, damage reported: {reported})")),
         }
         // Adopt what recovery rebuilt: it is the store's state from now on.
-        let lost: Vec<Vec<u8>> = if was_dropped {
+        let lost: Vec<Vec<u8>> = if was_dropped || rolled_back {
             Vec::new()
         } else {
             all[recs.len()..].iter().map(|r| r.to_vec()).collect()
@@ -233,6 +282,7 @@ fn check(
         m.pending.clear();
         m.live = true;
         m.unsure = false;
+        m.loose = rolled_back;
     }
     Ok(())
 }
@@ -243,6 +293,7 @@ fn forget_lost(model: &mut HashMap<&'static str, Chan>, shards: usize, shard: u1
     for (name, m) in model.iter_mut() {
         if route(name, shards) == shard {
             m.lost.clear();
+            m.loose = false;
         }
     }
 }
@@ -425,9 +476,9 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                                     ));
                                 }
                                 totals.acked += 1;
-                                m.acked.push(data);
+                                m.acknowledged(at.0, [data]);
                             }
-                            Err(_) => m.pending.push(data),
+                            Err(_) => m.failed([data]),
                         }
                     }
                 }
@@ -466,9 +517,9 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                                 ));
                             }
                             totals.acked += batch.len() as u64;
-                            m.acked.extend(batch);
+                            m.acknowledged(first.0, batch);
                         }
-                        Err(_) => m.pending.extend(batch),
+                        Err(_) => m.failed(batch),
                     }
                 }
             }
