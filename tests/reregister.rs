@@ -118,11 +118,12 @@ fn crash_cycle(dir: &std::path::Path, seed: u64, acked: &mut HashMap<String, u64
 #[test]
 fn reregistration_during_recovery_never_fails_or_collides() {
     let seed = common::seed();
-    let cycles = common::cycles("COREWAL_REREGISTER_CYCLES", 3);
+    let cycles = common::cycles("COREWAL_REREGISTER_CYCLES", 12);
     let dir = test_dir();
     let mut acked: HashMap<String, u64> = HashMap::new();
     // Offsets of the records this test appended itself (not the child).
     let mut probes_written: HashMap<String, Vec<u64>> = HashMap::new();
+    let (mut registrations, mut checked) = (0u64, 0u64);
     for c in 0..cycles {
         crash_cycle(dir.path(), seed.wrapping_add(c), &mut acked);
         // Reopen without waiting for recovery, and register at once.
@@ -164,6 +165,7 @@ fn reregistration_during_recovery_never_fails_or_collides() {
             let n = name(i);
             assert_eq!(a[&n], b[&n], "{n}: both components got the same channel");
         }
+        registrations += 2 * CHANNELS as u64;
         // Appends made now, possibly while recovery runs, come after the
         // recovered records.
         let probes: Vec<usize> = (0..CHANNELS).step_by(501).collect();
@@ -185,6 +187,7 @@ fn reregistration_during_recovery_never_fails_or_collides() {
             let n = name(i);
             let records = a[&n].read(..).unwrap();
             let want = acked.get(&n).copied().unwrap_or(0);
+            checked += want;
             assert!(
                 records.len() as u64 >= want,
                 "{n}: {} records, {want} acknowledged",
@@ -208,4 +211,8 @@ fn reregistration_during_recovery_never_fails_or_collides() {
         }
         engine.close().unwrap();
     }
+    common::say(&format!(
+        "reregister: {cycles} kill points, {registrations} registrations during recovery (0 failed, \
+         both registrars got the same channel for every name), {checked} acknowledged records checked (lost 0)"
+    ));
 }
