@@ -29,7 +29,7 @@
 //! bit flipped. With one client issuing one request at a time the sequence
 //! of operations, and so every fault, repeats exactly from a seed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -315,9 +315,9 @@ impl SimState {
 /// The [`CommitIo`] of one shard on a [`SimDisk`].
 pub struct SimIo {
     disk: SimDisk,
-    /// Waits on the wake fd; the simulated operations complete in `start`.
-    waiter: PortableIo,
-    done: VecDeque<(u64, Result<(), OpError>)>,
+    /// Holds the outcomes (the simulated operations complete in `start`)
+    /// and waits on the wake fd.
+    queue: PortableIo,
 }
 
 impl SimIo {
@@ -325,8 +325,7 @@ impl SimIo {
     pub fn new(disk: SimDisk, wake_fd: RawFd) -> SimIo {
         SimIo {
             disk,
-            waiter: PortableIo::new(wake_fd),
-            done: VecDeque::new(),
+            queue: PortableIo::new(wake_fd),
         }
     }
 
@@ -457,22 +456,19 @@ impl SimIo {
 impl CommitIo for SimIo {
     unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
         let result = self.run(op);
-        self.done.push_back((id, result));
+        self.queue.finished(id, result);
         Ok(())
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.queue.in_flight()
     }
 
     fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
-        self.done.pop_front()
+        self.queue.poll()
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
-        if !self.done.is_empty() {
-            return Ok(());
-        }
-        self.waiter.wait(timeout)
+        self.queue.wait(timeout)
     }
 }
