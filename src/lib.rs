@@ -129,8 +129,10 @@ impl Engine {
     ///
     /// # Errors
     /// `Error::InvalidChannelName` for an empty name, one over 255 bytes, or
-    /// one with a byte outside visible ASCII; `Error::ShardFailed` when the
-    /// channel's shard has failed; `Error::Closed` after close.
+    /// one with a byte outside visible ASCII; `Error::NoSpace` (retryable)
+    /// when a new channel's registration needs a segment that cannot be
+    /// created for lack of space; `Error::ShardFailed` when the channel's
+    /// shard has failed; `Error::Closed` after close.
     pub fn register(&self, name: &str) -> Result<Channel> {
         self.register_async(name)?.wait()
     }
@@ -175,7 +177,8 @@ impl Engine {
     /// ```
     ///
     /// # Errors
-    /// `Error::InvalidChannelName`; `Error::ShardFailed`; `Error::Closed`.
+    /// `Error::InvalidChannelName`; `Error::NoSpace` (retryable, as for
+    /// [`Channel::append`]); `Error::ShardFailed`; `Error::Closed`.
     pub fn unregister(&self, name: &str) -> Result<()> {
         corewal_engine::validate_channel_name(name)?;
         let shard = self.runtime.shard_for(name);
@@ -328,8 +331,13 @@ impl Channel {
     /// ```
     ///
     /// # Errors
-    /// `Error::RecordTooLarge`; `Error::ShardFailed` after an I/O error in the
-    /// channel's shard (nothing more is acknowledged); `Error::Closed`.
+    /// `Error::RecordTooLarge`; `Error::NoSpace` when the record needs the
+    /// shard's next segment and it cannot be created for lack of space — the
+    /// record was not written and got no offset; retrying appends it after
+    /// whatever other callers appended meanwhile (requests that fit the
+    /// current segment still succeed); `Error::ShardFailed` after an I/O
+    /// error in the channel's shard (nothing more is acknowledged);
+    /// `Error::Closed`.
     pub fn append(&self, record: &[u8]) -> Result<Offset> {
         self.check_len(record.len())?;
         self.submit_append(Bytes::copy_from_slice(record)).wait()

@@ -24,7 +24,10 @@
 mod common;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use common::{cycles, say, seed, Rng};
 use corewal::sim::{SimDisk, SimFault, SimReadFault, SIM_SECTOR_BYTES};
@@ -104,6 +107,7 @@ struct Totals {
     detected_open: u64,
     reported_loss: u64,
     pending_appeared: u64,
+    in_flight_most: u64,
 }
 
 /// A temporary directory: tmpfs when there is one (the simulated disk writes
@@ -121,10 +125,25 @@ fn sim_dir() -> tempfile::TempDir {
     .expect("create a temporary directory")
 }
 
-fn config(dir: &Path, shards: usize, sync: SyncMethod, disk: &SimDisk) -> Config {
+/// What a seed varies in the configuration.
+#[derive(Clone, Copy)]
+struct Shape {
+    shards: usize,
+    sync: SyncMethod,
+    in_flight: usize,
+    /// Records per commit at most (small: a burst becomes several commits,
+    /// in flight together).
+    per_commit: Option<usize>,
+}
+
+fn config(dir: &Path, shape: Shape, disk: &SimDisk) -> Config {
     let mut c = Config::new(dir);
-    c.sync_method = sync;
-    c.shards = Some(shards);
+    c.shards = Some(shape.shards);
+    c.sync_method = shape.sync;
+    c.commits_in_flight_max = shape.in_flight;
+    if let Some(n) = shape.per_commit {
+        c.records_per_commit_max = n;
+    }
     c.backend = Backend::Simulated(disk.clone());
     c.segment_bytes = 1 << 20;
     c.commit_bytes_max = 256 << 10;
@@ -174,20 +193,20 @@ fn check(
     damaged: bool,
     totals: &mut Totals,
 ) -> Result<(), String> {
-    let reported = !engine.recovery_damage().is_empty();
+    let damage = engine.recovery_damage();
     for name in NAMES {
         let Some(m) = model.get_mut(name) else {
             continue;
         };
-        // Damage of the log's last commits may have undone anything in them,
-        // a drop included: then every name is looked at.
-        let rollback = damaged && reported || m.loose;
-        if !m.live && !m.unsure && !rollback {
-            continue;
-        }
+        // Every name the workload touched is looked at, dropped ones too
+        // (registering a dropped name must give a fresh, empty channel).
         let ch = engine
             .register(name)
             .map_err(|e| format!("register {name} after recovery: {e}"))?;
+        // Only damage reported in the name's own shard excuses a loss; a
+        // damaged last commit may have undone anything in it, a drop too.
+        let reported = damage.iter().any(|d| d.shard == ch.shard().0);
+        let rollback = damaged && reported || m.loose;
         let recs = ch.read(..).map_err(|e| format!("read {name}: {e}"))?;
         let next = ch
             .next_offset()
@@ -305,10 +324,50 @@ fn trace(what: impl FnOnce() -> String) {
     }
 }
 
+/// Whether an open's error is injected damage detected: a checksum or
+/// format refusal, or the read error of an unreadable sector.
+fn detected(e: &Error) -> bool {
+    matches!(e, Error::Corruption { .. } | Error::Format { .. })
+        || e.raw_os_error() == Some(libc::EIO)
+}
+
+/// Opens the store. When damage was injected and the open refuses it, the
+/// refusal is counted, the damage undone where it can be (a read fault is
+/// lifted, decay flipped back), and the store opened again. `Ok(None)`: a
+/// misdirected write was refused and cannot be undone.
+fn open_after(
+    dir: &Path,
+    shape: Shape,
+    disk: &SimDisk,
+    damaged: bool,
+    misdirected: bool,
+    undo: &mut Option<(PathBuf, u64, u8)>,
+    totals: &mut Totals,
+) -> Result<Option<Engine>, String> {
+    match Engine::open(config(dir, shape, disk)) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if damaged && detected(&e) => {
+            totals.detected_open += 1;
+            trace(|| format!("open refused: {e}"));
+            disk.clear_plans();
+            if let Some((path, byte, bit)) = undo.take() {
+                disk.flip_bit_at_rest(&path, byte, bit).unwrap();
+            }
+            match Engine::open(config(dir, shape, disk)) {
+                Ok(e) => Ok(Some(e)),
+                Err(Error::Corruption { .. }) if misdirected => Ok(None),
+                Err(e) => Err(format!("reopen after detected damage: {e}")),
+            }
+        }
+        Err(e) => Err(format!("open (damage injected: {damaged}): {e}")),
+    }
+}
+
 /// Runs one seed: sessions of workload, fault, power cut and check.
 fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
     let mut rng = Rng(s);
     let disk = SimDisk::new(s);
+    disk.set_latency(1 + rng.below(4));
     let dir = sim_dir();
     let shards = 1 + rng.below(2) as usize;
     let max_record = [64, 600, 5000, 40_000][rng.below(4) as usize];
@@ -316,6 +375,12 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         SyncMethod::DsyncWrite
     } else {
         SyncMethod::WriteThenFdatasync
+    };
+    let shape = Shape {
+        shards,
+        sync,
+        in_flight: [1, 2, 4][rng.below(3) as usize],
+        per_commit: [None, Some(1), Some(2)][rng.below(3) as usize],
     };
     let mut model: HashMap<&'static str, Chan> = HashMap::new();
     // Stored data damaged since the last check, and how to undo it if the
@@ -327,27 +392,18 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
     let sessions = 2 + rng.below(3);
     for session in 0..sessions {
         totals.sessions += 1;
-        let engine = match Engine::open(config(dir.path(), shards, sync, &disk)) {
-            Ok(e) => e,
-            Err(_) if damaged => {
-                // Detected. A read fault goes away by itself; decay is
-                // undone; a misdirected write cannot be, so the seed ends.
-                totals.detected_open += 1;
-                disk.clear_plans();
-                if let Some((path, byte, bit)) = undo.take() {
-                    disk.flip_bit_at_rest(&path, byte, bit).unwrap();
-                }
-                match Engine::open(config(dir.path(), shards, sync, &disk)) {
-                    Ok(e) => e,
-                    Err(Error::Corruption { .. }) if misdirected => return Ok(()),
-                    Err(e) => {
-                        return Err(format!(
-                            "session {session}: reopen after detected damage: {e}"
-                        ))
-                    }
-                }
-            }
-            Err(e) => return Err(format!("session {session}: open after a power cut: {e}")),
+        let opened = open_after(
+            dir.path(),
+            shape,
+            &disk,
+            damaged,
+            misdirected,
+            &mut undo,
+            totals,
+        )
+        .map_err(|e| format!("session {session}: {e}"))?;
+        let Some(engine) = opened else {
+            return Ok(());
         };
         disk.clear_plans();
         undo = None;
@@ -456,12 +512,25 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                         };
                         let data = record(&mut rng, max_record / 2);
                         forget_lost(&mut model, shards, ch.shard().0);
-                        let future = ch.append_async(data.clone());
+                        // Polled once: that submits it (an append future
+                        // submits on its first poll), so the burst is in the
+                        // shard's inbox before any answer is awaited.
+                        let future = ch.append_async(data.clone()).map(|mut f| {
+                            match Pin::new(&mut f).poll(&mut Context::from_waker(Waker::noop())) {
+                                Poll::Ready(r) => Err(r),
+                                Poll::Pending => Ok(f),
+                            }
+                        });
                         flying.push((name, data, future));
                     }
                     for (name, data, future) in flying {
                         let m = model.get_mut(name).expect("a handle has a model");
-                        match future.and_then(|f| f.wait()) {
+                        let result = match future {
+                            Ok(Ok(f)) => f.wait(),
+                            Ok(Err(done)) => done,
+                            Err(e) => Err(e),
+                        };
+                        match result {
                             Ok(_) if !m.pending.is_empty() => {
                                 return Err(format!(
                                     "{name}: an append was acknowledged after a failed one"
@@ -519,6 +588,8 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                             totals.acked += batch.len() as u64;
                             m.acknowledged(first.0, batch);
                         }
+                        // Refused before anything was written.
+                        Err(Error::BatchTooLarge { .. }) => {}
                         Err(_) => m.failed(batch),
                     }
                 }
@@ -538,6 +609,7 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
             misdirected = true;
             totals.damage_injected += 1;
         }
+        totals.in_flight_most = totals.in_flight_most.max(disk.stats().in_flight_most);
         let cut = disk.power_cut().map_err(|e| format!("power cut: {e}"))?;
         trace(|| {
             let chains: Vec<String> = segment_files(dir.path())
@@ -598,13 +670,18 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         }
     }
     // A last open with no fault planned checks the final state.
-    let engine = match Engine::open(config(dir.path(), shards, sync, &disk)) {
-        Ok(e) => e,
-        Err(_) if damaged => {
-            totals.detected_open += 1;
-            return Ok(());
-        }
-        Err(e) => return Err(format!("final open after a power cut: {e}")),
+    let opened = open_after(
+        dir.path(),
+        shape,
+        &disk,
+        damaged,
+        misdirected,
+        &mut undo,
+        totals,
+    )
+    .map_err(|e| format!("final open: {e}"))?;
+    let Some(engine) = opened else {
+        return Ok(());
     };
     check(&engine, &mut model, damaged, totals).map_err(|e| format!("final check: {e}"))?;
     engine.close().map_err(|e| format!("final close: {e}"))
@@ -625,7 +702,7 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
     say(&format!(
         "simulator: {seeds} seeds, {} sessions, {} acknowledged records, {} checks of acknowledged records, lost 0; \
          {} power cuts ({} writes torn), {} write/sync faults, {} damage injections: {} refused at open, {} losses reported; \
-         {} failed appends found durable; {:.1} s",
+         {} failed appends found durable; up to {} operations in flight in a shard; {:.1} s",
         totals.sessions,
         totals.acked,
         totals.checked,
@@ -636,6 +713,7 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
         totals.detected_open,
         totals.reported_loss,
         totals.pending_appeared,
+        totals.in_flight_most,
         started.elapsed().as_secs_f64()
     ));
 }

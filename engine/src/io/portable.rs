@@ -23,16 +23,6 @@ impl PortableIo {
             done: VecDeque::with_capacity(OPS_IN_FLIGHT_MAX),
         }
     }
-
-    /// Queues the outcome of operation `id`, done by the caller (the
-    /// simulated disk completes its operations itself, then hands them on).
-    pub(crate) fn finished(&mut self, id: u64, result: Result<(), OpError>) {
-        assert!(
-            self.done.len() < OPS_IN_FLIGHT_MAX,
-            "too many operations in flight"
-        );
-        self.done.push_back((id, result));
-    }
 }
 
 fn os_error(operation: &'static str) -> OpError {
@@ -139,6 +129,10 @@ pub(crate) fn read(
 
 impl CommitIo for PortableIo {
     unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
+        assert!(
+            self.done.len() < OPS_IN_FLIGHT_MAX,
+            "too many operations in flight"
+        );
         let result = match op {
             Op::Write {
                 fd,
@@ -156,7 +150,7 @@ impl CommitIo for PortableIo {
                 expect,
             } => read(fd, position, ptr, len, expect),
         };
-        self.finished(id, result);
+        self.done.push_back((id, result));
         Ok(())
     }
 

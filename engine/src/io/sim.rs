@@ -12,9 +12,11 @@
 //! The model of the device, where it is stricter than Linux:
 //! * a write completes into the device's volatile cache;
 //! * `fdatasync(fd)` makes every completed write of that file durable;
-//! * an `RWF_DSYNC` write is a cache flush followed by a forced-unit-access
-//!   write: it makes itself and every earlier completed write of its file
-//!   durable (what the flush of an `O_DIRECT` `RWF_DSYNC` write does);
+//! * an `RWF_DSYNC` write is a forced-unit-access write: it makes itself
+//!   durable and nothing else (an `O_DIRECT` `RWF_DSYNC` write on a device
+//!   with FUA issues no cache flush);
+//! * a write is durable only once its completion is delivered: until then
+//!   (the operation in flight) a power cut may keep all, none or part of it;
 //! * nothing else is ever durable — no write-back "by luck".
 //!
 //! Files are created, zero-filled, renamed and removed outside the commit
@@ -29,7 +31,7 @@
 //! bit flipped. With one client issuing one request at a time the sequence
 //! of operations, and so every fault, repeats exactly from a seed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -95,6 +97,8 @@ pub struct SimStats {
     pub reads: u64,
     /// Faults that took effect (planned write/sync faults and read faults).
     pub faults: u64,
+    /// Most operations one shard had in flight at once.
+    pub in_flight_most: u64,
 }
 
 /// A shared handle to one simulated disk; clones name the same disk.
@@ -117,9 +121,20 @@ impl PartialEq for SimDisk {
 impl Eq for SimDisk {}
 
 struct Volatile {
+    /// Order of the write on the disk.
+    seq: u64,
     position: u64,
     /// What the bytes were before the write.
     before: Vec<u8>,
+}
+
+/// What delivering an operation's completion makes durable.
+enum Durable {
+    Nothing,
+    /// One write (`RWF_DSYNC`: forced unit access).
+    One(PathBuf, u64),
+    /// Every write of the file up to this one (a data sync).
+    UpTo(PathBuf, u64),
 }
 
 struct SimState {
@@ -129,6 +144,10 @@ struct SimState {
     read_faults: HashMap<(PathBuf, u64), SimReadFault>,
     /// Writes not yet durable, per file, oldest first.
     volatile: HashMap<PathBuf, Vec<Volatile>>,
+    /// Writes so far (orders `Volatile::seq`).
+    writes: u64,
+    /// `poll` rounds an operation stays in flight.
+    latency: u64,
     cut: bool,
 }
 
@@ -180,6 +199,8 @@ impl SimDisk {
                 planned: HashMap::new(),
                 read_faults: HashMap::new(),
                 volatile: HashMap::new(),
+                writes: 0,
+                latency: 1,
                 cut: false,
             })),
         }
@@ -202,6 +223,13 @@ impl SimDisk {
             .insert((path.to_path_buf(), sector), fault);
     }
 
+    /// How many `poll` rounds (calls that found nothing to deliver) an
+    /// operation stays in flight before its completion is delivered; more
+    /// rounds, more commits in flight together. Default 1.
+    pub fn set_latency(&self, rounds: u64) {
+        self.lock().latency = rounds.max(1);
+    }
+
     /// Removes every planned fault that has not happened yet.
     pub fn clear_plans(&self) {
         let mut s = self.lock();
@@ -221,8 +249,9 @@ impl SimDisk {
     }
 
     /// Cuts the power now, or completes a cut planned earlier: every
-    /// volatile write keeps all, none, or a torn prefix of its sectors (one
-    /// third each, from the seed), and the files are rewritten to that state.
+    /// volatile write keeps all, none, a torn prefix of its sectors, or any
+    /// subset of them (one quarter each, from the seed), and the files are
+    /// rewritten to that state.
     /// Call it with no engine open on the disk's files. Afterwards the disk
     /// works again, with nothing volatile.
     pub fn power_cut(&self) -> io::Result<PowerCutReport> {
@@ -237,23 +266,28 @@ impl SimDisk {
             let mut kept: HashSet<u64> = HashSet::new();
             for w in writes.iter().rev() {
                 let sectors = w.before.len().div_ceil(SIM_SECTOR_BYTES);
-                let keep = match s.rng.random_range(0..3u32) {
+                let keep: Vec<bool> = match s.rng.random_range(0..4u32) {
                     0 => {
                         report.kept += 1;
-                        sectors
+                        vec![true; sectors]
                     }
                     1 => {
                         report.lost += 1;
-                        0
+                        vec![false; sectors]
+                    }
+                    2 => {
+                        report.torn += 1;
+                        let prefix = s.rng.random_range(0..sectors.max(1));
+                        (0..sectors).map(|i| i < prefix).collect()
                     }
                     _ => {
                         report.torn += 1;
-                        s.rng.random_range(0..sectors.max(1))
+                        (0..sectors).map(|_| s.rng.random_bool(0.5)).collect()
                     }
                 };
-                for i in 0..sectors {
+                for (i, &keep) in keep.iter().enumerate() {
                     let sector = w.position / SIM_SECTOR_BYTES as u64 + i as u64;
-                    if i < keep {
+                    if keep {
                         kept.insert(sector);
                         continue;
                     }
@@ -292,32 +326,75 @@ impl SimState {
         fault
     }
 
-    fn make_durable(&mut self, path: &Path) {
-        self.volatile.remove(path);
+    fn make_durable(&mut self, durable: &Durable) {
+        match durable {
+            Durable::Nothing => {}
+            Durable::One(path, seq) => {
+                if let Some(v) = self.volatile.get_mut(path) {
+                    v.retain(|w| w.seq != *seq);
+                }
+            }
+            Durable::UpTo(path, seq) => {
+                if let Some(v) = self.volatile.get_mut(path) {
+                    v.retain(|w| w.seq > *seq);
+                }
+            }
+        }
     }
 
-    /// Writes `data` at `position` of `fd` into the volatile cache.
-    fn write(&mut self, fd: RawFd, path: &Path, position: u64, data: &[u8]) -> Result<(), OpError> {
+    /// Writes `data` at `position` of `fd` into the volatile cache; returns
+    /// the write's order.
+    fn write(
+        &mut self,
+        fd: RawFd,
+        path: &Path,
+        position: u64,
+        data: &[u8],
+    ) -> Result<u64, OpError> {
         let mut before = vec![0u8; data.len()];
         pread_exact(fd, position, &mut before).map_err(|source| OpError {
             operation: "write",
             source,
         })?;
-        portable::write(fd, position, data.as_ptr(), data.len(), SyncKind::None)?;
+        self.writes += 1;
+        let seq = self.writes;
+        // Recorded first: a write that fails half-way may have changed bytes.
         self.volatile
             .entry(path.to_path_buf())
             .or_default()
-            .push(Volatile { position, before });
-        Ok(())
+            .push(Volatile {
+                seq,
+                position,
+                before,
+            });
+        portable::write(fd, position, data.as_ptr(), data.len(), SyncKind::None)?;
+        Ok(seq)
     }
 }
 
+/// An operation done, whose completion is not yet delivered.
+struct Pending {
+    id: u64,
+    result: Result<(), OpError>,
+    durable: Durable,
+    /// The `poll` generation it was started in.
+    generation: u64,
+}
+
 /// The [`CommitIo`] of one shard on a [`SimDisk`].
+///
+/// Operations are done in `start` but their completions are delivered
+/// [`SimDisk::set_latency`] `poll` rounds later (a round ends when `poll`
+/// returns nothing), so that the
+/// shard starts further commits while earlier ones are in flight — and a
+/// power cut can catch several. A write becomes durable when its completion
+/// is delivered; after a power cut every completion delivered is a failure.
 pub struct SimIo {
     disk: SimDisk,
-    /// Holds the outcomes (the simulated operations complete in `start`)
-    /// and waits on the wake fd.
-    queue: PortableIo,
+    /// Waits on the wake fd when nothing is in flight.
+    waiter: PortableIo,
+    pending: VecDeque<Pending>,
+    generation: u64,
 }
 
 impl SimIo {
@@ -325,11 +402,13 @@ impl SimIo {
     pub fn new(disk: SimDisk, wake_fd: RawFd) -> SimIo {
         SimIo {
             disk,
-            queue: PortableIo::new(wake_fd),
+            waiter: PortableIo::new(wake_fd),
+            pending: VecDeque::new(),
+            generation: 0,
         }
     }
 
-    fn run(&mut self, op: Op) -> Result<(), OpError> {
+    fn run(&mut self, op: Op) -> (Result<(), OpError>, Durable) {
         let failed = |operation: &'static str, source: io::Error| OpError { operation, source };
         let mut s = self.disk.lock();
         match op {
@@ -341,53 +420,70 @@ impl SimIo {
                 sync,
             } => {
                 if s.cut {
-                    return Err(failed("write", cut_error()));
+                    return (Err(failed("write", cut_error())), Durable::Nothing);
                 }
-                let path = fd_path(fd).map_err(|e| failed("write", e))?;
+                let path = match fd_path(fd) {
+                    Ok(p) => p,
+                    Err(e) => return (Err(failed("write", e)), Durable::Nothing),
+                };
                 // SAFETY: the caller of `start` keeps the buffer valid and
-                // unmodified for the call (the operation completes in it).
+                // unmodified until the completion is delivered; it is read
+                // here, within `start`.
                 let data = unsafe { std::slice::from_raw_parts(ptr, len) };
-                match s.next_op() {
+                let written = match s.next_op() {
                     Some(SimFault::Error(errno)) => {
-                        return Err(failed("write", io::Error::from_raw_os_error(errno)));
+                        return (
+                            Err(failed("write", io::Error::from_raw_os_error(errno))),
+                            Durable::Nothing,
+                        );
                     }
                     Some(SimFault::ShortWrite) => {
                         let half = (len / 2) / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
-                        s.write(fd, &path, position, &data[..half])?;
-                        return Err(failed(
+                        let short = s.write(fd, &path, position, &data[..half]).and(Err(failed(
                             "short write",
                             io::Error::new(
                                 io::ErrorKind::WriteZero,
                                 format!("wrote {half} of {len} bytes"),
                             ),
-                        ));
+                        )));
+                        return (short, Durable::Nothing);
                     }
                     Some(SimFault::Misdirect(blocks)) => {
-                        let to = (position as i64 + blocks * 4096).max(4096) as u64;
-                        s.write(fd, &path, to, data)?;
+                        // Never onto the segment header, never past the file.
+                        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                        let last = size.saturating_sub(len as u64) / 4096 * 4096;
+                        let to =
+                            (position as i64 + blocks * 4096).clamp(4096, last.max(4096) as i64);
+                        s.write(fd, &path, to as u64, data)
                     }
                     Some(SimFault::PowerCut) => {
-                        s.write(fd, &path, position, data)?;
+                        let _ = s.write(fd, &path, position, data);
                         s.cut = true;
-                        return Err(failed("write", cut_error()));
+                        return (Err(failed("write", cut_error())), Durable::Nothing);
                     }
-                    None => s.write(fd, &path, position, data)?,
-                }
+                    None => s.write(fd, &path, position, data),
+                };
+                let seq = match written {
+                    Ok(seq) => seq,
+                    Err(e) => return (Err(e), Durable::Nothing),
+                };
                 match sync {
-                    SyncKind::None => Ok(()),
-                    SyncKind::Dsync => {
-                        s.make_durable(&path);
-                        Ok(())
-                    }
-                    SyncKind::Fdatasync => Self::sync(&mut s, &path),
+                    SyncKind::None => (Ok(()), Durable::Nothing),
+                    SyncKind::Dsync => (Ok(()), Durable::One(path, seq)),
+                    SyncKind::Fdatasync => Self::sync(&mut s, path, seq),
                 }
             }
             Op::Sync { fd } => {
                 if s.cut {
-                    return Err(failed("fdatasync", cut_error()));
+                    return (Err(failed("fdatasync", cut_error())), Durable::Nothing);
                 }
-                let path = fd_path(fd).map_err(|e| failed("fdatasync", e))?;
-                Self::sync(&mut s, &path)
+                match fd_path(fd) {
+                    Ok(path) => {
+                        let upto = s.writes;
+                        Self::sync(&mut s, path, upto)
+                    }
+                    Err(e) => (Err(failed("fdatasync", e)), Durable::Nothing),
+                }
             }
             Op::Read {
                 fd,
@@ -395,80 +491,138 @@ impl SimIo {
                 ptr,
                 len,
                 expect,
-            } => {
-                if s.cut {
-                    return Err(failed("read", cut_error()));
-                }
-                s.stats.reads += 1;
-                portable::read(fd, position, ptr, len, expect)?;
-                if s.read_faults.is_empty() {
-                    return Ok(());
-                }
-                let path = fd_path(fd).map_err(|e| failed("read", e))?;
-                let first = position / SIM_SECTOR_BYTES as u64;
-                let end = (position + expect as u64).div_ceil(SIM_SECTOR_BYTES as u64);
-                for sector in first..end {
-                    match s.read_faults.get(&(path.clone(), sector)).copied() {
-                        None => {}
-                        Some(SimReadFault::Unreadable) => {
-                            s.stats.faults += 1;
-                            return Err(failed("read", io::Error::from_raw_os_error(libc::EIO)));
-                        }
-                        Some(SimReadFault::FlipBit(bit)) => {
-                            s.stats.faults += 1;
-                            let at = (sector - first) as usize * SIM_SECTOR_BYTES
-                                + (bit as usize / 8) % SIM_SECTOR_BYTES;
-                            if at < expect {
-                                // SAFETY: `at < expect <= len`, inside the
-                                // caller's buffer, valid for the call.
-                                unsafe { *ptr.add(at) ^= 1 << (bit % 8) };
-                            }
-                        }
-                    }
-                }
-                Ok(())
+            } => (
+                Self::read(&mut s, fd, position, ptr, len, expect),
+                Durable::Nothing,
+            ),
+        }
+    }
+
+    /// A data sync of `path` covering its writes up to `upto`.
+    fn sync(s: &mut SimState, path: PathBuf, upto: u64) -> (Result<(), OpError>, Durable) {
+        match s.next_op() {
+            Some(SimFault::Error(errno)) => (
+                Err(OpError {
+                    operation: "fdatasync",
+                    source: io::Error::from_raw_os_error(errno),
+                }),
+                Durable::Nothing,
+            ),
+            Some(SimFault::PowerCut) => {
+                s.cut = true;
+                (
+                    Err(OpError {
+                        operation: "fdatasync",
+                        source: cut_error(),
+                    }),
+                    Durable::Nothing,
+                )
+            }
+            // A short or misdirected sync is no fault: it syncs.
+            Some(SimFault::ShortWrite | SimFault::Misdirect(_)) | None => {
+                (Ok(()), Durable::UpTo(path, upto))
             }
         }
     }
 
-    fn sync(s: &mut SimState, path: &Path) -> Result<(), OpError> {
-        match s.next_op() {
-            Some(SimFault::Error(errno)) => Err(OpError {
-                operation: "fdatasync",
-                source: io::Error::from_raw_os_error(errno),
-            }),
-            Some(SimFault::PowerCut) => {
-                s.cut = true;
-                Err(OpError {
-                    operation: "fdatasync",
-                    source: cut_error(),
-                })
-            }
-            // A short or misdirected sync is no fault: it syncs.
-            Some(SimFault::ShortWrite | SimFault::Misdirect(_)) | None => {
-                s.make_durable(path);
-                Ok(())
+    fn read(
+        s: &mut SimState,
+        fd: RawFd,
+        position: u64,
+        ptr: *mut u8,
+        len: usize,
+        expect: usize,
+    ) -> Result<(), OpError> {
+        let failed = |source: io::Error| OpError {
+            operation: "read",
+            source,
+        };
+        if s.cut {
+            return Err(failed(cut_error()));
+        }
+        s.stats.reads += 1;
+        portable::read(fd, position, ptr, len, expect)?;
+        if s.read_faults.is_empty() {
+            return Ok(());
+        }
+        let path = fd_path(fd).map_err(failed)?;
+        let first = position / SIM_SECTOR_BYTES as u64;
+        let end = (position + expect as u64).div_ceil(SIM_SECTOR_BYTES as u64);
+        for sector in first..end {
+            match s.read_faults.get(&(path.clone(), sector)).copied() {
+                None => {}
+                Some(SimReadFault::Unreadable) => {
+                    s.stats.faults += 1;
+                    return Err(failed(io::Error::from_raw_os_error(libc::EIO)));
+                }
+                Some(SimReadFault::FlipBit(bit)) => {
+                    s.stats.faults += 1;
+                    let at = (sector - first) as usize * SIM_SECTOR_BYTES
+                        + (bit as usize / 8) % SIM_SECTOR_BYTES;
+                    if at < expect {
+                        // SAFETY: `at < expect <= len`, inside the caller's
+                        // buffer, valid for the call.
+                        unsafe { *ptr.add(at) ^= 1 << (bit % 8) };
+                    }
+                }
             }
         }
+        Ok(())
     }
 }
 
 impl CommitIo for SimIo {
     unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
-        let result = self.run(op);
-        self.queue.finished(id, result);
+        let (result, durable) = self.run(op);
+        {
+            let mut s = self.disk.lock();
+            let now = self.pending.len() as u64 + 1;
+            s.stats.in_flight_most = s.stats.in_flight_most.max(now);
+        }
+        self.pending.push_back(Pending {
+            id,
+            result,
+            durable,
+            generation: self.generation,
+        });
         Ok(())
     }
 
     fn in_flight(&self) -> usize {
-        self.queue.in_flight()
+        self.pending.len()
     }
 
     fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
-        self.queue.poll()
+        let latency = self.disk.lock().latency;
+        if self
+            .pending
+            .front()
+            .is_none_or(|p| self.generation - p.generation < latency)
+        {
+            self.generation += 1;
+            return None;
+        }
+        let p = self.pending.pop_front().expect("checked");
+        let mut s = self.disk.lock();
+        let result = match p.result {
+            Ok(()) if s.cut => Err(OpError {
+                operation: "write",
+                source: cut_error(),
+            }),
+            Ok(()) => {
+                s.make_durable(&p.durable);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        Some((p.id, result))
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
-        self.queue.wait(timeout)
+        if !self.pending.is_empty() {
+            // The next poll round delivers.
+            return Ok(());
+        }
+        self.waiter.wait(timeout)
     }
 }

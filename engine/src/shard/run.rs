@@ -894,9 +894,12 @@ impl Shard {
         // Periodic mode under constant load never sees an idle moment for a
         // separate sync: when one is due, the commit itself carries it (only
         // with nothing else in flight, so that the sync covers every write).
+        // An fdatasync, not RWF_DSYNC: on a device with forced-unit-access
+        // writes, an O_DIRECT RWF_DSYNC write is written through on its own
+        // and flushes nothing written before it.
         let synced = self.sync_due() && self.flights.is_empty();
         let sync = match (self.config.durability, self.config.sync_method) {
-            (Durability::Periodic { .. }, _) if synced => SyncKind::Dsync,
+            (Durability::Periodic { .. }, _) if synced => SyncKind::Fdatasync,
             (Durability::Periodic { .. }, _) => SyncKind::None,
             (Durability::Sync, SyncMethod::DsyncWrite) => SyncKind::Dsync,
             (Durability::Sync, SyncMethod::WriteThenFdatasync) => SyncKind::Fdatasync,

@@ -121,7 +121,13 @@ fn fill_and_publish(
         }
     }
     file::rename_no_replace(tmp, path)?;
-    file::sync_dir(spec.shard_dir)
+    if let Err(e) = file::sync_dir(spec.shard_dir) {
+        // Named but not durably: take the name back (no commit was ever
+        // written into it), so that a retry can create the segment again.
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Lists the shard's segments in sequence order; with `tidy`, first removes
