@@ -23,7 +23,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -189,23 +189,36 @@ fn record(rng: &mut Rng, max: usize) -> Vec<u8> {
 /// the last check (then a loss is allowed if the engine reported damage).
 fn check(
     engine: &Engine,
+    disk: &SimDisk,
     model: &mut HashMap<&'static str, Chan>,
-    damaged: bool,
+    damaged_in: &HashSet<u16>,
     totals: &mut Totals,
 ) -> Result<(), String> {
     let damage = engine.recovery_damage();
+    // Shards the check itself wrote to (registering a dropped name): their
+    // torn tails are zeroed, so nothing unreturned can come back there.
+    let mut wrote: HashSet<u16> = HashSet::new();
+    let mut shard_of: HashMap<&'static str, u16> = HashMap::new();
     for name in NAMES {
         let Some(m) = model.get_mut(name) else {
             continue;
         };
         // Every name the workload touched is looked at, dropped ones too
         // (registering a dropped name must give a fresh, empty channel).
+        let ops = disk.stats().ops;
         let ch = engine
             .register(name)
             .map_err(|e| format!("register {name} after recovery: {e}"))?;
-        // Only damage reported in the name's own shard excuses a loss; a
-        // damaged last commit may have undone anything in it, a drop too.
-        let reported = damage.iter().any(|d| d.shard == ch.shard().0);
+        let shard = ch.shard().0;
+        shard_of.insert(name, shard);
+        if disk.stats().ops != ops {
+            wrote.insert(shard);
+        }
+        // Only damage injected in the name's own shard, and reported there,
+        // excuses a loss; a damaged last commit may have undone anything in
+        // it, a drop too.
+        let damaged = damaged_in.contains(&shard);
+        let reported = damage.iter().any(|d| d.shard == shard);
         let rollback = damaged && reported || m.loose;
         let recs = ch.read(..).map_err(|e| format!("read {name}: {e}"))?;
         let next = ch
@@ -303,6 +316,12 @@ fn check(
         m.unsure = false;
         m.loose = rolled_back;
     }
+    for (name, m) in model.iter_mut() {
+        if shard_of.get(name).is_some_and(|s| wrote.contains(s)) {
+            m.lost.clear();
+            m.loose = false;
+        }
+    }
     Ok(())
 }
 
@@ -324,6 +343,18 @@ fn trace(what: impl FnOnce() -> String) {
     }
 }
 
+/// The shard whose directory holds the segment file `path`.
+fn shard_of_path(path: &Path) -> u16 {
+    let dir = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .unwrap()
+        .to_string_lossy();
+    dir.trim_start_matches("shard-")
+        .parse()
+        .expect("a shard-NNN directory")
+}
+
 /// Whether an open's error is injected damage detected: a checksum or
 /// format refusal, or the read error of an unreadable sector.
 fn detected(e: &Error) -> bool {
@@ -333,8 +364,8 @@ fn detected(e: &Error) -> bool {
 
 /// Opens the store. When damage was injected and the open refuses it, the
 /// refusal is counted, the damage undone where it can be (a read fault is
-/// lifted, decay flipped back), and the store opened again. `Ok(None)`: a
-/// misdirected write was refused and cannot be undone.
+/// lifted, decay flipped back), and the store opened again; the flag says
+/// so. `Ok(None)`: a misdirected write was refused and cannot be undone.
 fn open_after(
     dir: &Path,
     shape: Shape,
@@ -343,9 +374,9 @@ fn open_after(
     misdirected: bool,
     undo: &mut Option<(PathBuf, u64, u8)>,
     totals: &mut Totals,
-) -> Result<Option<Engine>, String> {
+) -> Result<Option<(Engine, bool)>, String> {
     match Engine::open(config(dir, shape, disk)) {
-        Ok(e) => Ok(Some(e)),
+        Ok(e) => Ok(Some((e, false))),
         Err(e) if damaged && detected(&e) => {
             totals.detected_open += 1;
             trace(|| format!("open refused: {e}"));
@@ -354,7 +385,7 @@ fn open_after(
                 disk.flip_bit_at_rest(&path, byte, bit).unwrap();
             }
             match Engine::open(config(dir, shape, disk)) {
-                Ok(e) => Ok(Some(e)),
+                Ok(e) => Ok(Some((e, true))),
                 Err(Error::Corruption { .. }) if misdirected => Ok(None),
                 Err(e) => Err(format!("reopen after detected damage: {e}")),
             }
@@ -385,7 +416,10 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
     let mut model: HashMap<&'static str, Chan> = HashMap::new();
     // Stored data damaged since the last check, and how to undo it if the
     // open refuses it.
-    let mut damaged = false;
+    // Shards whose stored data was damaged since the last check.
+    let mut damaged_in: HashSet<u16> = HashSet::new();
+    // A misdirected write since the last check: it cannot be undone.
+    let mut misdirect_now = false;
     let mut undo: Option<(PathBuf, u64, u8)> = None;
     // A misdirected write cannot be undone: a refused open ends the seed.
     let mut misdirected = false;
@@ -396,15 +430,20 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
             dir.path(),
             shape,
             &disk,
-            damaged,
+            !damaged_in.is_empty(),
             misdirected,
             &mut undo,
             totals,
         )
         .map_err(|e| format!("session {session}: {e}"))?;
-        let Some(engine) = opened else {
+        let Some((engine, refused)) = opened else {
             return Ok(());
         };
+        if refused {
+            // The damage was undone before the reopen; only a misdirected
+            // write stays.
+            damaged_in.retain(|_| misdirect_now);
+        }
         disk.clear_plans();
         undo = None;
         trace(|| {
@@ -413,9 +452,10 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                 engine.recovery_damage()
             )
         });
-        check(&engine, &mut model, damaged, totals)
+        check(&engine, &disk, &mut model, &damaged_in, totals)
             .map_err(|e| format!("session {session}: {e}"))?;
-        damaged = false;
+        damaged_in.clear();
+        misdirect_now = false;
 
         // Plan this session's fault.
         let at = disk.stats().ops + 1 + rng.below(40);
@@ -605,7 +645,9 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
             totals.faults += u64::from(fault.is_some());
         }
         if happened && matches!(fault, Some(SimFault::Misdirect(_))) {
-            damaged = true;
+            // Which shard's write it was is not known here: all of them.
+            damaged_in.extend(0..shards as u16);
+            misdirect_now = true;
             misdirected = true;
             totals.damage_injected += 1;
         }
@@ -641,7 +683,7 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         if !used.is_empty() && rng.below(5) == 0 {
             let (path, end) = used[rng.below(used.len() as u64) as usize].clone();
             let byte = rng.below(end);
-            damaged = true;
+            damaged_in.insert(shard_of_path(&path));
             totals.damage_injected += 1;
             let kind = rng.below(3);
             trace(|| {
@@ -674,16 +716,20 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         dir.path(),
         shape,
         &disk,
-        damaged,
+        !damaged_in.is_empty(),
         misdirected,
         &mut undo,
         totals,
     )
     .map_err(|e| format!("final open: {e}"))?;
-    let Some(engine) = opened else {
+    let Some((engine, refused)) = opened else {
         return Ok(());
     };
-    check(&engine, &mut model, damaged, totals).map_err(|e| format!("final check: {e}"))?;
+    if refused {
+        damaged_in.retain(|_| misdirect_now);
+    }
+    check(&engine, &disk, &mut model, &damaged_in, totals)
+        .map_err(|e| format!("final check: {e}"))?;
     engine.close().map_err(|e| format!("final close: {e}"))
 }
 

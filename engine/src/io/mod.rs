@@ -114,7 +114,7 @@ pub fn new_commit_io(
     Ok(match backend {
         Backend::IoUring => Box::new(uring::UringIo::new(wake_fd)?),
         Backend::Portable => Box::new(portable::PortableIo::new(wake_fd)),
-        Backend::Simulated(disk) => Box::new(sim::SimIo::new(disk, wake_fd)),
+        Backend::Simulated(disk) => Box::new(sim::SimIo::new(disk, shard.0, wake_fd)),
         Backend::FaultInjection(plan) => {
             let inner = Box::new(uring::UringIo::new(wake_fd)?);
             if plan.shard.is_none_or(|s| s == shard.0) {

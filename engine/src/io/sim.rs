@@ -6,8 +6,8 @@
 //! device would have made durable: every write since the last data sync of
 //! its file is *volatile*. [`SimDisk::power_cut`] then decides, from the
 //! disk's seed, what each volatile write leaves behind — all of it, none of
-//! it, or a torn prefix of whole 512-byte sectors — and rewrites the files
-//! to that state, as a power cut would.
+//! it, a torn prefix of whole 512-byte sectors, or any subset of them — and
+//! rewrites the files to that state, as a power cut would.
 //!
 //! The model of the device, where it is stricter than Linux:
 //! * a write completes into the device's volatile cache;
@@ -29,7 +29,9 @@
 //! lands elsewhere, or is where the power goes. Reads are faulted by place:
 //! any read covering a planned sector of a file fails or returns it with a
 //! bit flipped. With one client issuing one request at a time the sequence
-//! of operations, and so every fault, repeats exactly from a seed.
+//! of operations, and so every fault, repeats exactly from a seed. With
+//! several requests submitted at once, how they group into commits depends
+//! on thread timing, and so may the operations that follow.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
@@ -84,7 +86,7 @@ pub struct PowerCutReport {
     pub kept: u64,
     /// Volatile writes lost whole.
     pub lost: u64,
-    /// Volatile writes torn to a prefix of sectors.
+    /// Volatile writes torn to a prefix or a subset of their sectors.
     pub torn: u64,
 }
 
@@ -138,6 +140,7 @@ enum Durable {
 }
 
 struct SimState {
+    seed: u64,
     rng: SmallRng,
     stats: SimStats,
     planned: HashMap<u64, SimFault>,
@@ -194,6 +197,7 @@ impl SimDisk {
     pub fn new(seed: u64) -> SimDisk {
         SimDisk {
             state: Arc::new(Mutex::new(SimState {
+                seed,
                 rng: SmallRng::seed_from_u64(seed),
                 stats: SimStats::default(),
                 planned: HashMap::new(),
@@ -395,16 +399,21 @@ pub struct SimIo {
     waiter: PortableIo,
     pending: VecDeque<Pending>,
     generation: u64,
+    /// Picks the completion order: the shard's own, so that shards running
+    /// side by side do not take turns on one generator.
+    rng: SmallRng,
 }
 
 impl SimIo {
-    /// A shard's backend on `disk`, waiting on `wake_fd`.
-    pub fn new(disk: SimDisk, wake_fd: RawFd) -> SimIo {
+    /// Shard `shard`'s backend on `disk`, waiting on `wake_fd`.
+    pub fn new(disk: SimDisk, shard: u16, wake_fd: RawFd) -> SimIo {
+        let seed = disk.lock().seed ^ (u64::from(shard) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         SimIo {
             disk,
             waiter: PortableIo::new(wake_fd),
             pending: VecDeque::new(),
             generation: 0,
+            rng: SmallRng::seed_from_u64(seed),
         }
     }
 
@@ -573,6 +582,10 @@ impl SimIo {
 
 impl CommitIo for SimIo {
     unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
+        assert!(
+            self.pending.len() < crate::io::OPS_IN_FLIGHT_MAX,
+            "too many operations in flight"
+        );
         let (result, durable) = self.run(op);
         {
             let mut s = self.disk.lock();
@@ -593,20 +606,21 @@ impl CommitIo for SimIo {
     }
 
     fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
-        let latency = self.disk.lock().latency;
-        if self
-            .pending
-            .front()
-            .is_none_or(|p| self.generation - p.generation < latency)
-        {
+        let mut s = self.disk.lock();
+        // Any operation old enough may complete first, as on a device with
+        // a queue: the seed picks which.
+        let ready: Vec<usize> = (0..self.pending.len())
+            .filter(|&i| self.generation - self.pending[i].generation >= s.latency)
+            .collect();
+        if ready.is_empty() {
             self.generation += 1;
             return None;
         }
-        let p = self.pending.pop_front().expect("checked");
-        let mut s = self.disk.lock();
+        let pick = ready[self.rng.random_range(0..ready.len())];
+        let p = self.pending.remove(pick).expect("an index of pending");
         let result = match p.result {
             Ok(()) if s.cut => Err(OpError {
-                operation: "write",
+                operation: "operation",
                 source: cut_error(),
             }),
             Ok(()) => {
