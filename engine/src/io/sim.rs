@@ -308,6 +308,15 @@ impl SimDisk {
         Ok(report)
     }
 
+    /// Ends a session the way a process crash does, not a power cut: every
+    /// write the device received stays, volatile or not. Call it with no
+    /// engine open on the disk's files, instead of [`SimDisk::power_cut`].
+    pub fn process_crash(&self) {
+        let mut s = self.lock();
+        s.volatile.clear();
+        s.cut = false;
+    }
+
     /// Flips bit `bit` of byte `byte` of `path` at rest, as a device's decay would.
     pub fn flip_bit_at_rest(&self, path: &Path, byte: u64, bit: u8) -> io::Result<()> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;

@@ -228,6 +228,8 @@ struct Flight {
     payload_bytes: u64,
     /// Periodic mode: this commit was written with a data sync.
     synced: bool,
+    /// For a data sync: the last commit it makes durable.
+    covers: CommitSeq,
     started: Instant,
     outcome: Option<std::result::Result<(), OpError>>,
 }
@@ -266,6 +268,9 @@ struct Shard {
     next_segment_seq: SegmentSeq,
     /// Highest commit acknowledged (durable, or written in periodic mode).
     completed: CommitSeq,
+    /// Every commit up to this one is on stable storage (a data sync
+    /// completed after it).
+    durable_through: CommitSeq,
     building: Batch,
     /// Started operations, oldest first; acknowledged strictly in this order.
     flights: VecDeque<Flight>,
@@ -355,6 +360,13 @@ impl Shard {
                 (seg, spec.block as u64, SegmentSeq(seq.0 + 1))
             }
         };
+        // What was replayed may have reached the device without a flush (a
+        // process that crashed in Periodic mode, or commits in flight when it
+        // died): make it durable before new commits count on it.
+        segment
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync segment", Some(segment.path.clone()), e))?;
         // A spare is prepared once the segment in use has commits; a store
         // reopened again and again without writes must not grow by a
         // segment per open.
@@ -383,6 +395,7 @@ impl Shard {
             write_position,
             next_segment_seq,
             completed: CommitSeq(recovered.next_commit_seq.0.saturating_sub(1)),
+            durable_through: CommitSeq(recovered.next_commit_seq.0.saturating_sub(1)),
             building,
             flights: VecDeque::with_capacity(in_flight_max),
             spare,
@@ -883,12 +896,27 @@ impl Shard {
             .expect("a spare batch for every commit in flight");
         let mut batch = std::mem::replace(&mut self.building, spare);
         let position = self.write_position;
+        // The commits before this one that may not be durable when it is: a
+        // power cut may leave a hole there, followed by this commit, and
+        // recovery cuts such a hole as a torn tail only within this window.
+        // The commits in flight with it; in Periodic mode also every commit
+        // since the last completed data sync (at most 65,535: a hole further
+        // back is refused as damage).
+        let since_sync = batch
+            .builder
+            .commit_seq()
+            .0
+            .saturating_sub(self.durable_through.0);
+        let window = match self.config.durability {
+            Durability::Sync => self.in_flight_max as u64,
+            Durability::Periodic { .. } => since_sync.max(self.in_flight_max as u64),
+        };
         let bytes = batch.builder.seal(
             self.id,
             self.store_id,
             self.segment.seq,
             position,
-            self.in_flight_max as u16,
+            window.min(u64::from(u16::MAX)) as u16,
         );
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
         // Periodic mode under constant load never sees an idle moment for a
@@ -924,6 +952,7 @@ impl Shard {
             batch: Some(batch),
             payload_bytes,
             synced,
+            covers: CommitSeq(0),
             started: Instant::now(),
             outcome: None,
         });
@@ -956,6 +985,7 @@ impl Shard {
             batch: None,
             payload_bytes: 0,
             synced: false,
+            covers: self.completed,
             started: Instant::now(),
             outcome: None,
         });
@@ -976,6 +1006,7 @@ impl Shard {
                 .map_err(|e| Error::io("fdatasync segment", Some(self.segment.path.clone()), e))?;
             self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
             self.unsynced_since = None;
+            self.durable_through = self.completed;
         }
         let seq = self.next_segment_seq;
         let segment = self.preparer.take(seq)?;
@@ -1022,6 +1053,7 @@ impl Shard {
                     if self.failed.is_none() {
                         self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
                         self.unsynced_since = None;
+                        self.durable_through = self.durable_through.max(f.covers);
                     }
                 }
                 Some(mut batch) => {
@@ -1030,6 +1062,7 @@ impl Shard {
                         if f.synced {
                             self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
                             self.unsynced_since = None;
+                            self.durable_through = self.completed;
                         }
                     }
                     batch.records.clear();
@@ -1061,6 +1094,7 @@ impl Shard {
         match self.config.durability {
             Durability::Sync => {
                 m.syncs.fetch_add(1, Ordering::Relaxed);
+                self.durable_through = self.completed;
             }
             Durability::Periodic { .. } => {
                 self.unsynced_since.get_or_insert_with(Instant::now);

@@ -17,8 +17,8 @@
 //! 32 segment_bytes u64                     32 commit_seq   u64
 //! 40 reserved (zero) 24 bytes              40 position     u64  (byte of this header)              48 entries_bytes u32
 //!                                          52 blocks       u32  (blocks spanned, with padding)
-//!                                          56 in_flight_max u16 (commits the writer
-//!                                             had in flight at most)
+//!                                          56 in_flight_max u16 (commits before
+//!                                             this one possibly not durable)
 //!                                          58 reserved (zero) 6 bytes
 //!
 //! entry (24-byte header, payload, zero padding to 8 bytes)
@@ -118,8 +118,10 @@ pub struct CommitHeader {
     pub entries_bytes: u32,
     /// Blocks the commit spans, padding included.
     pub blocks: u32,
-    /// Most commits the writer had in flight at once: the commits that may
-    /// follow a torn one without having been acknowledged.
+    /// How many commits before this one may not have been durable when it
+    /// was written (the window): the commits in flight with it, and in
+    /// Periodic mode every commit since the last completed data sync. A
+    /// missing commit within a later commit's window is a torn tail.
     pub in_flight_max: u16,
 }
 
@@ -298,7 +300,7 @@ pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader
         blocks: u32_at(b, 52),
         in_flight_max: u16_at(b, 56),
     };
-    if h.in_flight_max == 0 || h.in_flight_max as usize > crate::config::COMMITS_IN_FLIGHT_LIMIT {
+    if h.in_flight_max == 0 {
         return Err(DecodeError::OutOfBounds("in_flight_max"));
     }
     let span = h.blocks as usize * block_bytes;
