@@ -999,11 +999,21 @@ impl Shard {
         debug_assert!(self.flights.is_empty());
         if self.unsynced_since.is_some() {
             // Periodic mode: what was written to the old segment is synced
-            // before writing moves on, so that syncs only ever need the active file.
-            self.segment
-                .file
-                .sync_data()
-                .map_err(|e| Error::io("fdatasync segment", Some(self.segment.path.clone()), e))?;
+            // before writing moves on, so that syncs only ever need the
+            // active file. Through the ring like every other sync, with
+            // nothing else in flight: wait for this one completion.
+            let id = self.next_op_id();
+            let fd = self.segment.fd();
+            // SAFETY: a sync references no memory.
+            unsafe { self.io.start(id, Op::Sync { fd }) }.map_err(|e| self.op_error(e))?;
+            loop {
+                if let Some((done, outcome)) = self.io.poll() {
+                    debug_assert_eq!(done, id, "the only operation in flight");
+                    outcome.map_err(|e| self.op_error(e))?;
+                    break;
+                }
+                self.io.wait(None).map_err(|e| self.op_error(e))?;
+            }
             self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
             self.unsynced_since = None;
             self.durable_through = self.completed;
