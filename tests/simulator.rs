@@ -384,36 +384,56 @@ fn detected(e: &Error) -> bool {
         || e.raw_os_error() == Some(libc::EIO)
 }
 
+/// Damage injected into the stored data since the last check.
+#[derive(Default)]
+struct Injected {
+    /// Shards whose stored data was damaged.
+    shards: HashSet<u16>,
+    /// A misdirected write: it cannot be undone.
+    misdirect: bool,
+    /// A misdirected write in any session of the seed: a refused open then
+    /// ends the seed.
+    ever_misdirected: bool,
+    /// The bit decayed at rest, to flip back if the open refuses it.
+    undo: Option<(PathBuf, u64, u8)>,
+}
+
 /// Opens the store. When damage was injected and the open refuses it, the
 /// refusal is counted, the damage undone where it can be (a read fault is
-/// lifted, decay flipped back), and the store opened again; the flag says
-/// so. `Ok(None)`: a misdirected write was refused and cannot be undone.
+/// lifted, decay flipped back, a misdirected write stays), and the store
+/// opened again. Read faults are lifted either way. `Ok(None)`: a
+/// misdirected write was refused and cannot be undone.
 fn open_after(
     dir: &Path,
     shape: Shape,
     disk: &SimDisk,
-    damaged: bool,
-    misdirected: bool,
-    undo: &mut Option<(PathBuf, u64, u8)>,
+    injected: &mut Injected,
     totals: &mut Totals,
-) -> Result<Option<(Engine, bool)>, String> {
-    match Engine::open(config(dir, shape, disk)) {
-        Ok(e) => Ok(Some((e, false))),
+) -> Result<Option<Engine>, String> {
+    let damaged = !injected.shards.is_empty();
+    let engine = match Engine::open(config(dir, shape, disk)) {
+        Ok(e) => e,
         Err(e) if damaged && detected(&e) => {
             totals.detected_open += 1;
             trace(|| format!("open refused: {e}"));
             disk.clear_plans();
-            if let Some((path, byte, bit)) = undo.take() {
+            if let Some((path, byte, bit)) = injected.undo.take() {
                 disk.flip_bit_at_rest(&path, byte, bit).unwrap();
             }
+            if !injected.misdirect {
+                injected.shards.clear();
+            }
             match Engine::open(config(dir, shape, disk)) {
-                Ok(e) => Ok(Some((e, true))),
-                Err(Error::Corruption { .. }) if misdirected => Ok(None),
-                Err(e) => Err(format!("reopen after detected damage: {e}")),
+                Ok(e) => e,
+                Err(Error::Corruption { .. }) if injected.ever_misdirected => return Ok(None),
+                Err(e) => return Err(format!("reopen after detected damage: {e}")),
             }
         }
-        Err(e) => Err(format!("open (damage injected: {damaged}): {e}")),
-    }
+        Err(e) => return Err(format!("open (damage injected: {damaged}): {e}")),
+    };
+    disk.clear_plans();
+    injected.undo = None;
+    Ok(Some(engine))
 }
 
 /// Runs one seed: sessions of workload, fault, power cut and check.
@@ -438,40 +458,17 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
     };
     totals.periodic_seeds += u64::from(shape.periodic.is_some());
     let mut model: HashMap<&'static str, Chan> = HashMap::new();
-    // Stored data damaged since the last check, and how to undo it if the
-    // open refuses it.
-    // Shards whose stored data was damaged since the last check.
-    let mut damaged_in: HashSet<u16> = HashSet::new();
-    // A misdirected write since the last check: it cannot be undone.
-    let mut misdirect_now = false;
+    let mut injected = Injected::default();
     // Periodic mode, and a power cut caught acknowledged writes unsynced.
     let mut unsynced_lost = false;
-    let mut undo: Option<(PathBuf, u64, u8)> = None;
-    // A misdirected write cannot be undone: a refused open ends the seed.
-    let mut misdirected = false;
     let sessions = 2 + rng.below(3);
     for session in 0..sessions {
         totals.sessions += 1;
-        let opened = open_after(
-            dir.path(),
-            shape,
-            &disk,
-            !damaged_in.is_empty(),
-            misdirected,
-            &mut undo,
-            totals,
-        )
-        .map_err(|e| format!("session {session}: {e}"))?;
-        let Some((engine, refused)) = opened else {
+        let opened = open_after(dir.path(), shape, &disk, &mut injected, totals)
+            .map_err(|e| format!("session {session}: {e}"))?;
+        let Some(engine) = opened else {
             return Ok(());
         };
-        if refused {
-            // The damage was undone before the reopen; only a misdirected
-            // write stays.
-            damaged_in.retain(|_| misdirect_now);
-        }
-        disk.clear_plans();
-        undo = None;
         trace(|| {
             format!(
                 "session {session}: opened; damage {:?}",
@@ -482,13 +479,13 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
             &engine,
             &disk,
             &mut model,
-            &damaged_in,
+            &injected.shards,
             unsynced_lost,
             totals,
         )
         .map_err(|e| format!("session {session}: {e}"))?;
-        damaged_in.clear();
-        misdirect_now = false;
+        injected.shards.clear();
+        injected.misdirect = false;
         unsynced_lost = false;
 
         // Plan this session's fault.
@@ -680,9 +677,9 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         }
         if happened && matches!(fault, Some(SimFault::Misdirect(_))) {
             // Which shard's write it was is not known here: all of them.
-            damaged_in.extend(0..shards as u16);
-            misdirect_now = true;
-            misdirected = true;
+            injected.shards.extend(0..shards as u16);
+            injected.misdirect = true;
+            injected.ever_misdirected = true;
             totals.damage_injected += 1;
         }
         totals.in_flight_most = totals.in_flight_most.max(disk.stats().in_flight_most);
@@ -729,7 +726,7 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         if !used.is_empty() && rng.below(5) == 0 {
             let (path, end) = used[rng.below(used.len() as u64) as usize].clone();
             let byte = rng.below(end);
-            damaged_in.insert(shard_of_path(&path));
+            injected.shards.insert(shard_of_path(&path));
             totals.damage_injected += 1;
             let kind = rng.below(3);
             trace(|| {
@@ -742,7 +739,7 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
                 0 => {
                     let bit = rng.below(8) as u8;
                     disk.flip_bit_at_rest(&path, byte, bit).unwrap();
-                    undo = Some((path, byte, bit));
+                    injected.undo = Some((path, byte, bit));
                 }
                 1 => disk.plan_read(
                     &path,
@@ -758,27 +755,16 @@ fn run_seed(s: u64, totals: &mut Totals) -> Result<(), String> {
         }
     }
     // A last open with no fault planned checks the final state.
-    let opened = open_after(
-        dir.path(),
-        shape,
-        &disk,
-        !damaged_in.is_empty(),
-        misdirected,
-        &mut undo,
-        totals,
-    )
-    .map_err(|e| format!("final open: {e}"))?;
-    let Some((engine, refused)) = opened else {
+    let opened = open_after(dir.path(), shape, &disk, &mut injected, totals)
+        .map_err(|e| format!("final open: {e}"))?;
+    let Some(engine) = opened else {
         return Ok(());
     };
-    if refused {
-        damaged_in.retain(|_| misdirect_now);
-    }
     check(
         &engine,
         &disk,
         &mut model,
-        &damaged_in,
+        &injected.shards,
         unsynced_lost,
         totals,
     )

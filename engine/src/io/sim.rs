@@ -162,36 +162,6 @@ fn fd_path(fd: RawFd) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
 }
 
-fn pread_exact(fd: RawFd, position: u64, buf: &mut [u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: reads into a slice we own, of its length.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                (position + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            // Beyond the end of the file: what is there reads as zeros.
-            rest.fill(0);
-            return Ok(());
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
 impl SimDisk {
     /// A disk whose every decision follows from `seed`.
     pub fn new(seed: u64) -> SimDisk {
@@ -365,10 +335,9 @@ impl SimState {
         data: &[u8],
     ) -> Result<u64, OpError> {
         let mut before = vec![0u8; data.len()];
-        pread_exact(fd, position, &mut before).map_err(|source| OpError {
-            operation: "write",
-            source,
-        })?;
+        // Within the file: segments are created at full size, and a
+        // misdirected write is kept inside.
+        portable::read(fd, position, before.as_mut_ptr(), data.len(), data.len())?;
         self.writes += 1;
         let seq = self.writes;
         // Recorded first: a write that fails half-way may have changed bytes.

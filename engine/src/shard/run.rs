@@ -284,6 +284,9 @@ struct Shard {
     no_space: Option<(Instant, Error)>,
     /// What a torn tail left, zeroed before the first commit is written.
     cuts: Vec<Cut>,
+    /// Whether a commit was started since recovery (the cuts and the sync
+    /// of what was replayed come before the first).
+    written: bool,
     /// How segment files are opened.
     access: Access,
     closing: bool,
@@ -360,13 +363,6 @@ impl Shard {
                 (seg, spec.block as u64, SegmentSeq(seq.0 + 1))
             }
         };
-        // What was replayed may have reached the device without a flush (a
-        // process that crashed in Periodic mode, or commits in flight when it
-        // died): make it durable before new commits count on it.
-        segment
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync segment", Some(segment.path.clone()), e))?;
         // A spare is prepared once the segment in use has commits; a store
         // reopened again and again without writes must not grow by a
         // segment per open.
@@ -405,6 +401,7 @@ impl Shard {
             failed: None,
             no_space: None,
             cuts: recovered.cuts,
+            written: false,
             access,
             closing: false,
             unsynced_since: None,
@@ -868,12 +865,18 @@ impl Shard {
     }
 
     fn start_commit(&mut self) {
-        if !self.cuts.is_empty() {
-            if let Err(e) = apply_cuts(&self.cuts, self.access) {
+        if !self.written {
+            // Before the first write: zero what a torn tail left, and make
+            // what was replayed durable — it may have reached the device
+            // without a flush (a process that crashed in Periodic mode, or
+            // commits in flight when it died) — before new commits count
+            // on it.
+            if let Err(e) = apply_cuts(&self.cuts, self.access).and_then(|()| self.sync_segment()) {
                 self.fail(e);
                 return;
             }
             self.cuts.clear();
+            self.written = true;
         }
         if !self.spare_requested {
             self.preparer.request(self.next_segment_seq);
@@ -995,25 +998,30 @@ impl Shard {
         }
     }
 
+    /// A data sync of the current segment through the ring, with nothing
+    /// else in flight: waits for its completion.
+    fn sync_segment(&mut self) -> Result<()> {
+        debug_assert!(self.flights.is_empty());
+        let id = self.next_op_id();
+        let fd = self.segment.fd();
+        // SAFETY: a sync references no memory.
+        unsafe { self.io.start(id, Op::Sync { fd }) }.map_err(|e| self.op_error(e))?;
+        loop {
+            if let Some((done, outcome)) = self.io.poll() {
+                debug_assert_eq!(done, id, "the only operation in flight");
+                return outcome.map_err(|e| self.op_error(e));
+            }
+            self.io.wait(None).map_err(|e| self.op_error(e))?;
+        }
+    }
+
     fn roll_segment(&mut self) -> Result<()> {
         debug_assert!(self.flights.is_empty());
         if self.unsynced_since.is_some() {
             // Periodic mode: what was written to the old segment is synced
             // before writing moves on, so that syncs only ever need the
-            // active file. Through the ring like every other sync, with
-            // nothing else in flight: wait for this one completion.
-            let id = self.next_op_id();
-            let fd = self.segment.fd();
-            // SAFETY: a sync references no memory.
-            unsafe { self.io.start(id, Op::Sync { fd }) }.map_err(|e| self.op_error(e))?;
-            loop {
-                if let Some((done, outcome)) = self.io.poll() {
-                    debug_assert_eq!(done, id, "the only operation in flight");
-                    outcome.map_err(|e| self.op_error(e))?;
-                    break;
-                }
-                self.io.wait(None).map_err(|e| self.op_error(e))?;
-            }
+            // active file.
+            self.sync_segment()?;
             self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
             self.unsynced_since = None;
             self.durable_through = self.completed;
