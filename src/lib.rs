@@ -39,7 +39,7 @@ use corewal_engine::types::ChannelId;
 
 pub use bytes;
 pub use corewal_engine::config::{
-    Backend, Config, Durability, FaultPlan, RecoveryMode, SyncMethod,
+    Backend, Config, Durability, FaultEffect, FaultPlan, RecoveryMode, SyncMethod,
 };
 pub use corewal_engine::error::{Error, Result};
 pub use corewal_engine::recovery::{Damage, DamageAction};
@@ -180,6 +180,24 @@ impl Engine {
     /// `Error::InvalidChannelName`; `Error::NoSpace` (retryable, as for
     /// [`Channel::append`]); `Error::ShardFailed`; `Error::Closed`.
     pub fn unregister(&self, name: &str) -> Result<()> {
+        self.unregister_async(name)?.wait()
+    }
+
+    /// [`Engine::unregister`] as a future. The name is checked at once.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// engine.register("tmp")?;
+    /// let dropped = engine.unregister_async("tmp")?;
+    /// # dropped.wait()?;
+    /// // in async code: dropped.await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::InvalidChannelName` at once; the rest through the future.
+    pub fn unregister_async(&self, name: &str) -> Result<UnregisterFuture> {
         corewal_engine::validate_channel_name(name)?;
         let shard = self.runtime.shard_for(name);
         let ack = Arc::new(Ack::new());
@@ -187,7 +205,9 @@ impl Engine {
             name: name.into(),
             ack: ack.clone(),
         };
-        Submit::new(shard.inbox.clone(), request, ack).wait()
+        Ok(UnregisterFuture {
+            submit: Submit::new(shard.inbox.clone(), request, ack),
+        })
     }
 
     /// How many shards have finished recovery (successfully or not); with
@@ -250,12 +270,16 @@ impl Engine {
 
     /// Finishes every queued and in-flight commit, stops the shards and
     /// releases the directory. Requests made after this fail with `Error::Closed`.
+    /// Called while shards still recover (after [`Engine::start`]), it stops
+    /// their replay at the next read and leaves the store as it was.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for reporting a final sync failure.
+    /// `Error::ShardFailed` when a shard had failed — a write, a data sync
+    /// (in `Durability::Periodic`, the final sync of what was acknowledged
+    /// unsynced included: those records may not be durable), its ring, or a
+    /// panic on its thread. Every shard is stopped either way.
     pub fn close(self) -> Result<()> {
-        self.runtime.close();
-        Ok(())
+        self.runtime.close()
     }
 }
 
@@ -453,7 +477,13 @@ impl Channel {
     /// ```
     ///
     /// # Errors
-    /// `Error::Closed` after close.
+    /// * `Error::ChannelDropped` once the channel's drop is durable (a call
+    ///   queued behind a drop not yet durable waits for it);
+    /// * `Error::ShardFailed` when the channel's shard failed before a
+    ///   pending drop became durable, or never started;
+    /// * `Error::InvalidConfig { field: "channel" }` for a handle of another
+    ///   engine instance;
+    /// * `Error::Closed` after close.
     pub fn read(&self, range: impl RangeBounds<Offset>) -> Result<Vec<Record>> {
         let from = match range.start_bound() {
             Bound::Included(o) => *o,
@@ -479,7 +509,7 @@ impl Channel {
     /// next append gets when no other append is under way.
     ///
     /// # Errors
-    /// `Error::Closed` after close.
+    /// As [`Channel::read`].
     pub fn next_offset(&self) -> Result<Offset> {
         let ack = Arc::new(Ack::new());
         let request = Request::NextOffset {
@@ -540,6 +570,11 @@ impl<T> Submit<T> {
 
 /// The future of [`Channel::append_async`]: the record's offset once durable.
 /// [`AppendFuture::wait`] blocks on it instead.
+///
+/// The request is sent to the shard when the future is first polled (or
+/// waited on). Dropping a future that was already polled does not cancel
+/// the append: the record is still written and made durable, only nobody
+/// learns its offset. Dropping one never polled sends nothing.
 #[must_use = "an append is sent when the future is polled or waited on"]
 pub struct AppendFuture {
     submit: Submit<Offset>,
@@ -557,6 +592,29 @@ impl AppendFuture {
 
 impl Future for AppendFuture {
     type Output = Result<Offset>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().submit.poll(cx)
+    }
+}
+
+/// The future of [`Engine::unregister_async`]: done once the drop is durable.
+#[must_use = "an unregistration is sent when the future is polled or waited on"]
+pub struct UnregisterFuture {
+    submit: Submit<()>,
+}
+
+impl UnregisterFuture {
+    /// Blocks the calling thread until the drop is durable.
+    ///
+    /// # Errors
+    /// As [`Engine::unregister`].
+    pub fn wait(self) -> Result<()> {
+        self.submit.wait()
+    }
+}
+
+impl Future for UnregisterFuture {
+    type Output = Result<()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().submit.poll(cx)
     }

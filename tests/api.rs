@@ -494,3 +494,113 @@ fn reopening_without_writes_does_not_grow_the_directory() {
     }
     assert_eq!(count(), after_first, "each open added segment files");
 }
+
+#[test]
+fn a_dropped_handle_says_dropped_for_every_call() {
+    let dir = test_dir();
+    let engine = Engine::open(small_config(dir.path(), 1, Backend::IoUring)).unwrap();
+    let ch = engine.register("gone").unwrap();
+    ch.append(b"x").unwrap();
+    engine.unregister("gone").unwrap();
+    assert!(
+        matches!(ch.next_offset(), Err(Error::ChannelDropped { .. })),
+        "{:?}",
+        ch.next_offset()
+    );
+    assert!(matches!(ch.read(..), Err(Error::ChannelDropped { .. })));
+    assert!(matches!(ch.append(b"y"), Err(Error::ChannelDropped { .. })));
+    engine.close().unwrap();
+}
+
+#[test]
+fn an_existing_directory_others_may_write_into_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = test_dir();
+    let data = dir.path().join("wal");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match Engine::open(small_config(&data, 1, Backend::IoUring)) {
+        Err(Error::InvalidConfig { field, reason }) => {
+            assert_eq!(field, "dir_mode");
+            assert!(reason.contains("chmod"), "{reason}");
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    // Readable by others (a mkdir under umask 022): opens.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Engine::open(small_config(&data, 1, Backend::IoUring))
+        .unwrap()
+        .close()
+        .unwrap();
+    // As wide as dir_mode allows: opens.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut config = small_config(&data, 1, Backend::IoUring);
+    config.dir_mode = 0o777;
+    Engine::open(config).unwrap().close().unwrap();
+    // A newly created directory gets dir_mode exactly.
+    let fresh = dir.path().join("fresh").join("wal");
+    Engine::open(small_config(&fresh, 1, Backend::IoUring))
+        .unwrap()
+        .close()
+        .unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn closing_while_shards_recover_stops_the_replay_and_changes_nothing() {
+    use corewal_engine::runtime::Runtime;
+    let dir = test_dir();
+    let mut config = small_config(dir.path(), 1, Backend::IoUring);
+    config.segment_bytes = 16 << 20;
+    config.commit_bytes_max = 1 << 20;
+    config.record_bytes_max = 64 << 10;
+    {
+        let engine = Engine::open(config.clone()).unwrap();
+        let ch = engine.register("big").unwrap();
+        let record = vec![7u8; 60 << 10];
+        for _ in 0..64 {
+            ch.append_batch(std::iter::repeat_n(&record[..], 12))
+                .unwrap();
+        }
+        engine.close().unwrap();
+    }
+    let files = |dir: &std::path::Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("shard-000"))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(dir.path());
+    // The close request arrives while the shard has read at most its first
+    // megabytes of about 48 MB; recovery must stop there, not finish.
+    let rt = Runtime::start(config.clone()).unwrap();
+    let _ = rt.close();
+    let m = rt.metrics();
+    assert!(
+        m.recovery_bytes_total > 40 << 20,
+        "{} bytes to replay",
+        m.recovery_bytes_total
+    );
+    assert!(
+        m.recovery_bytes_read < m.recovery_bytes_total / 2,
+        "close waited for the replay: {} of {} bytes read",
+        m.recovery_bytes_read,
+        m.recovery_bytes_total
+    );
+    drop(rt);
+    assert!(
+        files(dir.path()) == before,
+        "closing during recovery changed the store"
+    );
+    let engine = Engine::open(config).unwrap();
+    assert_eq!(
+        engine.register("big").unwrap().read(..).unwrap().len(),
+        64 * 12
+    );
+}

@@ -42,7 +42,7 @@ fn run_cycle(dir: &std::path::Path, backend: Backend, seed: u64, model: &mut Mod
 #[test]
 fn sigkill_during_load_loses_no_acknowledged_append() {
     let seed = common::seed();
-    let cycles = common::cycles("COREWAL_SIGKILL_CYCLES", 200);
+    let cycles = common::cycles("COREWAL_SIGKILL_CYCLES", 300);
     // A fresh store every 50 cycles: each reopen replays the whole WAL, so
     // one store across hundreds of cycles would spend the time replaying.
     let mut dir = test_dir();

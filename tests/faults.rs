@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{small_config, test_dir};
-use corewal::{Backend, Engine, Error, FaultPlan, Offset, SyncMethod};
+use corewal::{Backend, Engine, Error, FaultEffect, FaultPlan, Offset, SyncMethod};
 
 /// A channel name on each shard of a 2-shard engine.
 fn names_per_shard(engine: &Engine) -> [String; 2] {
@@ -40,12 +40,10 @@ fn fail_stop_case(errno: i32, sync_method: SyncMethod, fail_op: u64, in_sync: bo
         n
     };
     config.sync_method = sync_method;
-    config.backend = Backend::FaultInjection(FaultPlan {
-        shard: Some(0),
-        fail_op,
-        errno,
-        in_sync,
-    });
+    let mut plan = FaultPlan::new(fail_op, errno);
+    plan.shard = Some(0);
+    plan.in_sync = in_sync;
+    config.backend = Backend::FaultInjection(plan);
     let acked: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
     {
         let engine = Arc::new(Engine::open(config.clone()).unwrap());
@@ -116,7 +114,13 @@ fn fail_stop_case(errno: i32, sync_method: SyncMethod, fail_op: u64, in_sync: bo
             acked.lock().unwrap().get(&names[0]).map_or(0, |v| v.len())
         );
         drop((failing, healthy));
-        Arc::try_unwrap(engine).unwrap().close().unwrap();
+        // Close reports the failure (after stopping every shard).
+        match Arc::try_unwrap(engine).unwrap().close() {
+            Err(Error::ShardFailed { shard: 0, cause }) => {
+                assert_eq!(cause.raw_os_error(), Some(errno), "{cause}")
+            }
+            other => panic!("close after a failed shard: {other:?}"),
+        }
     }
     // Reopen without faults: everything acknowledged is there.
     config.backend = Backend::IoUring;
@@ -158,4 +162,271 @@ fn enospc_is_reported_with_its_cause() {
 #[test]
 fn a_fault_before_anything_is_acknowledged_still_answers_everyone() {
     fail_stop_case(libc::EIO, SyncMethod::DsyncWrite, 1, false);
+}
+
+/// Counts a name's records after a reopen with the default backend.
+fn records_after_reopen(config: &corewal::Config, name: &str) -> usize {
+    let mut config = config.clone();
+    config.backend = Backend::IoUring;
+    let engine = Engine::open(config).unwrap();
+    let n = engine.register(name).unwrap().read(..).unwrap().len();
+    engine.close().unwrap();
+    n
+}
+
+/// A store of one shard holding `n` records of channel "c".
+fn store_with_records(dir: &std::path::Path, n: u64) -> corewal::Config {
+    let config = small_config(dir, 1, Backend::IoUring);
+    let engine = Engine::open(config.clone()).unwrap();
+    let ch = engine.register("c").unwrap();
+    for i in 0..n {
+        ch.append(format!("record-{i}").as_bytes()).unwrap();
+    }
+    engine.close().unwrap();
+    config
+}
+
+const HANG: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_panic_on_a_shard_thread_answers_every_caller_and_close_returns() {
+    let dir = test_dir();
+    let mut config = small_config(dir.path(), 2, Backend::IoUring);
+    let names = {
+        let engine = Engine::open(config.clone()).unwrap();
+        let n = names_per_shard(&engine);
+        engine.close().unwrap();
+        n
+    };
+    let mut plan = FaultPlan::new(30, libc::EIO);
+    plan.shard = Some(0);
+    plan.effect = FaultEffect::Panic;
+    config.backend = Backend::FaultInjection(plan);
+    let engine = Arc::new(Engine::open(config.clone()).unwrap());
+    let failing = engine.register(&names[0]).unwrap();
+    let healthy = engine.register(&names[1]).unwrap();
+    let callers: Vec<_> = (0..6)
+        .map(|t| {
+            let ch = failing.clone();
+            std::thread::spawn(move || {
+                let mut failed = 0;
+                for i in 0..100u32 {
+                    match ch.append(&[t, i as u8]) {
+                        Ok(_) => assert_eq!(failed, 0, "acknowledged after the panic"),
+                        Err(Error::ShardFailed { shard: 0, cause }) => {
+                            assert!(cause.to_string().contains("panic"), "{cause}");
+                            failed += 1;
+                        }
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed = common::within(HANG, move || {
+        callers.into_iter().map(|c| c.join().unwrap()).sum::<u32>()
+    })
+    .expect("callers of a panicked shard hang");
+    assert!(failed > 0, "the planned panic never happened");
+    // Every later request is answered too, with the panic as the cause.
+    let late = common::within(HANG, {
+        let f = failing.clone();
+        move || f.read(..)
+    })
+    .expect("a read of a panicked shard hangs");
+    assert!(matches!(late, Err(Error::ShardFailed { .. })), "{late:?}");
+    // The other shard goes on.
+    for i in 0..20u8 {
+        healthy.append(&[i]).unwrap();
+    }
+    drop((failing, healthy));
+    let engine = Arc::try_unwrap(engine).unwrap();
+    let closed = common::within(HANG, move || engine.close()).expect("close hangs");
+    assert!(
+        matches!(closed, Err(Error::ShardFailed { .. })),
+        "{closed:?}"
+    );
+    assert_eq!(records_after_reopen(&config, &names[1]), 20);
+}
+
+#[test]
+fn a_panic_during_recovery_fails_the_open_instead_of_hanging_it() {
+    let dir = test_dir();
+    let mut config = store_with_records(dir.path(), 50);
+    let mut plan = FaultPlan::new(1, libc::EIO);
+    plan.effect = FaultEffect::Panic;
+    plan.reads = true;
+    config.backend = Backend::FaultInjection(plan);
+    let opened = common::within(HANG, move || Engine::open(config).map(drop))
+        .expect("open hangs after a panic during recovery");
+    match opened {
+        Err(Error::ShardFailed { shard: 0, cause }) => {
+            assert!(cause.to_string().contains("panic"), "{cause}")
+        }
+        other => panic!("expected ShardFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_ring_stops_the_shard_without_spinning_and_close_returns() {
+    let dir = test_dir();
+    let mut config = store_with_records(dir.path(), 10);
+    let mut plan = FaultPlan::new(5, libc::EBADF);
+    plan.effect = FaultEffect::RingFails;
+    config.backend = Backend::FaultInjection(plan);
+    let engine = Engine::open(config.clone()).unwrap();
+    let ch = engine.register("c").unwrap();
+    let answered = common::within(HANG, move || {
+        let mut acked = 0;
+        for i in 0..100u8 {
+            match ch.append(&[i]) {
+                Ok(_) => acked += 1,
+                Err(Error::ShardFailed { .. }) => return (acked, ch),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        panic!("the planned ring failure never happened");
+    })
+    .expect("an append hangs after the ring failed");
+    let (acked, ch) = answered;
+    // A failed shard waits for requests; it does not spin on its broken ring.
+    let ticks = || common::thread_cpu_ticks("corewal-shard-0").expect("the shard thread");
+    let before = ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    let used = ticks() - before;
+    let per_second = common::clock_ticks_per_second();
+    assert!(
+        used * 5 < per_second / 2,
+        "the failed shard used {used} of {} ticks in 0.5 s",
+        per_second / 2
+    );
+    assert!(matches!(ch.append(b"late"), Err(Error::ShardFailed { .. })));
+    drop(ch);
+    let closed = common::within(HANG, move || engine.close()).expect("close hangs");
+    assert!(closed.is_err(), "close hid the failure");
+    assert!(records_after_reopen(&config, "c") >= 10 + acked);
+}
+
+#[test]
+fn a_sync_whose_wait_failed_never_meets_its_completion_later() {
+    // The first operation the shard waits for alone (the sync of what
+    // recovery replayed) meets a failed io_uring_enter, then completes
+    // anyway: the shard must have stopped using the ring, not take the late
+    // completion for a surprise.
+    let dir = test_dir();
+    let mut config = store_with_records(dir.path(), 10);
+    // Without a manifest (a store written before manifests existed) nothing
+    // says the replayed commits are durable: the open syncs them first.
+    std::fs::remove_file(common::manifest_path(dir.path(), 0)).unwrap();
+    let mut plan = FaultPlan::new(1, libc::EINVAL);
+    plan.effect = FaultEffect::RingFailsOnce;
+    config.backend = Backend::FaultInjection(plan);
+    let outcome = common::within(HANG, move || {
+        let engine = match Engine::open(config) {
+            Ok(e) => e,
+            Err(e) => return Err(e),
+        };
+        let ch = engine.register("c");
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(20));
+            answers.push(engine.register("c").map(drop));
+        }
+        let closed = engine.close();
+        Ok((ch.map(drop), answers, closed))
+    })
+    .expect("the engine hangs after a failed wait");
+    match outcome {
+        // The failure surfaced at open: fine, if it names the ring.
+        Err(e) => assert!(e.to_string().contains("io_uring_enter"), "{e}"),
+        Ok((first, answers, closed)) => {
+            for a in std::iter::once(first).chain(answers) {
+                assert!(
+                    matches!(a, Err(Error::ShardFailed { .. }) | Ok(())),
+                    "{a:?}"
+                );
+            }
+            assert!(closed.is_err(), "close hid the failure");
+        }
+    }
+}
+
+#[test]
+fn close_returns_the_error_of_a_failed_final_sync() {
+    use corewal::sim::{SimDisk, SimFault};
+    let dir = test_dir();
+    let disk = SimDisk::new(7);
+    let mut config = small_config(dir.path(), 1, Backend::Simulated(disk.clone()));
+    config.durability = corewal::Durability::Periodic {
+        interval: Duration::from_secs(60),
+    };
+    let engine = Engine::open(config).unwrap();
+    let ch = engine.register("c").unwrap();
+    for i in 0..10u8 {
+        ch.append(&[i]).unwrap();
+    }
+    // The next operation is close's data sync of the unsynced appends.
+    disk.plan(disk.stats().ops + 1, SimFault::Error(libc::EIO));
+    drop(ch);
+    match engine.close() {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+        Ok(()) => panic!("close returned Ok after its final sync failed"),
+    }
+}
+
+#[test]
+fn appends_behind_a_pending_drop_learn_of_it_only_once_it_is_durable() {
+    // An unregister and an append queued behind it; the drop's commit
+    // fails (slowly). The append must not have been told "dropped": after a
+    // reopen the channel is there.
+    let mut found = false;
+    for fail_op in 1..=8 {
+        let dir = test_dir();
+        let mut config = small_config(dir.path(), 1, Backend::IoUring);
+        let mut plan = FaultPlan::new(fail_op, libc::EIO);
+        plan.completion_delay = Duration::from_millis(200);
+        config.backend = Backend::FaultInjection(plan);
+        let engine = Engine::open(config.clone()).unwrap();
+        let Ok(ch) = engine.register("x") else {
+            continue;
+        };
+        if ch.append(b"first").is_err() {
+            continue;
+        }
+        let noop = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(noop);
+        use std::future::Future;
+        let mut drop_fut = engine.unregister_async("x").unwrap();
+        let polled = std::pin::Pin::new(&mut drop_fut).poll(&mut cx);
+        let mut append_fut = ch.append_async(b"second".to_vec()).unwrap();
+        let append_polled = std::pin::Pin::new(&mut append_fut).poll(&mut cx);
+        let dropped = match polled {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => drop_fut.wait(),
+        };
+        let appended = match append_polled {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => append_fut.wait(),
+        };
+        let next = ch.next_offset();
+        drop(ch);
+        let _ = engine.close();
+        if dropped.is_ok() {
+            continue;
+        }
+        // The drop's commit failed.
+        found = true;
+        assert!(
+            !matches!(appended, Err(Error::ChannelDropped { .. })),
+            "fail_op {fail_op}: the append was told the channel is dropped, but the drop failed"
+        );
+        assert!(
+            !matches!(next, Err(Error::ChannelDropped { .. })),
+            "fail_op {fail_op}: next_offset said dropped, but the drop failed"
+        );
+        assert_eq!(records_after_reopen(&config, "x"), 1, "fail_op {fail_op}");
+        break;
+    }
+    assert!(found, "no planned fault hit the drop's commit");
 }

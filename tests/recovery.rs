@@ -8,10 +8,23 @@ use std::path::Path;
 use common::{segments, small_config, tail_segment, test_dir};
 use corewal::{Backend, Engine, Error, Offset, RecoveryMode};
 
-/// Writes `n` records to one channel, one commit each, on a single shard.
+/// Writes `n` records to one channel, one commit each, on a single shard,
+/// and closes the engine cleanly.
 fn write_records(dir: &Path, n: u64) -> usize {
+    write_records_then(dir, n, false)
+}
+
+/// Like [`write_records`], but leaves the store as a crash right after the
+/// last append would (the shard's manifest as it was after its first write),
+/// so that damage of the last commits can be a torn tail.
+fn write_records_as_if_crashed(dir: &Path, n: u64) -> usize {
+    write_records_then(dir, n, true)
+}
+
+fn write_records_then(dir: &Path, n: u64, crashed: bool) -> usize {
     let engine = Engine::open(small_config(dir, 1, Backend::IoUring)).unwrap();
     let ch = engine.register("c").unwrap();
+    let manifest = common::snapshot_manifest(dir, 0);
     for i in 0..n {
         assert_eq!(
             ch.append(format!("record-{i}").as_bytes()).unwrap(),
@@ -20,6 +33,9 @@ fn write_records(dir: &Path, n: u64) -> usize {
     }
     let block = engine.block_bytes();
     engine.close().unwrap();
+    if crashed {
+        common::restore_manifest(dir, 0, &manifest);
+    }
     block
 }
 
@@ -53,7 +69,7 @@ fn a_torn_last_commit_is_cut_and_writing_resumes_there() {
     ];
     for (what, tear) in tears {
         let dir = test_dir();
-        let block = write_records(dir.path(), 50);
+        let block = write_records_as_if_crashed(dir.path(), 50);
         let (seg, c) = tail_segment(dir.path(), block);
         let last = c.last().unwrap();
         let (pos, len) = (last.pos, last.span);
@@ -77,7 +93,7 @@ fn a_torn_last_commit_is_cut_and_writing_resumes_there() {
 #[test]
 fn fail_on_any_damage_refuses_a_torn_tail_and_cuts_nothing() {
     let dir = test_dir();
-    let block = write_records(dir.path(), 20);
+    let block = write_records_as_if_crashed(dir.path(), 20);
     let (seg, c) = tail_segment(dir.path(), block);
     let pos = c.last().unwrap().pos;
     modify(&seg, |d| d[pos + 64 + 30] ^= 0x01);
@@ -246,6 +262,9 @@ fn an_open_that_fails_cuts_nothing_and_the_next_open_reports_the_torn_tail() {
             .clone()
     };
     let (a, b) = (on(0), on(1));
+    // Shard 1 is left as a crash after its last append would leave it, so
+    // that its damaged last commit is a torn tail.
+    let manifest1 = common::snapshot_manifest(dir.path(), 1);
     for i in 0..20u64 {
         for name in [&a, &b] {
             let ch = engine.register(name).unwrap();
@@ -256,6 +275,7 @@ fn an_open_that_fails_cuts_nothing_and_the_next_open_reports_the_torn_tail() {
         }
     }
     engine.close().unwrap();
+    common::restore_manifest(dir.path(), 1, &manifest1);
     let seg = |shard: &str| dir.path().join(shard).join("0000000000000001.wal");
     let (seg0, seg1) = (seg("shard-000"), seg("shard-001"));
     let c1 = common::commits(&seg1, block);
@@ -303,4 +323,98 @@ fn an_open_that_fails_cuts_nothing_and_the_next_open_reports_the_torn_tail() {
     let got = engine.register(&b).unwrap().read(..).unwrap();
     assert_eq!(got.len(), 20);
     assert_eq!(&got[19].data[..], b"after");
+}
+
+/// The recovery modes that refuse damage other than a torn tail, and those
+/// that go past it and report it.
+const STRICT: [RecoveryMode; 2] = [
+    RecoveryMode::TolerateTornTail,
+    RecoveryMode::FailOnAnyDamage,
+];
+const LENIENT: [RecoveryMode; 2] = [RecoveryMode::KeepPrefix, RecoveryMode::SkipDamaged];
+
+/// Opens `dir` in `mode` and checks that a loss of acknowledged commits at
+/// the end of the log is refused (strict modes) or reported (lenient ones),
+/// never taken for the end of the log. Returns the records left in a
+/// lenient mode.
+fn lost_end_is_refused_or_reported(dir: &Path, mode: RecoveryMode, written: u64, what: &str) {
+    let mut config = small_config(dir, 1, Backend::IoUring);
+    config.recovery_mode = mode;
+    match (STRICT.contains(&mode), Engine::open(config)) {
+        (true, Err(Error::Corruption { shard: 0, .. })) => {}
+        (true, Ok(engine)) => {
+            let n = engine.register("c").unwrap().read(..).unwrap().len();
+            panic!(
+                "{what}, {mode:?}: opened with {n} of {written} acknowledged records and no error"
+            );
+        }
+        (true, Err(e)) => panic!("{what}, {mode:?}: expected Corruption, got {e}"),
+        (false, Ok(engine)) => {
+            let damage = engine.recovery_damage();
+            assert!(
+                !damage.is_empty(),
+                "{what}, {mode:?}: the loss was not reported"
+            );
+            let n = engine.register("c").unwrap().read(..).unwrap().len() as u64;
+            assert!(n < written, "{what}, {mode:?}: {n} records");
+        }
+        (false, Err(e)) => panic!("{what}, {mode:?}: expected an open that reports, got {e}"),
+    }
+}
+
+#[test]
+fn a_lost_newest_segment_is_never_taken_for_the_end_of_the_log() {
+    // Three segments of commits; the newest one (and the spare after it,
+    // if one was made) removed.
+    for mode in STRICT.into_iter().chain(LENIENT) {
+        let dir = test_dir();
+        let block = write_records(dir.path(), 600);
+        let (newest, _) = tail_segment(dir.path(), block);
+        let mut removed = 0;
+        for seg in segments(dir.path()) {
+            if seg >= newest {
+                std::fs::remove_file(&seg).unwrap();
+                removed += 1;
+            }
+        }
+        assert!(removed >= 1 && !segments(dir.path()).is_empty());
+        lost_end_is_refused_or_reported(dir.path(), mode, 600, "newest segment removed");
+    }
+}
+
+#[test]
+fn an_older_copy_of_the_newest_segment_is_refused() {
+    for mode in STRICT.into_iter().chain(LENIENT) {
+        let dir = test_dir();
+        let block = write_records(dir.path(), 100);
+        let (seg, _) = tail_segment(dir.path(), block);
+        let older = std::fs::read(&seg).unwrap();
+        {
+            let engine = Engine::open(small_config(dir.path(), 1, Backend::IoUring)).unwrap();
+            let ch = engine.register("c").unwrap();
+            for i in 100..200 {
+                assert_eq!(ch.append(b"more").unwrap(), Offset(i));
+            }
+            engine.close().unwrap();
+        }
+        assert_eq!(
+            tail_segment(dir.path(), block).0,
+            seg,
+            "still the same segment"
+        );
+        std::fs::write(&seg, &older).unwrap();
+        lost_end_is_refused_or_reported(dir.path(), mode, 200, "older copy of the newest segment");
+    }
+}
+
+#[test]
+fn a_zeroed_last_commit_after_a_clean_close_is_refused() {
+    for mode in STRICT.into_iter().chain(LENIENT) {
+        let dir = test_dir();
+        let block = write_records(dir.path(), 50);
+        let (seg, c) = tail_segment(dir.path(), block);
+        let last = *c.last().unwrap();
+        modify(&seg, |d| d[last.pos..last.pos + last.span].fill(0));
+        lost_end_is_refused_or_reported(dir.path(), mode, 50, "last commit zeroed");
+    }
 }

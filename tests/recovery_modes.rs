@@ -18,10 +18,15 @@ fn config(dir: &Path, mode: RecoveryMode) -> Config {
 }
 
 /// Writes `n` records of about 4 KiB to channel "c", one commit each; with
-/// 1 MiB segments, 600 of them span several segments.
+/// 1 MiB segments, 600 of them span several segments. The store is left as a
+/// crash right after the last append would leave it (the shard's manifest
+/// as it was after its first write), so that damage of its last commits can
+/// be a torn tail: after a clean close the manifest records them as durable
+/// and their loss is refused (`tests/recovery.rs`).
 fn write_records(dir: &Path, n: u64) -> usize {
     let engine = Engine::open(config(dir, RecoveryMode::TolerateTornTail)).unwrap();
     let ch = engine.register("c").unwrap();
+    let manifest = common::snapshot_manifest(dir, 0);
     for i in 0..n {
         let mut r = format!("record-{i}-").into_bytes();
         r.resize(if n > 100 { 3000 } else { 20 }, b'.');
@@ -29,6 +34,7 @@ fn write_records(dir: &Path, n: u64) -> usize {
     }
     let block = engine.block_bytes();
     engine.close().unwrap();
+    common::restore_manifest(dir, 0, &manifest);
     block
 }
 

@@ -38,12 +38,19 @@ impl Backend {
 }
 
 /// Which operation a [`Backend::FaultInjection`] fails, and how.
+///
+/// ```
+/// use corewal_engine::config::{FaultEffect, FaultPlan};
+/// let mut plan = FaultPlan::new(3, libc::EIO); // the 3rd write or sync fails with EIO
+/// plan.effect = FaultEffect::Panic;            // ... or the shard thread panics there
+/// # let _ = plan;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultPlan {
     /// The shard whose operation fails (`None`: every shard).
     pub shard: Option<u16>,
     /// The 1-based index, among the shard's commit writes and data syncs
-    /// (recovery reads not counted), of the operation that fails.
+    /// (recovery reads not counted, unless `reads`), of the operation that fails.
     pub fail_op: u64,
     /// The errno it fails with, e.g. `libc::EIO`.
     pub errno: i32,
@@ -51,6 +58,46 @@ pub struct FaultPlan {
     /// written (without being made durable) and the sync reports the error,
     /// as when a device fails a cache flush.
     pub in_sync: bool,
+    /// What happens at the planned operation. Default `FaultEffect::Error`.
+    pub effect: FaultEffect,
+    /// Count recovery reads instead of writes and syncs. Default false.
+    pub reads: bool,
+    /// How long the planned operation's failed completion is held back
+    /// before it is delivered (as a slow device would). Default zero.
+    pub completion_delay: Duration,
+}
+
+impl FaultPlan {
+    /// Fails the `fail_op`-th write or sync of every shard with `errno`.
+    pub fn new(fail_op: u64, errno: i32) -> FaultPlan {
+        FaultPlan {
+            shard: None,
+            fail_op,
+            errno,
+            in_sync: false,
+            effect: FaultEffect::Error,
+            reads: false,
+            completion_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What a planned fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultEffect {
+    /// The operation completes with the planned errno.
+    Error,
+    /// The ring itself fails (`io_uring_enter` returns `errno`): the planned
+    /// operation is never submitted and never completes, and every wait
+    /// from then on fails.
+    RingFails,
+    /// `io_uring_enter` fails once, with the planned operation queued: the
+    /// wait after it fails, then the operation is submitted anyway and its
+    /// completion arrives later.
+    RingFailsOnce,
+    /// The shard thread panics when it starts the operation (a broken
+    /// invariant).
+    Panic,
 }
 
 /// When an append is acknowledged.
@@ -129,7 +176,10 @@ pub enum RecoveryMode {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// The data directory. Created (mode `dir_mode`) when missing.
+    /// The data directory. Created (mode `dir_mode`, its parent synced) when
+    /// missing; an existing one that lets group or others write into it
+    /// where `dir_mode` does not is refused (`InvalidConfig { field:
+    /// "dir_mode" }`): they could remove or replace its segments.
     pub dir: PathBuf,
     /// Cores the shards are pinned to, round-robin. Default `None`: every core
     /// in the process's affinity mask. Each must be in that mask.
@@ -178,7 +228,9 @@ pub struct Config {
     /// How long `open` retries the directory lock (a killed holder's lock can
     /// outlive it briefly). Default 5 s; at most 10 minutes.
     pub lock_wait: Duration,
-    /// Mode of directories the engine creates. Default `0o700`.
+    /// Mode of directories the engine creates; its group and other write
+    /// bits are also the widest an existing data directory may have.
+    /// Default `0o700`.
     pub dir_mode: u32,
     /// Mode of files the engine creates. Default `0o600`.
     pub file_mode: u32,

@@ -164,8 +164,8 @@ pub enum Error {
     /// An internal invariant broke and the shard stopped.
     #[error("internal error: {what}; the shard stopped — reopen the engine (acknowledged data is on disk) and report this")]
     Internal {
-        /// What broke.
-        what: &'static str,
+        /// What broke (a panic on a shard thread carries its message).
+        what: String,
     },
 }
 

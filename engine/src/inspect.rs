@@ -110,6 +110,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
             metrics: &metrics,
             mode: RecoveryMode::SkipDamaged,
             read_only: true,
+            stop: None,
         };
         let mut report = ShardReport {
             shard,
@@ -126,18 +127,15 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
                 report.channels = r
                     .table
                     .channels()
-                    .map(|(id, c)| {
-                        let lost: u64 = c.lost.iter().map(|(a, b)| b.0 - a.0).sum();
-                        ChannelReport {
-                            id: id.0,
-                            name: c.name.to_string(),
-                            dropped: c.dropped,
-                            first_offset: c.first_offset.0,
-                            next_offset: c.next_offset.0,
-                            records: c.records.len() as u64 - lost,
-                            bytes: c.records.iter().map(|r| r.len() as u64).sum(),
-                            lost,
-                        }
+                    .map(|(id, c)| ChannelReport {
+                        id: id.0,
+                        name: c.name.to_string(),
+                        dropped: c.dropped(),
+                        first_offset: c.first_offset.0,
+                        next_offset: c.next_offset.0,
+                        records: c.records.len() as u64,
+                        bytes: c.records.iter().map(|r| r.len() as u64).sum(),
+                        lost: c.lost_count,
                     })
                     .collect();
             }

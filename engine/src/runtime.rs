@@ -44,7 +44,11 @@ impl Runtime {
                 cores.clone()
             }
         };
-        file::create_dir(&config.dir, config.dir_mode)?;
+        if config.dir.exists() {
+            file::check_dir_mode(&config.dir, config.dir_mode)?;
+        } else {
+            file::create_dir(&config.dir, config.dir_mode)?;
+        }
         let lock = DirLock::acquire(&config.dir, config.file_mode, config.lock_wait)?;
         let meta = match store::read_meta(&config.dir)? {
             Some(meta) => {
@@ -89,7 +93,7 @@ impl Runtime {
                 Ok(h) => shards.push(h),
                 Err(e) => {
                     for h in &shards {
-                        h.close();
+                        let _ = h.close();
                     }
                     return Err(e);
                 }
@@ -156,17 +160,32 @@ impl Runtime {
             .fold(ShardMetricsSnapshot::default(), |a, b| a + b)
     }
 
-    /// Finishes what is queued and in flight, and stops every shard.
-    pub fn close(&self) {
+    /// Finishes what is queued and in flight, and stops every shard; a
+    /// shard still recovering stops its replay.
+    ///
+    /// # Errors
+    /// The first shard's failure (`ShardFailed`), if any shard had failed;
+    /// every shard is stopped either way.
+    pub fn close(&self) -> Result<()> {
+        // Every shard is told first, so that recoveries stop side by side.
         for s in &self.shards {
-            s.close();
+            s.request_stop();
         }
+        let mut first = Ok(());
+        for s in &self.shards {
+            if let Err(e) = s.close() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
     }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.close();
+        let _ = self.close();
     }
 }
 

@@ -89,9 +89,9 @@ pub fn shard_dir(dir: &Path, shard: u16) -> PathBuf {
 /// Reads `DIR/corewal.meta`, or `None` when the directory holds no store yet.
 pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     let path = dir.join(META_FILE);
-    match fs::read(&path) {
+    match read_bounded(&path, META_BYTES) {
         Ok(b) => Meta::decode(&path, &b).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             // Shard directories without a meta file mean the meta was lost:
             // refuse rather than start a second, unrelated store over them.
             if shard_dir(dir, 0).exists() {
@@ -102,8 +102,31 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
             }
             Ok(None)
         }
-        Err(e) => Err(Error::io("read", Some(path), e)),
+        Err(e) => Err(e),
     }
+}
+
+/// Reads `path`, a regular file of at most `max` bytes: a larger file is
+/// refused from its size alone, and never more than `max + 1` bytes are read
+/// (the file may grow meanwhile).
+fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = file::open_read(path, file::Access::Buffered)?;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat", Some(path.into()), e))?
+        .len();
+    if len > max as u64 {
+        return Err(Error::Format {
+            path: path.into(),
+            what: format!("is {len} bytes; a corewal.meta file is {max}"),
+        });
+    }
+    let mut b = Vec::with_capacity(max + 1);
+    f.take(max as u64 + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| Error::io("read", Some(path.into()), e))?;
+    Ok(b)
 }
 
 /// Creates a store with `shards` shards: the shard directories, then the

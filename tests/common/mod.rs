@@ -188,3 +188,94 @@ pub fn report(line: &str) {
     writeln!(out, "{line}").unwrap();
     out.flush().unwrap();
 }
+
+/// Runs `f` on its own thread and waits at most `limit` for it: `None` when
+/// it has not returned by then (it is left running; a hang is what the
+/// caller tests for).
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// CPU time (user + system) used so far by this process's thread named
+/// `name`, in clock ticks (`sysconf(_SC_CLK_TCK)` per second), from
+/// `/proc/self/task/*/stat`; `None` when no thread has that name.
+pub fn thread_cpu_ticks(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        return Some(utime + stime);
+    }
+    None
+}
+
+/// Clock ticks per second, for [`thread_cpu_ticks`].
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes no pointers.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// The process's peak resident set since the last [`reset_peak_rss`], in
+/// bytes (`VmHWM` of `/proc/self/status`).
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("a number of kB");
+    kib << 10
+}
+
+/// Resets the process's peak resident set to its current one (writing `5`
+/// to `/proc/self/clear_refs`, Linux 4.0 and later).
+pub fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
+}
+
+/// The file where shard `shard` records what its log holds (the segment it
+/// writes and the commits known durable), beside its segments.
+pub fn manifest_path(dir: &Path, shard: u16) -> std::path::PathBuf {
+    dir.join(format!("shard-{shard:03}"))
+        .join(corewal_engine::wal::manifest::MANIFEST_FILE)
+}
+
+/// Shard `shard`'s manifest as it is now (`None` if there is none), to be
+/// put back with [`restore_manifest`]: a store whose manifest was taken
+/// after its first write and put back after more writes is what a crash
+/// after those writes leaves (the manifest is rewritten only at a shard's
+/// first write, at a segment change and at a clean close).
+pub fn snapshot_manifest(dir: &Path, shard: u16) -> Option<Vec<u8>> {
+    std::fs::read(manifest_path(dir, shard)).ok()
+}
+
+/// Puts back a manifest taken by [`snapshot_manifest`].
+pub fn restore_manifest(dir: &Path, shard: u16, snapshot: &Option<Vec<u8>>) {
+    if let Some(bytes) = snapshot {
+        std::fs::write(manifest_path(dir, shard), bytes).unwrap();
+    }
+}

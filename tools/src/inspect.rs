@@ -88,6 +88,17 @@ fn action(a: &DamageAction) -> String {
                 moved_to.display()
             )
         }
+        DamageAction::EndLost {
+            acknowledged_through,
+            replayed_through,
+        } => format!(
+            "end of the log lost: the shard manifest records commits through \
+             {acknowledged_through} (or a newer segment) as acknowledged, the log ends at \
+             commit {replayed_through}"
+        ),
+        DamageAction::ManifestDamaged => {
+            "shard manifest damaged: a lost end of the log cannot be told".into()
+        }
     }
 }
 
@@ -99,6 +110,8 @@ fn damage_json(d: &Damage) -> serde_json::Value {
             records_lost,
         } => ("damage", *resumed_at, *records_lost),
         DamageAction::PrefixKept { .. } => ("damage", None, 0),
+        DamageAction::EndLost { .. } => ("end_lost", None, 0),
+        DamageAction::ManifestDamaged => ("damage", None, 0),
     };
     json!({
         "shard": d.shard,
@@ -305,6 +318,36 @@ fn dump_segment(
     with_hex: bool,
     as_json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // Never read a file whose size corewal cannot have written, nor
+    // anything but a regular file, whole into memory: name it as damage.
+    let meta = std::fs::metadata(path)?;
+    let limit = corewal_engine::config::SEGMENT_BYTES_LIMIT;
+    let refused = if !meta.is_file() {
+        Some("not a regular file; not read".to_string())
+    } else if meta.len() > limit {
+        Some(format!(
+            "{} bytes, larger than any corewal writes ({limit}); not read",
+            meta.len()
+        ))
+    } else {
+        None
+    };
+    if let Some(what) = refused {
+        if as_json {
+            writeln!(
+                out,
+                "{}",
+                json!({"type": "damage", "shard": shard, "segment": seq, "position": 0, "what": what})
+            )?;
+        } else {
+            writeln!(
+                out,
+                "shard {shard} segment {seq}: DAMAGE at byte 0: {}: {what}",
+                path.display()
+            )?;
+        }
+        return Ok(());
+    }
     let data = std::fs::read(path)?;
     let header = match decode_segment_header(&data) {
         Ok(h) => h,

@@ -443,3 +443,27 @@ fn recover_bench_reports_parseable_figures_and_refuses_bad_input() {
         failed_with(&out, message, &args);
     }
 }
+
+#[test]
+fn inspect_dump_names_an_oversized_segment_without_reading_it() {
+    let dir = test_dir();
+    let store = small_store(dir.path());
+    // A sparse file far larger than any segment corewal writes, named like
+    // one: the dump must say so, not read 2 GiB into memory.
+    let huge = store.join("shard-000/00000000000000f0.wal");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let out = corewal()
+        .args(["inspect", "--dump", "--shard", "0"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("segment 240"))
+        .unwrap_or_else(|| panic!("the oversized segment is not named: {text}"));
+    assert!(line.contains("larger than"), "{line}");
+}

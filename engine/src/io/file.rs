@@ -22,13 +22,62 @@ pub enum Access {
     Buffered,
 }
 
-/// Creates `dir` and its missing parents with `mode`.
+/// Creates `dir` and its missing parents with `mode`, and makes each new
+/// directory's entry durable (its parent is synced), so that a power cut
+/// after the first acknowledged commit cannot take the directory with it.
 pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+    // The missing ancestors, outermost first.
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(dir)
-        .map_err(|e| Error::io("create directory", Some(dir.into()), e))
+        .map_err(|e| Error::io("create directory", Some(dir.into()), e))?;
+    for d in missing.iter().rev() {
+        match d.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an existing directory that lets group or others write into it
+/// beyond what `mode` allows: whoever can write there can remove, rename or
+/// replace segment files, and acknowledged data would be theirs to lose.
+/// Read and search bits wider than `mode` (a `mkdir` under umask 022 gives
+/// 0755) are accepted: they expose no more than the files' own modes allow.
+pub fn check_dir_mode(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(dir).map_err(|e| Error::io("stat directory", Some(dir.into()), e))?;
+    if !meta.is_dir() {
+        return Err(Error::InvalidConfig {
+            field: "dir",
+            reason: format!("{} is not a directory", dir.display()),
+        });
+    }
+    let have = meta.permissions().mode() & 0o7777;
+    let wider = have & !mode & 0o022;
+    if wider != 0 {
+        return Err(Error::InvalidConfig {
+            field: "dir_mode",
+            reason: format!(
+                "{} has mode {have:o}: group or others may write into it, which dir_mode \
+                 {mode:o} does not allow; narrow it (chmod go-w {}) or widen Config::dir_mode",
+                dir.display(),
+                dir.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `fsync` of a directory, so that entries created, renamed or removed in it are durable.
@@ -47,21 +96,76 @@ fn direct_flag(access: Access) -> i32 {
 
 /// Opens an existing file for reading and writing.
 pub fn open_rw(path: &Path, access: Access) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| open_error(path, access, e))
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    open_regular(path, access, &mut o)
 }
 
 /// Opens an existing file read-only.
 pub fn open_read(path: &Path, access: Access) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
+    let mut o = OpenOptions::new();
+    o.read(true);
+    open_regular(path, access, &mut o)
+}
+
+/// Opens `path`, which must be a regular file: opened with `O_NONBLOCK` so
+/// that a FIFO or device put where the engine expects its own file cannot
+/// block the open, checked with `fstat`, then switched back to blocking.
+fn open_regular(path: &Path, access: Access, o: &mut OpenOptions) -> Result<File> {
+    let f = o
+        .custom_flags(direct_flag(access) | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| open_error(path, access, e))
+        .map_err(|e| open_error(path, access, e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("stat", Some(path.into()), e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Format {
+            path: path.into(),
+            what: format!(
+                "is not a regular file ({}); corewal only reads files it wrote",
+                file_kind(&meta.file_type())
+            ),
+        });
+    }
+    set_blocking(&f, path)?;
+    Ok(f)
+}
+
+/// Clears `O_NONBLOCK` on `f`.
+fn set_blocking(f: &File, path: &Path) -> Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL on a descriptor `f` owns; no memory passed.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) } < 0 {
+        return Err(Error::io(
+            "fcntl",
+            Some(path.into()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// A file type's name, for messages.
+pub fn file_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a regular file"
+    }
 }
 
 /// Creates a new file (failing if it exists) with `mode`.

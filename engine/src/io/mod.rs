@@ -84,9 +84,16 @@ pub struct OpError {
 pub trait CommitIo: Send {
     /// Starts `op` under `id` and submits it to the kernel.
     ///
+    /// `Err` means the operation was not queued: nothing references its
+    /// buffer and no completion will come. Once it is queued, `start`
+    /// returns `Ok` even if the submission then fails; that failure comes
+    /// from the next [`CommitIo::wait`].
+    ///
     /// # Safety
-    /// The buffer of an `Op::Write` must stay valid and unmodified until
-    /// [`CommitIo::poll`] has returned the completion of `id`.
+    /// The buffer of an `Op::Write` or `Op::Read` must stay valid (and, for
+    /// a write, unmodified) until [`CommitIo::poll`] has returned the
+    /// completion of `id` — or forever, if the caller gives up on a backend
+    /// whose `wait` failed (it must then leak the buffer, not free it).
     unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError>;
 
     /// Operations started whose completion `poll` has not yet returned.
@@ -96,9 +103,11 @@ pub trait CommitIo: Send {
     /// (all of its steps done) at a time, in no particular order.
     fn poll(&mut self) -> Option<(u64, Result<(), OpError>)>;
 
-    /// Blocks until an operation completes, the wake fd is written, or
-    /// `timeout` passes (`None`: no timeout). Spurious returns are allowed;
-    /// the caller re-checks its state.
+    /// Blocks until an operation completes, the wake fd is written (also
+    /// when that happened since the last `wait` returned), or `timeout`
+    /// passes (`None`: no timeout). Spurious returns are allowed; the caller
+    /// re-checks its state. `Err` means the backend itself failed: the
+    /// caller stops using it, and operations in flight may never complete.
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError>;
 }
 
@@ -129,7 +138,5 @@ pub fn new_commit_io(
 /// Checks that `io_uring` can be set up here, so that `Engine::open` can name
 /// the cause and the way out before any shard starts.
 pub fn probe_io_uring() -> Result<()> {
-    io_uring::IoUring::new(2)
-        .map(drop)
-        .map_err(|e| crate::error::Error::IoUringUnavailable { source: e.into() })
+    uring::probe()
 }

@@ -16,8 +16,18 @@ pub struct PortableIo {
 }
 
 impl PortableIo {
-    /// A backend waiting on `wake_fd`.
+    /// A backend waiting on `wake_fd`. The descriptor is made non-blocking:
+    /// after `poll` says it is readable, another reader (the wake read a
+    /// failed ring left armed on it) may still take the count first, and the
+    /// read must then not block.
     pub fn new(wake_fd: RawFd) -> Self {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor the caller owns; no memory.
+        unsafe {
+            let fl = libc::fcntl(wake_fd, libc::F_GETFL);
+            if fl >= 0 {
+                libc::fcntl(wake_fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+        }
         PortableIo {
             wake_fd,
             done: VecDeque::with_capacity(OPS_IN_FLIGHT_MAX),
@@ -176,7 +186,7 @@ impl CommitIo for PortableIo {
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n > 0 && pfd.revents & libc::POLLIN != 0 {
             let mut v: u64 = 0;
-            // SAFETY: reads 8 bytes into a local; the fd is readable so this does not block.
+            // SAFETY: reads 8 bytes into a local; the fd is non-blocking.
             unsafe { libc::read(self.wake_fd, (&mut v as *mut u64).cast(), 8) };
         }
         Ok(())

@@ -279,11 +279,12 @@ impl SimDisk {
     }
 
     /// Ends a session the way a process crash does, not a power cut: every
-    /// write the device received stays, volatile or not. Call it with no
-    /// engine open on the disk's files, instead of [`SimDisk::power_cut`].
+    /// write the device (or the page cache) received stays readable, and
+    /// what was not yet made durable stays volatile — it survives the
+    /// process, not a later [`SimDisk::power_cut`]. Call it with no engine
+    /// open on the disk's files, instead of [`SimDisk::power_cut`].
     pub fn process_crash(&self) {
         let mut s = self.lock();
-        s.volatile.clear();
         s.cut = false;
     }
 

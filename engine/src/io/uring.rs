@@ -13,6 +13,36 @@ use crate::io::{CommitIo, Op, OpError, SyncKind, OPS_IN_FLIGHT_MAX};
 /// `user_data` of the eventfd read. Operation ids are shifted left by one
 /// (the low bit tells a write from its data sync), so they never reach it.
 const USER_DATA_WAKE: u64 = u64::MAX;
+/// `user_data` of the cancellation of the eventfd read, when the ring drops.
+const USER_DATA_CANCEL: u64 = u64::MAX - 1;
+
+/// A ring with the features the backend relies on: timed waits
+/// (`IORING_FEAT_EXT_ARG`, Linux 5.11) — without it the first idle wait
+/// would fail with `EINVAL` and stop the shard.
+fn new_ring(entries: u32) -> Result<IoUring> {
+    let ring = IoUring::new(entries).map_err(|e| Error::IoUringUnavailable { source: e.into() })?;
+    check_features(ring.params().is_feature_ext_arg())?;
+    Ok(ring)
+}
+
+/// Refuses a kernel whose rings lack `IORING_FEAT_EXT_ARG`.
+fn check_features(ext_arg: bool) -> Result<()> {
+    if ext_arg {
+        return Ok(());
+    }
+    Err(Error::IoUringUnavailable {
+        source: std::sync::Arc::new(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel's io_uring lacks IORING_FEAT_EXT_ARG (timed waits, Linux 5.11 and later)",
+        )),
+    })
+}
+
+/// Checks that `io_uring` can be set up here with the features the backend
+/// needs, so that `Engine::open` can name the cause before any shard starts.
+pub fn probe() -> Result<()> {
+    new_ring(2).map(drop)
+}
 
 /// Submission entries: each operation takes at most two (a write and its
 /// linked data sync), plus the wake read. The completion queue gets twice as
@@ -36,6 +66,15 @@ pub struct UringIo {
     /// Target of the armed eventfd read; boxed so that its address is stable.
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// The wake read completed since the last wait returned: the next wait
+    /// returns at once. (A wake that lands between the shard announcing
+    /// sleep and entering the ring is reaped by the `wait` that follows;
+    /// without this it would be consumed there and the wait would sleep.)
+    woken: bool,
+    /// `io_uring_enter` failed after entries were queued: they stay queued
+    /// (their buffers are the caller's until it gives up on the ring), and
+    /// the error is returned by the next `wait`.
+    broken: Option<io::Error>,
     in_flight: Vec<InFlight>,
     done: VecDeque<(u64, Result<(), OpError>)>,
 }
@@ -43,13 +82,14 @@ pub struct UringIo {
 impl UringIo {
     /// Sets up a ring and arms the wake read.
     pub fn new(wake_fd: RawFd) -> Result<UringIo> {
-        let ring = IoUring::new(RING_ENTRIES)
-            .map_err(|e| Error::IoUringUnavailable { source: e.into() })?;
+        let ring = new_ring(RING_ENTRIES)?;
         let mut io = UringIo {
             ring,
             wake_fd,
             wake_buf: Box::new(0),
             wake_armed: false,
+            woken: false,
+            broken: None,
             in_flight: Vec::with_capacity(OPS_IN_FLIGHT_MAX),
             done: VecDeque::with_capacity(OPS_IN_FLIGHT_MAX),
         };
@@ -68,8 +108,10 @@ impl UringIo {
         let sqe = opcode::Read::new(types::Fd(self.wake_fd), ptr.cast(), 8)
             .build()
             .user_data(USER_DATA_WAKE);
-        // SAFETY: wake_buf is boxed and lives as long as the ring (both are
-        // fields of self; the ring is dropped, cancelling the read, first).
+        // SAFETY: wake_buf is boxed and is freed only after the read's
+        // completion was reaped (`Drop` cancels the read and waits for it)
+        // or never (it is leaked when that fails, or with the whole backend
+        // when the ring broke).
         unsafe { self.ring.submission().push(&sqe) }.expect("ring has room for the wake read");
         self.wake_armed = true;
     }
@@ -80,7 +122,11 @@ impl UringIo {
             let (res, user_data) = (cqe.result(), cqe.user_data());
             if user_data == USER_DATA_WAKE {
                 self.wake_armed = false;
+                self.woken = true;
                 rearm = true;
+                continue;
+            }
+            if user_data == USER_DATA_CANCEL {
                 continue;
             }
             let (id, is_sync) = (user_data >> 1, user_data & 1 == 1);
@@ -203,6 +249,9 @@ impl CommitIo for UringIo {
             is_read,
             error: None,
         });
+        // From here on the operation is queued: `start` returns `Ok` even if
+        // the enter fails, so that the caller keeps its buffer as long as
+        // the kernel may use it; the failure comes from the next `wait`.
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
@@ -213,10 +262,8 @@ impl CommitIo for UringIo {
                     return Ok(())
                 }
                 Err(e) => {
-                    return Err(OpError {
-                        operation: "io_uring_enter",
-                        source: e,
-                    })
+                    self.broken.get_or_insert(e);
+                    return Ok(());
                 }
             }
         }
@@ -234,8 +281,14 @@ impl CommitIo for UringIo {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
+        if let Some(e) = self.broken.take() {
+            return Err(OpError {
+                operation: "io_uring_enter",
+                source: e,
+            });
+        }
         self.reap();
-        if !self.done.is_empty() {
+        if !self.done.is_empty() || std::mem::take(&mut self.woken) {
             return Ok(());
         }
         let res = match timeout {
@@ -246,6 +299,10 @@ impl CommitIo for UringIo {
             }
             None => self.ring.submitter().submit_and_wait(1),
         };
+        // What ended the wait is reaped now; a wake among it ended this wait
+        // and is not carried to the next one.
+        self.reap();
+        self.woken = false;
         match res {
             Ok(_) => Ok(()),
             Err(e)
@@ -261,5 +318,110 @@ impl CommitIo for UringIo {
                 source: e,
             }),
         }
+    }
+}
+
+impl Drop for UringIo {
+    /// Cancels the wake read and waits for it and for every operation still
+    /// in flight, so that no completion can land in freed memory; if the
+    /// ring does not let that finish, the wake buffer is leaked instead.
+    fn drop(&mut self) {
+        let mut settled = false;
+        if self.broken.is_none() {
+            let cancel = opcode::AsyncCancel::new(USER_DATA_WAKE)
+                .build()
+                .user_data(USER_DATA_CANCEL);
+            // SAFETY: a cancellation references no memory.
+            let queued =
+                !self.wake_armed || unsafe { self.ring.submission().push(&cancel) }.is_ok();
+            for _ in 0..1000 {
+                self.reap_for_drop();
+                if !self.wake_armed && self.in_flight.is_empty() {
+                    settled = true;
+                    break;
+                }
+                if !queued {
+                    break;
+                }
+                let ts = types::Timespec::from(Duration::from_millis(10));
+                let args = types::SubmitArgs::new().timespec(&ts);
+                match self.ring.submitter().submit_with_args(1, &args) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        if !settled {
+            Box::leak(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        }
+    }
+}
+
+impl UringIo {
+    /// Reaps completions while dropping: no re-arming of the wake read.
+    fn reap_for_drop(&mut self) {
+        for cqe in self.ring.completion() {
+            let user_data = cqe.user_data();
+            if user_data == USER_DATA_WAKE {
+                self.wake_armed = false;
+            } else if user_data != USER_DATA_CANCEL {
+                let id = user_data >> 1;
+                if let Some(i) = self.in_flight.iter().position(|f| f.id == id) {
+                    let f = &mut self.in_flight[i];
+                    f.completions_left = f.completions_left.saturating_sub(1);
+                    if f.completions_left == 0 {
+                        self.in_flight.swap_remove(i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::io::wake::WakeFd;
+
+    #[test]
+    fn a_wake_that_completed_before_the_wait_ends_the_wait_at_once() {
+        let wake = WakeFd::new().unwrap();
+        let mut io = UringIo::new(wake.fd()).unwrap();
+        wake.wake();
+        // Let the armed eventfd read complete: its task work runs when this
+        // thread comes back from a system call.
+        std::thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        io.wait(Some(Duration::from_secs(2))).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "the wake was swallowed: the wait took {:?}",
+            started.elapsed()
+        );
+        // And the wake read is armed again: the next wake ends the next wait.
+        wake.wake();
+        let started = Instant::now();
+        io.wait(Some(Duration::from_secs(2))).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // With no wake, a timed wait sleeps its time (the wake was not
+        // counted twice).
+        let started = Instant::now();
+        io.wait(Some(Duration::from_millis(100))).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(90));
+    }
+
+    #[test]
+    fn a_ring_without_timed_waits_is_refused_by_name() {
+        assert!(check_features(true).is_ok());
+        let e = check_features(false).unwrap_err();
+        assert!(matches!(e, Error::IoUringUnavailable { .. }));
+        assert!(e.to_string().contains("IORING_FEAT_EXT_ARG"), "{e}");
     }
 }

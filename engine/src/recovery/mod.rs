@@ -13,6 +13,8 @@
 //! | anything                                | yes, others   | damage: open fails               |
 //! | a whole, valid header out of sequence   | —             | damage (commits are missing)     |
 //! | a gap in segment file numbers           | —             | damage (a segment is missing)    |
+//! | the log ends before the shard manifest's `durable_through`, or its newest segment is older than the manifest's `active_segment` | — | lost end: damage (refused, or reported in the lenient modes) |
+//! | neither manifest slot is whole          | —             | damage, like a lost end          |
 //!
 //! *Later commit* also looks into every later segment. Writing resumes in the
 //! last segment (which may be an empty spare created ahead of use).
@@ -21,13 +23,16 @@
 //! all in one segment (a shard changes segments only with nothing in flight),
 //! and none of them was acknowledged if the first is missing, because
 //! acknowledgements go strictly in order. Acknowledged last commits damaged
-//! at rest are indistinguishable from torn ones and are cut too;
-//! `docs/format.md` says so.
+//! at rest are told from torn ones by the shard manifest
+//! (`wal/manifest.rs`) when it covers them — after a clean close, and for
+//! everything before the newest segment's first commit; commits written
+//! since its last generation before an unclean stop are not, and are cut
+//! like a torn tail (`docs/format.md`, "Residual window").
 
 use std::fs::File;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -43,6 +48,7 @@ use crate::wal::format::{
     decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind,
     COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
+use crate::wal::manifest::{self, ManifestState};
 use crate::wal::segment::{list_segments, Segment};
 
 /// Bytes per read while replaying.
@@ -58,15 +64,18 @@ const _: () = assert!(READS_IN_FLIGHT_MAX <= crate::io::OPS_IN_FLIGHT_MAX);
 struct SegmentReader<'a> {
     io: &'a mut dyn CommitIo,
     fd: RawFd,
-    ptr: *mut u8,
+    buf: &'a mut AlignedBuf,
     size: usize,
     issued: usize,
     arrived: Vec<bool>,
     prefix: usize,
     in_flight: usize,
     metrics: &'a ShardMetrics,
-    _buf: std::marker::PhantomData<&'a mut AlignedBuf>,
+    stop: Option<&'a AtomicBool>,
 }
+
+/// The `OpError::operation` of a replay stopped because the engine closes.
+const STOPPED: &str = "replay stopped: the engine is closing";
 
 impl<'a> SegmentReader<'a> {
     fn new(
@@ -75,6 +84,7 @@ impl<'a> SegmentReader<'a> {
         buf: &'a mut AlignedBuf,
         size: usize,
         metrics: &'a ShardMetrics,
+        stop: Option<&'a AtomicBool>,
     ) -> Self {
         assert!(
             buf.len() >= crate::config::round_up(size, READ_CHUNK_BYTES),
@@ -83,14 +93,14 @@ impl<'a> SegmentReader<'a> {
         SegmentReader {
             io,
             fd: f.as_raw_fd(),
-            ptr: buf.as_mut_ptr(),
+            buf,
             size,
             issued: 0,
             arrived: vec![false; size.div_ceil(READ_CHUNK_BYTES)],
             prefix: 0,
             in_flight: 0,
             metrics,
-            _buf: std::marker::PhantomData,
+            stop,
         }
     }
 
@@ -99,6 +109,12 @@ impl<'a> SegmentReader<'a> {
     fn ensure(&mut self, upto: usize) -> std::result::Result<(), OpError> {
         let upto = upto.min(self.size);
         loop {
+            if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Err(OpError {
+                    operation: STOPPED,
+                    source: std::io::ErrorKind::Interrupted.into(),
+                });
+            }
             while self.in_flight < READS_IN_FLIGHT_MAX && self.issued < self.size {
                 let chunk = self.issued / READ_CHUNK_BYTES;
                 let expect = READ_CHUNK_BYTES.min(self.size - self.issued);
@@ -106,13 +122,14 @@ impl<'a> SegmentReader<'a> {
                     fd: self.fd,
                     position: self.issued as u64,
                     // SAFETY: within the buffer (checked in `new`).
-                    ptr: unsafe { self.ptr.add(self.issued) },
+                    ptr: unsafe { self.buf.as_mut_ptr().add(self.issued) },
                     len: READ_CHUNK_BYTES,
                     expect,
                 };
                 // SAFETY: the buffer is borrowed for 'a and this chunk of it
                 // is neither read nor handed out before its completion; Drop
-                // waits for every read still in flight.
+                // waits for every read still in flight, or leaks the buffer
+                // when it cannot. `Err` means the read was not queued.
                 unsafe { self.io.start(chunk as u64, op) }?;
                 self.issued += expect;
                 self.in_flight += 1;
@@ -147,7 +164,7 @@ impl<'a> SegmentReader<'a> {
     fn view(&self) -> &[u8] {
         // SAFETY: bytes 0..prefix were written by completed reads and no
         // read in flight targets them.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.prefix) }
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.prefix) }
     }
 }
 
@@ -158,10 +175,11 @@ impl Drop for SegmentReader<'_> {
             if self.io.poll().is_some() {
                 self.in_flight -= 1;
             } else if self.io.wait(None).is_err() {
-                // The ring itself failed; the reads are cancelled when it
-                // drops, after this buffer. Leak the buffer's contents to the
-                // ring rather than free memory the kernel might write.
-                std::process::abort();
+                // The ring itself failed: its reads may still complete, and
+                // cancelling them is asynchronous. The buffer is leaked (its
+                // owner gets an empty one), never freed under the kernel.
+                std::mem::forget(std::mem::replace(self.buf, AlignedBuf::new(0, 4096)));
+                return;
             }
         }
     }
@@ -195,6 +213,11 @@ pub struct Recovered {
     /// fails (another shard's damage, say) changes nothing and the next open
     /// finds and reports the same torn tail.
     pub cuts: Vec<Cut>,
+    /// What the shard's manifest held.
+    pub manifest: ManifestState,
+    /// The segment holding the last replayed commit: it and every segment
+    /// after it may hold writes a crashed process left unsynced.
+    pub last_commit_segment: Option<SegmentSeq>,
 }
 
 /// A byte range of a segment file to zero before writing resumes.
@@ -254,6 +277,20 @@ pub enum DamageAction {
         /// by the first commit that names them.
         records_lost: u64,
     },
+    /// The shard manifest records acknowledged commits (or a segment) that
+    /// the log no longer holds: its end was lost, restored from an older
+    /// copy, or damaged at rest. Refused by `TolerateTornTail` and
+    /// `FailOnAnyDamage`; `KeepPrefix` and `SkipDamaged` go on with what is
+    /// left, and may assign the lost commits' offsets again.
+    EndLost {
+        /// Commits through this one had been acknowledged.
+        acknowledged_through: u64,
+        /// The log holds commits through this one.
+        replayed_through: u64,
+    },
+    /// Neither copy of the shard manifest is whole: whether the end of the
+    /// log is complete cannot be told. Refused like `EndLost`.
+    ManifestDamaged,
     /// `RecoveryMode::KeepPrefix`: replay stopped here; the damaged segment
     /// was copied and every later segment moved into `moved_to`.
     PrefixKept {
@@ -281,6 +318,9 @@ pub struct RecoverContext<'a> {
     /// segment for writing. Requires a mode that changes nothing but a
     /// torn tail (`TolerateTornTail`, `FailOnAnyDamage`, `SkipDamaged`).
     pub read_only: bool,
+    /// Set when the engine closes: replay stops at the next read and
+    /// recovery returns `Error::Closed`, having changed nothing.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 /// A place in the shard's WAL: where the chain of commits ends or where
@@ -348,6 +388,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     let mut stop: Option<(Place, String)> = None;
     let mut next_segment_seq = SegmentSeq(1);
     let mut previous: Option<SegmentSeq> = None;
+    let mut last_commit_segment: Option<SegmentSeq> = None;
+    let manifest = manifest::read(ctx.shard_dir, ctx.shard, ctx.store_id)?;
 
     // Non-zero bytes without a commit in segments after a damaged chain
     // end: zeroed with the torn tail if that is what it turns out to be.
@@ -425,8 +467,15 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
             buf.as_mut().expect("allocated above"),
             n,
             ctx.metrics,
+            ctx.stop,
         );
-        let read_error = |e: OpError| Error::io(e.operation, Some(path.clone()), e.source);
+        let read_error = |e: OpError| {
+            if e.operation == STOPPED {
+                Error::Closed
+            } else {
+                Error::io(e.operation, Some(path.clone()), e.source)
+            }
+        };
         reader.ensure(SEGMENT_HEADER_BYTES).map_err(read_error)?;
         let header = match decode_segment_header(reader.view()) {
             Ok(h)
@@ -556,6 +605,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                         ));
                     };
                     next = Some(CommitSeq(after));
+                    last_commit_segment = Some(*seq);
                     ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
                 }
             };
@@ -708,6 +758,65 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         next_segment_seq = SegmentSeq(at.seq.0 + 1);
         end_of_chain = (at.block != 0).then_some(at);
     }
+    if !damage
+        .iter()
+        .any(|d| matches!(d.action, DamageAction::PrefixKept { .. }))
+    {
+        let replayed_through = next.map_or(0, |n| n.0 - 1);
+        let newest = segments.last().map_or(SegmentSeq(0), |(seq, _)| *seq);
+        let lost_end = match &manifest {
+            ManifestState::Missing => None,
+            ManifestState::Damaged(what) => Some((what.clone(), DamageAction::ManifestDamaged)),
+            ManifestState::Found(r) if newest < r.active_segment => Some((
+                format!(
+                    "the shard manifest records segment {} as written to, yet the newest \
+                     segment is {}: acknowledged commits through {} are missing from the end of \
+                     the log (it ends at commit {replayed_through})",
+                    r.active_segment.0, newest.0, r.durable_through.0
+                ),
+                DamageAction::EndLost {
+                    acknowledged_through: r.durable_through.0,
+                    replayed_through,
+                },
+            )),
+            ManifestState::Found(r) if replayed_through < r.durable_through.0 => Some((
+                format!(
+                    "the log ends at commit {replayed_through}, yet the shard manifest records \
+                     commits through {} as durable: acknowledged commits are missing from the \
+                     end of the log (a lost, older or damaged copy of segment {})",
+                    r.durable_through.0, newest.0
+                ),
+                DamageAction::EndLost {
+                    acknowledged_through: r.durable_through.0,
+                    replayed_through,
+                },
+            )),
+            ManifestState::Found(_) => None,
+        };
+        if let Some((what, action)) = lost_end {
+            let (segment, position) = end_of_chain
+                .as_ref()
+                .map_or((newest.0, 0), |p| (p.seq.0, p.position));
+            match mode {
+                RecoveryMode::KeepPrefix | RecoveryMode::SkipDamaged => damage.push(Damage {
+                    shard: ctx.shard.0,
+                    segment,
+                    position,
+                    what,
+                    action,
+                }),
+                _ => {
+                    return Err(error(
+                        SegmentSeq(segment),
+                        position,
+                        format!(
+                            "{what}; open with RecoveryMode::KeepPrefix to go on with what is left"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
     if let Some(t) = torn {
         if mode == RecoveryMode::FailOnAnyDamage {
             return Err(error(
@@ -776,6 +885,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         next_segment_seq,
         damage,
         cuts,
+        manifest,
+        last_commit_segment,
     })
 }
 
@@ -787,7 +898,7 @@ fn later_segment_has_commit(
 ) -> bool {
     use std::os::unix::fs::FileExt;
     later.iter().any(|(seq, path)| {
-        let Ok(f) = File::open(path) else {
+        let Ok(f) = file::open_read(path, Access::Buffered) else {
             return false;
         };
         let mut head = [0u8; SEGMENT_HEADER_BYTES];
@@ -910,20 +1021,33 @@ fn apply(
     commit: CommitSeq,
     lenient: bool,
 ) -> std::result::Result<u64, String> {
+    use crate::buffer::table::{CHANNEL_ID_MAX, OFFSET_MAX};
     let mut lost = 0;
+    if e.offset.0 > OFFSET_MAX {
+        return Err(format!(
+            "offset {} of channel id {} is beyond the largest corewal assigns ({OFFSET_MAX})",
+            e.offset.0, e.channel.0
+        ));
+    }
+    if e.channel.0 > CHANNEL_ID_MAX {
+        return Err(format!(
+            "channel id {} is beyond the largest corewal assigns ({CHANNEL_ID_MAX})",
+            e.channel.0
+        ));
+    }
     match e.kind {
         EntryKind::Register => {
             let name = std::str::from_utf8(e.payload)
                 .map_err(|_| "channel name is not UTF-8".to_string())?;
             crate::validate_channel_name(name).map_err(|err| err.to_string())?;
-            while lenient && table.next_id() < e.channel {
-                table.insert_lost(commit);
+            if lenient {
+                table.skip_ids(e.channel);
             }
-            if table.next_id() != e.channel {
+            if table.next_id() != u64::from(e.channel.0) {
                 return Err(format!(
                     "channel id {} registered where {} was next",
                     e.channel.0,
-                    table.next_id().0
+                    table.next_id()
                 ));
             }
             if table.lookup(name).is_some() {
@@ -940,7 +1064,7 @@ fn apply(
         }
         EntryKind::Append => {
             let ch: ChannelId = e.channel;
-            let Some(state) = table.get_mut(ch).filter(|c| !c.dropped) else {
+            let Some(state) = table.get_mut(ch).filter(|c| !c.dropped()) else {
                 if lenient {
                     // The channel's registration was lost (or its drop
                     // survived while a later registration was lost).
@@ -966,7 +1090,7 @@ fn apply(
             table.push(ch, commit_body.slice_ref(e.payload));
         }
         EntryKind::Drop => {
-            let Some(state) = table.get(e.channel).filter(|c| !c.dropped) else {
+            let Some(state) = table.get(e.channel).filter(|c| !c.dropped()) else {
                 if lenient {
                     return Ok(0);
                 }

@@ -100,6 +100,8 @@ pub struct Inbox {
     wakes_sent: AtomicU64,
     /// Set by the shard once it has stopped for good.
     closed: AtomicBool,
+    /// Why the inbox closed: what requests pushed after it are answered.
+    closed_with: Mutex<Option<Error>>,
     wake: WakeFd,
     space_waiters: AtomicUsize,
     space_lock: Mutex<Vec<Waker>>,
@@ -114,6 +116,7 @@ impl Inbox {
             sleeping: AtomicBool::new(false),
             wakes_sent: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            closed_with: Mutex::new(None),
             wake: WakeFd::new()?,
             space_waiters: AtomicUsize::new(0),
             space_lock: Mutex::new(Vec::new()),
@@ -150,8 +153,9 @@ impl Inbox {
     /// back when the queue is full; `Err(Err(_))` when the shard has stopped.
     pub fn try_push(&self, request: Request) -> std::result::Result<(), Result<Request>> {
         if self.closed.load(Ordering::SeqCst) {
-            request.fail(Error::Closed);
-            return Err(Err(Error::Closed));
+            let e = self.close_error();
+            request.fail(e.clone());
+            return Err(Err(e));
         }
         if let Err(request) = self.queue.push(request) {
             return Err(Ok(request));
@@ -166,7 +170,7 @@ impl Inbox {
         if self.closed.load(Ordering::SeqCst) {
             // The shard stopped after our check: it may not have seen the
             // request. Fail whatever is left; any thread may.
-            self.fail_all(Error::Closed);
+            self.fail_all(self.close_error());
         }
         Ok(())
     }
@@ -229,6 +233,7 @@ impl Inbox {
 
     /// Shard side: stop accepting requests and fail the queued ones.
     pub fn close(&self, error: Error) {
+        *self.closed_with.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
         self.closed.store(true, Ordering::SeqCst);
         self.fail_all(error);
         self.notify_space();
@@ -238,6 +243,16 @@ impl Inbox {
     /// Whether the shard has stopped.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The error requests get once the inbox closed (`Error::Closed` after
+    /// a clean stop, `ShardFailed` after a failure).
+    fn close_error(&self) -> Error {
+        self.closed_with
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(Error::Closed)
     }
 
     fn fail_all(&self, error: Error) {

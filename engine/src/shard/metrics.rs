@@ -46,12 +46,9 @@ pub struct ShardMetrics {
     /// Damaged places recovery found (torn tails included); see
     /// `Engine::recovery_damage` for what and where.
     pub recovery_damage: AtomicU64,
-    /// Sleeps that lasted their whole bound while requests were queued: a
-    /// wake-up that did not arrive. Should stay 0.
+    /// Idle sleeps that ran to their 1 s safety bound while requests were
+    /// queued: a wake-up the shard did not receive. Should stay 0.
     pub wakeups_missed: AtomicU64,
-    /// Sleeps that lasted their whole bound with requests queued although a
-    /// wake-up was sent: the thread ran late (its core was busy).
-    pub wakeups_late: AtomicU64,
     /// Requests refused because the next segment could not be created for
     /// lack of space (`Error::NoSpace`).
     pub no_space: AtomicU64,
@@ -89,10 +86,9 @@ pub struct ShardMetricsSnapshot {
     pub recovery_ns: u64,
     /// Damaged places recovery found, torn tails included.
     pub recovery_damage: u64,
-    /// Sleeps that lasted their whole bound with requests queued.
+    /// Idle sleeps that ran to their 1 s safety bound with requests queued
+    /// (a missed wake-up; should be 0).
     pub wakeups_missed: u64,
-    /// Sleeps that lasted their whole bound although a wake-up was sent.
-    pub wakeups_late: u64,
     /// Requests refused for lack of space for the next segment.
     pub no_space: u64,
 }
@@ -117,7 +113,6 @@ impl ShardMetrics {
             recovery_ns: r(&self.recovery_ns),
             recovery_damage: r(&self.recovery_damage),
             wakeups_missed: r(&self.wakeups_missed),
-            wakeups_late: r(&self.wakeups_late),
             no_space: r(&self.no_space),
         }
     }
@@ -168,7 +163,6 @@ impl std::ops::Add for ShardMetricsSnapshot {
             recovery_ns: self.recovery_ns.max(o.recovery_ns),
             recovery_damage: self.recovery_damage + o.recovery_damage,
             wakeups_missed: self.wakeups_missed + o.wakeups_missed,
-            wakeups_late: self.wakeups_late + o.wakeups_late,
             no_space: self.no_space + o.no_space,
         }
     }

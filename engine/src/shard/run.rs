@@ -11,8 +11,9 @@
 //! it; only an idle shard announces sleep and is woken through its eventfd.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,11 +21,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::buffer::table::BufferTable;
+use crate::buffer::table::{CHANNEL_ID_MAX, OFFSET_MAX};
 use crate::config::{Backend, Config, Durability, SyncMethod};
 use crate::error::{Error, Result};
 use crate::io::file::Access;
+use crate::io::portable::PortableIo;
 use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
-use crate::recovery::{apply_cuts, recover_shard, Cut, Damage, RecoverContext};
+use crate::recovery::{apply_cuts, recover_shard, Cut, Damage, DamageAction, RecoverContext};
 use crate::shard::ack::Ack;
 use crate::shard::inbox::{Inbox, Request};
 use crate::shard::metrics::{commit_records_bucket, ShardMetrics};
@@ -32,11 +35,20 @@ use crate::shard::pin::pin_current_thread;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::commit::CommitBuilder;
 use crate::wal::format::{entry_bytes, EntryKind};
+use crate::wal::manifest::Manifest;
 use crate::wal::preparer::{PreparerSpec, SegmentPreparer};
-use crate::wal::segment::Segment;
+use crate::wal::segment::{segment_path, Segment};
 
-/// Longest time a shard waits in its ring before re-checking its inbox.
-const WAIT_MAX: Duration = Duration::from_millis(10);
+/// Longest time an idle shard sleeps before re-checking its inbox.
+///
+/// Not needed for correctness: a caller wakes a shard that announced sleep
+/// through its eventfd, and the backends end a wait for a wake that arrived
+/// before it (`io/uring.rs` keeps the wake's completion for the next wait).
+/// It is a safety net: a sleep that runs to this bound with requests queued
+/// is counted in `wakeups_missed`, which tests and `corewal load` expect to
+/// be 0. An idle shard wakes once a second for it; no cost shows in any
+/// benchmark.
+const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// Everything a shard thread needs to start.
 pub struct ShardSpec {
@@ -61,6 +73,8 @@ struct Readiness {
     cond: Condvar,
     /// What recovery found damaged and did about it.
     damage: Mutex<Vec<Damage>>,
+    /// Why the shard stopped serving, once it did (set when its thread ends).
+    failure: Mutex<Option<Error>>,
 }
 
 /// The caller side of a shard.
@@ -72,6 +86,8 @@ pub struct ShardHandle {
     /// Its counters.
     pub metrics: Arc<ShardMetrics>,
     ready: Arc<Readiness>,
+    /// Set by `close`: a shard still recovering stops its replay.
+    stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -105,13 +121,35 @@ impl ShardHandle {
             .is_some()
     }
 
-    /// Asks the shard to finish what is queued and stop, and joins its thread.
-    pub fn close(&self) {
+    /// Tells a shard still recovering to stop its replay (`close` does too).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the shard to finish what is queued and stop, and joins its
+    /// thread. A shard still recovering stops its replay at the next read.
+    ///
+    /// # Errors
+    /// `ShardFailed` when the shard had failed (a write, a sync, its ring, a
+    /// panic) — the final sync of a Periodic shard included; `Ok` when it
+    /// never started (its open already returned the error).
+    pub fn close(&self) -> Result<()> {
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(handle) = handle else { return };
-        // A closed inbox means the shard already stopped (it failed to start).
-        let _ = self.inbox.push_blocking(Request::Close);
-        let _ = handle.join();
+        if let Some(handle) = handle {
+            self.stop.store(true, Ordering::Relaxed);
+            // A closed inbox means the shard already stopped.
+            let _ = self.inbox.push_blocking(Request::Close);
+            let _ = handle.join();
+        }
+        let failure = self.ready.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failure {
+            Some(e @ Error::ShardFailed { .. }) => Err(e.clone()),
+            Some(e) => Err(Error::ShardFailed {
+                shard: self.id.0,
+                cause: Arc::new(e.clone()),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -120,17 +158,19 @@ pub fn spawn_shard(spec: ShardSpec) -> Result<ShardHandle> {
     let inbox = Arc::new(Inbox::new(spec.config.inbox_capacity)?);
     let metrics = Arc::new(ShardMetrics::default());
     let ready = Arc::new(Readiness::default());
+    let stop = Arc::new(AtomicBool::new(false));
     let id = spec.id;
-    let (i, m, r) = (inbox.clone(), metrics.clone(), ready.clone());
+    let (i, m, r, st) = (inbox.clone(), metrics.clone(), ready.clone(), stop.clone());
     let thread = std::thread::Builder::new()
         .name(format!("corewal-shard-{}", id.0))
-        .spawn(move || shard_main(spec, i, m, r))
+        .spawn(move || shard_main(spec, i, m, r, st))
         .map_err(|e| Error::io("spawn shard thread", None, e))?;
     Ok(ShardHandle {
         id,
         inbox,
         metrics,
         ready,
+        stop,
         thread: Mutex::new(Some(thread)),
     })
 }
@@ -140,27 +180,84 @@ fn set_ready(ready: &Readiness, r: Result<()>) {
     ready.cond.notify_all();
 }
 
+/// The error a panic on a shard thread becomes, with the panic's message.
+fn panic_error(payload: &(dyn std::any::Any + Send)) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    Error::Internal {
+        what: format!("the shard thread panicked: {message}"),
+    }
+}
+
 fn shard_main(
     spec: ShardSpec,
     inbox: Arc<Inbox>,
     metrics: Arc<ShardMetrics>,
     ready: Arc<Readiness>,
+    stop: Arc<AtomicBool>,
 ) {
-    match Shard::start(spec, inbox.clone(), metrics, &ready) {
-        Ok(mut shard) => {
+    let id = spec.id;
+    SHARD.set(id.0);
+    // A panic (a broken invariant) must not hang anyone: it ends the shard
+    // the way a failed write does, and every waiter is answered with it.
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Shard::start(spec, inbox.clone(), metrics, ready.clone(), &stop)
+    }));
+    let failure = match started {
+        Ok(Ok(mut shard)) => {
             set_ready(&ready, Ok(()));
-            shard.run();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
+                Ok(()) => shard.failed.clone(),
+                Err(payload) => {
+                    let e = panic_error(&*payload);
+                    // Answer everyone the shard owes; if even that panics,
+                    // dropping the shard's waiters answers them.
+                    let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        shard.fail(e.clone());
+                        shard.wake_completed();
+                        shard.abandon_io();
+                    }));
+                    if answered.is_ok() {
+                        drop(shard);
+                    } else {
+                        // Its buffers may still be under the kernel.
+                        std::mem::forget(shard);
+                    }
+                    Some(e)
+                }
+            }
         }
-        Err((id, e)) => {
-            // The shard cannot serve: answer everything with the cause.
-            let failed = Error::ShardFailed {
-                shard: id.0,
-                cause: Arc::new(e.clone()),
-            };
-            set_ready(&ready, Err(e));
-            inbox.close(failed);
+        Ok(Err(e)) => Some(e),
+        Err(payload) => Some(Error::ShardFailed {
+            shard: id.0,
+            cause: Arc::new(panic_error(&*payload)),
+        }),
+    };
+    // A shard told to stop while it recovered did not fail.
+    let failure = match failure {
+        Some(Error::Closed) => None,
+        f => f,
+    };
+    let answered = match &failure {
+        Some(e @ Error::ShardFailed { .. }) => e.clone(),
+        Some(e) => Error::ShardFailed {
+            shard: id.0,
+            cause: Arc::new(e.clone()),
+        },
+        None => Error::Closed,
+    };
+    {
+        let mut state = ready.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.is_none() {
+            *state = Some(Err(failure.clone().unwrap_or(Error::Closed)));
+            ready.cond.notify_all();
         }
     }
+    *ready.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
+    inbox.close(answered);
 }
 
 /// An ack the shard owes. If the shard unwinds (a broken invariant) before
@@ -185,18 +282,39 @@ impl<T> From<Arc<Ack<T>>> for Owed<T> {
 impl<T> Drop for Owed<T> {
     fn drop(&mut self) {
         if let Some(ack) = self.0.take() {
-            ack.complete(Err(Error::Internal {
-                what: "the shard stopped before answering",
-            }));
+            let e = if std::thread::panicking() {
+                // Unwinding from a panic on the shard thread: the shard has
+                // failed; its message goes to those answered after the unwind.
+                Error::ShardFailed {
+                    shard: SHARD.get(),
+                    cause: Arc::new(Error::Internal {
+                        what: "the shard thread panicked".into(),
+                    }),
+                }
+            } else {
+                Error::Internal {
+                    what: "the shard stopped before answering".into(),
+                }
+            };
+            ack.complete(Err(e));
         }
     }
 }
 
-/// What a queued append waits for.
+thread_local! {
+    /// The shard this thread runs, for answers given while unwinding.
+    static SHARD: std::cell::Cell<u16> = const { std::cell::Cell::new(0) };
+}
+
+/// What a queued request waits for.
 enum Waiter {
     Offset(Owed<Offset>, Offset),
     Channel(Owed<ChannelId>, ChannelId),
     Unit(Owed<()>),
+    /// A call on a channel whose drop is not yet durable: answered
+    /// `ChannelDropped` once it is, with the shard's error if it fails.
+    DroppedOffset(Owed<Offset>, Box<str>),
+    DroppedRead(Owed<Vec<crate::shard::Record>>, Box<str>),
 }
 
 /// A commit: its buffer and who waits for it.
@@ -296,6 +414,14 @@ struct Shard {
     spare_requested: bool,
     /// Waiters of completed commits, woken at the top of the loop.
     completed_waiters: Vec<Waiter>,
+    /// The shard's manifest, rewritten before the first commit after open,
+    /// before the first commit of each segment and at a clean close.
+    manifest: Manifest,
+    /// Recovery accepted damage that the manifest still contradicts (a
+    /// lenient mode): it is rewritten even if nothing is written.
+    manifest_stale: bool,
+    /// The backend failed and was leaked (`abandon_io`).
+    io_abandoned: bool,
 }
 
 impl Shard {
@@ -303,17 +429,8 @@ impl Shard {
         spec: ShardSpec,
         inbox: Arc<Inbox>,
         metrics: Arc<ShardMetrics>,
-        ready: &Readiness,
-    ) -> std::result::Result<Shard, (ShardId, Error)> {
-        let id = spec.id;
-        Self::start_inner(spec, inbox, metrics, ready).map_err(|e| (id, e))
-    }
-
-    fn start_inner(
-        spec: ShardSpec,
-        inbox: Arc<Inbox>,
-        metrics: Arc<ShardMetrics>,
-        ready: &Readiness,
+        ready: Arc<Readiness>,
+        stop: &AtomicBool,
     ) -> Result<Shard> {
         let started = Instant::now();
         if let Some(core) = spec.core {
@@ -337,9 +454,45 @@ impl Shard {
                 metrics: &metrics,
                 mode: config.recovery_mode,
                 read_only: false,
+                stop: Some(stop),
             },
             &mut *io,
         )?;
+        // What recovery accepted is made durable before anything is
+        // answered from it: a crashed process may have left its last
+        // commits (and a spare after them) in the page cache only. Older
+        // segments were synced before writing moved on from them. Not needed
+        // when the manifest already records every replayed commit as
+        // durable (after a clean close, or a crash with nothing written
+        // since the last roll).
+        let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
+        let all_durable = matches!(
+            &recovered.manifest,
+            crate::wal::manifest::ManifestState::Found(r) if r.durable_through >= replayed_through
+        );
+        if let Some(from) = recovered.last_commit_segment.filter(|_| !all_durable) {
+            for seq in from.0..recovered.next_segment_seq.0 {
+                let path = segment_path(&spec.dir, SegmentSeq(seq));
+                if path.exists() {
+                    sync_file_through(&mut *io, &path)?;
+                }
+            }
+        }
+        let manifest_stale = recovered.damage.iter().any(|d| {
+            matches!(
+                d.action,
+                DamageAction::EndLost { .. }
+                    | DamageAction::ManifestDamaged
+                    | DamageAction::PrefixKept { .. }
+            )
+        });
+        let manifest = Manifest::new(
+            &spec.dir,
+            spec.id,
+            spec.store_id,
+            config.file_mode,
+            &recovered.manifest,
+        );
         *ready.damage.lock().unwrap_or_else(|p| p.into_inner()) = recovered.damage;
         let preparer = SegmentPreparer::spawn(PreparerSpec {
             shard: spec.id,
@@ -409,6 +562,9 @@ impl Shard {
             spare_requested,
             completed_waiters: Vec::with_capacity(config.records_per_commit_max * in_flight_max),
             config,
+            manifest,
+            manifest_stale,
+            io_abandoned: false,
         })
     }
 
@@ -466,6 +622,7 @@ impl Shard {
             self.wake_completed();
             let idle = self.flights.is_empty();
             if self.closing && idle && self.building.builder.is_empty() && self.deferred.is_none() {
+                self.close_manifest();
                 break;
             }
             let can_start = self.flights.len() < self.in_flight_max && self.failed.is_none();
@@ -496,34 +653,65 @@ impl Shard {
                 continue;
             }
             // A commit could start: ask callers to wake us for new requests.
-            let wakes = self.inbox.wakes_sent();
             if !self.inbox.prepare_sleep() {
                 continue;
             }
             let slept = Instant::now();
             self.wait(timeout);
             self.inbox.woke();
-            // A whole bound slept through with requests queued: either no
-            // caller sent a wake-up (lost: the bound caught it), or one did
-            // and the thread ran late (its core was busy). Counted apart, so
-            // that either shows. Only the bound itself counts: a shorter
-            // timeout (a periodic sync due) ends sleeps on purpose.
-            if timeout == Some(WAIT_MAX) && slept.elapsed() >= WAIT_MAX && !self.inbox.is_empty() {
-                let counter = if self.inbox.wakes_sent() == wakes {
-                    &self.metrics.wakeups_missed
-                } else {
-                    &self.metrics.wakeups_late
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+            // The safety net caught a sleep that no wake-up ended although
+            // requests were queued: a wake-up was missed. Only the bound
+            // itself counts: a shorter timeout (a periodic sync due) ends
+            // sleeps on purpose.
+            if timeout == Some(IDLE_WAIT_MAX)
+                && slept.elapsed() >= IDLE_WAIT_MAX
+                && !self.inbox.is_empty()
+            {
+                self.metrics.wakeups_missed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.inbox.close(Error::Closed);
     }
 
-    /// Whether the built commit must wait for the flights to drain first
-    /// (it needs a new segment, and segments change only when idle).
+    /// At a clean close: records in the manifest that every commit written
+    /// is durable, so that the loss of any of them is detected at the next
+    /// open. Nothing is written by a shard that wrote nothing (an open that
+    /// fails elsewhere changes nothing) or that failed.
+    fn close_manifest(&mut self) {
+        if self.failed.is_some() || !(self.written || self.manifest_stale) {
+            return;
+        }
+        let last = self.manifest.last();
+        if last.is_some_and(|r| {
+            r.active_segment == self.segment.seq && r.durable_through == self.durable_through
+        }) {
+            return;
+        }
+        if let Err(e) = self.manifest.write(self.segment.seq, self.durable_through) {
+            self.fail(e);
+        }
+    }
+
+    /// Whether the built commit must wait for the flights to drain first:
+    /// it needs a new segment (segments change only when idle), or Periodic
+    /// mode's unsynced window is full (the commit must carry a data sync,
+    /// which covers every write only with nothing in flight).
     fn start_blocked(&self) -> bool {
-        self.needs_new_segment() && !self.flights.is_empty()
+        (self.needs_new_segment() || self.window_full()) && !self.flights.is_empty()
+    }
+
+    /// Periodic mode: whether the next commit must be synced because the
+    /// commits since the last data sync, and those that could be in flight
+    /// with it, would no longer fit the 16-bit window of its header.
+    fn window_full(&self) -> bool {
+        matches!(self.config.durability, Durability::Periodic { .. })
+            && self
+                .building
+                .builder
+                .commit_seq()
+                .0
+                .saturating_sub(self.durable_through.0)
+                + self.in_flight_max as u64
+                >= u64::from(u16::MAX)
     }
 
     fn needs_new_segment(&self) -> bool {
@@ -541,23 +729,48 @@ impl Shard {
     fn wait(&mut self, timeout: Option<Duration>) {
         if let Err(e) = self.io.wait(timeout) {
             let e = self.op_error(e);
-            self.fail(e);
+            self.ring_failed(e);
         }
     }
 
-    /// Every wait is bounded: a shard re-checks its inbox and its ring at
-    /// least every `WAIT_MAX` even if no wake-up arrives. A stress test
-    /// (tests/reregister.rs) once left a shard asleep with a registration
-    /// queued — a lost wake-up not yet explained; the bound turns such a
-    /// loss into a delay of at most `WAIT_MAX` instead of a hang.
+    /// The ring itself failed (`io_uring_enter` returned an error): the
+    /// shard fails, answers everyone, and never touches the ring again. What
+    /// was in flight may still complete into the kernel's copy of the
+    /// submission, so its buffers and the ring are leaked, not freed; the
+    /// shard goes on waiting for requests (to answer them) on its eventfd.
+    fn ring_failed(&mut self, e: Error) {
+        self.fail(e);
+        self.abandon_io();
+    }
+
+    /// Leaks the operations in flight and the backend, and waits on the
+    /// eventfd from now on.
+    fn abandon_io(&mut self) {
+        self.io_abandoned = true;
+        for f in self.flights.drain(..) {
+            std::mem::forget(f);
+        }
+        let waiter: Box<dyn CommitIo> = Box::new(PortableIo::new(self.inbox.wake_fd().fd()));
+        std::mem::forget(std::mem::replace(&mut self.io, waiter));
+    }
+
+    /// How long the shard may wait: until a periodic sync is due, and at
+    /// most `IDLE_WAIT_MAX` (see there). While commits are in flight the
+    /// wait ends with their completions.
     fn wait_timeout(&self) -> Option<Duration> {
+        if self.io_abandoned {
+            // The leaked ring may still hold a read armed on the eventfd and
+            // take one wake-up: a failed shard looks at its inbox every
+            // 10 ms instead (100 wake-ups a second, well under 1% of a core).
+            return Some(Duration::from_millis(10));
+        }
         let bound = match (self.config.durability, self.unsynced_since) {
             (Durability::Periodic { interval }, Some(since)) if self.flights.is_empty() => interval
                 .saturating_sub(since.elapsed())
                 .max(Duration::from_micros(50)),
-            _ => WAIT_MAX,
+            _ => IDLE_WAIT_MAX,
         };
-        Some(bound.min(WAIT_MAX))
+        Some(bound.min(IDLE_WAIT_MAX))
     }
 
     fn sync_due(&self) -> bool {
@@ -642,6 +855,18 @@ impl Shard {
                     ack.complete(Err(e));
                     return Accepted::Done;
                 }
+                if self.table.next_id() > u64::from(CHANNEL_ID_MAX) {
+                    ack.complete(Err(Error::InvalidConfig {
+                        field: "channel",
+                        reason: format!(
+                            "shard {} has handed out every channel id (the WAL holds {} \
+                             registrations); no channel can be registered in it",
+                            self.id.0,
+                            self.table.next_id()
+                        ),
+                    }));
+                    return Accepted::Done;
+                }
                 match self.admit(0, entry_bytes(name.len())) {
                     Admit::Yes => {}
                     Admit::Full => return Accepted::Full(Request::Register { name, ack }),
@@ -704,14 +929,17 @@ impl Shard {
                     ack.complete(Err(e));
                     return Accepted::Done;
                 }
-                let Some(ch) = self.table.get_mut(channel) else {
+                let Some(ch) = self.table.get(channel) else {
                     ack.complete(Err(unknown_channel(channel)));
                     return Accepted::Done;
                 };
-                if ch.dropped {
-                    ack.complete(Err(Error::ChannelDropped {
-                        name: ch.name.to_string(),
-                    }));
+                if let Some(dropped_in) = ch.dropped_in {
+                    let w = Waiter::DroppedOffset(ack.into(), ch.name.clone());
+                    self.answer_when_durable(dropped_in, w);
+                    return Accepted::Done;
+                }
+                if ch.next_offset.0 >= OFFSET_MAX {
+                    ack.complete(Err(offsets_exhausted(&ch.name)));
                     return Accepted::Done;
                 }
                 if !self
@@ -774,10 +1002,13 @@ impl Shard {
                     ack.complete(Err(unknown_channel(channel)));
                     return Accepted::Done;
                 };
-                if ch.dropped {
-                    ack.complete(Err(Error::ChannelDropped {
-                        name: ch.name.to_string(),
-                    }));
+                if let Some(dropped_in) = ch.dropped_in {
+                    let w = Waiter::DroppedOffset(ack.into(), ch.name.clone());
+                    self.answer_when_durable(dropped_in, w);
+                    return Accepted::Done;
+                }
+                if ch.next_offset.0.saturating_add(records.len() as u64) > OFFSET_MAX {
+                    ack.complete(Err(offsets_exhausted(&ch.name)));
                     return Accepted::Done;
                 }
                 match self.admit(records.len(), bytes) {
@@ -818,19 +1049,28 @@ impl Shard {
                 ack,
             } => {
                 match self.table.get(channel) {
-                    Some(ch) if ch.dropped => ack.complete(Err(Error::ChannelDropped {
-                        name: ch.name.to_string(),
-                    })),
-                    _ => ack.complete(Ok(self.table.read(channel, from, to))),
+                    None => ack.complete(Err(unknown_channel(channel))),
+                    Some(ch) => match ch.dropped_in {
+                        Some(dropped_in) => {
+                            let w = Waiter::DroppedRead(ack.into(), ch.name.clone());
+                            self.answer_when_durable(dropped_in, w);
+                        }
+                        None => ack.complete(Ok(self.table.read(channel, from, to))),
+                    },
                 }
                 Accepted::Done
             }
             Request::NextOffset { channel, ack } => {
-                let next = self
-                    .table
-                    .get(channel)
-                    .map_or(Offset(0), |c| c.durable_next_offset());
-                ack.complete(Ok(next));
+                match self.table.get(channel) {
+                    None => ack.complete(Err(unknown_channel(channel))),
+                    Some(ch) => match ch.dropped_in {
+                        Some(dropped_in) => {
+                            let w = Waiter::DroppedOffset(ack.into(), ch.name.clone());
+                            self.answer_when_durable(dropped_in, w);
+                        }
+                        None => ack.complete(Ok(ch.durable_next_offset())),
+                    },
+                }
                 Accepted::Done
             }
             Request::Close => {
@@ -840,7 +1080,8 @@ impl Shard {
         }
     }
 
-    /// Answers a registration once the commit that carries it completed.
+    /// Answers `waiter` once commit `registered_in` (a registration or a
+    /// drop) completed, or with the shard's error if it cannot.
     fn answer_when_durable(&mut self, registered_in: CommitSeq, waiter: Waiter) {
         if registered_in <= self.completed {
             complete_waiter(waiter, Ok(()));
@@ -854,7 +1095,7 @@ impl Shard {
                 .iter_mut()
                 .filter_map(|f| f.batch.as_mut())
                 .find(|b| b.builder.commit_seq() == registered_in)
-                .expect("an unacknowledged registration is in a commit in flight");
+                .expect("an unacknowledged registration or drop is in a commit in flight");
             flight.waiters.push(waiter);
         }
     }
@@ -866,12 +1107,13 @@ impl Shard {
 
     fn start_commit(&mut self) {
         if !self.written {
-            // Before the first write: zero what a torn tail left, and make
-            // what was replayed durable — it may have reached the device
-            // without a flush (a process that crashed in Periodic mode, or
-            // commits in flight when it died) — before new commits count
-            // on it.
-            if let Err(e) = apply_cuts(&self.cuts, self.access).and_then(|()| self.sync_segment()) {
+            // Before the first write: zero what a torn tail left (what was
+            // replayed was synced at start), and record in the manifest
+            // where the log ends, so that the loss of anything written from
+            // now on is told from a torn tail.
+            let recorded = apply_cuts(&self.cuts, self.access)
+                .and_then(|()| self.manifest.write(self.segment.seq, self.durable_through));
+            if let Err(e) = recorded {
                 self.fail(e);
                 return;
             }
@@ -881,6 +1123,10 @@ impl Shard {
         if !self.spare_requested {
             self.preparer.request(self.next_segment_seq);
             self.spare_requested = true;
+        }
+        if self.window_full() && !self.flights.is_empty() {
+            // The commit must carry a data sync covering every write.
+            return;
         }
         if self.needs_new_segment() {
             if !self.flights.is_empty() {
@@ -903,8 +1149,8 @@ impl Shard {
         // power cut may leave a hole there, followed by this commit, and
         // recovery cuts such a hole as a torn tail only within this window.
         // The commits in flight with it; in Periodic mode also every commit
-        // since the last completed data sync (at most 65,535: a hole further
-        // back is refused as damage).
+        // since the last completed data sync (kept below 65,535 by forcing
+        // a synced commit when the window is full: `window_full`).
         let since_sync = batch
             .builder
             .commit_seq()
@@ -928,7 +1174,7 @@ impl Shard {
         // An fdatasync, not RWF_DSYNC: on a device with forced-unit-access
         // writes, an O_DIRECT RWF_DSYNC write is written through on its own
         // and flushes nothing written before it.
-        let synced = self.sync_due() && self.flights.is_empty();
+        let synced = (self.sync_due() || self.window_full()) && self.flights.is_empty();
         let sync = match (self.config.durability, self.config.sync_method) {
             (Durability::Periodic { .. }, _) if synced => SyncKind::Fdatasync,
             (Durability::Periodic { .. }, _) => SyncKind::None,
@@ -948,7 +1194,9 @@ impl Shard {
         let id = self.next_op_id();
         // SAFETY: the buffer belongs to `batch`, which moves into
         // `self.flights` (a move of the Batch, not of its heap buffer) and
-        // stays there, untouched, until `poll` returned this id's completion.
+        // stays there, untouched, until `poll` returned this id's completion
+        // — or is leaked with the ring if the ring fails. `Err` means the
+        // write was not queued: the batch is free again at once.
         let started = unsafe { self.io.start(id, op) };
         self.flights.push_back(Flight {
             id,
@@ -961,7 +1209,9 @@ impl Shard {
         });
         if let Err(e) = started {
             let e = self.op_error(e);
+            // Fail while the flight is listed, so that its callers get the error.
             self.fail(e);
+            self.unstart_last();
             return;
         }
         self.write_position += len as u64;
@@ -995,11 +1245,24 @@ impl Shard {
         if let Err(e) = started {
             let e = self.op_error(e);
             self.fail(e);
+            self.unstart_last();
+        }
+    }
+
+    /// Takes back the newest flight, whose start failed (nothing of it was
+    /// queued, so nothing will complete).
+    fn unstart_last(&mut self) {
+        if let Some(f) = self.flights.pop_back() {
+            if let Some(mut batch) = f.batch {
+                batch.records.clear();
+                self.spare.push(batch);
+            }
         }
     }
 
     /// A data sync of the current segment through the ring, with nothing
-    /// else in flight: waits for its completion.
+    /// else in flight: waits for its completion. If the ring fails meanwhile
+    /// the shard has stopped using it (the sync may still complete there).
     fn sync_segment(&mut self) -> Result<()> {
         debug_assert!(self.flights.is_empty());
         let id = self.next_op_id();
@@ -1011,7 +1274,11 @@ impl Shard {
                 debug_assert_eq!(done, id, "the only operation in flight");
                 return outcome.map_err(|e| self.op_error(e));
             }
-            self.io.wait(None).map_err(|e| self.op_error(e))?;
+            if let Err(e) = self.io.wait(None) {
+                let e = self.op_error(e);
+                self.ring_failed(e.clone());
+                return Err(e);
+            }
         }
     }
 
@@ -1028,6 +1295,9 @@ impl Shard {
         }
         let seq = self.next_segment_seq;
         let segment = self.preparer.take(seq)?;
+        // Before the segment's first commit: from now on a listing without
+        // it, or a chain that ends before what was durable, lost commits.
+        self.manifest.write(seq, self.durable_through)?;
         // The new segment is empty: say so before asking for the next one,
         // so that its fill is paced from the start.
         self.preparer.report_fill(self.block as u64, segment.bytes);
@@ -1099,7 +1369,7 @@ impl Shard {
         let records = batch.records.len() as u64;
         for (channel, record) in batch.records.drain(..) {
             // A channel dropped while this commit was in flight keeps nothing.
-            if self.table.get(channel).is_some_and(|c| !c.dropped) {
+            if self.table.get(channel).is_some_and(|c| !c.dropped()) {
                 self.table.push(channel, record);
             }
         }
@@ -1153,12 +1423,50 @@ impl Shard {
 }
 
 fn complete_waiter(w: Waiter, r: Result<()>) {
+    let dropped = |name: Box<str>| Error::ChannelDropped {
+        name: name.into_string(),
+    };
     match (w, r) {
         (Waiter::Offset(ack, off), Ok(())) => ack.complete(Ok(off)),
         (Waiter::Channel(ack, id), Ok(())) => ack.complete(Ok(id)),
         (Waiter::Unit(ack), r) => ack.complete(r),
         (Waiter::Offset(ack, _), Err(e)) => ack.complete(Err(e)),
         (Waiter::Channel(ack, _), Err(e)) => ack.complete(Err(e)),
+        (Waiter::DroppedOffset(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
+        (Waiter::DroppedRead(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
+    }
+}
+
+/// A channel whose offsets reached [`OFFSET_MAX`].
+fn offsets_exhausted(name: &str) -> Error {
+    Error::InvalidConfig {
+        field: "channel",
+        reason: format!("channel {name:?} has used every offset up to {OFFSET_MAX}"),
+    }
+}
+
+/// Makes `path` durable through `io` (a data sync of an fd opened for it),
+/// waiting for it; used at start, before the shard answers anything.
+fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()> {
+    let f = crate::io::file::open_read(path, Access::Buffered)?;
+    let failed = |e: OpError| Error::io(e.operation, Some(path.to_path_buf()), e.source);
+    // SAFETY: a sync references no memory; the file outlives the wait (if
+    // the wait fails the shard never starts and the sync is left to the
+    // kernel; closing the fd does not disturb an in-flight sync).
+    unsafe {
+        io.start(
+            0,
+            Op::Sync {
+                fd: std::os::unix::io::AsRawFd::as_raw_fd(&f),
+            },
+        )
+    }
+    .map_err(failed)?;
+    loop {
+        if let Some((_, outcome)) = io.poll() {
+            return outcome.map_err(failed);
+        }
+        io.wait(None).map_err(failed)?;
     }
 }
 

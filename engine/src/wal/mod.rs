@@ -2,5 +2,6 @@
 
 pub mod commit;
 pub mod format;
+pub mod manifest;
 pub mod preparer;
 pub mod segment;

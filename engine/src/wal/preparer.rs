@@ -254,10 +254,13 @@ fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
 /// Returns false when the preparer is stopping: the fill is abandoned, so
 /// that closing an idle engine does not wait for a whole segment's fill.
 fn pace(shared: &Shared, done: u64, total: u64) -> bool {
+    // After the last piece nothing is left to pace: the segment is named
+    // at once (a fill that waited here, ahead of `used / (1 - LEAD)` clamped
+    // to 1, left the spare unnamed until the shard needed it).
     let ahead = |shared: &Shared| {
         let used = shared.fill_ppm.load(Ordering::Relaxed) as f64 / PPM as f64;
         let filled = done as f64 / total.max(1) as f64;
-        filled >= (used / (1.0 - LEAD)).min(1.0)
+        done < total && filled >= (used / (1.0 - LEAD)).min(1.0)
     };
     // Look again soon while the shard writes, rarely while it idles; `take`
     // wakes the wait at once.

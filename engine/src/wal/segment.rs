@@ -159,15 +159,24 @@ pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, Pa
             continue;
         }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        let seq = match u64::from_str_radix(stem, 16) {
-            Ok(seq) if stem.len() == 16 => seq,
-            _ => {
-                return Err(Error::Format {
-                    path,
-                    what: "segment file name is not 16 hex digits".into(),
-                })
-            }
+        let Some(seq) = parse_segment_stem(stem) else {
+            return Err(Error::Format {
+                path,
+                what: "segment file name is not 16 lower-case hex digits and .wal".into(),
+            });
         };
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("stat segment", Some(path.clone()), e))?;
+        if !kind.is_file() {
+            return Err(Error::Format {
+                what: format!(
+                    "named like a segment but is {}; corewal only reads files it wrote",
+                    file::file_kind(&kind)
+                ),
+                path,
+            });
+        }
         out.push((SegmentSeq(seq), path));
     }
     if removed {
@@ -175,6 +184,19 @@ pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, Pa
     }
     out.sort();
     Ok(out)
+}
+
+/// The sequence number a segment file name's stem spells: exactly 16
+/// lower-case hex digits, as [`segment_path`] writes them — no sign, no
+/// upper case, no other length.
+pub fn parse_segment_stem(stem: &str) -> Option<u64> {
+    let digits = stem
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if stem.len() != 16 || !digits {
+        return None;
+    }
+    u64::from_str_radix(stem, 16).ok()
 }
 
 /// Header fields of a fresh segment.

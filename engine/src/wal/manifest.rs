@@ -1,0 +1,300 @@
+//! A shard's manifest: what must be known about the end of the log from
+//! outside the segments, so that a lost, older or zeroed last segment is
+//! never taken for the end of the log.
+//!
+//! ```text
+//! shard-NNN/manifest   8192 bytes: two 4096-byte slots, generation g in slot g % 2
+//! ```
+//!
+//! A slot, little-endian: `0 magic u32 "CWSH"`, `4 crc32c of bytes 8..64`,
+//! `8 version u16`, `10 shard u16`, `12 reserved u32`, `16 store_id u64`,
+//! `24 generation u64`, `32 active_segment u64`, `40 durable_through u64`,
+//! zeros to byte 4096.
+//!
+//! * `active_segment`: the newest segment the shard had begun to write
+//!   commits into; a listing whose newest segment is older lost segments.
+//! * `durable_through`: a commit every commit up to which was durable when
+//!   the slot was written; a chain that ends before it lost acknowledged
+//!   commits.
+//!
+//! The shard writes a new generation (write, then data sync, waited on
+//! before anything depends on it) before the first commit after an open,
+//! before the first commit of each new segment, and at a clean close after
+//! the last sync. Two slots, as the copies of a superblock: a power cut that
+//! tears one write leaves the previous generation whole in the other slot,
+//! and both values only grow, so an older generation is a weaker claim, never
+//! a wrong one.
+//!
+//! What the manifest cannot tell (the residual window, `docs/format.md`):
+//! after an unclean stop, commits written since the last generation and lost
+//! at the end of the newest segment — at most the commits of one segment —
+//! look exactly like the commits a crash never wrote.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::file::{self, Access};
+use crate::types::{CommitSeq, SegmentSeq, ShardId};
+
+/// File name of a shard's manifest, in its directory.
+pub const MANIFEST_FILE: &str = "manifest";
+const MAGIC: u32 = u32::from_le_bytes(*b"CWSH");
+const VERSION: u16 = 1;
+const SLOT_BYTES: usize = 4096;
+const FILE_BYTES: usize = 2 * SLOT_BYTES;
+const USED_BYTES: usize = 48;
+
+/// One generation of the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestRecord {
+    /// Counts the writes; the newest whole slot wins.
+    pub generation: u64,
+    /// Newest segment commits were being written into.
+    pub active_segment: SegmentSeq,
+    /// Every commit up to this one was durable.
+    pub durable_through: CommitSeq,
+}
+
+/// What the manifest file held at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestState {
+    /// No manifest: a new shard, or a store written before manifests
+    /// existed (nothing is claimed about the end of its log).
+    Missing,
+    /// The newest whole generation.
+    Found(ManifestRecord),
+    /// A file is there but neither slot is whole and ours.
+    Damaged(String),
+}
+
+fn encode(shard: ShardId, store_id: u64, r: &ManifestRecord) -> Vec<u8> {
+    let mut b = vec![0u8; SLOT_BYTES];
+    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    b[10..12].copy_from_slice(&shard.0.to_le_bytes());
+    b[16..24].copy_from_slice(&store_id.to_le_bytes());
+    b[24..32].copy_from_slice(&r.generation.to_le_bytes());
+    b[32..40].copy_from_slice(&r.active_segment.0.to_le_bytes());
+    b[40..48].copy_from_slice(&r.durable_through.0.to_le_bytes());
+    let crc = crc32c::crc32c(&b[8..64]);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<ManifestRecord, String> {
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    if b.len() < SLOT_BYTES {
+        return Err("slot is short".into());
+    }
+    if b[0..4] != MAGIC.to_le_bytes() {
+        return Err("bad magic".into());
+    }
+    let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&b[8..64]) != crc || b[USED_BYTES..SLOT_BYTES].iter().any(|&x| x != 0) {
+        return Err("checksum mismatch".into());
+    }
+    let version = u16::from_le_bytes([b[8], b[9]]);
+    if version != VERSION {
+        return Err(format!("version {version} is not readable by this build"));
+    }
+    if u16::from_le_bytes([b[10], b[11]]) != shard.0 || u64_at(16) != store_id {
+        return Err("belongs to another shard or store".into());
+    }
+    Ok(ManifestRecord {
+        generation: u64_at(24),
+        active_segment: SegmentSeq(u64_at(32)),
+        durable_through: CommitSeq(u64_at(40)),
+    })
+}
+
+/// Reads shard `shard`'s manifest from `shard_dir`.
+pub fn read(shard_dir: &Path, shard: ShardId, store_id: u64) -> Result<ManifestState> {
+    use std::os::unix::fs::FileExt;
+    let path = shard_dir.join(MANIFEST_FILE);
+    let f = match file::open_read(&path, Access::Buffered) {
+        Ok(f) => f,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ManifestState::Missing)
+        }
+        Err(e) => return Err(e),
+    };
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat", Some(path.clone()), e))?
+        .len();
+    if len != FILE_BYTES as u64 {
+        return Ok(ManifestState::Damaged(format!(
+            "shard manifest is {len} bytes, not {FILE_BYTES}"
+        )));
+    }
+    let mut b = vec![0u8; FILE_BYTES];
+    f.read_exact_at(&mut b, 0)
+        .map_err(|e| Error::io("read", Some(path.clone()), e))?;
+    let slots = [
+        decode(shard, store_id, &b[..SLOT_BYTES]),
+        decode(shard, store_id, &b[SLOT_BYTES..]),
+    ];
+    let best = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.as_ref().ok().filter(|r| r.generation % 2 == i as u64))
+        .max_by_key(|r| r.generation);
+    Ok(match best {
+        Some(r) => ManifestState::Found(*r),
+        None => ManifestState::Damaged(format!(
+            "shard manifest: neither copy is whole ({}; {})",
+            slots[0].as_ref().err().map_or("wrong slot", |e| e),
+            slots[1].as_ref().err().map_or("wrong slot", |e| e),
+        )),
+    })
+}
+
+/// The writer of a shard's manifest, owned by the shard thread.
+#[derive(Debug)]
+pub struct Manifest {
+    path: PathBuf,
+    shard: ShardId,
+    store_id: u64,
+    file_mode: u32,
+    file: Option<File>,
+    last: Option<ManifestRecord>,
+}
+
+impl Manifest {
+    /// The writer for `shard_dir`, continuing after `found` (the state
+    /// recovery read).
+    pub fn new(
+        shard_dir: &Path,
+        shard: ShardId,
+        store_id: u64,
+        file_mode: u32,
+        found: &ManifestState,
+    ) -> Manifest {
+        Manifest {
+            path: shard_dir.join(MANIFEST_FILE),
+            shard,
+            store_id,
+            file_mode,
+            file: None,
+            last: match found {
+                ManifestState::Found(r) => Some(*r),
+                _ => None,
+            },
+        }
+    }
+
+    /// What the last generation written (or read) records.
+    pub fn last(&self) -> Option<ManifestRecord> {
+        self.last
+    }
+
+    /// Makes a new generation durable: `active_segment` and
+    /// `durable_through`. Returns once it is on stable storage.
+    pub fn write(&mut self, active_segment: SegmentSeq, durable_through: CommitSeq) -> Result<()> {
+        let generation = self.last.map_or(1, |r| r.generation + 1);
+        let record = ManifestRecord {
+            generation,
+            active_segment,
+            durable_through,
+        };
+        let slot = encode(self.shard, self.store_id, &record);
+        if self.file.is_none() {
+            self.file = Some(self.open_or_create()?);
+        }
+        let f = self.file.as_ref().expect("opened above");
+        let at = (generation % 2) * SLOT_BYTES as u64;
+        file::write_all_at(f, &self.path, &slot, at, "write shard manifest")?;
+        f.sync_data()
+            .map_err(|e| Error::io("sync shard manifest", Some(self.path.clone()), e))?;
+        self.last = Some(record);
+        Ok(())
+    }
+
+    /// Opens the manifest, or creates it whole (zeros, synced, renamed into
+    /// place, directory synced) so that it is never seen half-made.
+    fn open_or_create(&self) -> Result<File> {
+        if self.path.exists() {
+            let f = file::open_rw(&self.path, Access::Buffered)?;
+            let len = f
+                .metadata()
+                .map_err(|e| Error::io("stat", Some(self.path.clone()), e))?
+                .len();
+            if len == FILE_BYTES as u64 {
+                return Ok(f);
+            }
+            // A damaged manifest the open accepted (a lenient mode): made anew.
+        }
+        let tmp = self.path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let f = file::create_new(&tmp, Access::Buffered, self.file_mode)?;
+        file::write_all_at(&f, &tmp, &[0u8; FILE_BYTES], 0, "create shard manifest")?;
+        f.sync_all()
+            .map_err(|e| Error::io("sync shard manifest", Some(tmp.clone()), e))?;
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| Error::io("rename", Some(self.path.clone()), e))?;
+        let dir = self
+            .path
+            .parent()
+            .expect("the manifest is in a shard directory");
+        file::sync_dir(dir)?;
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_whole_copy_wins_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, store) = (ShardId(3), 77);
+        assert_eq!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Missing
+        );
+        let mut m = Manifest::new(dir.path(), shard, store, 0o600, &ManifestState::Missing);
+        m.write(SegmentSeq(1), CommitSeq(0)).unwrap();
+        m.write(SegmentSeq(2), CommitSeq(40)).unwrap();
+        let found = read(dir.path(), shard, store).unwrap();
+        let ManifestState::Found(r) = found else {
+            panic!("{found:?}")
+        };
+        assert_eq!(
+            (r.generation, r.active_segment, r.durable_through),
+            (2, SegmentSeq(2), CommitSeq(40))
+        );
+        // Tear the newest slot: the older generation is read.
+        let path = dir.path().join(MANIFEST_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        b[30] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        let ManifestState::Found(r) = read(dir.path(), shard, store).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.generation, 1);
+        // Both torn, or another store's: damage.
+        b[SLOT_BYTES + 30] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        assert!(matches!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Damaged(_)
+        ));
+        std::fs::write(&path, vec![0u8; 3]).unwrap();
+        assert!(matches!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Damaged(_)
+        ));
+        let mut m = Manifest::new(dir.path(), shard, store, 0o600, &ManifestState::Missing);
+        m.write(SegmentSeq(5), CommitSeq(9)).unwrap();
+        assert!(matches!(
+            read(dir.path(), ShardId(4), store).unwrap(),
+            ManifestState::Damaged(_)
+        ));
+        assert!(matches!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Found(_)
+        ));
+    }
+}
