@@ -324,6 +324,26 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_fill_names_the_spare_once_done_without_waiting_for_the_shard() {
+        // The current segment is 80% full: past the 75% by which the spare's
+        // fill finishes. The spare must be named without a `take`.
+        let dir = tempfile::tempdir().unwrap();
+        let p = SegmentPreparer::spawn(spec(dir.path())).unwrap();
+        p.report_fill(800 << 10, 1 << 20);
+        p.request(SegmentSeq(1));
+        let path = crate::wal::segment::segment_path(dir.path(), SegmentSeq(1));
+        let started = std::time::Instant::now();
+        while !path.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the finished spare was not named"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(p.is_ready(SegmentSeq(1)));
+    }
+
+    #[test]
     fn an_existing_segment_is_never_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let p = SegmentPreparer::spawn(spec(dir.path())).unwrap();
