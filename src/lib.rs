@@ -38,17 +38,18 @@ use corewal_engine::shard::inbox::{Inbox, Request};
 use corewal_engine::types::ChannelId;
 
 pub use bytes;
-pub use corewal_engine::config::{
-    Backend, Config, Durability, FaultEffect, FaultPlan, RecoveryMode, SyncMethod,
-};
+pub use corewal_engine::config::{Backend, Config, Durability, RecoveryMode, SyncMethod};
 pub use corewal_engine::error::{Error, Result};
+#[cfg(feature = "testing")]
+pub use corewal_engine::io::faulty::{FaultEffect, FaultPlan};
+pub use corewal_engine::metrics::ShardMetricsSnapshot as Metrics;
 pub use corewal_engine::recovery::{Damage, DamageAction};
-pub use corewal_engine::shard::metrics::ShardMetricsSnapshot as Metrics;
-pub use corewal_engine::shard::Record;
-pub use corewal_engine::types::{Offset, ShardId};
+pub use corewal_engine::types::{Offset, Record, SegmentSeq, ShardId};
 
 /// The simulated disk behind [`Backend::Simulated`], for tests of what
-/// survives power cuts and device faults. Never for data you want to keep.
+/// survives power cuts and device faults (feature `testing`). Never for data
+/// you want to keep.
+#[cfg(feature = "testing")]
 pub mod sim {
     pub use corewal_engine::io::sim::{
         PowerCutReport, SimDisk, SimFault, SimReadFault, SimStats, SIM_SECTOR_BYTES,

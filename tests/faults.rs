@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{small_config, test_dir};
-use corewal::{Backend, Engine, Error, FaultEffect, FaultPlan, Offset, SyncMethod};
+use corewal::{Backend, Engine, Error, FaultEffect, FaultPlan, Offset, ShardId, SyncMethod};
 
 /// A channel name on each shard of a 2-shard engine.
 fn names_per_shard(engine: &Engine) -> [String; 2] {
@@ -31,8 +31,18 @@ fn names_per_shard(engine: &Engine) -> [String; 2] {
 }
 
 fn fail_stop_case(errno: i32, sync_method: SyncMethod, fail_op: u64, in_sync: bool) {
+    fail_stop_case_over(Backend::IoUring, errno, sync_method, fail_op, in_sync)
+}
+
+fn fail_stop_case_over(
+    over: Backend,
+    errno: i32,
+    sync_method: SyncMethod,
+    fail_op: u64,
+    in_sync: bool,
+) {
     let dir = test_dir();
-    let mut config = small_config(dir.path(), 2, Backend::IoUring);
+    let mut config = small_config(dir.path(), 2, over.clone());
     let names = {
         let engine = Engine::open(config.clone()).unwrap();
         let n = names_per_shard(&engine);
@@ -43,7 +53,7 @@ fn fail_stop_case(errno: i32, sync_method: SyncMethod, fail_op: u64, in_sync: bo
     let mut plan = FaultPlan::new(fail_op, errno);
     plan.shard = Some(0);
     plan.in_sync = in_sync;
-    config.backend = Backend::FaultInjection(plan);
+    config.backend = Backend::faulty(over.clone(), plan);
     let acked: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
     {
         let engine = Arc::new(Engine::open(config.clone()).unwrap());
@@ -67,7 +77,7 @@ fn fail_stop_case(errno: i32, sync_method: SyncMethod, fail_op: u64, in_sync: bo
                                     .push(off.0);
                             }
                             Err(Error::ShardFailed { shard, cause }) => {
-                                assert_eq!(shard, 0);
+                                assert_eq!(shard, ShardId(0));
                                 assert_eq!(cause.raw_os_error(), Some(errno), "{cause}");
                                 errors += 1;
                             }
@@ -116,14 +126,17 @@ fn fail_stop_case(errno: i32, sync_method: SyncMethod, fail_op: u64, in_sync: bo
         drop((failing, healthy));
         // Close reports the failure (after stopping every shard).
         match Arc::try_unwrap(engine).unwrap().close() {
-            Err(Error::ShardFailed { shard: 0, cause }) => {
+            Err(Error::ShardFailed {
+                shard: ShardId(0),
+                cause,
+            }) => {
                 assert_eq!(cause.raw_os_error(), Some(errno), "{cause}")
             }
             other => panic!("close after a failed shard: {other:?}"),
         }
     }
     // Reopen without faults: everything acknowledged is there.
-    config.backend = Backend::IoUring;
+    config.backend = over;
     let engine = Engine::open(config).unwrap();
     for name in &names {
         let records = engine.register(name).unwrap().read(..).unwrap();
@@ -152,6 +165,26 @@ fn a_failed_data_sync_is_never_retried_or_acknowledged() {
     // acknowledged, and nothing after it either.
     fail_stop_case(libc::EIO, SyncMethod::WriteThenFdatasync, 40, true);
     fail_stop_case(libc::EIO, SyncMethod::DsyncWrite, 25, true);
+}
+
+#[test]
+fn the_portable_backend_fails_stop_the_same_way() {
+    // Fault injection wraps any backend: the same plans over the page-cache
+    // backend, whose writes and syncs are system calls on the shard thread.
+    fail_stop_case_over(
+        Backend::Portable,
+        libc::EIO,
+        SyncMethod::DsyncWrite,
+        40,
+        false,
+    );
+    fail_stop_case_over(
+        Backend::Portable,
+        libc::EIO,
+        SyncMethod::WriteThenFdatasync,
+        40,
+        true,
+    );
 }
 
 #[test]
@@ -201,7 +234,7 @@ fn a_panic_on_a_shard_thread_answers_every_caller_and_close_returns() {
     let mut plan = FaultPlan::new(30, libc::EIO);
     plan.shard = Some(0);
     plan.effect = FaultEffect::Panic;
-    config.backend = Backend::FaultInjection(plan);
+    config.backend = Backend::faulty(Backend::IoUring, plan);
     let engine = Arc::new(Engine::open(config.clone()).unwrap());
     let failing = engine.register(&names[0]).unwrap();
     let healthy = engine.register(&names[1]).unwrap();
@@ -213,7 +246,10 @@ fn a_panic_on_a_shard_thread_answers_every_caller_and_close_returns() {
                 for i in 0..100u32 {
                     match ch.append(&[t, i as u8]) {
                         Ok(_) => assert_eq!(failed, 0, "acknowledged after the panic"),
-                        Err(Error::ShardFailed { shard: 0, cause }) => {
+                        Err(Error::ShardFailed {
+                            shard: ShardId(0),
+                            cause,
+                        }) => {
                             assert!(cause.to_string().contains("panic"), "{cause}");
                             failed += 1;
                         }
@@ -257,11 +293,14 @@ fn a_panic_during_recovery_fails_the_open_instead_of_hanging_it() {
     let mut plan = FaultPlan::new(1, libc::EIO);
     plan.effect = FaultEffect::Panic;
     plan.reads = true;
-    config.backend = Backend::FaultInjection(plan);
+    config.backend = Backend::faulty(Backend::IoUring, plan);
     let opened = common::within(HANG, move || Engine::open(config).map(drop))
         .expect("open hangs after a panic during recovery");
     match opened {
-        Err(Error::ShardFailed { shard: 0, cause }) => {
+        Err(Error::ShardFailed {
+            shard: ShardId(0),
+            cause,
+        }) => {
             assert!(cause.to_string().contains("panic"), "{cause}")
         }
         other => panic!("expected ShardFailed, got {other:?}"),
@@ -274,7 +313,7 @@ fn a_failed_ring_stops_the_shard_without_spinning_and_close_returns() {
     let mut config = store_with_records(dir.path(), 10);
     let mut plan = FaultPlan::new(5, libc::EBADF);
     plan.effect = FaultEffect::RingFails;
-    config.backend = Backend::FaultInjection(plan);
+    config.backend = Backend::faulty(Backend::IoUring, plan);
     let engine = Engine::open(config.clone()).unwrap();
     let ch = engine.register("c").unwrap();
     let answered = common::within(HANG, move || {
@@ -321,7 +360,7 @@ fn a_sync_whose_wait_failed_never_meets_its_completion_later() {
     std::fs::remove_file(common::manifest_path(dir.path(), 0)).unwrap();
     let mut plan = FaultPlan::new(1, libc::EINVAL);
     plan.effect = FaultEffect::RingFailsOnce;
-    config.backend = Backend::FaultInjection(plan);
+    config.backend = Backend::faulty(Backend::IoUring, plan);
     let outcome = common::within(HANG, move || {
         let engine = match Engine::open(config) {
             Ok(e) => e,
@@ -386,7 +425,7 @@ fn appends_behind_a_pending_drop_learn_of_it_only_once_it_is_durable() {
         let mut config = small_config(dir.path(), 1, Backend::IoUring);
         let mut plan = FaultPlan::new(fail_op, libc::EIO);
         plan.completion_delay = Duration::from_millis(200);
-        config.backend = Backend::FaultInjection(plan);
+        config.backend = Backend::faulty(Backend::IoUring, plan);
         let engine = Engine::open(config.clone()).unwrap();
         let Ok(ch) = engine.register("x") else {
             continue;

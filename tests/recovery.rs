@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{segments, small_config, tail_segment, test_dir};
-use corewal::{Backend, Engine, Error, Offset, RecoveryMode};
+use corewal::{Backend, Engine, Error, Offset, RecoveryMode, ShardId};
 
 /// Writes `n` records to one channel, one commit each, on a single shard,
 /// and closes the engine cleanly.
@@ -133,7 +133,7 @@ fn damage_before_the_tail_is_refused_with_its_place() {
             Err(Error::Corruption {
                 shard, position, ..
             }) => {
-                assert_eq!((shard, position), (0, pos as u64), "{what}");
+                assert_eq!((shard, position), (ShardId(0), pos as u64), "{what}");
             }
             other => panic!("{what}: expected Corruption, got {other:?}"),
         }
@@ -305,7 +305,7 @@ fn an_open_that_fails_cuts_nothing_and_the_next_open_reports_the_torn_tail() {
         matches!(
             &damage[..],
             [corewal::Damage {
-                shard: 1,
+                shard: ShardId(1),
                 action: corewal::DamageAction::TornTailCut,
                 ..
             }]
@@ -341,7 +341,12 @@ fn lost_end_is_refused_or_reported(dir: &Path, mode: RecoveryMode, written: u64,
     let mut config = small_config(dir, 1, Backend::IoUring);
     config.recovery_mode = mode;
     match (STRICT.contains(&mode), Engine::open(config)) {
-        (true, Err(Error::Corruption { shard: 0, .. })) => {}
+        (
+            true,
+            Err(Error::Corruption {
+                shard: ShardId(0), ..
+            }),
+        ) => {}
         (true, Ok(engine)) => {
             let n = engine.register("c").unwrap().read(..).unwrap().len();
             panic!(

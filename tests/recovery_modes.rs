@@ -9,7 +9,9 @@ mod common;
 use std::path::Path;
 
 use common::{segments, small_config, tail_segment, test_dir};
-use corewal::{Backend, Config, DamageAction, Engine, Error, Offset, RecoveryMode};
+use corewal::{
+    Backend, Config, DamageAction, Engine, Error, Offset, RecoveryMode, SegmentSeq, ShardId,
+};
 
 fn config(dir: &Path, mode: RecoveryMode) -> Config {
     let mut c = small_config(dir, 1, Backend::IoUring);
@@ -84,7 +86,7 @@ fn keep_prefix_keeps_what_precedes_the_damage_and_moves_the_rest_aside() {
     };
     assert_eq!(
         (d.shard, d.segment, d.position),
-        (0, 1, first[k].pos as u64)
+        (ShardId(0), SegmentSeq(1), first[k].pos as u64)
     );
     let DamageAction::PrefixKept { moved_to } = &d.action else {
         panic!("{d:?}")
@@ -174,7 +176,7 @@ fn skip_damaged_passes_over_damaged_commits_and_a_missing_segment() {
     assert_eq!(lost, 1 + in_second + 1, "{damage:#?}");
     assert_eq!(
         (damage[0].segment, damage[0].position),
-        (1, zeroed.pos as u64)
+        (SegmentSeq(1), zeroed.pos as u64)
     );
     assert!(
         damage.iter().any(|d| d.what.contains("missing")),
@@ -308,7 +310,7 @@ fn skip_damaged_keeps_the_commits_in_flight_with_a_damaged_one_when_a_later_segm
     assert_eq!(
         damage[0].action,
         DamageAction::Skipped {
-            resumed_at: Some((1, first[k + 1].pos as u64)),
+            resumed_at: Some((SegmentSeq(1), first[k + 1].pos as u64)),
             records_lost: 1
         }
     );

@@ -231,7 +231,7 @@ fn check(
         // excuses a loss; a damaged last commit may have undone anything in
         // it, a drop too.
         let damaged = damaged_in.contains(&shard);
-        let reported = damage.iter().any(|d| d.shard == shard);
+        let reported = damage.iter().any(|d| d.shard.0 == shard);
         // In Periodic mode a power cut may take what was acknowledged since
         // the last sync, whatever it was: a loss is excused like reported
         // damage (only a loss: nothing invented, nothing out of order).

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::io::buffer::round_up;
 use crate::wal::format::{COMMIT_HEADER_BYTES, ENTRY_HEADER_BYTES};
 
 /// Which I/O backend the shards use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backend {
     /// Each shard submits its writes and data syncs through its own `io_uring`,
     /// one `io_uring_enter` per commit. The default.
@@ -19,89 +21,51 @@ pub enum Backend {
     /// `O_DIRECT`. Same format, same guarantees, more syscalls and no overlap
     /// of I/O with the assembly of the next commit.
     Portable,
-    /// Fault injection, for tests: the `io_uring` backend, except that the
-    /// planned operation fails with the planned error instead of reaching
-    /// the disk. Never use it for data you want to keep.
-    FaultInjection(FaultPlan),
-    /// The simulated disk, for tests: the portable backend's calls, with a
-    /// device model that tracks what is durable, cuts the power, and fails,
-    /// shortens, misdirects or corrupts planned operations (see
-    /// [`crate::io::sim`]). Never use it for data you want to keep.
+    /// Fault injection, for tests (feature `testing`): the backend `over`,
+    /// except that the planned operation fails as `plan` says instead of
+    /// reaching the disk. Never use it for data you want to keep.
+    #[cfg(feature = "testing")]
+    FaultInjection {
+        /// The backend whose operations are counted and failed.
+        over: Box<Backend>,
+        /// Which operation fails, and how.
+        plan: crate::io::faulty::FaultPlan,
+    },
+    /// The simulated disk, for tests (feature `testing`): the portable
+    /// backend's calls, with a device model that tracks what is durable,
+    /// cuts the power, and fails, shortens, misdirects or corrupts planned
+    /// operations (see [`crate::io::sim`]). Never use it for data you want
+    /// to keep.
+    #[cfg(feature = "testing")]
     Simulated(crate::io::sim::SimDisk),
 }
 
 impl Backend {
     /// Whether the backend writes with `O_DIRECT` through `io_uring`.
     pub fn uses_io_uring(&self) -> bool {
-        matches!(self, Backend::IoUring | Backend::FaultInjection(_))
+        match self {
+            Backend::IoUring => true,
+            Backend::Portable => false,
+            #[cfg(feature = "testing")]
+            Backend::FaultInjection { over, .. } => over.uses_io_uring(),
+            #[cfg(feature = "testing")]
+            Backend::Simulated(_) => false,
+        }
     }
-}
 
-/// Which operation a [`Backend::FaultInjection`] fails, and how.
-///
-/// ```
-/// use corewal_engine::config::{FaultEffect, FaultPlan};
-/// let mut plan = FaultPlan::new(3, libc::EIO); // the 3rd write or sync fails with EIO
-/// plan.effect = FaultEffect::Panic;            // ... or the shard thread panics there
-/// # let _ = plan;
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultPlan {
-    /// The shard whose operation fails (`None`: every shard).
-    pub shard: Option<u16>,
-    /// The 1-based index, among the shard's commit writes and data syncs
-    /// (recovery reads not counted, unless `reads`), of the operation that fails.
-    pub fail_op: u64,
-    /// The errno it fails with, e.g. `libc::EIO`.
-    pub errno: i32,
-    /// Fail the operation's data sync rather than its write: the bytes are
-    /// written (without being made durable) and the sync reports the error,
-    /// as when a device fails a cache flush.
-    pub in_sync: bool,
-    /// What happens at the planned operation. Default `FaultEffect::Error`.
-    pub effect: FaultEffect,
-    /// Count recovery reads instead of writes and syncs. Default false.
-    pub reads: bool,
-    /// How long the planned operation's failed completion is held back
-    /// before it is delivered (as a slow device would). Default zero.
-    pub completion_delay: Duration,
-}
-
-impl FaultPlan {
-    /// Fails the `fail_op`-th write or sync of every shard with `errno`.
-    pub fn new(fail_op: u64, errno: i32) -> FaultPlan {
-        FaultPlan {
-            shard: None,
-            fail_op,
-            errno,
-            in_sync: false,
-            effect: FaultEffect::Error,
-            reads: false,
-            completion_delay: Duration::ZERO,
+    /// `over` with the fault `plan` injected (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn faulty(over: Backend, plan: crate::io::faulty::FaultPlan) -> Backend {
+        Backend::FaultInjection {
+            over: Box::new(over),
+            plan,
         }
     }
 }
 
-/// What a planned fault does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultEffect {
-    /// The operation completes with the planned errno.
-    Error,
-    /// The ring itself fails (`io_uring_enter` returns `errno`): the planned
-    /// operation is never submitted and never completes, and every wait
-    /// from then on fails.
-    RingFails,
-    /// `io_uring_enter` fails once, with the planned operation queued: the
-    /// wait after it fails, then the operation is submitted anyway and its
-    /// completion arrives later.
-    RingFailsOnce,
-    /// The shard thread panics when it starts the operation (a broken
-    /// invariant).
-    Panic,
-}
-
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// Acknowledged only when the record, and every byte before it in the
     /// shard's WAL, is on stable storage. The default.
@@ -119,6 +83,7 @@ pub enum Durability {
 
 /// How a commit is made durable in `Durability::Sync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum SyncMethod {
     /// One write with `RWF_DSYNC` per commit: one operation, one completion.
     /// The default, chosen by measurement (see `docs/format.md`).
@@ -130,6 +95,7 @@ pub enum SyncMethod {
 
 /// How `Engine::open` treats damage found in the WAL during recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RecoveryMode {
     /// Cut a torn tail (an incomplete last commit); refuse to open on any
     /// other damage, naming the shard, segment and byte. The default.
@@ -241,12 +207,12 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// Default commit size limit.
 pub const COMMIT_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Upper bound of `commit_bytes_max`; also what recovery accepts from disk.
-pub const COMMIT_BYTES_LIMIT: usize = 64 << 20;
+pub use crate::wal::format::COMMIT_BYTES_LIMIT;
 /// Upper bound of `segment_bytes`. Recovery reads a segment whole into one
 /// buffer per shard, so this also bounds recovery's memory per shard.
 pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
-/// Upper bound of `commits_in_flight_max`.
-pub const COMMITS_IN_FLIGHT_LIMIT: usize = 16;
+/// Upper bound of `commits_in_flight_max`: what a backend holds in flight.
+pub const COMMITS_IN_FLIGHT_LIMIT: usize = crate::io::OPS_IN_FLIGHT_MAX;
 /// Upper bound of the shard count.
 pub const SHARDS_LIMIT: usize = 1024;
 
@@ -390,11 +356,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Rounds `n` up to a multiple of `to` (a power of two).
-pub(crate) const fn round_up(n: usize, to: usize) -> usize {
-    (n + to - 1) & !(to - 1)
 }
 
 #[cfg(test)]

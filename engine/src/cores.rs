@@ -1,42 +1,47 @@
-//! Core selection and thread pinning.
-
-use std::io;
+//! Core selection and thread pinning, for the shards and their preparers.
 
 use crate::error::{Error, Result};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 
 /// The cores in the calling thread's affinity mask, ascending.
 pub fn allowed_cores() -> Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills the zeroed set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(Error::io(
-            "sched_getaffinity",
-            None,
-            io::Error::last_os_error(),
-        ));
-    }
-    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: CPU_ISSET reads the set for cores below its capacity.
-    Ok((0..max)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+    let set =
+        sched_getaffinity(Pid::from_raw(0)).map_err(|e| affinity_error("sched_getaffinity", e))?;
+    Ok((0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
         .collect())
 }
 
 /// Pins the calling thread to `core`.
 pub fn pin_current_thread(core: usize) -> Result<()> {
-    // SAFETY: as above; CPU_SET writes bit `core`, which the caller checked is
-    // below the set's capacity (it came from `allowed_cores`).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(core, &mut set) };
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(Error::io(
-            "sched_setaffinity",
-            None,
-            io::Error::last_os_error(),
-        ));
+    let mut set = CpuSet::new();
+    set.set(core)
+        .map_err(|e| affinity_error("sched_setaffinity", e))?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| affinity_error("sched_setaffinity", e))
+}
+
+fn affinity_error(operation: &'static str, e: nix::Error) -> Error {
+    Error::io(operation, None, std::io::Error::from(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_calling_thread_can_be_pinned_to_each_allowed_core() {
+        let cores = allowed_cores().unwrap();
+        assert!(!cores.is_empty());
+        std::thread::spawn(move || {
+            for &c in &cores {
+                pin_current_thread(c).unwrap();
+                assert_eq!(allowed_cores().unwrap(), vec![c]);
+            }
+        })
+        .join()
+        .unwrap();
+        // A core beyond the set's capacity is an error, not a panic.
+        assert!(pin_current_thread(CpuSet::count()).is_err());
     }
-    Ok(())
 }

@@ -9,6 +9,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::types::{SegmentSeq, ShardId};
+
 /// The result type of corewal.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -110,7 +112,7 @@ pub enum Error {
     #[error("shard {shard} has failed and acknowledges nothing more: {cause}; reopen the engine to recover what was acknowledged")]
     ShardFailed {
         /// The failed shard.
-        shard: u16,
+        shard: ShardId,
         /// The first error the shard met.
         cause: Arc<Error>,
     },
@@ -123,7 +125,7 @@ pub enum Error {
     #[error("shard {shard} has no space for its next segment ({cause}); nothing of this request was written — free space and retry")]
     NoSpace {
         /// The shard.
-        shard: u16,
+        shard: ShardId,
         /// The error from creating the segment.
         cause: Arc<Error>,
     },
@@ -132,9 +134,9 @@ pub enum Error {
     #[error("WAL damage in shard {shard}, segment {segment}, byte {position}: {what}; run `corewal verify` on the directory")]
     Corruption {
         /// The shard whose WAL is damaged.
-        shard: u16,
-        /// The segment sequence number.
-        segment: u64,
+        shard: ShardId,
+        /// The segment.
+        segment: SegmentSeq,
         /// Byte position in the segment file.
         position: u64,
         /// What was found.

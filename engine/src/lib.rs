@@ -15,9 +15,11 @@
 
 pub mod buffer;
 pub mod config;
+pub mod cores;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod metrics;
 pub mod probe;
 pub mod recovery;
 pub mod runtime;

@@ -56,6 +56,7 @@ pub struct ShardMetrics {
 
 /// A copy of a shard's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShardMetricsSnapshot {
     /// Commits completed.
     pub commits: u64,

@@ -3,18 +3,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{round_up, Config};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::io::buffer::round_up;
 use crate::io::file::{self, Access, DirLock};
-use crate::shard::metrics::ShardMetricsSnapshot;
+use crate::metrics::ShardMetricsSnapshot;
 use crate::shard::{spawn_shard, ShardHandle, ShardSpec};
-use crate::store::{self, Meta};
+use crate::store;
 use crate::types::ShardId;
 
 /// A running set of shards over one data directory.
 pub struct Runtime {
     config: Arc<Config>,
-    meta: Meta,
     block: usize,
     shards: Vec<ShardHandle>,
     cores: Vec<usize>,
@@ -29,7 +29,7 @@ impl Runtime {
         if config.backend.uses_io_uring() {
             crate::io::probe_io_uring()?;
         }
-        let allowed = crate::shard::pin::allowed_cores()?;
+        let allowed = crate::cores::allowed_cores()?;
         let cores = match &config.cores {
             None => allowed.clone(),
             Some(cores) => {
@@ -101,7 +101,6 @@ impl Runtime {
         }
         Ok(Runtime {
             config,
-            meta,
             block,
             shards,
             cores,
@@ -145,11 +144,6 @@ impl Runtime {
     /// The cores shards are pinned to.
     pub fn cores(&self) -> &[usize] {
         &self.cores
-    }
-
-    /// The directory's recorded identity and shard count.
-    pub fn meta(&self) -> Meta {
-        self.meta
     }
 
     /// Sum of every shard's counters.

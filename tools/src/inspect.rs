@@ -99,6 +99,7 @@ fn action(a: &DamageAction) -> String {
         DamageAction::ManifestDamaged => {
             "shard manifest damaged: a lost end of the log cannot be told".into()
         }
+        other => format!("{other:?}"),
     }
 }
 
@@ -111,15 +112,15 @@ fn damage_json(d: &Damage) -> serde_json::Value {
         } => ("damage", *resumed_at, *records_lost),
         DamageAction::PrefixKept { .. } => ("damage", None, 0),
         DamageAction::EndLost { .. } => ("end_lost", None, 0),
-        DamageAction::ManifestDamaged => ("damage", None, 0),
+        _ => ("damage", None, 0),
     };
     json!({
-        "shard": d.shard,
-        "segment": d.segment,
+        "shard": d.shard.0,
+        "segment": d.segment.0,
         "position": d.position,
         "kind": kind,
         "what": d.what,
-        "resumed_at": resumed_at.map(|(s, p)| json!({"segment": s, "position": p})),
+        "resumed_at": resumed_at.map(|(s, p)| json!({"segment": s.0, "position": p})),
         "records_lost": records_lost,
     })
 }

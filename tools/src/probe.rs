@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use corewal_engine::config::SyncMethod;
 use corewal_engine::probe::{probe, ProbeOptions};
 use serde_json::json;
 
@@ -45,10 +44,8 @@ pub fn run(args: ProbeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     let host = fingerprint(&args.dir);
-    let method = match r.sync_method {
-        SyncMethod::DsyncWrite => "DsyncWrite",
-        SyncMethod::WriteThenFdatasync => "WriteThenFdatasync",
-    };
+    // The variant's name, as `Config::sync_method` spells it.
+    let method = format!("{:?}", r.sync_method);
     if args.json {
         let bw = |v: &[corewal_engine::probe::Bandwidth]| {
             v.iter()

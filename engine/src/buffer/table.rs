@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::shard::Record;
+use crate::types::Record;
 use crate::types::{ChannelId, CommitSeq, Offset};
 
 /// The largest offset a record may have: offsets from the WAL above it are
@@ -279,11 +279,6 @@ impl BufferTable {
     /// Whether no channel is registered.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
-    }
-
-    /// Payload bytes held.
-    pub fn payload_bytes(&self) -> u64 {
-        self.payload_bytes
     }
 }
 

@@ -25,7 +25,7 @@ impl AlignedBuf {
             align.is_power_of_two(),
             "alignment {align} is not a power of two"
         );
-        let len = crate::config::round_up(len.max(1), align);
+        let len = round_up(len.max(1), align);
         let layout =
             Layout::from_size_align(len, align).expect("aligned buffer layout within isize");
         // SAFETY: the layout has a non-zero size.
@@ -75,6 +75,11 @@ impl Drop for AlignedBuf {
         // SAFETY: allocated in `new` with exactly this layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
+}
+
+/// `n` rounded up to a multiple of `to`, a power of two.
+pub(crate) const fn round_up(n: usize, to: usize) -> usize {
+    (n + to - 1) & !(to - 1)
 }
 
 #[cfg(test)]

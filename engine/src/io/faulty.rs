@@ -1,13 +1,80 @@
-//! The fault-injecting backend: another backend whose planned operation
-//! fails instead of reaching the disk — with an errno, by breaking the ring,
-//! or by panicking the shard thread. For tests of fail-stop.
+//! The fault-injecting backend: any other backend, whose planned operation
+//! fails instead of reaching the disk — with an errno, by breaking the
+//! backend (for `io_uring`, the ring), or by panicking the shard thread. For
+//! tests of fail-stop; built with the feature `testing`.
 
 use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::config::{FaultEffect, FaultPlan};
 use crate::io::{CommitIo, Op, OpError};
+
+/// Which operation a [`Backend::FaultInjection`](crate::config::Backend::FaultInjection)
+/// fails, and how.
+///
+/// ```
+/// use corewal_engine::io::faulty::{FaultEffect, FaultPlan};
+/// let mut plan = FaultPlan::new(3, libc::EIO); // the 3rd write or sync fails with EIO
+/// plan.effect = FaultEffect::Panic;            // ... or the shard thread panics there
+/// # let _ = plan;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// The shard whose operation fails (`None`: every shard).
+    pub shard: Option<u16>,
+    /// The 1-based index, among the shard's commit writes and data syncs
+    /// (recovery reads not counted, unless `reads`), of the operation that fails.
+    pub fail_op: u64,
+    /// The errno it fails with, e.g. `libc::EIO`.
+    pub errno: i32,
+    /// Fail the operation's data sync rather than its write: the bytes are
+    /// written (without being made durable) and the sync reports the error,
+    /// as when a device fails a cache flush.
+    pub in_sync: bool,
+    /// What happens at the planned operation. Default `FaultEffect::Error`.
+    pub effect: FaultEffect,
+    /// Count recovery reads instead of writes and syncs. Default false.
+    pub reads: bool,
+    /// How long the planned operation's failed completion is held back
+    /// before it is delivered (as a slow device would). Default zero.
+    pub completion_delay: Duration,
+}
+
+impl FaultPlan {
+    /// Fails the `fail_op`-th write or sync of every shard with `errno`.
+    pub fn new(fail_op: u64, errno: i32) -> FaultPlan {
+        FaultPlan {
+            shard: None,
+            fail_op,
+            errno,
+            in_sync: false,
+            effect: FaultEffect::Error,
+            reads: false,
+            completion_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What a planned fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultEffect {
+    /// The operation completes with the planned errno.
+    Error,
+    /// The backend itself fails, as a ring does when `io_uring_enter`
+    /// returns `errno` (the error says `io_uring_enter` over any backend):
+    /// the planned operation is never submitted and never completes, and
+    /// every wait from then on fails.
+    RingFails,
+    /// The backend's wait fails once (as `io_uring_enter` can), with the
+    /// planned operation queued: the
+    /// wait after it fails, then the operation is submitted anyway and its
+    /// completion arrives later.
+    RingFailsOnce,
+    /// The shard thread panics when it starts the operation (a broken
+    /// invariant).
+    Panic,
+}
 
 /// Wraps `inner`; counts writes and syncs (or reads) and fails the planned one.
 pub struct FaultyIo {

@@ -7,9 +7,11 @@
 //! finished commit. Files are created, sized and read through [`file`].
 
 pub mod buffer;
+#[cfg(feature = "testing")]
 pub mod faulty;
 pub mod file;
 pub mod portable;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod uring;
 pub mod wake;
@@ -112,9 +114,11 @@ pub trait CommitIo: Send {
 }
 
 /// Most operations a backend holds in flight.
-pub const OPS_IN_FLIGHT_MAX: usize = crate::config::COMMITS_IN_FLIGHT_LIMIT;
+pub const OPS_IN_FLIGHT_MAX: usize = 16;
 
 /// Builds the backend a shard asked for, on the shard's own thread.
+/// (`shard` matters only to the test backends.)
+#[cfg_attr(not(feature = "testing"), allow(unused_variables))]
 pub fn new_commit_io(
     backend: Backend,
     shard: ShardId,
@@ -123,9 +127,11 @@ pub fn new_commit_io(
     Ok(match backend {
         Backend::IoUring => Box::new(uring::UringIo::new(wake_fd)?),
         Backend::Portable => Box::new(portable::PortableIo::new(wake_fd)),
+        #[cfg(feature = "testing")]
         Backend::Simulated(disk) => Box::new(sim::SimIo::new(disk, shard.0, wake_fd)),
-        Backend::FaultInjection(plan) => {
-            let inner = Box::new(uring::UringIo::new(wake_fd)?);
+        #[cfg(feature = "testing")]
+        Backend::FaultInjection { over, plan } => {
+            let inner = new_commit_io(*over, shard, wake_fd)?;
             if plan.shard.is_none_or(|s| s == shard.0) {
                 Box::new(faulty::FaultyIo::new(inner, plan))
             } else {

@@ -53,6 +53,7 @@ pub const SIM_SECTOR_BYTES: usize = 512;
 
 /// A fault planned for one write or data sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SimFault {
     /// The operation fails with `errno` (e.g. `EIO`, `ENOSPC`); a write
     /// writes nothing, a sync makes nothing durable.
@@ -72,6 +73,7 @@ pub enum SimFault {
 
 /// A fault planned for reads of one sector of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SimReadFault {
     /// A latent sector error: any read covering the sector fails with `EIO`.
     Unreadable,

@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::{self, Access};
 use crate::io::{CommitIo, Op, OpError};
-use crate::shard::metrics::ShardMetrics;
+use crate::metrics::ShardMetrics;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::format::{
     decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind,
@@ -87,7 +87,7 @@ impl<'a> SegmentReader<'a> {
         stop: Option<&'a AtomicBool>,
     ) -> Self {
         assert!(
-            buf.len() >= crate::config::round_up(size, READ_CHUNK_BYTES),
+            buf.len() >= crate::io::buffer::round_up(size, READ_CHUNK_BYTES),
             "segment buffer too small"
         );
         SegmentReader {
@@ -246,11 +246,12 @@ pub fn apply_cuts(cuts: &[Cut], access: Access) -> Result<()> {
 
 /// Damage recovery found and went past, in WAL order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Damage {
     /// The shard.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Segment where the damage starts.
-    pub segment: u64,
+    pub segment: SegmentSeq,
     /// Byte in that segment.
     pub position: u64,
     /// What was found there.
@@ -261,6 +262,7 @@ pub struct Damage {
 
 /// What recovery did about damage.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DamageAction {
     /// A torn tail (an incomplete last commit, never acknowledged unless
     /// damaged at rest): cut back to the last whole commit and zeroed.
@@ -271,7 +273,7 @@ pub enum DamageAction {
     /// `(segment, byte)`, or nowhere if nothing whole came after it.
     Skipped {
         /// Where replay resumed.
-        resumed_at: Option<(u64, u64)>,
+        resumed_at: Option<(SegmentSeq, u64)>,
         /// Records of known channels lost with it (their offsets are the
         /// gaps); records of channels whose registration was lost are counted
         /// by the first commit that names them.
@@ -370,8 +372,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     );
     let lenient = mode == RecoveryMode::SkipDamaged;
     let error = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
-        shard: ctx.shard.0,
-        segment: segment.0,
+        shard: ctx.shard,
+        segment,
         position,
         what,
     };
@@ -456,7 +458,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
             }
             continue;
         }
-        let want = crate::config::round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
+        let want =
+            crate::io::buffer::round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
         if buf.as_ref().is_none_or(|b| b.len() < want) {
             buf = Some(AlignedBuf::new(want, 4096));
         }
@@ -549,7 +552,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                                         ctx,
                                         &place(pos),
                                         format!("{what} (commits missing)"),
-                                        Some((seq.0, pos as u64)),
+                                        Some((*seq, pos as u64)),
                                     ));
                                 }
                                 RecoveryMode::SkipDamaged => {
@@ -690,7 +693,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                             ctx,
                             &at,
                             what,
-                            Some((seq.0, resume.position as u64)),
+                            Some((*seq, resume.position as u64)),
                         ));
                         pos = resume.position;
                         next = Some(resume.commit_seq);
@@ -746,8 +749,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
     if let Some((at, what)) = stop {
         let moved_to = keep_prefix(ctx, &segments, &at)?;
         damage.push(Damage {
-            shard: ctx.shard.0,
-            segment: at.seq.0,
+            shard: ctx.shard,
+            segment: at.seq,
             position: at.position,
             what,
             action: DamageAction::PrefixKept {
@@ -796,10 +799,10 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         if let Some((what, action)) = lost_end {
             let (segment, position) = end_of_chain
                 .as_ref()
-                .map_or((newest.0, 0), |p| (p.seq.0, p.position));
+                .map_or((newest, 0), |p| (p.seq, p.position));
             match mode {
                 RecoveryMode::KeepPrefix | RecoveryMode::SkipDamaged => damage.push(Damage {
-                    shard: ctx.shard.0,
+                    shard: ctx.shard,
                     segment,
                     position,
                     what,
@@ -807,7 +810,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                 }),
                 _ => {
                     return Err(error(
-                        SegmentSeq(segment),
+                        segment,
                         position,
                         format!(
                             "{what}; open with RecoveryMode::KeepPrefix to go on with what is left"
@@ -843,8 +846,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
             }
         }
         damage.push(Damage {
-            shard: ctx.shard.0,
-            segment: t.at.seq.0,
+            shard: ctx.shard,
+            segment: t.at.seq,
             position: t.at.position,
             what: t.what,
             action: if ctx.read_only {
@@ -926,11 +929,11 @@ fn skipped(
     ctx: &RecoverContext<'_>,
     at: &Place,
     what: String,
-    resumed_at: Option<(u64, u64)>,
+    resumed_at: Option<(SegmentSeq, u64)>,
 ) -> Damage {
     Damage {
-        shard: ctx.shard.0,
-        segment: at.seq.0,
+        shard: ctx.shard,
+        segment: at.seq,
         position: at.position,
         what,
         action: DamageAction::Skipped {

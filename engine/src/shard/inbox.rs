@@ -17,7 +17,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::error::{Error, Result};
 use crate::io::wake::WakeFd;
 use crate::shard::ack::Ack;
-use crate::shard::Record;
+use crate::types::Record;
 use crate::types::{ChannelId, Offset};
 
 /// What a caller asks of a shard.
@@ -238,11 +238,6 @@ impl Inbox {
         self.fail_all(error);
         self.notify_space();
         self.space_cond.notify_all();
-    }
-
-    /// Whether the shard has stopped.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
     }
 
     /// The error requests get once the inbox closed (`Error::Closed` after

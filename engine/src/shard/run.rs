@@ -22,16 +22,16 @@ use bytes::Bytes;
 
 use crate::buffer::table::BufferTable;
 use crate::buffer::table::{CHANNEL_ID_MAX, OFFSET_MAX};
-use crate::config::{Backend, Config, Durability, SyncMethod};
+use crate::config::{Config, Durability, SyncMethod};
+use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
 use crate::io::file::Access;
 use crate::io::portable::PortableIo;
 use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind};
+use crate::metrics::{commit_records_bucket, ShardMetrics};
 use crate::recovery::{apply_cuts, recover_shard, Cut, Damage, DamageAction, RecoverContext};
 use crate::shard::ack::Ack;
 use crate::shard::inbox::{Inbox, Request};
-use crate::shard::metrics::{commit_records_bucket, ShardMetrics};
-use crate::shard::pin::pin_current_thread;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::commit::CommitBuilder;
 use crate::wal::format::{entry_bytes, EntryKind};
@@ -145,7 +145,7 @@ impl ShardHandle {
         match &*failure {
             Some(e @ Error::ShardFailed { .. }) => Err(e.clone()),
             Some(e) => Err(Error::ShardFailed {
-                shard: self.id.0,
+                shard: self.id,
                 cause: Arc::new(e.clone()),
             }),
             None => Ok(()),
@@ -232,7 +232,7 @@ fn shard_main(
         }
         Ok(Err(e)) => Some(e),
         Err(payload) => Some(Error::ShardFailed {
-            shard: id.0,
+            shard: id,
             cause: Arc::new(panic_error(&*payload)),
         }),
     };
@@ -244,7 +244,7 @@ fn shard_main(
     let answered = match &failure {
         Some(e @ Error::ShardFailed { .. }) => e.clone(),
         Some(e) => Error::ShardFailed {
-            shard: id.0,
+            shard: id,
             cause: Arc::new(e.clone()),
         },
         None => Error::Closed,
@@ -286,7 +286,7 @@ impl<T> Drop for Owed<T> {
                 // Unwinding from a panic on the shard thread: the shard has
                 // failed; its message goes to those answered after the unwind.
                 Error::ShardFailed {
-                    shard: SHARD.get(),
+                    shard: ShardId(SHARD.get()),
                     cause: Arc::new(Error::Internal {
                         what: "the shard thread panicked".into(),
                     }),
@@ -314,7 +314,7 @@ enum Waiter {
     /// A call on a channel whose drop is not yet durable: answered
     /// `ChannelDropped` once it is, with the shard's error if it fails.
     DroppedOffset(Owed<Offset>, Box<str>),
-    DroppedRead(Owed<Vec<crate::shard::Record>>, Box<str>),
+    DroppedRead(Owed<Vec<crate::types::Record>>, Box<str>),
 }
 
 /// A commit: its buffer and who waits for it.
@@ -440,9 +440,10 @@ impl Shard {
         // The portable backend is the way out where O_DIRECT is refused too
         // (tmpfs, some network filesystems): it writes through the page cache
         // and makes every commit durable with the same data sync.
-        let access = match config.backend {
-            Backend::IoUring | Backend::FaultInjection(_) => Access::Direct,
-            Backend::Portable | Backend::Simulated(_) => Access::Buffered,
+        let access = if config.backend.uses_io_uring() {
+            Access::Direct
+        } else {
+            Access::Buffered
         };
         let mut io = new_commit_io(config.backend.clone(), spec.id, inbox.wake_fd().fd())?;
         let recovered = recover_shard(
@@ -805,7 +806,7 @@ impl Shard {
             return Admit::Yes;
         }
         let no_space = |shard: ShardId, cause: &Error| Error::NoSpace {
-            shard: shard.0,
+            shard,
             cause: Arc::new(cause.clone()),
         };
         if let Some((at, cause)) = &self.no_space {
@@ -838,7 +839,7 @@ impl Shard {
 
     fn shard_failed(&self) -> Option<Error> {
         self.failed.as_ref().map(|cause| Error::ShardFailed {
-            shard: self.id.0,
+            shard: self.id,
             cause: Arc::new(cause.clone()),
         })
     }

@@ -1,7 +1,7 @@
 //! Commit assembly: entries encoded straight into an aligned buffer, sealed
 //! with a header and padded to the block size.
 
-use crate::config::round_up;
+use crate::io::buffer::round_up;
 use crate::io::buffer::AlignedBuf;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use crate::wal::format::{
@@ -53,11 +53,6 @@ impl CommitBuilder {
     /// Whether no entry was added.
     pub fn is_empty(&self) -> bool {
         self.entries == 0
-    }
-
-    /// Appended records in the commit.
-    pub fn records(&self) -> usize {
-        self.records
     }
 
     /// Whether `records` more records with `payload_bytes` encoded entry bytes fit.

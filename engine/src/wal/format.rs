@@ -40,6 +40,10 @@
 
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 
+/// The largest commit the format allows: the upper bound of
+/// `Config::commit_bytes_max`, and what recovery accepts from disk.
+pub const COMMIT_BYTES_LIMIT: usize = 64 << 20;
+
 /// `"CWSG"` read as a little-endian u32.
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"CWSG");
 /// `"CWCM"` read as a little-endian u32.
@@ -304,7 +308,7 @@ pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader
         return Err(DecodeError::OutOfBounds("in_flight_max"));
     }
     let span = h.blocks as usize * block_bytes;
-    if h.blocks == 0 || span > crate::config::COMMIT_BYTES_LIMIT {
+    if h.blocks == 0 || span > COMMIT_BYTES_LIMIT {
         return Err(DecodeError::OutOfBounds("blocks"));
     }
     if COMMIT_HEADER_BYTES + h.entries_bytes as usize > span {

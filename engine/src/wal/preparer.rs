@@ -205,7 +205,7 @@ fn lower_priority() {
 
 fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
     if let Some(core) = spec.core {
-        let _ = crate::shard::pin::pin_current_thread(core);
+        let _ = crate::cores::pin_current_thread(core);
     }
     lower_priority();
     let mut zeros = AlignedBuf::new(ZERO_FILL_BYTES, spec.block);
