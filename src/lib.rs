@@ -145,13 +145,11 @@ impl Engine {
     pub fn register_async(&self, name: &str) -> Result<RegisterFuture> {
         corewal_engine::validate_channel_name(name)?;
         let shard = self.runtime.shard_for(name);
-        let ack = Arc::new(Ack::new());
-        let request = Request::Register {
-            name: name.into(),
-            ack: ack.clone(),
-        };
         Ok(RegisterFuture {
-            submit: Submit::new(shard.inbox.clone(), request, ack),
+            submit: Submit::to(&shard.inbox, |ack| Request::Register {
+                name: name.into(),
+                ack,
+            }),
             name: name.into(),
             shard: shard.id,
             record_bytes_max: self.runtime.config().record_bytes_max,
@@ -201,13 +199,11 @@ impl Engine {
     pub fn unregister_async(&self, name: &str) -> Result<UnregisterFuture> {
         corewal_engine::validate_channel_name(name)?;
         let shard = self.runtime.shard_for(name);
-        let ack = Arc::new(Ack::new());
-        let request = Request::Unregister {
-            name: name.into(),
-            ack: ack.clone(),
-        };
         Ok(UnregisterFuture {
-            submit: Submit::new(shard.inbox.clone(), request, ack),
+            submit: Submit::to(&shard.inbox, |ack| Request::Unregister {
+                name: name.into(),
+                ack,
+            }),
         })
     }
 
@@ -391,14 +387,12 @@ impl Channel {
 
     /// The append request of a record whose length was checked.
     fn submit_append(&self, record: Bytes) -> AppendFuture {
-        let ack = Arc::new(Ack::new());
-        let request = Request::Append {
-            channel: self.inner.id,
-            record,
-            ack: ack.clone(),
-        };
         AppendFuture {
-            submit: Submit::new(self.inner.inbox.clone(), request, ack),
+            submit: Submit::to(&self.inner.inbox, |ack| Request::Append {
+                channel: self.inner.id,
+                record,
+                ack,
+            }),
         }
     }
 
@@ -453,14 +447,12 @@ impl Channel {
                 records_max: 0,
             });
         }
-        let ack = Arc::new(Ack::new());
-        let request = Request::AppendBatch {
-            channel: self.inner.id,
-            records,
-            ack: ack.clone(),
-        };
         Ok(AppendFuture {
-            submit: Submit::new(self.inner.inbox.clone(), request, ack),
+            submit: Submit::to(&self.inner.inbox, |ack| Request::AppendBatch {
+                channel: self.inner.id,
+                records,
+                ack,
+            }),
         })
     }
 
@@ -496,14 +488,13 @@ impl Channel {
             Bound::Excluded(o) => *o,
             Bound::Unbounded => Offset(u64::MAX),
         };
-        let ack = Arc::new(Ack::new());
-        let request = Request::Read {
+        Submit::to(&self.inner.inbox, |ack| Request::Read {
             channel: self.inner.id,
             from,
             to,
-            ack: ack.clone(),
-        };
-        Submit::new(self.inner.inbox.clone(), request, ack).wait()
+            ack,
+        })
+        .wait()
     }
 
     /// One past the offset of the last acknowledged record: the offset the
@@ -512,12 +503,11 @@ impl Channel {
     /// # Errors
     /// As [`Channel::read`].
     pub fn next_offset(&self) -> Result<Offset> {
-        let ack = Arc::new(Ack::new());
-        let request = Request::NextOffset {
+        Submit::to(&self.inner.inbox, |ack| Request::NextOffset {
             channel: self.inner.id,
-            ack: ack.clone(),
-        };
-        Submit::new(self.inner.inbox.clone(), request, ack).wait()
+            ack,
+        })
+        .wait()
     }
 }
 
@@ -530,10 +520,13 @@ struct Submit<T> {
 }
 
 impl<T> Submit<T> {
-    fn new(inbox: Arc<Inbox>, request: Request, ack: Arc<Ack<T>>) -> Self {
+    /// The request `make` builds around a fresh acknowledgement, bound for
+    /// `inbox`: the one way every call of the API reaches a shard.
+    fn to(inbox: &Arc<Inbox>, make: impl FnOnce(Arc<Ack<T>>) -> Request) -> Self {
+        let ack = Arc::new(Ack::new());
         Submit {
-            inbox,
-            request: Some(request),
+            inbox: inbox.clone(),
+            request: Some(make(ack.clone())),
             ack,
         }
     }
