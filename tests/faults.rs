@@ -137,10 +137,19 @@ fn fail_stop_case_over(
     }
     // Reopen without faults: everything acknowledged is there.
     config.backend = over;
+    assert_acknowledged_survive(config, &names, &acked.lock().unwrap());
+}
+
+/// Opens `config` and checks that every offset acknowledged per name is there.
+fn assert_acknowledged_survive(
+    config: corewal::Config,
+    names: &[String],
+    acked: &HashMap<String, Vec<u64>>,
+) {
     let engine = Engine::open(config).unwrap();
-    for name in &names {
+    for name in names {
         let records = engine.register(name).unwrap().read(..).unwrap();
-        let want = acked.lock().unwrap().get(name).cloned().unwrap_or_default();
+        let want = acked.get(name).cloned().unwrap_or_default();
         assert!(
             records.len() >= want.len(),
             "{name}: {} records, {} acknowledged",

@@ -67,9 +67,8 @@ pub enum FaultEffect {
     /// every wait from then on fails.
     RingFails,
     /// The backend's wait fails once (as `io_uring_enter` can), with the
-    /// planned operation queued: the
-    /// wait after it fails, then the operation is submitted anyway and its
-    /// completion arrives later.
+    /// planned operation queued: the wait after it fails, then the operation
+    /// is submitted anyway and its completion arrives later.
     RingFailsOnce,
     /// The shard thread panics when it starts the operation (a broken
     /// invariant).

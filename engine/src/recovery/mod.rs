@@ -39,7 +39,7 @@ use bytes::Bytes;
 use crate::buffer::table::BufferTable;
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
-use crate::io::buffer::AlignedBuf;
+use crate::io::buffer::{round_up, AlignedBuf};
 use crate::io::file::{self, Access};
 use crate::io::{CommitIo, Op, OpError};
 use crate::metrics::ShardMetrics;
@@ -87,7 +87,7 @@ impl<'a> SegmentReader<'a> {
         stop: Option<&'a AtomicBool>,
     ) -> Self {
         assert!(
-            buf.len() >= crate::io::buffer::round_up(size, READ_CHUNK_BYTES),
+            buf.len() >= round_up(size, READ_CHUNK_BYTES),
             "segment buffer too small"
         );
         SegmentReader {
@@ -458,8 +458,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
             }
             continue;
         }
-        let want =
-            crate::io::buffer::round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
+        let want = round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
         if buf.as_ref().is_none_or(|b| b.len() < want) {
             buf = Some(AlignedBuf::new(want, 4096));
         }

@@ -200,7 +200,7 @@ fn shard_main(
     stop: Arc<AtomicBool>,
 ) {
     let id = spec.id;
-    SHARD.set(id.0);
+    SHARD.set(id);
     // A panic (a broken invariant) must not hang anyone: it ends the shard
     // the way a failed write does, and every waiter is answered with it.
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -286,7 +286,7 @@ impl<T> Drop for Owed<T> {
                 // Unwinding from a panic on the shard thread: the shard has
                 // failed; its message goes to those answered after the unwind.
                 Error::ShardFailed {
-                    shard: ShardId(SHARD.get()),
+                    shard: SHARD.get(),
                     cause: Arc::new(Error::Internal {
                         what: "the shard thread panicked".into(),
                     }),
@@ -303,7 +303,7 @@ impl<T> Drop for Owed<T> {
 
 thread_local! {
     /// The shard this thread runs, for answers given while unwinding.
-    static SHARD: std::cell::Cell<u16> = const { std::cell::Cell::new(0) };
+    static SHARD: std::cell::Cell<ShardId> = const { std::cell::Cell::new(ShardId(0)) };
 }
 
 /// What a queued request waits for.
