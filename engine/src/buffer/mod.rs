@@ -1,3 +1,3 @@
 //! Buffer tables: per shard, each channel's records since its last checkpoint.
 
-pub mod table;
+pub mod channels;

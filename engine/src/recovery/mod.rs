@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
-use crate::buffer::table::BufferTable;
+use crate::buffer::channels::ChannelTable;
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::buffer::{round_up, AlignedBuf};
@@ -199,7 +199,7 @@ pub struct Tail {
 /// A replayed shard.
 pub struct Recovered {
     /// Channels and their records.
-    pub table: BufferTable,
+    pub table: ChannelTable,
     /// Sequence number of the next commit.
     pub next_commit_seq: CommitSeq,
     /// The segment to continue in, if any segment exists.
@@ -378,7 +378,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         what,
     };
 
-    let mut table = BufferTable::default();
+    let mut table = ChannelTable::default();
     // The sequence number the next commit must carry; unknown until the first.
     let mut next: Option<CommitSeq> = None;
     let mut buf: Option<AlignedBuf> = None;
@@ -1017,13 +1017,13 @@ fn keep_prefix(
 /// lost registrations, offsets with lost records; returns how many records
 /// were found lost. Without it, any gap is damage.
 fn apply(
-    table: &mut BufferTable,
+    table: &mut ChannelTable,
     e: &Entry<'_>,
     commit_body: &Bytes,
     commit: CommitSeq,
     lenient: bool,
 ) -> std::result::Result<u64, String> {
-    use crate::buffer::table::{CHANNEL_ID_MAX, OFFSET_MAX};
+    use crate::buffer::channels::{CHANNEL_ID_MAX, OFFSET_MAX};
     let mut lost = 0;
     if e.offset.0 > OFFSET_MAX {
         return Err(format!(

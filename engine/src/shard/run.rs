@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::table::BufferTable;
-use crate::buffer::table::{CHANNEL_ID_MAX, OFFSET_MAX};
+use crate::buffer::channels::ChannelTable;
+use crate::buffer::channels::{CHANNEL_ID_MAX, OFFSET_MAX};
 use crate::config::{Config, Durability, SyncMethod};
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
@@ -380,7 +380,7 @@ struct Shard {
     inbox: Arc<Inbox>,
     metrics: Arc<ShardMetrics>,
     io: Box<dyn CommitIo>,
-    table: BufferTable,
+    table: ChannelTable,
     segment: Segment,
     write_position: u64,
     next_segment_seq: SegmentSeq,

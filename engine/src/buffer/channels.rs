@@ -68,7 +68,7 @@ impl ChannelState {
 
 /// The table.
 #[derive(Debug, Default)]
-pub struct BufferTable {
+pub struct ChannelTable {
     by_name: HashMap<Box<str>, ChannelId>,
     /// Dropped names: the next offset a re-registration starts at (so that
     /// offsets never collide with the dropped channel's), and the commit that
@@ -83,7 +83,7 @@ pub struct BufferTable {
     payload_bytes: u64,
 }
 
-impl BufferTable {
+impl ChannelTable {
     /// The id of `name`, if registered.
     pub fn lookup(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name).copied()
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn read_clamps_to_durable_records() {
-        let mut t = BufferTable::default();
+        let mut t = ChannelTable::default();
         let id = t.insert("a", Offset(0), CommitSeq(1));
         t.get_mut(id).unwrap().next_offset = Offset(3);
         t.push(id, Bytes::from_static(b"0"));
@@ -307,9 +307,9 @@ mod tests {
 
     #[test]
     fn lost_offsets_are_left_out_of_reads() {
-        let mut t = BufferTable::default();
+        let mut t = ChannelTable::default();
         let id = t.insert("a", Offset(0), CommitSeq(1));
-        let append = |t: &mut BufferTable, data: &'static [u8]| {
+        let append = |t: &mut ChannelTable, data: &'static [u8]| {
             let ch = t.get_mut(id).unwrap();
             ch.next_offset = Offset(ch.next_offset.0 + 1);
             t.push(id, Bytes::from_static(data));
