@@ -81,25 +81,26 @@ fn decode_commit_bench(c: &mut Criterion) {
 }
 
 fn buffer_table_bench(c: &mut Criterion) {
-    use corewal_engine::buffer::table::BufferTable;
+    use corewal_engine::buffer::channels::ChannelTable;
     let names: Vec<String> = (0..10_000).map(|i| format!("dml_{i}_v0")).collect();
     let mut g = c.benchmark_group("buffer_table");
     g.throughput(Throughput::Elements(names.len() as u64));
     g.bench_function("insert_10000_channels", |b| {
         b.iter(|| {
-            let mut t = BufferTable::default();
+            let mut t = ChannelTable::default();
             for n in &names {
-                t.insert(n, Offset(0), CommitSeq(1));
+                t.registration(n).expect("ids left");
+                t.register(n, CommitSeq(1));
             }
             t.len()
         })
     });
-    let mut t = BufferTable::default();
+    let mut t = ChannelTable::default();
     for n in &names {
-        t.insert(n, Offset(0), CommitSeq(1));
+        t.register(n, CommitSeq(1));
     }
     g.bench_function("lookup_10000_names", |b| {
-        b.iter(|| names.iter().filter(|n| t.lookup(n).is_some()).count())
+        b.iter(|| names.iter().filter(|n| t.live(n).is_some()).count())
     });
     g.finish();
 }

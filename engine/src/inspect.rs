@@ -127,15 +127,15 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
                 report.channels = r
                     .table
                     .channels()
-                    .map(|(id, c)| ChannelReport {
-                        id: id.0,
-                        name: c.name.to_string(),
+                    .map(|c| ChannelReport {
+                        id: c.id().0,
+                        name: c.name().to_string(),
                         dropped: c.dropped(),
-                        first_offset: c.first_offset.0,
-                        next_offset: c.next_offset.0,
-                        records: c.records.len() as u64,
-                        bytes: c.records.iter().map(|r| r.len() as u64).sum(),
-                        lost: c.lost_count,
+                        first_offset: c.first_offset().0,
+                        next_offset: c.next_offset().0,
+                        records: c.held_records(),
+                        bytes: c.held_bytes(),
+                        lost: c.lost_offsets(),
                     })
                     .collect();
             }

@@ -1,5 +1,15 @@
-//! A shard's buffer table: channel name → id → the channel's acknowledged
-//! records, touched only by the shard's own thread.
+//! A shard's channel table: channel name → id → the channel's state and
+//! acknowledged records, touched only by the shard's own thread.
+//!
+//! The table is the only code that moves a channel's state, and it holds the
+//! channel rules once: a registration takes the next id and starts where a
+//! dropped channel of the same name stopped, offsets are dense and bounded by
+//! [`OFFSET_MAX`], a drop frees the name. The shard asks it what a request
+//! gets ([`ChannelTable::registration`], [`ChannelTable::appendable`]) before
+//! anything is assigned, then applies it ([`ChannelTable::register`],
+//! [`ChannelTable::assign`], [`ChannelTable::drop_channel`]); recovery hands
+//! it each logged entry ([`ChannelTable::replay`]), which must be exactly
+//! what those calls would have written, or it is a [`Contradiction`].
 //!
 //! Memory bound, today: every acknowledged record of every channel stays in
 //! memory until the engine closes (there is no checkpoint yet), so the table
@@ -12,57 +22,269 @@
 //! one entry per range, never one per missing offset or id.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 
 use bytes::Bytes;
 
 use crate::types::Record;
 use crate::types::{ChannelId, CommitSeq, Offset};
 
-/// The largest offset a record may have: offsets from the WAL above it are
-/// damage (a crafted or corrupted commit), and appends stop before it, so that
-/// offset arithmetic never wraps. At a billion appends a second, 146 years.
+/// The bound of offsets: a channel's next offset is at most this, so records
+/// have offsets below it. Appends stop there and larger offsets from the WAL
+/// are damage (a crafted or corrupted commit), so that offset arithmetic
+/// never wraps. At a billion appends a second, 146 years.
 pub const OFFSET_MAX: u64 = (1 << 62) - 1;
 
 /// The largest channel id: ids from the WAL above it are damage, and a shard
 /// refuses registrations past it.
 pub const CHANNEL_ID_MAX: u32 = u32::MAX - 1;
 
-/// One channel's state in its shard.
+/// One channel's state in its shard; only the table changes it.
 #[derive(Debug)]
 pub struct ChannelState {
-    /// The channel's id.
-    pub id: ChannelId,
-    /// The channel's name.
-    pub name: Box<str>,
+    id: ChannelId,
+    name: Box<str>,
     /// Offset of the channel's first record (held or lost).
-    pub first_offset: Offset,
+    first_offset: Offset,
     /// Next offset to assign (one past the last record queued for a commit).
-    pub next_offset: Offset,
+    next_offset: Offset,
     /// Acknowledged records, in offset order, lost offsets left out.
-    pub records: VecDeque<Bytes>,
+    records: VecDeque<Bytes>,
     /// Commit that carries the channel's registration.
-    pub registered_in: CommitSeq,
+    registered_in: CommitSeq,
     /// The commit that carries the channel's drop, once one was accepted
-    /// (its name may since name another channel). Calls on the channel are
-    /// answered `ChannelDropped` once that commit completed.
-    pub dropped_in: Option<CommitSeq>,
+    /// (its name may since name another channel).
+    dropped_in: Option<CommitSeq>,
     /// Offsets whose records `RecoveryMode::SkipDamaged` passed over with a
     /// damaged commit, as `[from, to)` ranges in offset order; `records`
     /// holds nothing for them.
-    pub lost: Vec<(Offset, Offset)>,
+    lost: Vec<(Offset, Offset)>,
     /// How many offsets `lost` spans.
-    pub lost_count: u64,
+    lost_count: u64,
 }
 
 impl ChannelState {
+    /// The channel's id.
+    pub fn id(&self) -> ChannelId {
+        self.id
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Offset of the channel's first record (held or lost).
+    pub fn first_offset(&self) -> Offset {
+        self.first_offset
+    }
+
+    /// Next offset to assign.
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
     /// One past the last acknowledged record.
     pub fn durable_next_offset(&self) -> Offset {
         Offset(self.first_offset.0 + self.records.len() as u64 + self.lost_count)
     }
 
+    /// Commit that carries the channel's registration.
+    pub fn registered_in(&self) -> CommitSeq {
+        self.registered_in
+    }
+
     /// Whether a drop of the channel was accepted.
     pub fn dropped(&self) -> bool {
         self.dropped_in.is_some()
+    }
+
+    /// Acknowledged records held.
+    pub fn held_records(&self) -> u64 {
+        self.records.len() as u64
+    }
+
+    /// Payload bytes of the records held.
+    pub fn held_bytes(&self) -> u64 {
+        self.records.iter().map(|r| r.len() as u64).sum()
+    }
+
+    /// Offsets lost with damaged commits.
+    pub fn lost_offsets(&self) -> u64 {
+        self.lost_count
+    }
+}
+
+/// Why the table refuses a request on a channel; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// This shard never handed out the id: a handle from another engine.
+    Unknown(ChannelId),
+    /// A drop of the channel was accepted, in this commit.
+    Dropped {
+        /// The dropped channel's name.
+        name: Box<str>,
+        /// The commit that carries the drop.
+        dropped_in: CommitSeq,
+    },
+    /// The records would pass [`OFFSET_MAX`].
+    OffsetsExhausted {
+        /// The channel's name.
+        name: Box<str>,
+    },
+    /// Every channel id was handed out.
+    IdsExhausted {
+        /// Registrations the shard's WAL holds.
+        registrations: u64,
+    },
+}
+
+/// A channel entry read back from the WAL.
+#[derive(Debug)]
+pub enum Logged<'a> {
+    /// Channel `channel` was registered as `name`, its offsets from `first`.
+    Register {
+        /// The id.
+        channel: ChannelId,
+        /// Its first offset.
+        first: Offset,
+        /// Its name.
+        name: &'a str,
+    },
+    /// A record at `offset`.
+    Append {
+        /// The channel.
+        channel: ChannelId,
+        /// The record's offset.
+        offset: Offset,
+        /// The payload (a slice of the commit's bytes).
+        record: Bytes,
+    },
+    /// Channel `channel` was dropped with `next` as its next offset.
+    Drop {
+        /// The channel.
+        channel: ChannelId,
+        /// Its next offset at the drop.
+        next: Offset,
+    },
+}
+
+/// Which kind of entry names a channel it cannot (used in messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryWord {
+    /// An append.
+    Record,
+    /// A drop.
+    Drop,
+}
+
+/// A logged entry that the channel rules refuse: the WAL is damaged (or
+/// crafted). Its `Display` is the damage's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contradiction {
+    /// A record at [`OFFSET_MAX`] or above, or a next offset above it.
+    OffsetBeyondMax {
+        /// The channel.
+        channel: ChannelId,
+        /// The offset.
+        offset: Offset,
+    },
+    /// A channel id above [`CHANNEL_ID_MAX`].
+    IdBeyondMax(ChannelId),
+    /// A registered name that corewal refuses.
+    InvalidName(String),
+    /// A registration with another id than the next.
+    IdOutOfOrder {
+        /// The id logged.
+        channel: ChannelId,
+        /// The id that was next.
+        next: u64,
+    },
+    /// A registration of a name that is registered.
+    RegisteredTwice(Box<str>),
+    /// A registration from another offset than where the name starts.
+    FirstOffset {
+        /// The name.
+        name: Box<str>,
+        /// The offset logged.
+        offset: Offset,
+        /// Where the name starts.
+        expected: Offset,
+    },
+    /// A record or drop of a channel that is not registered.
+    NoChannel {
+        /// Record or drop.
+        entry: EntryWord,
+        /// The id logged.
+        channel: ChannelId,
+    },
+    /// A record or drop at another offset than the channel's next.
+    OffsetOutOfOrder {
+        /// Record or drop.
+        entry: EntryWord,
+        /// The channel's name.
+        name: Box<str>,
+        /// The offset logged.
+        offset: Offset,
+        /// The channel's next offset.
+        expected: Offset,
+    },
+}
+
+impl fmt::Display for Contradiction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Contradiction::OffsetBeyondMax { channel, offset } => write!(
+                f,
+                "offset {offset} of channel id {} is beyond what corewal assigns (records \
+                 below {OFFSET_MAX})",
+                channel.0
+            ),
+            Contradiction::IdBeyondMax(channel) => write!(
+                f,
+                "channel id {} is beyond the largest corewal assigns ({CHANNEL_ID_MAX})",
+                channel.0
+            ),
+            Contradiction::InvalidName(reason) => f.write_str(reason),
+            Contradiction::IdOutOfOrder { channel, next } => {
+                write!(f, "channel id {} registered where {next} was next", channel.0)
+            }
+            Contradiction::RegisteredTwice(name) => write!(f, "channel {name:?} registered twice"),
+            Contradiction::FirstOffset {
+                name,
+                offset,
+                expected,
+            } => write!(
+                f,
+                "channel {name:?} registered from offset {offset} where {expected} was next"
+            ),
+            Contradiction::NoChannel {
+                entry: EntryWord::Record,
+                channel,
+            } => write!(f, "record for unregistered or dropped channel id {}", channel.0),
+            Contradiction::NoChannel {
+                entry: EntryWord::Drop,
+                channel,
+            } => write!(f, "drop of unregistered or dropped channel id {}", channel.0),
+            Contradiction::OffsetOutOfOrder {
+                entry: EntryWord::Record,
+                name,
+                offset,
+                expected,
+            } => write!(
+                f,
+                "record at offset {offset} of channel {name:?} where offset {expected} was next"
+            ),
+            Contradiction::OffsetOutOfOrder {
+                entry: EntryWord::Drop,
+                name,
+                offset,
+                expected,
+            } => write!(
+                f,
+                "drop of channel {name:?} at offset {offset} where {expected} was next"
+            ),
+        }
     }
 }
 
@@ -80,84 +302,12 @@ pub struct ChannelTable {
     /// over, as `[from, to)` ranges in id order.
     lost_ids: Vec<(u32, u32)>,
     lost_id_count: u64,
-    payload_bytes: u64,
 }
 
 impl ChannelTable {
-    /// The id of `name`, if registered.
-    pub fn lookup(&self, name: &str) -> Option<ChannelId> {
-        self.by_name.get(name).copied()
-    }
-
-    /// The id the next registration gets (may exceed [`CHANNEL_ID_MAX`]:
-    /// then no registration is possible).
-    pub fn next_id(&self) -> u64 {
-        self.channels.len() as u64 + self.lost_id_count
-    }
-
-    /// Registers `name` as channel `next_id()`, with offsets starting at
-    /// `first_offset`. The caller checked `next_id() <= CHANNEL_ID_MAX`.
-    pub fn insert(
-        &mut self,
-        name: &str,
-        first_offset: Offset,
-        registered_in: CommitSeq,
-    ) -> ChannelId {
-        let id = ChannelId(
-            u32::try_from(self.next_id())
-                .ok()
-                .filter(|&i| i <= CHANNEL_ID_MAX)
-                .expect("the caller checked the channel id bound"),
-        );
-        assert!(
-            !self.by_name.contains_key(name),
-            "channel {name:?} registered twice"
-        );
-        self.by_name.insert(name.into(), id);
-        self.channels.push(ChannelState {
-            id,
-            name: name.into(),
-            first_offset,
-            next_offset: first_offset,
-            records: VecDeque::new(),
-            registered_in,
-            dropped_in: None,
-            lost: Vec::new(),
-            lost_count: 0,
-        });
-        self.retired.remove(name);
-        id
-    }
-
-    /// Marks channel ids from `next_id()` up to `to` (exclusive) as taken by
-    /// channels whose registrations were lost with a damaged commit
-    /// (`RecoveryMode::SkipDamaged`): they have no state, and later ids stay
-    /// where the WAL has them. One entry for the whole range.
-    pub fn skip_ids(&mut self, to: ChannelId) {
-        let from = self.next_id();
-        if u64::from(to.0) <= from {
-            return;
-        }
-        self.lost_ids.push((from as u32, to.0));
-        self.lost_id_count += u64::from(to.0) - from;
-    }
-
-    /// Marks the offsets from the channel's next offset up to `to` as lost
-    /// with a damaged commit (`RecoveryMode::SkipDamaged`).
-    pub fn push_lost(&mut self, id: ChannelId, to: Offset) {
-        let ch = self.state_mut(id).expect("a channel of this table");
-        let from = ch.next_offset;
-        assert!(from <= to, "lost offsets go backwards");
-        assert_eq!(
-            ch.durable_next_offset(),
-            from,
-            "lost offsets after queued ones"
-        );
-        if from < to {
-            ch.lost.push((from, to));
-            ch.lost_count += to.0 - from.0;
-        }
-        ch.next_offset = to;
+    /// The live (registered, not dropped) channel named `name`.
+    pub fn live(&self, name: &str) -> Option<&ChannelState> {
+        self.get(*self.by_name.get(name)?)
     }
 
     /// Where a dropped `name` left off: its next offset and the commit of the drop.
@@ -165,13 +315,94 @@ impl ChannelTable {
         self.retired.get(name).copied()
     }
 
-    /// Drops channel `id`: frees its records and its name. Returns the offset
-    /// a later registration of the name starts at.
+    /// The channel `id`, dropped or not, if it has state.
+    pub fn get(&self, id: ChannelId) -> Option<&ChannelState> {
+        self.channels.get(self.index(id)?)
+    }
+
+    /// Every channel with state, dropped ones included, in id order.
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelState> {
+        self.channels.iter()
+    }
+
+    /// Number of live channels.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no channel is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The id and first offset a registration of `name` (not live) gets: the
+    /// next id, and offsets from where a dropped channel of the name stopped
+    /// (so that its offsets never repeat), or 0.
+    pub fn registration(&self, name: &str) -> Result<(ChannelId, Offset), Refusal> {
+        debug_assert!(!self.by_name.contains_key(name), "{name:?} is live");
+        let id = u32::try_from(self.next_id())
+            .ok()
+            .filter(|&i| i <= CHANNEL_ID_MAX)
+            .ok_or(Refusal::IdsExhausted {
+                registrations: self.next_id(),
+            })?;
+        let first = self.retired(name).map_or(Offset(0), |(next, _)| next);
+        Ok((ChannelId(id), first))
+    }
+
+    /// Registers `name` in commit `commit` as [`ChannelTable::registration`]
+    /// says; the caller asked it first.
+    pub fn register(&mut self, name: &str, commit: CommitSeq) -> (ChannelId, Offset) {
+        let (id, first) = self
+            .registration(name)
+            .expect("the caller asked for the registration first");
+        self.insert(name, id, first, commit);
+        (id, first)
+    }
+
+    /// The offset the first of `count` new records of `id` gets.
+    pub fn appendable(&self, id: ChannelId, count: u64) -> Result<Offset, Refusal> {
+        let ch = self.open(id)?;
+        if ch.next_offset.0.saturating_add(count) > OFFSET_MAX {
+            return Err(Refusal::OffsetsExhausted {
+                name: ch.name.clone(),
+            });
+        }
+        Ok(ch.next_offset)
+    }
+
+    /// Assigns offsets to `count` new records of `id`; returns the first.
+    /// The caller asked [`ChannelTable::appendable`] first.
+    pub fn assign(&mut self, id: ChannelId, count: u64) -> Offset {
+        let first = self
+            .appendable(id, count)
+            .expect("the caller asked whether the records are appendable");
+        let ch = self.state_mut(id).expect("appendable");
+        ch.next_offset = Offset(first.0 + count);
+        first
+    }
+
+    /// Keeps an acknowledged record at the channel's durable end. A channel
+    /// dropped while its commit was in flight keeps nothing.
+    pub fn acknowledge(&mut self, id: ChannelId, record: Bytes) {
+        let ch = self.state_mut(id).expect("a channel of this table");
+        if ch.dropped() {
+            return;
+        }
+        ch.records.push_back(record);
+        assert!(
+            ch.durable_next_offset() <= ch.next_offset,
+            "acknowledged past the assigned offsets"
+        );
+    }
+
+    /// Drops the live channel `id` in commit `dropped_in`: frees its records
+    /// and its name. Returns its next offset, where a later registration of
+    /// the name starts.
     pub fn drop_channel(&mut self, id: ChannelId, dropped_in: CommitSeq) -> Offset {
         let ch = self.state_mut(id).expect("a channel of this table");
         assert!(!ch.dropped(), "channel {:?} dropped twice", ch.name);
         ch.dropped_in = Some(dropped_in);
-        let freed: u64 = ch.records.iter().map(|r| r.len() as u64).sum();
         ch.records = VecDeque::new();
         ch.lost = Vec::new();
         let next = ch.next_offset;
@@ -180,63 +411,19 @@ impl ChannelTable {
         ch.first_offset = next;
         ch.lost_count = 0;
         let name = ch.name.clone();
-        self.payload_bytes -= freed;
         self.by_name.remove(&name);
         self.retired.insert(name, (next, dropped_in));
         next
     }
 
-    fn index(&self, id: ChannelId) -> Option<usize> {
-        let mut below = 0u64;
-        for &(a, b) in &self.lost_ids {
-            if id.0 < a {
-                break;
-            }
-            if id.0 < b {
-                return None;
-            }
-            below += u64::from(b - a);
-        }
-        let i = (u64::from(id.0) - below) as usize;
-        (i < self.channels.len()).then_some(i)
-    }
-
-    fn state_mut(&mut self, id: ChannelId) -> Option<&mut ChannelState> {
-        let i = self.index(id)?;
-        self.channels.get_mut(i)
-    }
-
-    /// The channel `id`, if it exists.
-    pub fn get(&self, id: ChannelId) -> Option<&ChannelState> {
-        self.channels.get(self.index(id)?)
-    }
-
-    /// The channel `id`, mutably.
-    pub fn get_mut(&mut self, id: ChannelId) -> Option<&mut ChannelState> {
-        self.state_mut(id)
-    }
-
-    /// Appends an acknowledged record at the channel's durable end.
-    pub fn push(&mut self, id: ChannelId, record: Bytes) {
-        self.payload_bytes += record.len() as u64;
-        let ch = self.state_mut(id).expect("a channel of this table");
-        ch.records.push_back(record);
-        assert!(
-            ch.durable_next_offset() <= ch.next_offset,
-            "acknowledged past the assigned offsets"
-        );
-    }
-
     /// Records of `id` with offsets in `from..to`, clamped to what is held.
-    pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Vec<Record> {
-        let Some(ch) = self.get(id).filter(|c| !c.dropped()) else {
-            return Vec::new();
-        };
+    pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Result<Vec<Record>, Refusal> {
+        let ch = self.open(id)?;
         let start = from.max(ch.first_offset);
         let end = to.min(ch.durable_next_offset());
         let mut out = Vec::new();
         if start >= end {
-            return out;
+            return Ok(out);
         }
         // Walk the held stretches between lost ranges: `o` is the offset of
         // `records[idx]`.
@@ -263,22 +450,219 @@ impl ChannelTable {
                 break;
             }
         }
-        out
+        Ok(out)
     }
 
-    /// Every channel with state, dropped ones included, in id order.
-    pub fn channels(&self) -> impl Iterator<Item = (ChannelId, &ChannelState)> {
-        self.channels.iter().map(|c| (c.id, c))
+    /// One past the last acknowledged record of `id`.
+    pub fn durable_next_offset(&self, id: ChannelId) -> Result<Offset, Refusal> {
+        Ok(self.open(id)?.durable_next_offset())
     }
 
-    /// Number of live (registered, not dropped) channels.
-    pub fn len(&self) -> usize {
-        self.by_name.len()
+    /// Applies an entry replayed from commit `commit` of the WAL: it must be
+    /// what the calls above would have logged. `lenient` (after
+    /// `RecoveryMode::SkipDamaged` passed over a commit) accepts the gaps a
+    /// skipped commit leaves: ids and offsets that jump ahead, records and
+    /// drops of channels whose registration was lost. Returns the offsets
+    /// lost in such a gap.
+    pub fn replay(
+        &mut self,
+        entry: Logged<'_>,
+        commit: CommitSeq,
+        lenient: bool,
+    ) -> Result<u64, Contradiction> {
+        let (channel, offset) = match &entry {
+            Logged::Register { channel, first, .. } => (*channel, *first),
+            Logged::Append {
+                channel, offset, ..
+            } => (*channel, *offset),
+            Logged::Drop { channel, next } => (*channel, *next),
+        };
+        let record = matches!(entry, Logged::Append { .. });
+        if offset.0 > OFFSET_MAX || (record && offset.0 == OFFSET_MAX) {
+            return Err(Contradiction::OffsetBeyondMax { channel, offset });
+        }
+        if channel.0 > CHANNEL_ID_MAX {
+            return Err(Contradiction::IdBeyondMax(channel));
+        }
+        match entry {
+            Logged::Register { name, .. } => {
+                self.replay_register(channel, offset, name, commit, lenient)?;
+                Ok(0)
+            }
+            Logged::Append { record, .. } => {
+                if self.open(channel).is_err() && lenient {
+                    // The channel's registration was lost (or its drop
+                    // survived while a later registration was lost).
+                    return Ok(1);
+                }
+                let lost = self.replay_gap(EntryWord::Record, channel, offset, lenient)?;
+                self.assign(channel, 1);
+                self.acknowledge(channel, record);
+                Ok(lost)
+            }
+            Logged::Drop { .. } => {
+                if self.open(channel).is_err() && lenient {
+                    return Ok(0);
+                }
+                let lost = self.replay_gap(EntryWord::Drop, channel, offset, lenient)?;
+                self.drop_channel(channel, commit);
+                Ok(lost)
+            }
+        }
     }
 
-    /// Whether no channel is registered.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+    fn replay_register(
+        &mut self,
+        channel: ChannelId,
+        first: Offset,
+        name: &str,
+        commit: CommitSeq,
+        lenient: bool,
+    ) -> Result<(), Contradiction> {
+        crate::validate_channel_name(name)
+            .map_err(|err| Contradiction::InvalidName(err.to_string()))?;
+        if lenient {
+            self.skip_ids(channel);
+        }
+        if self.next_id() != u64::from(channel.0) {
+            return Err(Contradiction::IdOutOfOrder {
+                channel,
+                next: self.next_id(),
+            });
+        }
+        if self.by_name.contains_key(name) {
+            return Err(Contradiction::RegisteredTwice(name.into()));
+        }
+        let (id, expected) = self
+            .registration(name)
+            .expect("the id was checked against the bound");
+        if first != expected && !(lenient && first > expected) {
+            return Err(Contradiction::FirstOffset {
+                name: name.into(),
+                offset: first,
+                expected,
+            });
+        }
+        self.insert(name, id, first, commit);
+        Ok(())
+    }
+
+    /// Checks that a logged record or drop of `id` comes at its next offset;
+    /// `lenient` accepts a jump ahead, whose offsets are marked lost.
+    fn replay_gap(
+        &mut self,
+        entry: EntryWord,
+        id: ChannelId,
+        offset: Offset,
+        lenient: bool,
+    ) -> Result<u64, Contradiction> {
+        let ch = self
+            .open(id)
+            .map_err(|_| Contradiction::NoChannel { entry, channel: id })?;
+        let expected = ch.next_offset;
+        if expected == offset {
+            return Ok(0);
+        }
+        if !(lenient && expected < offset) {
+            return Err(Contradiction::OffsetOutOfOrder {
+                entry,
+                name: ch.name.clone(),
+                offset,
+                expected,
+            });
+        }
+        self.push_lost(id, offset);
+        Ok(offset.0 - expected.0)
+    }
+
+    /// The id the next registration gets (may exceed [`CHANNEL_ID_MAX`]:
+    /// then no registration is possible).
+    fn next_id(&self) -> u64 {
+        self.channels.len() as u64 + self.lost_id_count
+    }
+
+    fn insert(&mut self, name: &str, id: ChannelId, first_offset: Offset, commit: CommitSeq) {
+        assert_eq!(u64::from(id.0), self.next_id(), "ids are handed out in order");
+        assert!(
+            !self.by_name.contains_key(name),
+            "channel {name:?} registered twice"
+        );
+        self.by_name.insert(name.into(), id);
+        self.channels.push(ChannelState {
+            id,
+            name: name.into(),
+            first_offset,
+            next_offset: first_offset,
+            records: VecDeque::new(),
+            registered_in: commit,
+            dropped_in: None,
+            lost: Vec::new(),
+            lost_count: 0,
+        });
+        self.retired.remove(name);
+    }
+
+    /// Marks channel ids from `next_id()` up to `to` (exclusive) as taken by
+    /// channels whose registrations were lost with a damaged commit
+    /// (`RecoveryMode::SkipDamaged`): they have no state, and later ids stay
+    /// where the WAL has them. One entry for the whole range.
+    fn skip_ids(&mut self, to: ChannelId) {
+        let from = self.next_id();
+        if u64::from(to.0) <= from {
+            return;
+        }
+        self.lost_ids.push((from as u32, to.0));
+        self.lost_id_count += u64::from(to.0) - from;
+    }
+
+    /// Marks the offsets from the channel's next offset up to `to` as lost
+    /// with a damaged commit (`RecoveryMode::SkipDamaged`).
+    fn push_lost(&mut self, id: ChannelId, to: Offset) {
+        let ch = self.state_mut(id).expect("a channel of this table");
+        let from = ch.next_offset;
+        assert!(from <= to, "lost offsets go backwards");
+        assert_eq!(
+            ch.durable_next_offset(),
+            from,
+            "lost offsets after queued ones"
+        );
+        if from < to {
+            ch.lost.push((from, to));
+            ch.lost_count += to.0 - from.0;
+        }
+        ch.next_offset = to;
+    }
+
+    /// The channel `id` if it is live.
+    fn open(&self, id: ChannelId) -> Result<&ChannelState, Refusal> {
+        let ch = self.get(id).ok_or(Refusal::Unknown(id))?;
+        match ch.dropped_in {
+            Some(dropped_in) => Err(Refusal::Dropped {
+                name: ch.name.clone(),
+                dropped_in,
+            }),
+            None => Ok(ch),
+        }
+    }
+
+    fn index(&self, id: ChannelId) -> Option<usize> {
+        let mut below = 0u64;
+        for &(a, b) in &self.lost_ids {
+            if id.0 < a {
+                break;
+            }
+            if id.0 < b {
+                return None;
+            }
+            below += u64::from(b - a);
+        }
+        let i = (u64::from(id.0) - below) as usize;
+        (i < self.channels.len()).then_some(i)
+    }
+
+    fn state_mut(&mut self, id: ChannelId) -> Option<&mut ChannelState> {
+        let i = self.index(id)?;
+        self.channels.get_mut(i)
     }
 }
 
@@ -286,53 +670,259 @@ impl ChannelTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn read_clamps_to_durable_records() {
-        let mut t = ChannelTable::default();
-        let id = t.insert("a", Offset(0), CommitSeq(1));
-        t.get_mut(id).unwrap().next_offset = Offset(3);
-        t.push(id, Bytes::from_static(b"0"));
-        t.push(id, Bytes::from_static(b"1"));
-        let r = t.read(id, Offset(1), Offset(100));
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].offset, Offset(1));
-        assert_eq!(&r[0].data[..], b"1");
-        assert!(t.read(id, Offset(5), Offset(2)).is_empty());
-        assert_eq!(t.lookup("a"), Some(id));
-    }
-
     fn offsets_of(r: &[Record]) -> Vec<u64> {
         r.iter().map(|r| r.offset.0).collect()
     }
 
+    fn register(t: &mut ChannelTable, name: &str, commit: u64) -> ChannelId {
+        t.registration(name).expect("registrable");
+        t.register(name, CommitSeq(commit)).0
+    }
+
+    fn append(t: &mut ChannelTable, id: ChannelId, data: &'static [u8]) -> Offset {
+        t.appendable(id, 1).expect("appendable");
+        let o = t.assign(id, 1);
+        t.acknowledge(id, Bytes::from_static(data));
+        o
+    }
+
     #[test]
-    fn lost_offsets_are_left_out_of_reads() {
+    fn read_clamps_to_durable_records() {
         let mut t = ChannelTable::default();
-        let id = t.insert("a", Offset(0), CommitSeq(1));
-        let append = |t: &mut ChannelTable, data: &'static [u8]| {
-            let ch = t.get_mut(id).unwrap();
-            ch.next_offset = Offset(ch.next_offset.0 + 1);
-            t.push(id, Bytes::from_static(data));
+        let id = register(&mut t, "a", 1);
+        t.appendable(id, 3).unwrap();
+        assert_eq!(t.assign(id, 3), Offset(0));
+        t.acknowledge(id, Bytes::from_static(b"0"));
+        t.acknowledge(id, Bytes::from_static(b"1"));
+        let r = t.read(id, Offset(1), Offset(100)).unwrap();
+        assert_eq!(offsets_of(&r), [1]);
+        assert_eq!(&r[0].data[..], b"1");
+        assert!(t.read(id, Offset(5), Offset(2)).unwrap().is_empty());
+        assert_eq!(t.live("a").map(ChannelState::id), Some(id));
+        assert_eq!(t.durable_next_offset(id), Ok(Offset(2)));
+    }
+
+    /// What the shard logs for each call, replayed into a second table,
+    /// gives the same channels: accept and replay share the rules.
+    #[test]
+    fn what_accept_logs_replays_to_the_same_table() {
+        let mut live = ChannelTable::default();
+        let mut log: Vec<(u64, Logged<'static>)> = Vec::new();
+        let reg = |t: &mut ChannelTable, log: &mut Vec<_>, name: &'static str, c| {
+            let (id, first) = t.registration(name).unwrap();
+            assert_eq!(t.register(name, CommitSeq(c)), (id, first));
+            log.push((c, Logged::Register { channel: id, first, name }));
+            id
         };
-        append(&mut t, b"0");
-        t.push_lost(id, Offset(3));
-        append(&mut t, b"3");
-        let r = t.read(id, Offset(0), Offset(10));
+        let a = reg(&mut live, &mut log, "a", 1);
+        let b = reg(&mut live, &mut log, "b", 1);
+        for (c, id, data) in [(2, a, &b"x"[..]), (2, b, b"y"), (3, a, b"z")] {
+            let offset = append(&mut live, id, data);
+            log.push((
+                c,
+                Logged::Append {
+                    channel: id,
+                    offset,
+                    record: Bytes::from_static(data),
+                },
+            ));
+        }
+        let next = live.drop_channel(a, CommitSeq(4));
+        log.push((4, Logged::Drop { channel: a, next }));
+        let a2 = reg(&mut live, &mut log, "a", 5);
+        assert_eq!(live.get(a2).unwrap().first_offset(), Offset(2), "no offset repeats");
+
+        let mut replayed = ChannelTable::default();
+        for (c, e) in log {
+            assert_eq!(replayed.replay(e, CommitSeq(c), false), Ok(0));
+        }
+        let view = |t: &ChannelTable| -> Vec<_> {
+            t.channels()
+                .map(|c| {
+                    let read = t.read(c.id(), Offset(0), Offset(u64::MAX));
+                    (
+                        (c.id(), c.name().to_string(), c.first_offset(), c.next_offset()),
+                        (c.durable_next_offset(), c.registered_in(), c.dropped(), read),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(view(&live), view(&replayed));
+        assert_eq!(live.retired("a"), replayed.retired("a"));
+        assert_eq!(replayed.len(), 2);
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut t = ChannelTable::default();
+        let a = register(&mut t, "a", 1);
+        assert_eq!(t.appendable(ChannelId(7), 1), Err(Refusal::Unknown(ChannelId(7))));
+        t.drop_channel(a, CommitSeq(2));
+        let dropped = Err(Refusal::Dropped {
+            name: "a".into(),
+            dropped_in: CommitSeq(2),
+        });
+        assert_eq!(t.appendable(a, 1), dropped.clone().map(|_: ()| Offset(0)));
+        assert_eq!(t.read(a, Offset(0), Offset(1)), dropped.clone().map(|_: ()| vec![]));
+        assert_eq!(t.durable_next_offset(a), dropped.map(|_: ()| Offset(0)));
+
+        // A channel registered near the offset bound (possible only as a
+        // lenient replay) takes exactly the offsets below it.
+        let near = Logged::Register {
+            channel: ChannelId(1),
+            first: Offset(OFFSET_MAX - 1),
+            name: "b",
+        };
+        assert_eq!(t.replay(near, CommitSeq(3), true), Ok(0));
+        let b = t.live("b").unwrap().id();
+        let exhausted = Err(Refusal::OffsetsExhausted { name: "b".into() });
+        assert_eq!(t.appendable(b, 2), exhausted);
+        assert_eq!(t.appendable(b, 1), Ok(Offset(OFFSET_MAX - 1)));
+
+        let last = Logged::Register {
+            channel: ChannelId(CHANNEL_ID_MAX),
+            first: Offset(0),
+            name: "c",
+        };
+        assert_eq!(t.replay(last, CommitSeq(4), true), Ok(0));
+        let registrations = u64::from(CHANNEL_ID_MAX) + 1;
+        assert_eq!(t.registration("d"), Err(Refusal::IdsExhausted { registrations }));
+    }
+
+    #[test]
+    fn lost_offsets_and_ids_cost_one_entry_per_range() {
+        let mut t = ChannelTable::default();
+        let id = register(&mut t, "a", 1);
+        append(&mut t, id, b"0");
+        let jump = Logged::Append {
+            channel: id,
+            offset: Offset(3),
+            record: Bytes::from_static(b"3"),
+        };
+        assert_eq!(t.replay(jump, CommitSeq(3), true), Ok(2), "offsets 1 and 2 lost");
+        let r = t.read(id, Offset(0), Offset(10)).unwrap();
         assert_eq!(offsets_of(&r), [0, 3]);
         assert_eq!(&r[1].data[..], b"3");
-        assert_eq!(t.get(id).unwrap().durable_next_offset(), Offset(4));
-        assert_eq!(offsets_of(&t.read(id, Offset(1), Offset(4))), [3]);
-        assert_eq!(
-            t.get(id).unwrap().records.len(),
-            2,
-            "no placeholder per lost offset"
-        );
-        t.skip_ids(ChannelId(1 << 30));
+        let ch = t.get(id).unwrap();
+        assert_eq!(ch.durable_next_offset(), Offset(4));
+        assert_eq!((ch.held_records(), ch.lost_offsets()), (2, 2), "no placeholders");
+        assert_eq!(offsets_of(&t.read(id, Offset(1), Offset(4)).unwrap()), [3]);
+
+        let far = Logged::Register {
+            channel: ChannelId(1 << 30),
+            first: Offset(0),
+            name: "b",
+        };
+        assert_eq!(t.replay(far, CommitSeq(4), true), Ok(0));
         assert!(t.get(ChannelId(5)).is_none());
-        let b = t.insert("b", Offset(0), CommitSeq(2));
-        assert_eq!(b, ChannelId(1 << 30));
-        assert_eq!(t.get(b).unwrap().name.as_ref(), "b");
-        assert_eq!(t.get(id).unwrap().name.as_ref(), "a");
+        assert_eq!(t.get(ChannelId(1 << 30)).unwrap().name(), "b");
+        assert_eq!(t.get(id).unwrap().name(), "a");
         assert_eq!(t.len(), 2);
+        let orphan = Logged::Append {
+            channel: ChannelId(9),
+            offset: Offset(0),
+            record: Bytes::new(),
+        };
+        assert_eq!(t.replay(orphan, CommitSeq(5), true), Ok(1), "its registration was lost");
+    }
+
+    /// One row per contradiction: the entry, then what the table says.
+    #[test]
+    fn entries_that_contradict_the_rules_are_refused() {
+        let mut t = ChannelTable::default();
+        let a = register(&mut t, "a", 1);
+        append(&mut t, a, b"0");
+        let d = register(&mut t, "d", 1);
+        t.drop_channel(d, CommitSeq(2));
+        let rec = |channel, offset| Logged::Append {
+            channel,
+            offset: Offset(offset),
+            record: Bytes::new(),
+        };
+        let reg = |channel, first, name| Logged::Register {
+            channel: ChannelId(channel),
+            first: Offset(first),
+            name,
+        };
+        let name = |n: &str| Box::<str>::from(n);
+        let rows: Vec<(Logged<'static>, Contradiction)> = vec![
+            (
+                rec(a, OFFSET_MAX),
+                Contradiction::OffsetBeyondMax {
+                    channel: a,
+                    offset: Offset(OFFSET_MAX),
+                },
+            ),
+            (
+                rec(ChannelId(u32::MAX), 0),
+                Contradiction::IdBeyondMax(ChannelId(u32::MAX)),
+            ),
+            (
+                reg(2, 0, "a b"),
+                Contradiction::InvalidName(
+                    crate::validate_channel_name("a b").unwrap_err().to_string(),
+                ),
+            ),
+            (
+                reg(3, 0, "c"),
+                Contradiction::IdOutOfOrder {
+                    channel: ChannelId(3),
+                    next: 2,
+                },
+            ),
+            (reg(2, 0, "a"), Contradiction::RegisteredTwice(name("a"))),
+            (
+                reg(2, 5, "e"),
+                Contradiction::FirstOffset {
+                    name: name("e"),
+                    offset: Offset(5),
+                    expected: Offset(0),
+                },
+            ),
+            (
+                rec(d, 0),
+                Contradiction::NoChannel {
+                    entry: EntryWord::Record,
+                    channel: d,
+                },
+            ),
+            (
+                Logged::Drop {
+                    channel: ChannelId(2),
+                    next: Offset(0),
+                },
+                Contradiction::NoChannel {
+                    entry: EntryWord::Drop,
+                    channel: ChannelId(2),
+                },
+            ),
+            (
+                rec(a, 0),
+                Contradiction::OffsetOutOfOrder {
+                    entry: EntryWord::Record,
+                    name: name("a"),
+                    offset: Offset(0),
+                    expected: Offset(1),
+                },
+            ),
+            (
+                Logged::Drop {
+                    channel: a,
+                    next: Offset(2),
+                },
+                Contradiction::OffsetOutOfOrder {
+                    entry: EntryWord::Drop,
+                    name: name("a"),
+                    offset: Offset(2),
+                    expected: Offset(1),
+                },
+            ),
+        ];
+        for (entry, expected) in rows {
+            let shown = format!("{entry:?}");
+            assert_eq!(t.replay(entry, CommitSeq(3), false), Err(expected), "{shown}");
+        }
+        assert_eq!(t.get(a).unwrap().next_offset(), Offset(1), "nothing moved");
+        assert_eq!(t.read(a, Offset(0), Offset(9)).unwrap().len(), 1);
     }
 }

@@ -36,14 +36,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
-use crate::buffer::channels::ChannelTable;
+use crate::buffer::channels::{ChannelTable, Logged};
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::buffer::{round_up, AlignedBuf};
 use crate::io::file::{self, Access};
 use crate::io::{CommitIo, Op, OpError};
 use crate::metrics::ShardMetrics;
-use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
+use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::format::{
     decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind,
     COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
@@ -1012,10 +1012,8 @@ fn keep_prefix(
     Ok(moved_to)
 }
 
-/// Applies one verified entry. With `lenient` (`RecoveryMode::SkipDamaged`),
-/// the gaps that skipped commits leave are filled as lost: channel ids with
-/// lost registrations, offsets with lost records; returns how many records
-/// were found lost. Without it, any gap is damage.
+/// Replays entry `e` of commit `commit` into the table; returns the offsets
+/// lost in a gap (lenient only) or what is wrong with it.
 fn apply(
     table: &mut ChannelTable,
     e: &Entry<'_>,
@@ -1023,96 +1021,24 @@ fn apply(
     commit: CommitSeq,
     lenient: bool,
 ) -> std::result::Result<u64, String> {
-    use crate::buffer::channels::{CHANNEL_ID_MAX, OFFSET_MAX};
-    let mut lost = 0;
-    if e.offset.0 > OFFSET_MAX {
-        return Err(format!(
-            "offset {} of channel id {} is beyond the largest corewal assigns ({OFFSET_MAX})",
-            e.offset.0, e.channel.0
-        ));
-    }
-    if e.channel.0 > CHANNEL_ID_MAX {
-        return Err(format!(
-            "channel id {} is beyond the largest corewal assigns ({CHANNEL_ID_MAX})",
-            e.channel.0
-        ));
-    }
-    match e.kind {
-        EntryKind::Register => {
-            let name = std::str::from_utf8(e.payload)
-                .map_err(|_| "channel name is not UTF-8".to_string())?;
-            crate::validate_channel_name(name).map_err(|err| err.to_string())?;
-            if lenient {
-                table.skip_ids(e.channel);
-            }
-            if table.next_id() != u64::from(e.channel.0) {
-                return Err(format!(
-                    "channel id {} registered where {} was next",
-                    e.channel.0,
-                    table.next_id()
-                ));
-            }
-            if table.lookup(name).is_some() {
-                return Err(format!("channel {name:?} registered twice"));
-            }
-            let first = table.retired(name).map_or(Offset(0), |(next, _)| next);
-            if e.offset != first && !(lenient && e.offset > first) {
-                return Err(format!(
-                    "channel {name:?} registered from offset {} where {} was next",
-                    e.offset.0, first.0
-                ));
-            }
-            table.insert(name, e.offset, commit);
-        }
-        EntryKind::Append => {
-            let ch: ChannelId = e.channel;
-            let Some(state) = table.get_mut(ch).filter(|c| !c.dropped()) else {
-                if lenient {
-                    // The channel's registration was lost (or its drop
-                    // survived while a later registration was lost).
-                    return Ok(1);
-                }
-                return Err(format!(
-                    "record for unregistered or dropped channel id {}",
-                    ch.0
-                ));
-            };
-            if state.next_offset != e.offset {
-                if !(lenient && state.next_offset < e.offset) {
-                    return Err(format!(
-                        "record at offset {} of channel {:?} where offset {} was next",
-                        e.offset.0, state.name, state.next_offset.0
-                    ));
-                }
-                lost = e.offset.0 - state.next_offset.0;
-                table.push_lost(ch, e.offset);
-            }
-            let state = table.get_mut(ch).expect("looked up above");
-            state.next_offset = Offset(e.offset.0 + 1);
-            table.push(ch, commit_body.slice_ref(e.payload));
-        }
-        EntryKind::Drop => {
-            let Some(state) = table.get(e.channel).filter(|c| !c.dropped()) else {
-                if lenient {
-                    return Ok(0);
-                }
-                return Err(format!(
-                    "drop of unregistered or dropped channel id {}",
-                    e.channel.0
-                ));
-            };
-            if state.next_offset != e.offset {
-                if !(lenient && state.next_offset < e.offset) {
-                    return Err(format!(
-                        "drop of channel {:?} at offset {} where {} was next",
-                        state.name, e.offset.0, state.next_offset.0
-                    ));
-                }
-                lost = e.offset.0 - state.next_offset.0;
-                table.push_lost(e.channel, e.offset);
-            }
-            table.drop_channel(e.channel, commit);
-        }
-    }
-    Ok(lost)
+    let logged = match e.kind {
+        EntryKind::Register => Logged::Register {
+            channel: e.channel,
+            first: e.offset,
+            name: std::str::from_utf8(e.payload)
+                .map_err(|_| "channel name is not UTF-8".to_string())?,
+        },
+        EntryKind::Append => Logged::Append {
+            channel: e.channel,
+            offset: e.offset,
+            record: commit_body.slice_ref(e.payload),
+        },
+        EntryKind::Drop => Logged::Drop {
+            channel: e.channel,
+            next: e.offset,
+        },
+    };
+    table
+        .replay(logged, commit, lenient)
+        .map_err(|c| c.to_string())
 }

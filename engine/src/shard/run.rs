@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::channels::ChannelTable;
-use crate::buffer::channels::{CHANNEL_ID_MAX, OFFSET_MAX};
+use crate::buffer::channels::{ChannelTable, Refusal, OFFSET_MAX};
 use crate::config::{Config, Durability, SyncMethod};
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
@@ -365,6 +364,68 @@ enum Admit {
     Full,
     /// Refused with this error; nothing was assigned.
     Refused(Error),
+}
+
+/// The records of an append request: one, or a batch.
+enum Records {
+    One(Bytes),
+    Batch(Vec<Bytes>),
+}
+
+impl Records {
+    fn len(&self) -> usize {
+        match self {
+            Records::One(_) => 1,
+            Records::Batch(b) => b.len(),
+        }
+    }
+
+    /// Bytes their entries take in a commit.
+    fn entry_bytes(&self) -> usize {
+        match self {
+            Records::One(r) => entry_bytes(r.len()),
+            Records::Batch(b) => b.iter().map(|r| entry_bytes(r.len())).sum(),
+        }
+    }
+
+    /// The error for records that no commit can hold.
+    fn too_large(&self, config: &Config) -> Error {
+        match self {
+            Records::One(r) => Error::RecordTooLarge {
+                len: r.len(),
+                max: config.record_bytes_max,
+            },
+            Records::Batch(b) => Error::BatchTooLarge {
+                records: b.len(),
+                bytes: self.entry_bytes(),
+                bytes_max: config.commit_bytes_max,
+                records_max: config.records_per_commit_max,
+            },
+        }
+    }
+
+    fn into_request(self, channel: ChannelId, ack: Arc<Ack<Offset>>) -> Request {
+        match self {
+            Records::One(record) => Request::Append {
+                channel,
+                record,
+                ack,
+            },
+            Records::Batch(records) => Request::AppendBatch {
+                channel,
+                records,
+                ack,
+            },
+        }
+    }
+
+    /// Calls `f` with each record and its index, in order.
+    fn for_each(self, mut f: impl FnMut(usize, Bytes)) {
+        match self {
+            Records::One(r) => f(0, r),
+            Records::Batch(b) => b.into_iter().enumerate().for_each(|(i, r)| f(i, r)),
+        }
+    }
 }
 
 /// After the next segment could not be created for lack of space, requests
@@ -846,231 +907,34 @@ impl Shard {
 
     fn accept(&mut self, request: Request) -> Accepted {
         match request {
-            Request::Register { name, ack } => {
-                if let Some(id) = self.table.lookup(&name) {
-                    let registered_in = self.table.get(id).expect("looked up").registered_in;
-                    self.answer_when_durable(registered_in, Waiter::Channel(ack.into(), id));
-                    return Accepted::Done;
-                }
-                if let Some(e) = self.shard_failed() {
-                    ack.complete(Err(e));
-                    return Accepted::Done;
-                }
-                if self.table.next_id() > u64::from(CHANNEL_ID_MAX) {
-                    ack.complete(Err(Error::InvalidConfig {
-                        field: "channel",
-                        reason: format!(
-                            "shard {} has handed out every channel id (the WAL holds {} \
-                             registrations); no channel can be registered in it",
-                            self.id.0,
-                            self.table.next_id()
-                        ),
-                    }));
-                    return Accepted::Done;
-                }
-                match self.admit(0, entry_bytes(name.len())) {
-                    Admit::Yes => {}
-                    Admit::Full => return Accepted::Full(Request::Register { name, ack }),
-                    Admit::Refused(e) => {
-                        ack.complete(Err(e));
-                        return Accepted::Done;
-                    }
-                }
-                let commit = self.building.builder.commit_seq();
-                // A name dropped before starts where the dropped channel
-                // stopped, so that its offsets never repeat.
-                let first = self
-                    .table
-                    .retired(&name)
-                    .map_or(Offset(0), |(next, _)| next);
-                let id = self.table.insert(&name, first, commit);
-                self.building
-                    .builder
-                    .push(EntryKind::Register, id, first, name.as_bytes());
-                self.building.waiters.push(Waiter::Channel(ack.into(), id));
-                Accepted::Done
-            }
-            Request::Unregister { name, ack } => {
-                let Some(id) = self.table.lookup(&name) else {
-                    // Never registered, or already dropped: answer once the
-                    // drop (if any) is durable.
-                    match self.table.retired(&name) {
-                        Some((_, dropped_in)) => {
-                            self.answer_when_durable(dropped_in, Waiter::Unit(ack.into()))
-                        }
-                        None => ack.complete(Ok(())),
-                    }
-                    return Accepted::Done;
-                };
-                if let Some(e) = self.shard_failed() {
-                    ack.complete(Err(e));
-                    return Accepted::Done;
-                }
-                match self.admit(0, entry_bytes(0)) {
-                    Admit::Yes => {}
-                    Admit::Full => return Accepted::Full(Request::Unregister { name, ack }),
-                    Admit::Refused(e) => {
-                        ack.complete(Err(e));
-                        return Accepted::Done;
-                    }
-                }
-                let commit = self.building.builder.commit_seq();
-                let next = self.table.get(id).expect("looked up").next_offset;
-                self.building.builder.push(EntryKind::Drop, id, next, &[]);
-                self.table.drop_channel(id, commit);
-                self.building.waiters.push(Waiter::Unit(ack.into()));
-                Accepted::Done
-            }
+            Request::Register { name, ack } => self.accept_register(name, ack),
+            Request::Unregister { name, ack } => self.accept_unregister(name, ack),
             Request::Append {
                 channel,
                 record,
                 ack,
-            } => {
-                if let Some(e) = self.shard_failed() {
-                    ack.complete(Err(e));
-                    return Accepted::Done;
-                }
-                let Some(ch) = self.table.get(channel) else {
-                    ack.complete(Err(unknown_channel(channel)));
-                    return Accepted::Done;
-                };
-                if let Some(dropped_in) = ch.dropped_in {
-                    let w = Waiter::DroppedOffset(ack.into(), ch.name.clone());
-                    self.answer_when_durable(dropped_in, w);
-                    return Accepted::Done;
-                }
-                if ch.next_offset.0 >= OFFSET_MAX {
-                    ack.complete(Err(offsets_exhausted(&ch.name)));
-                    return Accepted::Done;
-                }
-                if !self
-                    .building
-                    .builder
-                    .could_fit(1, entry_bytes(record.len()))
-                {
-                    ack.complete(Err(Error::RecordTooLarge {
-                        len: record.len(),
-                        max: self.config.record_bytes_max,
-                    }));
-                    return Accepted::Done;
-                }
-                match self.admit(1, entry_bytes(record.len())) {
-                    Admit::Yes => {}
-                    Admit::Full => {
-                        return Accepted::Full(Request::Append {
-                            channel,
-                            record,
-                            ack,
-                        })
-                    }
-                    Admit::Refused(e) => {
-                        ack.complete(Err(e));
-                        return Accepted::Done;
-                    }
-                }
-                let ch = self.table.get_mut(channel).expect("looked up above");
-                let offset = ch.next_offset;
-                ch.next_offset = Offset(offset.0 + 1);
-                self.building
-                    .builder
-                    .push(EntryKind::Append, channel, offset, &record);
-                self.building.records.push((channel, record));
-                self.building
-                    .waiters
-                    .push(Waiter::Offset(ack.into(), offset));
-                Accepted::Done
-            }
+            } => self.accept_append(channel, Records::One(record), ack),
             Request::AppendBatch {
                 channel,
                 records,
                 ack,
-            } => {
-                if let Some(e) = self.shard_failed() {
-                    ack.complete(Err(e));
-                    return Accepted::Done;
-                }
-                let bytes: usize = records.iter().map(|r| entry_bytes(r.len())).sum();
-                if records.is_empty() || !self.building.builder.could_fit(records.len(), bytes) {
-                    ack.complete(Err(Error::BatchTooLarge {
-                        records: records.len(),
-                        bytes,
-                        bytes_max: self.config.commit_bytes_max,
-                        records_max: self.config.records_per_commit_max,
-                    }));
-                    return Accepted::Done;
-                }
-                let Some(ch) = self.table.get(channel) else {
-                    ack.complete(Err(unknown_channel(channel)));
-                    return Accepted::Done;
-                };
-                if let Some(dropped_in) = ch.dropped_in {
-                    let w = Waiter::DroppedOffset(ack.into(), ch.name.clone());
-                    self.answer_when_durable(dropped_in, w);
-                    return Accepted::Done;
-                }
-                if ch.next_offset.0.saturating_add(records.len() as u64) > OFFSET_MAX {
-                    ack.complete(Err(offsets_exhausted(&ch.name)));
-                    return Accepted::Done;
-                }
-                match self.admit(records.len(), bytes) {
-                    Admit::Yes => {}
-                    Admit::Full => {
-                        return Accepted::Full(Request::AppendBatch {
-                            channel,
-                            records,
-                            ack,
-                        })
-                    }
-                    Admit::Refused(e) => {
-                        ack.complete(Err(e));
-                        return Accepted::Done;
-                    }
-                }
-                let ch = self.table.get_mut(channel).expect("looked up above");
-                let first = ch.next_offset;
-                ch.next_offset = Offset(first.0 + records.len() as u64);
-                for (i, record) in records.into_iter().enumerate() {
-                    self.building.builder.push(
-                        EntryKind::Append,
-                        channel,
-                        Offset(first.0 + i as u64),
-                        &record,
-                    );
-                    self.building.records.push((channel, record));
-                }
-                self.building
-                    .waiters
-                    .push(Waiter::Offset(ack.into(), first));
-                Accepted::Done
-            }
+            } => self.accept_append(channel, Records::Batch(records), ack),
             Request::Read {
                 channel,
                 from,
                 to,
                 ack,
             } => {
-                match self.table.get(channel) {
-                    None => ack.complete(Err(unknown_channel(channel))),
-                    Some(ch) => match ch.dropped_in {
-                        Some(dropped_in) => {
-                            let w = Waiter::DroppedRead(ack.into(), ch.name.clone());
-                            self.answer_when_durable(dropped_in, w);
-                        }
-                        None => ack.complete(Ok(self.table.read(channel, from, to))),
-                    },
+                match self.table.read(channel, from, to) {
+                    Ok(records) => ack.complete(Ok(records)),
+                    Err(r) => self.refuse(r, ack, Waiter::DroppedRead),
                 }
                 Accepted::Done
             }
             Request::NextOffset { channel, ack } => {
-                match self.table.get(channel) {
-                    None => ack.complete(Err(unknown_channel(channel))),
-                    Some(ch) => match ch.dropped_in {
-                        Some(dropped_in) => {
-                            let w = Waiter::DroppedOffset(ack.into(), ch.name.clone());
-                            self.answer_when_durable(dropped_in, w);
-                        }
-                        None => ack.complete(Ok(ch.durable_next_offset())),
-                    },
+                match self.table.durable_next_offset(channel) {
+                    Ok(next) => ack.complete(Ok(next)),
+                    Err(r) => self.refuse(r, ack, Waiter::DroppedOffset),
                 }
                 Accepted::Done
             }
@@ -1079,6 +943,150 @@ impl Shard {
                 Accepted::Done
             }
         }
+    }
+
+    fn accept_register(&mut self, name: Box<str>, ack: Arc<Ack<ChannelId>>) -> Accepted {
+        if let Some(ch) = self.table.live(&name) {
+            let w = Waiter::Channel(ack.into(), ch.id());
+            self.answer_when_durable(ch.registered_in(), w);
+            return Accepted::Done;
+        }
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        if let Err(r) = self.table.registration(&name) {
+            self.refuse(r, ack, |_, _| unreachable!("a registration is of no channel"));
+            return Accepted::Done;
+        }
+        match self.admit(0, entry_bytes(name.len())) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(Request::Register { name, ack }),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let commit = self.building.builder.commit_seq();
+        let (id, first) = self.table.register(&name, commit);
+        self.building
+            .builder
+            .push(EntryKind::Register, id, first, name.as_bytes());
+        self.building.waiters.push(Waiter::Channel(ack.into(), id));
+        Accepted::Done
+    }
+
+    fn accept_unregister(&mut self, name: Box<str>, ack: Arc<Ack<()>>) -> Accepted {
+        let Some(id) = self.table.live(&name).map(|c| c.id()) else {
+            // Never registered, or already dropped: answer once the drop (if
+            // any) is durable.
+            match self.table.retired(&name) {
+                Some((_, dropped_in)) => {
+                    self.answer_when_durable(dropped_in, Waiter::Unit(ack.into()))
+                }
+                None => ack.complete(Ok(())),
+            }
+            return Accepted::Done;
+        };
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        match self.admit(0, entry_bytes(0)) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(Request::Unregister { name, ack }),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let next = self
+            .table
+            .drop_channel(id, self.building.builder.commit_seq());
+        self.building.builder.push(EntryKind::Drop, id, next, &[]);
+        self.building.waiters.push(Waiter::Unit(ack.into()));
+        Accepted::Done
+    }
+
+    /// One append or a batch: the same checks, in the same order, and one
+    /// waiter answered with the first offset.
+    fn accept_append(
+        &mut self,
+        channel: ChannelId,
+        records: Records,
+        ack: Arc<Ack<Offset>>,
+    ) -> Accepted {
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        let (count, bytes) = (records.len(), records.entry_bytes());
+        if count == 0 || !self.building.builder.could_fit(count, bytes) {
+            ack.complete(Err(records.too_large(&self.config)));
+            return Accepted::Done;
+        }
+        if let Err(r) = self.table.appendable(channel, count as u64) {
+            self.refuse(r, ack, Waiter::DroppedOffset);
+            return Accepted::Done;
+        }
+        match self.admit(count, bytes) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(records.into_request(channel, ack)),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let first = self.table.assign(channel, count as u64);
+        let batch = &mut self.building;
+        records.for_each(|i, record| {
+            let offset = Offset(first.0 + i as u64);
+            batch
+                .builder
+                .push(EntryKind::Append, channel, offset, &record);
+            batch.records.push((channel, record));
+        });
+        batch.waiters.push(Waiter::Offset(ack.into(), first));
+        Accepted::Done
+    }
+
+    /// Answers a request the channel table refused. A call on a dropped
+    /// channel is answered `ChannelDropped` once the drop is durable
+    /// (`dropped` makes its waiter).
+    fn refuse<T>(
+        &mut self,
+        refusal: Refusal,
+        ack: Arc<Ack<T>>,
+        dropped: impl FnOnce(Owed<T>, Box<str>) -> Waiter,
+    ) {
+        let e = match refusal {
+            Refusal::Dropped { name, dropped_in } => {
+                let w = dropped(ack.into(), name);
+                self.answer_when_durable(dropped_in, w);
+                return;
+            }
+            Refusal::Unknown(channel) => Error::InvalidConfig {
+                field: "channel",
+                reason: format!(
+                    "handle with id {} belongs to another engine instance; register the name \
+                     again",
+                    channel.0
+                ),
+            },
+            Refusal::OffsetsExhausted { name } => Error::InvalidConfig {
+                field: "channel",
+                reason: format!("channel {name:?} has used every offset up to {OFFSET_MAX}"),
+            },
+            Refusal::IdsExhausted { registrations } => Error::InvalidConfig {
+                field: "channel",
+                reason: format!(
+                    "shard {} has handed out every channel id (the WAL holds {registrations} \
+                     registrations); no channel can be registered in it",
+                    self.id.0
+                ),
+            },
+        };
+        ack.complete(Err(e));
     }
 
     /// Answers `waiter` once commit `registered_in` (a registration or a
@@ -1369,10 +1377,7 @@ impl Shard {
         self.completed = batch.builder.commit_seq();
         let records = batch.records.len() as u64;
         for (channel, record) in batch.records.drain(..) {
-            // A channel dropped while this commit was in flight keeps nothing.
-            if self.table.get(channel).is_some_and(|c| !c.dropped()) {
-                self.table.push(channel, record);
-            }
+            self.table.acknowledge(channel, record);
         }
         self.completed_waiters.append(&mut batch.waiters);
         let m = &self.metrics;
@@ -1438,14 +1443,6 @@ fn complete_waiter(w: Waiter, r: Result<()>) {
     }
 }
 
-/// A channel whose offsets reached [`OFFSET_MAX`].
-fn offsets_exhausted(name: &str) -> Error {
-    Error::InvalidConfig {
-        field: "channel",
-        reason: format!("channel {name:?} has used every offset up to {OFFSET_MAX}"),
-    }
-}
-
 /// Makes `path` durable through `io` (a data sync of an fd opened for it),
 /// waiting for it; used at start, before the shard answers anything.
 fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()> {
@@ -1468,16 +1465,5 @@ fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()
             return outcome.map_err(failed);
         }
         io.wait(None).map_err(failed)?;
-    }
-}
-
-/// A channel id this shard never handed out: a handle from another engine.
-fn unknown_channel(channel: ChannelId) -> Error {
-    Error::InvalidConfig {
-        field: "channel",
-        reason: format!(
-            "handle with id {} belongs to another engine instance; register the name again",
-            channel.0
-        ),
     }
 }
