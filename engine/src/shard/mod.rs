@@ -1,8 +1,19 @@
 //! Shards: one thread per selected core, each owning its channels, its inbox,
 //! its ring and its segments. Nothing here is shared with another shard.
+//!
+//! `thread` starts the shard and answers for it; `run` holds the `Shard` and
+//! its event loop; `admission` turns requests into entries of the commit being
+//! built; `group_commit` takes commits to the device and acknowledges them;
+//! `active_segment` rolls and syncs the segment being written; `waiters` is
+//! what the shard owes its callers.
 
 pub mod ack;
+mod active_segment;
+mod admission;
+mod group_commit;
 pub mod inbox;
 mod run;
+mod thread;
+mod waiters;
 
-pub use run::{spawn_shard, ShardHandle, ShardSpec};
+pub use thread::{spawn_shard, ShardHandle, ShardSpec};

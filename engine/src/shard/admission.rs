@@ -1,0 +1,364 @@
+//! Admission: each request is checked against the channel table and the
+//! commit being built, then refused, deferred, or given its offsets and an
+//! entry in the commit.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::buffer::channels::{Refusal, OFFSET_MAX};
+use crate::config::Config;
+use crate::error::Error;
+use crate::shard::ack::Ack;
+use crate::shard::inbox::Request;
+use crate::types::{ChannelId, CommitSeq, Offset, ShardId};
+use crate::wal::format::{entry_bytes, EntryKind};
+
+use super::run::Shard;
+use super::waiters::{complete_waiter, Owed, Waiter};
+
+pub(super) enum Accepted {
+    Done,
+    Full(Request),
+}
+
+/// Whether a request's entries may join the commit being built.
+pub(super) enum Admit {
+    Yes,
+    /// Not now: the commit is full, or the request starts the next segment
+    /// and must wait for the commits in flight.
+    Full,
+    /// Refused with this error; nothing was assigned.
+    Refused(Error),
+}
+
+/// The records of an append request: one, or a batch.
+pub(super) enum Records {
+    One(Bytes),
+    Batch(Vec<Bytes>),
+}
+
+impl Records {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Records::One(_) => 1,
+            Records::Batch(b) => b.len(),
+        }
+    }
+
+    /// Bytes their entries take in a commit.
+    pub(super) fn entry_bytes(&self) -> usize {
+        match self {
+            Records::One(r) => entry_bytes(r.len()),
+            Records::Batch(b) => b.iter().map(|r| entry_bytes(r.len())).sum(),
+        }
+    }
+
+    /// The error for records that no commit can hold.
+    pub(super) fn too_large(&self, config: &Config) -> Error {
+        match self {
+            Records::One(r) => Error::RecordTooLarge {
+                len: r.len(),
+                max: config.record_bytes_max,
+            },
+            Records::Batch(b) => Error::BatchTooLarge {
+                records: b.len(),
+                bytes: self.entry_bytes(),
+                bytes_max: config.commit_bytes_max,
+                records_max: config.records_per_commit_max,
+            },
+        }
+    }
+
+    pub(super) fn into_request(self, channel: ChannelId, ack: Arc<Ack<Offset>>) -> Request {
+        match self {
+            Records::One(record) => Request::Append {
+                channel,
+                record,
+                ack,
+            },
+            Records::Batch(records) => Request::AppendBatch {
+                channel,
+                records,
+                ack,
+            },
+        }
+    }
+
+    /// Calls `f` with each record and its index, in order.
+    pub(super) fn for_each(self, mut f: impl FnMut(usize, Bytes)) {
+        match self {
+            Records::One(r) => f(0, r),
+            Records::Batch(b) => b.into_iter().enumerate().for_each(|(i, r)| f(i, r)),
+        }
+    }
+}
+
+/// After the next segment could not be created for lack of space, requests
+/// that need it are refused at once for this long; the next one after it
+/// tries again.
+pub(super) const NO_SPACE_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+impl Shard {
+    /// Admission of `records` records with `bytes` entry bytes into the
+    /// commit being built. A commit never runs past its segment's end: when
+    /// it would, what is built goes first, and the request starts the next
+    /// segment — admitted only once that segment exists, so that a full
+    /// filesystem refuses the request before it gets an offset, and never
+    /// stops the shard.
+    pub(super) fn admit(&mut self, records: usize, bytes: usize) -> Admit {
+        let builder = &self.building.builder;
+        if !builder.fits(records, bytes) {
+            return Admit::Full;
+        }
+        let sealed = builder.sealed_len_with(bytes) as u64;
+        if self.write_position.saturating_add(sealed) <= self.segment.bytes {
+            return Admit::Yes;
+        }
+        if !builder.is_empty() {
+            return Admit::Full;
+        }
+        let seq = self.next_segment_seq;
+        if self.preparer.is_ready(seq) {
+            return Admit::Yes;
+        }
+        let no_space = |shard: ShardId, cause: &Error| Error::NoSpace {
+            shard,
+            cause: Arc::new(cause.clone()),
+        };
+        if let Some((at, cause)) = &self.no_space {
+            if at.elapsed() < NO_SPACE_RETRY_AFTER {
+                return Admit::Refused(no_space(self.id, cause));
+            }
+        }
+        if !self.flights.is_empty() {
+            // Acknowledgements do not wait for the preparer: the request
+            // waits for the flights first (segments change only when idle).
+            return Admit::Full;
+        }
+        match self.preparer.wait_ready(seq) {
+            Ok(()) => {
+                self.no_space = None;
+                Admit::Yes
+            }
+            Err(e) if e.is_no_space() => {
+                self.metrics.no_space.fetch_add(1, Ordering::Relaxed);
+                let refused = no_space(self.id, &e);
+                self.no_space = Some((Instant::now(), e));
+                Admit::Refused(refused)
+            }
+            Err(e) => {
+                self.fail(e);
+                Admit::Refused(self.shard_failed().expect("failed above"))
+            }
+        }
+    }
+
+    pub(super) fn accept(&mut self, request: Request) -> Accepted {
+        match request {
+            Request::Register { name, ack } => self.accept_register(name, ack),
+            Request::Unregister { name, ack } => self.accept_unregister(name, ack),
+            Request::Append {
+                channel,
+                record,
+                ack,
+            } => self.accept_append(channel, Records::One(record), ack),
+            Request::AppendBatch {
+                channel,
+                records,
+                ack,
+            } => self.accept_append(channel, Records::Batch(records), ack),
+            Request::Read {
+                channel,
+                from,
+                to,
+                ack,
+            } => {
+                match self.table.read(channel, from, to) {
+                    Ok(records) => ack.complete(Ok(records)),
+                    Err(r) => self.refuse(r, ack, Waiter::DroppedRead),
+                }
+                Accepted::Done
+            }
+            Request::NextOffset { channel, ack } => {
+                match self.table.durable_next_offset(channel) {
+                    Ok(next) => ack.complete(Ok(next)),
+                    Err(r) => self.refuse(r, ack, Waiter::DroppedOffset),
+                }
+                Accepted::Done
+            }
+            Request::Close => {
+                self.closing = true;
+                Accepted::Done
+            }
+        }
+    }
+
+    pub(super) fn accept_register(&mut self, name: Box<str>, ack: Arc<Ack<ChannelId>>) -> Accepted {
+        if let Some(ch) = self.table.live(&name) {
+            let w = Waiter::Channel(ack.into(), ch.id());
+            self.answer_when_durable(ch.registered_in(), w);
+            return Accepted::Done;
+        }
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        if let Err(r) = self.table.registration(&name) {
+            self.refuse(r, ack, |_, _| {
+                unreachable!("a registration is of no channel")
+            });
+            return Accepted::Done;
+        }
+        match self.admit(0, entry_bytes(name.len())) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(Request::Register { name, ack }),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let commit = self.building.builder.commit_seq();
+        let (id, first) = self.table.register(&name, commit);
+        self.building
+            .builder
+            .push(EntryKind::Register, id, first, name.as_bytes());
+        self.building.waiters.push(Waiter::Channel(ack.into(), id));
+        Accepted::Done
+    }
+
+    pub(super) fn accept_unregister(&mut self, name: Box<str>, ack: Arc<Ack<()>>) -> Accepted {
+        let Some(id) = self.table.live(&name).map(|c| c.id()) else {
+            // Never registered, or already dropped: answer once the drop (if
+            // any) is durable.
+            match self.table.retired(&name) {
+                Some((_, dropped_in)) => {
+                    self.answer_when_durable(dropped_in, Waiter::Unit(ack.into()))
+                }
+                None => ack.complete(Ok(())),
+            }
+            return Accepted::Done;
+        };
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        match self.admit(0, entry_bytes(0)) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(Request::Unregister { name, ack }),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let next = self
+            .table
+            .drop_channel(id, self.building.builder.commit_seq());
+        self.building.builder.push(EntryKind::Drop, id, next, &[]);
+        self.building.waiters.push(Waiter::Unit(ack.into()));
+        Accepted::Done
+    }
+
+    /// One append or a batch: the same checks, in the same order, and one
+    /// waiter answered with the first offset.
+    pub(super) fn accept_append(
+        &mut self,
+        channel: ChannelId,
+        records: Records,
+        ack: Arc<Ack<Offset>>,
+    ) -> Accepted {
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        let (count, bytes) = (records.len(), records.entry_bytes());
+        if count == 0 || !self.building.builder.could_fit(count, bytes) {
+            ack.complete(Err(records.too_large(&self.config)));
+            return Accepted::Done;
+        }
+        if let Err(r) = self.table.appendable(channel, count as u64) {
+            self.refuse(r, ack, Waiter::DroppedOffset);
+            return Accepted::Done;
+        }
+        match self.admit(count, bytes) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(records.into_request(channel, ack)),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let first = self.table.assign(channel, count as u64);
+        let batch = &mut self.building;
+        records.for_each(|i, record| {
+            let offset = Offset(first.0 + i as u64);
+            batch
+                .builder
+                .push(EntryKind::Append, channel, offset, &record);
+            batch.records.push((channel, record));
+        });
+        batch.waiters.push(Waiter::Offset(ack.into(), first));
+        Accepted::Done
+    }
+
+    /// Answers a request the channel table refused. A call on a dropped
+    /// channel is answered `ChannelDropped` once the drop is durable
+    /// (`dropped` makes its waiter).
+    pub(super) fn refuse<T>(
+        &mut self,
+        refusal: Refusal,
+        ack: Arc<Ack<T>>,
+        dropped: impl FnOnce(Owed<T>, Box<str>) -> Waiter,
+    ) {
+        let e = match refusal {
+            Refusal::Dropped { name, dropped_in } => {
+                let w = dropped(ack.into(), name);
+                self.answer_when_durable(dropped_in, w);
+                return;
+            }
+            Refusal::Unknown(channel) => Error::InvalidConfig {
+                field: "channel",
+                reason: format!(
+                    "handle with id {} belongs to another engine instance; register the name \
+                     again",
+                    channel.0
+                ),
+            },
+            Refusal::OffsetsExhausted { name } => Error::InvalidConfig {
+                field: "channel",
+                reason: format!("channel {name:?} has used every offset up to {OFFSET_MAX}"),
+            },
+            Refusal::IdsExhausted { registrations } => Error::InvalidConfig {
+                field: "channel",
+                reason: format!(
+                    "shard {} has handed out every channel id (the WAL holds {registrations} \
+                     registrations); no channel can be registered in it",
+                    self.id.0
+                ),
+            },
+        };
+        ack.complete(Err(e));
+    }
+
+    /// Answers `waiter` once commit `registered_in` (a registration or a
+    /// drop) completed, or with the shard's error if it cannot.
+    pub(super) fn answer_when_durable(&mut self, registered_in: CommitSeq, waiter: Waiter) {
+        if registered_in <= self.completed {
+            complete_waiter(waiter, Ok(()));
+        } else if let Some(e) = self.shard_failed() {
+            complete_waiter(waiter, Err(e));
+        } else if registered_in == self.building.builder.commit_seq() {
+            self.building.waiters.push(waiter);
+        } else {
+            let flight = self
+                .flights
+                .iter_mut()
+                .filter_map(|f| f.batch.as_mut())
+                .find(|b| b.builder.commit_seq() == registered_in)
+                .expect("an unacknowledged registration or drop is in a commit in flight");
+            flight.waiters.push(waiter);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Group commit: the commits and data syncs in flight, their completions in
+//! order, acknowledgement, and fail-stop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::{Config, Durability, SyncMethod};
+use crate::error::Error;
+use crate::io::{Op, OpError, SyncKind};
+use crate::metrics::commit_records_bucket;
+use crate::recovery::apply_cuts;
+use crate::types::{ChannelId, CommitSeq};
+use crate::wal::commit::CommitBuilder;
+
+use super::run::Shard;
+use super::waiters::{complete_waiter, Waiter};
+
+/// A commit: its buffer and who waits for it.
+pub(super) struct Batch {
+    pub(super) builder: CommitBuilder,
+    pub(super) waiters: Vec<Waiter>,
+    pub(super) records: Vec<(ChannelId, Bytes)>,
+}
+
+impl Batch {
+    pub(super) fn new(config: &Config, block: usize) -> Batch {
+        Batch {
+            builder: CommitBuilder::new(
+                config.commit_bytes_max,
+                config.records_per_commit_max,
+                block,
+            ),
+            waiters: Vec::with_capacity(config.records_per_commit_max),
+            records: Vec::with_capacity(config.records_per_commit_max),
+        }
+    }
+}
+
+/// An operation on its way to the device, in the order it was started.
+pub(super) struct Flight {
+    pub(super) id: u64,
+    /// The commit, or `None` for a periodic data sync.
+    pub(super) batch: Option<Batch>,
+    pub(super) payload_bytes: u64,
+    /// Periodic mode: this commit was written with a data sync.
+    pub(super) synced: bool,
+    /// For a data sync: the last commit it makes durable.
+    pub(super) covers: CommitSeq,
+    pub(super) started: Instant,
+    pub(super) outcome: Option<std::result::Result<(), OpError>>,
+}
+
+impl Shard {
+    /// Periodic mode: whether the next commit must be synced because the
+    /// commits since the last data sync, and those that could be in flight
+    /// with it, would no longer fit the 16-bit window of its header.
+    pub(super) fn window_full(&self) -> bool {
+        matches!(self.config.durability, Durability::Periodic { .. })
+            && self
+                .building
+                .builder
+                .commit_seq()
+                .0
+                .saturating_sub(self.durable_through.0)
+                + self.in_flight_max as u64
+                >= u64::from(u16::MAX)
+    }
+
+    pub(super) fn sync_due(&self) -> bool {
+        match (self.config.durability, self.unsynced_since) {
+            (Durability::Periodic { interval }, Some(since)) => {
+                since.elapsed() >= interval && self.failed.is_none()
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn shard_failed(&self) -> Option<Error> {
+        self.failed.as_ref().map(|cause| Error::ShardFailed {
+            shard: self.id,
+            cause: Arc::new(cause.clone()),
+        })
+    }
+
+    pub(super) fn next_op_id(&mut self) -> u64 {
+        self.next_op_id += 1;
+        self.next_op_id
+    }
+
+    pub(super) fn start_commit(&mut self) {
+        if !self.written {
+            // Before the first write: zero what a torn tail left (what was
+            // replayed was synced at start), and record in the manifest
+            // where the log ends, so that the loss of anything written from
+            // now on is told from a torn tail.
+            let recorded = apply_cuts(&self.cuts, self.access)
+                .and_then(|()| self.manifest.write(self.segment.seq, self.durable_through));
+            if let Err(e) = recorded {
+                self.fail(e);
+                return;
+            }
+            self.cuts.clear();
+            self.written = true;
+        }
+        if !self.spare_requested {
+            self.preparer.request(self.next_segment_seq);
+            self.spare_requested = true;
+        }
+        if self.window_full() && !self.flights.is_empty() {
+            // The commit must carry a data sync covering every write.
+            return;
+        }
+        if self.needs_new_segment() {
+            if !self.flights.is_empty() {
+                // Segments change only when nothing is in flight, so that a
+                // torn tail never spans two segments.
+                return;
+            }
+            if let Err(e) = self.roll_segment() {
+                self.fail(e);
+                return;
+            }
+        }
+        let spare = self
+            .spare
+            .pop()
+            .expect("a spare batch for every commit in flight");
+        let mut batch = std::mem::replace(&mut self.building, spare);
+        let position = self.write_position;
+        // The commits before this one that may not be durable when it is: a
+        // power cut may leave a hole there, followed by this commit, and
+        // recovery cuts such a hole as a torn tail only within this window.
+        // The commits in flight with it; in Periodic mode also every commit
+        // since the last completed data sync (kept below 65,535 by forcing
+        // a synced commit when the window is full: `window_full`).
+        let since_sync = batch
+            .builder
+            .commit_seq()
+            .0
+            .saturating_sub(self.durable_through.0);
+        let window = match self.config.durability {
+            Durability::Sync => self.in_flight_max as u64,
+            Durability::Periodic { .. } => since_sync.max(self.in_flight_max as u64),
+        };
+        let bytes = batch.builder.seal(
+            self.id,
+            self.store_id,
+            self.segment.seq,
+            position,
+            window.min(u64::from(u16::MAX)) as u16,
+        );
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        // Periodic mode under constant load never sees an idle moment for a
+        // separate sync: when one is due, the commit itself carries it (only
+        // with nothing else in flight, so that the sync covers every write).
+        // An fdatasync, not RWF_DSYNC: on a device with forced-unit-access
+        // writes, an O_DIRECT RWF_DSYNC write is written through on its own
+        // and flushes nothing written before it.
+        let synced = (self.sync_due() || self.window_full()) && self.flights.is_empty();
+        let sync = match (self.config.durability, self.config.sync_method) {
+            (Durability::Periodic { .. }, _) if synced => SyncKind::Fdatasync,
+            (Durability::Periodic { .. }, _) => SyncKind::None,
+            (Durability::Sync, SyncMethod::DsyncWrite) => SyncKind::Dsync,
+            (Durability::Sync, SyncMethod::WriteThenFdatasync) => SyncKind::Fdatasync,
+        };
+        let op = Op::Write {
+            fd: self.segment.fd(),
+            position,
+            ptr,
+            len,
+            sync,
+        };
+        let next = CommitSeq(batch.builder.commit_seq().0 + 1);
+        self.building.builder.reset(next);
+        let payload_bytes = batch.records.iter().map(|(_, r)| r.len() as u64).sum();
+        let id = self.next_op_id();
+        // SAFETY: the buffer belongs to `batch`, which moves into
+        // `self.flights` (a move of the Batch, not of its heap buffer) and
+        // stays there, untouched, until `poll` returned this id's completion
+        // — or is leaked with the ring if the ring fails. `Err` means the
+        // write was not queued: the batch is free again at once.
+        let started = unsafe { self.io.start(id, op) };
+        self.flights.push_back(Flight {
+            id,
+            batch: Some(batch),
+            payload_bytes,
+            synced,
+            covers: CommitSeq(0),
+            started: Instant::now(),
+            outcome: None,
+        });
+        if let Err(e) = started {
+            let e = self.op_error(e);
+            // Fail while the flight is listed, so that its callers get the error.
+            self.fail(e);
+            self.unstart_last();
+            return;
+        }
+        self.write_position += len as u64;
+        self.preparer
+            .report_fill(self.write_position, self.segment.bytes);
+        self.metrics
+            .commit_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn start_sync(&mut self) {
+        let id = self.next_op_id();
+        // SAFETY: a sync references no memory.
+        let started = unsafe {
+            self.io.start(
+                id,
+                Op::Sync {
+                    fd: self.segment.fd(),
+                },
+            )
+        };
+        self.flights.push_back(Flight {
+            id,
+            batch: None,
+            payload_bytes: 0,
+            synced: false,
+            covers: self.completed,
+            started: Instant::now(),
+            outcome: None,
+        });
+        if let Err(e) = started {
+            let e = self.op_error(e);
+            self.fail(e);
+            self.unstart_last();
+        }
+    }
+
+    /// Takes back the newest flight, whose start failed (nothing of it was
+    /// queued, so nothing will complete).
+    pub(super) fn unstart_last(&mut self) {
+        if let Some(f) = self.flights.pop_back() {
+            if let Some(mut batch) = f.batch {
+                batch.records.clear();
+                self.spare.push(batch);
+            }
+        }
+    }
+
+    /// Records operation `id`'s outcome, then acknowledges finished
+    /// operations from the oldest on, stopping at the first unfinished one.
+    pub(super) fn complete(&mut self, id: u64, outcome: std::result::Result<(), OpError>) {
+        let flight = self
+            .flights
+            .iter_mut()
+            .find(|f| f.id == id)
+            .expect("a completion for an operation in flight");
+        flight.outcome = Some(outcome);
+        let device_ns = flight.started.elapsed().as_nanos() as u64;
+        self.metrics
+            .commit_device_ns
+            .fetch_add(device_ns, Ordering::Relaxed);
+        while self.flights.front().is_some_and(|f| f.outcome.is_some()) {
+            let front = self.flights.front_mut().expect("checked");
+            let outcome = front.outcome.take().expect("checked");
+            if let Err(e) = outcome {
+                if self.failed.is_none() {
+                    // Fail while the failed flight is still in `flights`, so
+                    // that its own callers are answered with the error too.
+                    let e = self.op_error(e);
+                    self.fail(e);
+                }
+            }
+            let f = self.flights.pop_front().expect("checked");
+            match f.batch {
+                None => {
+                    if self.failed.is_none() {
+                        self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                        self.unsynced_since = None;
+                        self.durable_through = self.durable_through.max(f.covers);
+                    }
+                }
+                Some(mut batch) => {
+                    if self.failed.is_none() {
+                        self.acknowledge(&mut batch, f.payload_bytes);
+                        if f.synced {
+                            self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                            self.unsynced_since = None;
+                            self.durable_through = self.completed;
+                        }
+                    }
+                    batch.records.clear();
+                    assert!(
+                        batch.waiters.is_empty(),
+                        "a finished commit still has waiters"
+                    );
+                    self.spare.push(batch);
+                }
+            }
+        }
+    }
+
+    pub(super) fn acknowledge(&mut self, batch: &mut Batch, payload_bytes: u64) {
+        self.completed = batch.builder.commit_seq();
+        let records = batch.records.len() as u64;
+        for (channel, record) in batch.records.drain(..) {
+            self.table.acknowledge(channel, record);
+        }
+        self.completed_waiters.append(&mut batch.waiters);
+        let m = &self.metrics;
+        m.commits.fetch_add(1, Ordering::Relaxed);
+        m.records.fetch_add(records, Ordering::Relaxed);
+        m.payload_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+        m.commit_records_log2[commit_records_bucket(records)].fetch_add(1, Ordering::Relaxed);
+        match self.config.durability {
+            Durability::Sync => {
+                m.syncs.fetch_add(1, Ordering::Relaxed);
+                self.durable_through = self.completed;
+            }
+            Durability::Periodic { .. } => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    pub(super) fn op_error(&self, e: OpError) -> Error {
+        Error::io(e.operation, Some(self.segment.path.clone()), e.source)
+    }
+
+    /// Fail-stop: nothing is acknowledged from now on. Everything waiting on
+    /// a commit that did not complete gets the error; reads go on. Buffers of
+    /// operations still in flight stay in `flights` until their completions
+    /// arrive.
+    pub(super) fn fail(&mut self, e: Error) {
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+        let err = self.shard_failed().expect("set above");
+        let waiters = self
+            .flights
+            .iter_mut()
+            .filter_map(|f| f.batch.as_mut())
+            .flat_map(|b| b.waiters.drain(..))
+            .chain(self.building.waiters.drain(..));
+        for w in waiters {
+            complete_waiter(w, Err(err.clone()));
+        }
+        self.building.records.clear();
+        let next = self.building.builder.commit_seq();
+        self.building.builder.reset(next);
+        self.unsynced_since = None;
+        if let Some(r) = self.deferred.take() {
+            r.fail(err);
+        }
+    }
+}
