@@ -21,10 +21,7 @@ fn version(v: &str) -> Vec<u64> {
 /// The triple of the machine building, from `rustc -vV`.
 fn host_triple() -> String {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(rustc)
-        .arg("-vV")
-        .output()
-        .expect("rustc runs");
+    let out = Command::new(rustc).arg("-vV").output().expect("rustc runs");
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix("host: "))

@@ -247,7 +247,11 @@ impl fmt::Display for Contradiction {
             ),
             Contradiction::InvalidName(reason) => f.write_str(reason),
             Contradiction::IdOutOfOrder { channel, next } => {
-                write!(f, "channel id {} registered where {next} was next", channel.0)
+                write!(
+                    f,
+                    "channel id {} registered where {next} was next",
+                    channel.0
+                )
             }
             Contradiction::RegisteredTwice(name) => write!(f, "channel {name:?} registered twice"),
             Contradiction::FirstOffset {
@@ -261,11 +265,19 @@ impl fmt::Display for Contradiction {
             Contradiction::NoChannel {
                 entry: EntryWord::Record,
                 channel,
-            } => write!(f, "record for unregistered or dropped channel id {}", channel.0),
+            } => write!(
+                f,
+                "record for unregistered or dropped channel id {}",
+                channel.0
+            ),
             Contradiction::NoChannel {
                 entry: EntryWord::Drop,
                 channel,
-            } => write!(f, "drop of unregistered or dropped channel id {}", channel.0),
+            } => write!(
+                f,
+                "drop of unregistered or dropped channel id {}",
+                channel.0
+            ),
             Contradiction::OffsetOutOfOrder {
                 entry: EntryWord::Record,
                 name,
@@ -582,7 +594,11 @@ impl ChannelTable {
     }
 
     fn insert(&mut self, name: &str, id: ChannelId, first_offset: Offset, commit: CommitSeq) {
-        assert_eq!(u64::from(id.0), self.next_id(), "ids are handed out in order");
+        assert_eq!(
+            u64::from(id.0),
+            self.next_id(),
+            "ids are handed out in order"
+        );
         assert!(
             !self.by_name.contains_key(name),
             "channel {name:?} registered twice"
@@ -711,7 +727,14 @@ mod tests {
         let reg = |t: &mut ChannelTable, log: &mut Vec<_>, name: &'static str, c| {
             let (id, first) = t.registration(name).unwrap();
             assert_eq!(t.register(name, CommitSeq(c)), (id, first));
-            log.push((c, Logged::Register { channel: id, first, name }));
+            log.push((
+                c,
+                Logged::Register {
+                    channel: id,
+                    first,
+                    name,
+                },
+            ));
             id
         };
         let a = reg(&mut live, &mut log, "a", 1);
@@ -730,7 +753,11 @@ mod tests {
         let next = live.drop_channel(a, CommitSeq(4));
         log.push((4, Logged::Drop { channel: a, next }));
         let a2 = reg(&mut live, &mut log, "a", 5);
-        assert_eq!(live.get(a2).unwrap().first_offset(), Offset(2), "no offset repeats");
+        assert_eq!(
+            live.get(a2).unwrap().first_offset(),
+            Offset(2),
+            "no offset repeats"
+        );
 
         let mut replayed = ChannelTable::default();
         for (c, e) in log {
@@ -741,8 +768,18 @@ mod tests {
                 .map(|c| {
                     let read = t.read(c.id(), Offset(0), Offset(u64::MAX));
                     (
-                        (c.id(), c.name().to_string(), c.first_offset(), c.next_offset()),
-                        (c.durable_next_offset(), c.registered_in(), c.dropped(), read),
+                        (
+                            c.id(),
+                            c.name().to_string(),
+                            c.first_offset(),
+                            c.next_offset(),
+                        ),
+                        (
+                            c.durable_next_offset(),
+                            c.registered_in(),
+                            c.dropped(),
+                            read,
+                        ),
                     )
                 })
                 .collect()
@@ -756,14 +793,20 @@ mod tests {
     fn refusals_change_nothing() {
         let mut t = ChannelTable::default();
         let a = register(&mut t, "a", 1);
-        assert_eq!(t.appendable(ChannelId(7), 1), Err(Refusal::Unknown(ChannelId(7))));
+        assert_eq!(
+            t.appendable(ChannelId(7), 1),
+            Err(Refusal::Unknown(ChannelId(7)))
+        );
         t.drop_channel(a, CommitSeq(2));
         let dropped = Err(Refusal::Dropped {
             name: "a".into(),
             dropped_in: CommitSeq(2),
         });
         assert_eq!(t.appendable(a, 1), dropped.clone().map(|_: ()| Offset(0)));
-        assert_eq!(t.read(a, Offset(0), Offset(1)), dropped.clone().map(|_: ()| vec![]));
+        assert_eq!(
+            t.read(a, Offset(0), Offset(1)),
+            dropped.clone().map(|_: ()| vec![])
+        );
         assert_eq!(t.durable_next_offset(a), dropped.map(|_: ()| Offset(0)));
 
         // A channel registered near the offset bound (possible only as a
@@ -786,7 +829,10 @@ mod tests {
         };
         assert_eq!(t.replay(last, CommitSeq(4), true), Ok(0));
         let registrations = u64::from(CHANNEL_ID_MAX) + 1;
-        assert_eq!(t.registration("d"), Err(Refusal::IdsExhausted { registrations }));
+        assert_eq!(
+            t.registration("d"),
+            Err(Refusal::IdsExhausted { registrations })
+        );
     }
 
     #[test]
@@ -799,13 +845,21 @@ mod tests {
             offset: Offset(3),
             record: Bytes::from_static(b"3"),
         };
-        assert_eq!(t.replay(jump, CommitSeq(3), true), Ok(2), "offsets 1 and 2 lost");
+        assert_eq!(
+            t.replay(jump, CommitSeq(3), true),
+            Ok(2),
+            "offsets 1 and 2 lost"
+        );
         let r = t.read(id, Offset(0), Offset(10)).unwrap();
         assert_eq!(offsets_of(&r), [0, 3]);
         assert_eq!(&r[1].data[..], b"3");
         let ch = t.get(id).unwrap();
         assert_eq!(ch.durable_next_offset(), Offset(4));
-        assert_eq!((ch.held_records(), ch.lost_offsets()), (2, 2), "no placeholders");
+        assert_eq!(
+            (ch.held_records(), ch.lost_offsets()),
+            (2, 2),
+            "no placeholders"
+        );
         assert_eq!(offsets_of(&t.read(id, Offset(1), Offset(4)).unwrap()), [3]);
 
         let far = Logged::Register {
@@ -823,7 +877,11 @@ mod tests {
             offset: Offset(0),
             record: Bytes::new(),
         };
-        assert_eq!(t.replay(orphan, CommitSeq(5), true), Ok(1), "its registration was lost");
+        assert_eq!(
+            t.replay(orphan, CommitSeq(5), true),
+            Ok(1),
+            "its registration was lost"
+        );
     }
 
     /// One row per contradiction: the entry, then what the table says.
@@ -920,7 +978,11 @@ mod tests {
         ];
         for (entry, expected) in rows {
             let shown = format!("{entry:?}");
-            assert_eq!(t.replay(entry, CommitSeq(3), false), Err(expected), "{shown}");
+            assert_eq!(
+                t.replay(entry, CommitSeq(3), false),
+                Err(expected),
+                "{shown}"
+            );
         }
         assert_eq!(t.get(a).unwrap().next_offset(), Offset(1), "nothing moved");
         assert_eq!(t.read(a, Offset(0), Offset(9)).unwrap().len(), 1);

@@ -1,16 +1,41 @@
 //! The segment being written: rolling to the next one, syncing it, and the
 //! shard manifest that records it.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
 use crate::io::file::Access;
 use crate::io::{CommitIo, Op, OpError};
-use crate::types::SegmentSeq;
+use crate::metrics::ShardMetrics;
+use crate::recovery::{apply_cuts, Damage, DamageAction, Recovered, Tail};
+use crate::types::{CommitSeq, SegmentSeq};
+use crate::wal::manifest::ManifestState;
+use crate::wal::preparer::SegmentPreparer;
+use crate::wal::segment::{segment_path, Segment};
 
 use super::run::Shard;
 
 impl Shard {
+    /// Before the first write after open: zeroes what a torn tail left (what
+    /// was replayed was synced at start), and records in the manifest where
+    /// the log ends, so that the loss of anything written from now on is
+    /// told from a torn tail. Then makes sure the next segment is on its way.
+    pub(super) fn ready_segment(&mut self) -> Result<()> {
+        if !self.written {
+            apply_cuts(&self.cuts, self.access)?;
+            self.manifest
+                .write(self.segment.seq, self.clock.durable_through())?;
+            self.cuts.clear();
+            self.written = true;
+        }
+        if !self.spare_requested {
+            self.preparer.request(self.next_segment_seq);
+            self.spare_requested = true;
+        }
+        Ok(())
+    }
+
     pub(super) fn needs_new_segment(&self) -> bool {
         self.write_position
             .saturating_add(self.building.builder.sealed_len() as u64)
@@ -41,20 +66,19 @@ impl Shard {
 
     pub(super) fn roll_segment(&mut self) -> Result<()> {
         debug_assert!(self.flights.is_empty());
-        if self.unsynced_since.is_some() {
+        if self.clock.has_unsynced() {
             // Periodic mode: what was written to the old segment is synced
             // before writing moves on, so that syncs only ever need the
             // active file.
             self.sync_segment()?;
             self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
-            self.unsynced_since = None;
-            self.durable_through = self.completed;
+            self.clock.all_synced();
         }
         let seq = self.next_segment_seq;
         let segment = self.preparer.take(seq)?;
         // Before the segment's first commit: from now on a listing without
         // it, or a chain that ends before what was durable, lost commits.
-        self.manifest.write(seq, self.durable_through)?;
+        self.manifest.write(seq, self.clock.durable_through())?;
         // The new segment is empty: say so before asking for the next one,
         // so that its fill is paced from the start.
         self.preparer.report_fill(self.block as u64, segment.bytes);
@@ -78,11 +102,15 @@ impl Shard {
         }
         let last = self.manifest.last();
         if last.is_some_and(|r| {
-            r.active_segment == self.segment.seq && r.durable_through == self.durable_through
+            r.active_segment == self.segment.seq
+                && r.durable_through == self.clock.durable_through()
         }) {
             return;
         }
-        if let Err(e) = self.manifest.write(self.segment.seq, self.durable_through) {
+        if let Err(e) = self
+            .manifest
+            .write(self.segment.seq, self.clock.durable_through())
+        {
             self.fail(e);
         }
     }
@@ -90,7 +118,7 @@ impl Shard {
 
 /// Makes `path` durable through `io` (a data sync of an fd opened for it),
 /// waiting for it; used at start, before the shard answers anything.
-pub(super) fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()> {
+fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()> {
     let f = crate::io::file::open_read(path, Access::Buffered)?;
     let failed = |e: OpError| Error::io(e.operation, Some(path.to_path_buf()), e.source);
     // SAFETY: a sync references no memory; the file outlives the wait (if
@@ -111,4 +139,93 @@ pub(super) fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -
         }
         io.wait(None).map_err(failed)?;
     }
+}
+
+/// Where writing resumes after recovery.
+pub(super) struct ActiveSegment {
+    pub(super) segment: Segment,
+    /// The first free byte (`u64::MAX`: the segment is left as it is and the
+    /// first commit starts the next one).
+    pub(super) write_position: u64,
+    pub(super) next_segment_seq: SegmentSeq,
+    /// Whether the next segment was asked of the preparer.
+    pub(super) spare_requested: bool,
+}
+
+impl ActiveSegment {
+    /// Continues in the recovered tail segment, or starts the first one.
+    pub(super) fn resume(
+        tail: Option<Tail>,
+        next_segment_seq: SegmentSeq,
+        block: usize,
+        preparer: &SegmentPreparer,
+        metrics: &ShardMetrics,
+    ) -> Result<ActiveSegment> {
+        let (segment, write_position, next_segment_seq) = match tail {
+            // A tail segment with another block size is left as it is: the
+            // first commit starts a new segment with the engine's block.
+            Some(t) if t.block != block => (t.segment, u64::MAX, next_segment_seq),
+            Some(t) => (t.segment, t.position, next_segment_seq),
+            None => {
+                let seg = preparer.take(next_segment_seq)?;
+                metrics.segments_created.fetch_add(1, Ordering::Relaxed);
+                (seg, block as u64, SegmentSeq(next_segment_seq.0 + 1))
+            }
+        };
+        // A spare is prepared once the segment in use has commits; a store
+        // reopened again and again without writes must not grow by a
+        // segment per open.
+        let spare_requested = write_position > block as u64 && write_position != u64::MAX;
+        if spare_requested {
+            preparer.request(next_segment_seq);
+        }
+        Ok(ActiveSegment {
+            segment,
+            write_position,
+            next_segment_seq,
+            spare_requested,
+        })
+    }
+}
+
+/// Makes what recovery accepted durable before anything is answered from it;
+/// returns the last replayed commit.
+///
+/// A crashed process may have left its last commits (and a spare after them)
+/// in the page cache only; older segments were synced before writing moved on
+/// from them. Not needed when the manifest already records every replayed
+/// commit as durable (after a clean close, or a crash with nothing written
+/// since the last roll).
+pub(super) fn sync_replayed(
+    shard_dir: &Path,
+    recovered: &Recovered,
+    io: &mut dyn CommitIo,
+) -> Result<CommitSeq> {
+    let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
+    let all_durable = matches!(
+        &recovered.manifest,
+        ManifestState::Found(r) if r.durable_through >= replayed_through
+    );
+    if let Some(from) = recovered.last_commit_segment.filter(|_| !all_durable) {
+        for seq in from.0..recovered.next_segment_seq.0 {
+            let path = segment_path(shard_dir, SegmentSeq(seq));
+            if path.exists() {
+                sync_file_through(io, &path)?;
+            }
+        }
+    }
+    Ok(replayed_through)
+}
+
+/// Whether recovery accepted damage that the manifest still contradicts (a
+/// lenient mode): it is then rewritten even if nothing is written.
+pub(super) fn manifest_stale(damage: &[Damage]) -> bool {
+    damage.iter().any(|d| {
+        matches!(
+            d.action,
+            DamageAction::EndLost { .. }
+                | DamageAction::ManifestDamaged
+                | DamageAction::PrefixKept { .. }
+        )
+    })
 }

@@ -345,7 +345,7 @@ impl Shard {
     /// Answers `waiter` once commit `registered_in` (a registration or a
     /// drop) completed, or with the shard's error if it cannot.
     pub(super) fn answer_when_durable(&mut self, registered_in: CommitSeq, waiter: Waiter) {
-        if registered_in <= self.completed {
+        if registered_in <= self.clock.completed() {
             complete_waiter(waiter, Ok(()));
         } else if let Some(e) = self.shard_failed() {
             complete_waiter(waiter, Err(e));

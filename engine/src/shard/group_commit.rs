@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::config::{Config, Durability, SyncMethod};
+use crate::config::Config;
 use crate::error::Error;
-use crate::io::{Op, OpError, SyncKind};
+use crate::io::{Op, OpError};
 use crate::metrics::commit_records_bucket;
-use crate::recovery::apply_cuts;
 use crate::types::{ChannelId, CommitSeq};
 use crate::wal::commit::CommitBuilder;
 
@@ -54,28 +53,9 @@ pub(super) struct Flight {
 }
 
 impl Shard {
-    /// Periodic mode: whether the next commit must be synced because the
-    /// commits since the last data sync, and those that could be in flight
-    /// with it, would no longer fit the 16-bit window of its header.
-    pub(super) fn window_full(&self) -> bool {
-        matches!(self.config.durability, Durability::Periodic { .. })
-            && self
-                .building
-                .builder
-                .commit_seq()
-                .0
-                .saturating_sub(self.durable_through.0)
-                + self.in_flight_max as u64
-                >= u64::from(u16::MAX)
-    }
-
+    /// Periodic mode: a data sync is due and the shard can make it.
     pub(super) fn sync_due(&self) -> bool {
-        match (self.config.durability, self.unsynced_since) {
-            (Durability::Periodic { interval }, Some(since)) => {
-                since.elapsed() >= interval && self.failed.is_none()
-            }
-            _ => false,
-        }
+        self.clock.sync_due() && self.failed.is_none()
     }
 
     pub(super) fn shard_failed(&self) -> Option<Error> {
@@ -90,35 +70,24 @@ impl Shard {
         self.next_op_id
     }
 
+    /// Starts the commit being built, unless it has to wait for the flights
+    /// (a full window, or a segment roll).
     pub(super) fn start_commit(&mut self) {
-        if !self.written {
-            // Before the first write: zero what a torn tail left (what was
-            // replayed was synced at start), and record in the manifest
-            // where the log ends, so that the loss of anything written from
-            // now on is told from a torn tail.
-            let recorded = apply_cuts(&self.cuts, self.access)
-                .and_then(|()| self.manifest.write(self.segment.seq, self.durable_through));
-            if let Err(e) = recorded {
-                self.fail(e);
-                return;
-            }
-            self.cuts.clear();
-            self.written = true;
+        if let Err(e) = self.ready_segment() {
+            self.fail(e);
+            return;
         }
-        if !self.spare_requested {
-            self.preparer.request(self.next_segment_seq);
-            self.spare_requested = true;
-        }
-        if self.window_full() && !self.flights.is_empty() {
+        let seq = self.building.builder.commit_seq();
+        if self.clock.window_full(seq) && !self.flights.is_empty() {
             // The commit must carry a data sync covering every write.
             return;
         }
+        if self.needs_new_segment() && !self.flights.is_empty() {
+            // Segments change only when nothing is in flight, so that a torn
+            // tail never spans two segments.
+            return;
+        }
         if self.needs_new_segment() {
-            if !self.flights.is_empty() {
-                // Segments change only when nothing is in flight, so that a
-                // torn tail never spans two segments.
-                return;
-            }
             if let Err(e) = self.roll_segment() {
                 self.fail(e);
                 return;
@@ -130,48 +99,24 @@ impl Shard {
             .expect("a spare batch for every commit in flight");
         let mut batch = std::mem::replace(&mut self.building, spare);
         let position = self.write_position;
-        // The commits before this one that may not be durable when it is: a
-        // power cut may leave a hole there, followed by this commit, and
-        // recovery cuts such a hole as a torn tail only within this window.
-        // The commits in flight with it; in Periodic mode also every commit
-        // since the last completed data sync (kept below 65,535 by forcing
-        // a synced commit when the window is full: `window_full`).
-        let since_sync = batch
-            .builder
-            .commit_seq()
-            .0
-            .saturating_sub(self.durable_through.0);
-        let window = match self.config.durability {
-            Durability::Sync => self.in_flight_max as u64,
-            Durability::Periodic { .. } => since_sync.max(self.in_flight_max as u64),
-        };
+        // A power cut may leave a hole among the commits of the window,
+        // followed by this commit; recovery cuts such a hole as a torn tail
+        // only within the window.
+        let plan = self.clock.plan_write(seq, self.flights.is_empty());
         let bytes = batch.builder.seal(
             self.id,
             self.store_id,
             self.segment.seq,
             position,
-            window.min(u64::from(u16::MAX)) as u16,
+            plan.window,
         );
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
-        // Periodic mode under constant load never sees an idle moment for a
-        // separate sync: when one is due, the commit itself carries it (only
-        // with nothing else in flight, so that the sync covers every write).
-        // An fdatasync, not RWF_DSYNC: on a device with forced-unit-access
-        // writes, an O_DIRECT RWF_DSYNC write is written through on its own
-        // and flushes nothing written before it.
-        let synced = (self.sync_due() || self.window_full()) && self.flights.is_empty();
-        let sync = match (self.config.durability, self.config.sync_method) {
-            (Durability::Periodic { .. }, _) if synced => SyncKind::Fdatasync,
-            (Durability::Periodic { .. }, _) => SyncKind::None,
-            (Durability::Sync, SyncMethod::DsyncWrite) => SyncKind::Dsync,
-            (Durability::Sync, SyncMethod::WriteThenFdatasync) => SyncKind::Fdatasync,
-        };
         let op = Op::Write {
             fd: self.segment.fd(),
             position,
             ptr,
             len,
-            sync,
+            sync: plan.sync,
         };
         let next = CommitSeq(batch.builder.commit_seq().0 + 1);
         self.building.builder.reset(next);
@@ -187,7 +132,7 @@ impl Shard {
             id,
             batch: Some(batch),
             payload_bytes,
-            synced,
+            synced: plan.synced,
             covers: CommitSeq(0),
             started: Instant::now(),
             outcome: None,
@@ -223,7 +168,7 @@ impl Shard {
             batch: None,
             payload_bytes: 0,
             synced: false,
-            covers: self.completed,
+            covers: self.clock.completed(),
             started: Instant::now(),
             outcome: None,
         });
@@ -274,18 +219,12 @@ impl Shard {
                 None => {
                     if self.failed.is_none() {
                         self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
-                        self.unsynced_since = None;
-                        self.durable_through = self.durable_through.max(f.covers);
+                        self.clock.sync_completed(f.covers);
                     }
                 }
                 Some(mut batch) => {
                     if self.failed.is_none() {
-                        self.acknowledge(&mut batch, f.payload_bytes);
-                        if f.synced {
-                            self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
-                            self.unsynced_since = None;
-                            self.durable_through = self.completed;
-                        }
+                        self.acknowledge(&mut batch, f.payload_bytes, f.synced);
                     }
                     batch.records.clear();
                     assert!(
@@ -298,8 +237,10 @@ impl Shard {
         }
     }
 
-    pub(super) fn acknowledge(&mut self, batch: &mut Batch, payload_bytes: u64) {
-        self.completed = batch.builder.commit_seq();
+    /// Acknowledges a completed commit; `synced`: it carried the periodic
+    /// data sync.
+    pub(super) fn acknowledge(&mut self, batch: &mut Batch, payload_bytes: u64, synced: bool) {
+        let seq = batch.builder.commit_seq();
         let records = batch.records.len() as u64;
         for (channel, record) in batch.records.drain(..) {
             self.table.acknowledge(channel, record);
@@ -310,14 +251,8 @@ impl Shard {
         m.records.fetch_add(records, Ordering::Relaxed);
         m.payload_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
         m.commit_records_log2[commit_records_bucket(records)].fetch_add(1, Ordering::Relaxed);
-        match self.config.durability {
-            Durability::Sync => {
-                m.syncs.fetch_add(1, Ordering::Relaxed);
-                self.durable_through = self.completed;
-            }
-            Durability::Periodic { .. } => {
-                self.unsynced_since.get_or_insert_with(Instant::now);
-            }
+        if self.clock.commit_completed(seq, synced) {
+            m.syncs.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -346,7 +281,7 @@ impl Shard {
         self.building.records.clear();
         let next = self.building.builder.commit_seq();
         self.building.builder.reset(next);
-        self.unsynced_since = None;
+        self.clock.stop();
         if let Some(r) = self.deferred.take() {
             r.fail(err);
         }

@@ -4,12 +4,14 @@
 //! `thread` starts the shard and answers for it; `run` holds the `Shard` and
 //! its event loop; `admission` turns requests into entries of the commit being
 //! built; `group_commit` takes commits to the device and acknowledges them;
+//! `durability` is its clock (acknowledged, durable, sync due);
 //! `active_segment` rolls and syncs the segment being written; `waiters` is
 //! what the shard owes its callers.
 
 pub mod ack;
 mod active_segment;
 mod admission;
+mod durability;
 mod group_commit;
 pub mod inbox;
 mod run;

@@ -16,22 +16,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buffer::channels::ChannelTable;
-use crate::config::{Config, Durability};
+use crate::config::Config;
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
 use crate::io::file::Access;
 use crate::io::portable::PortableIo;
 use crate::io::{new_commit_io, CommitIo};
 use crate::metrics::ShardMetrics;
-use crate::recovery::{recover_shard, Cut, DamageAction, RecoverContext};
+use crate::recovery::{recover_shard, Cut, RecoverContext, Recovered};
 use crate::shard::inbox::{Inbox, Request};
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::manifest::Manifest;
 use crate::wal::preparer::{PreparerSpec, SegmentPreparer};
-use crate::wal::segment::{segment_path, Segment};
+use crate::wal::segment::Segment;
 
-use super::active_segment::sync_file_through;
+use super::active_segment::{manifest_stale, sync_replayed, ActiveSegment};
 use super::admission::Accepted;
+use super::durability::DurabilityClock;
 use super::group_commit::{Batch, Flight};
 use super::thread::{Readiness, ShardSpec};
 use super::waiters::{complete_waiter, Waiter};
@@ -59,11 +60,8 @@ pub(super) struct Shard {
     pub(super) segment: Segment,
     pub(super) write_position: u64,
     pub(super) next_segment_seq: SegmentSeq,
-    /// Highest commit acknowledged (durable, or written in periodic mode).
-    pub(super) completed: CommitSeq,
-    /// Every commit up to this one is on stable storage (a data sync
-    /// completed after it).
-    pub(super) durable_through: CommitSeq,
+    /// Acknowledged and durable commits, and when a sync is due.
+    pub(super) clock: DurabilityClock,
     pub(super) building: Batch,
     /// Started operations, oldest first; acknowledged strictly in this order.
     pub(super) flights: VecDeque<Flight>,
@@ -83,7 +81,6 @@ pub(super) struct Shard {
     /// How segment files are opened.
     pub(super) access: Access,
     pub(super) closing: bool,
-    pub(super) unsynced_since: Option<Instant>,
     pub(super) preparer: SegmentPreparer,
     /// Whether the next segment was asked of the preparer.
     pub(super) spare_requested: bool,
@@ -111,7 +108,7 @@ impl Shard {
         if let Some(core) = spec.core {
             pin_current_thread(core)?;
         }
-        let config = spec.config;
+        let config = spec.config.clone();
         // The portable backend is the way out where O_DIRECT is refused too
         // (tmpfs, some network filesystems): it writes through the page cache
         // and makes every commit durable with the same data sync.
@@ -134,34 +131,29 @@ impl Shard {
             },
             &mut *io,
         )?;
-        // What recovery accepted is made durable before anything is
-        // answered from it: a crashed process may have left its last
-        // commits (and a spare after them) in the page cache only. Older
-        // segments were synced before writing moved on from them. Not needed
-        // when the manifest already records every replayed commit as
-        // durable (after a clean close, or a crash with nothing written
-        // since the last roll).
+        let replayed_through = sync_replayed(&spec.dir, &recovered, &mut *io)?;
+        let shard = Shard::serve(spec, inbox, metrics, io, access, recovered, &ready)?;
+        shard
+            .metrics
+            .recovery_ns
+            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        debug_assert_eq!(shard.clock.completed(), replayed_through);
+        Ok(shard)
+    }
+
+    /// The shard that serves from what recovery found (synced already).
+    fn serve(
+        spec: ShardSpec,
+        inbox: Arc<Inbox>,
+        metrics: Arc<ShardMetrics>,
+        io: Box<dyn CommitIo>,
+        access: Access,
+        recovered: Recovered,
+        ready: &Readiness,
+    ) -> Result<Shard> {
+        let config = spec.config;
         let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
-        let all_durable = matches!(
-            &recovered.manifest,
-            crate::wal::manifest::ManifestState::Found(r) if r.durable_through >= replayed_through
-        );
-        if let Some(from) = recovered.last_commit_segment.filter(|_| !all_durable) {
-            for seq in from.0..recovered.next_segment_seq.0 {
-                let path = segment_path(&spec.dir, SegmentSeq(seq));
-                if path.exists() {
-                    sync_file_through(&mut *io, &path)?;
-                }
-            }
-        }
-        let manifest_stale = recovered.damage.iter().any(|d| {
-            matches!(
-                d.action,
-                DamageAction::EndLost { .. }
-                    | DamageAction::ManifestDamaged
-                    | DamageAction::PrefixKept { .. }
-            )
-        });
+        let manifest_stale = manifest_stale(&recovered.damage);
         let manifest = Manifest::new(
             &spec.dir,
             spec.id,
@@ -180,34 +172,19 @@ impl Shard {
             file_mode: config.file_mode,
             core: spec.core,
         })?;
-        let (segment, write_position, next_segment_seq) = match recovered.tail {
-            // A tail segment with another block size is left as it is: the
-            // first commit starts a new segment with the engine's block.
-            Some(t) if t.block != spec.block => (t.segment, u64::MAX, recovered.next_segment_seq),
-            Some(t) => (t.segment, t.position, recovered.next_segment_seq),
-            None => {
-                let seq = recovered.next_segment_seq;
-                let seg = preparer.take(seq)?;
-                metrics.segments_created.fetch_add(1, Ordering::Relaxed);
-                (seg, spec.block as u64, SegmentSeq(seq.0 + 1))
-            }
-        };
-        // A spare is prepared once the segment in use has commits; a store
-        // reopened again and again without writes must not grow by a
-        // segment per open.
-        let spare_requested = write_position > spec.block as u64 && write_position != u64::MAX;
-        if spare_requested {
-            preparer.request(next_segment_seq);
-        }
+        let active = ActiveSegment::resume(
+            recovered.tail,
+            recovered.next_segment_seq,
+            spec.block,
+            &preparer,
+            &metrics,
+        )?;
         let in_flight_max = config.commits_in_flight_max;
         let mut building = Batch::new(&config, spec.block);
         building.builder.reset(recovered.next_commit_seq);
         let spare = (0..in_flight_max)
             .map(|_| Batch::new(&config, spec.block))
             .collect();
-        metrics
-            .recovery_ns
-            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(Shard {
             id: spec.id,
             store_id: spec.store_id,
@@ -216,11 +193,15 @@ impl Shard {
             metrics,
             io,
             table: recovered.table,
-            segment,
-            write_position,
-            next_segment_seq,
-            completed: CommitSeq(recovered.next_commit_seq.0.saturating_sub(1)),
-            durable_through: CommitSeq(recovered.next_commit_seq.0.saturating_sub(1)),
+            segment: active.segment,
+            write_position: active.write_position,
+            next_segment_seq: active.next_segment_seq,
+            clock: DurabilityClock::new(
+                config.durability,
+                config.sync_method,
+                in_flight_max,
+                replayed_through,
+            ),
             building,
             flights: VecDeque::with_capacity(in_flight_max),
             spare,
@@ -233,9 +214,8 @@ impl Shard {
             written: false,
             access,
             closing: false,
-            unsynced_since: None,
             preparer,
-            spare_requested,
+            spare_requested: active.spare_requested,
             completed_waiters: Vec::with_capacity(config.records_per_commit_max * in_flight_max),
             config,
             manifest,
@@ -258,42 +238,9 @@ impl Shard {
                 self.wake_completed();
                 std::thread::yield_now();
             }
-            let mut drained = 0usize;
-            while !self.closing && self.deferred.is_none() {
-                let Some(request) = self.inbox.pop() else {
-                    break;
-                };
-                drained += 1;
-                if let Accepted::Full(r) = self.accept(request) {
-                    self.deferred = Some(r);
-                }
-            }
-            if drained > 0 {
-                self.inbox.notify_space();
-            }
+            self.admit_queued();
             if self.flights.len() < self.in_flight_max {
-                if self.building.builder.is_empty() {
-                    // A request that starts the next segment waited for
-                    // the flights to drain.
-                    if let Some(r) = self.deferred.take() {
-                        if let Accepted::Full(r) = self.accept(r) {
-                            self.deferred = Some(r);
-                        }
-                    }
-                }
-                if !self.building.builder.is_empty() {
-                    self.start_commit();
-                    if let Some(r) = self.deferred.take() {
-                        if let Accepted::Full(r) = self.accept(r) {
-                            self.deferred = Some(r);
-                        }
-                    }
-                } else if self.flights.is_empty()
-                    && (self.sync_due()
-                        || (self.closing && self.unsynced_since.is_some() && self.failed.is_none()))
-                {
-                    self.start_sync();
-                }
+                self.start_next();
             }
             self.wake_completed();
             let idle = self.flights.is_empty();
@@ -328,23 +275,74 @@ impl Shard {
             {
                 continue;
             }
-            // A commit could start: ask callers to wake us for new requests.
-            if !self.inbox.prepare_sleep() {
-                continue;
+            self.sleep(timeout);
+        }
+    }
+
+    /// Takes queued requests into the commit being built until one does not
+    /// fit (it waits in `deferred`).
+    fn admit_queued(&mut self) {
+        let mut drained = 0usize;
+        while !self.closing && self.deferred.is_none() {
+            let Some(request) = self.inbox.pop() else {
+                break;
+            };
+            drained += 1;
+            if let Accepted::Full(r) = self.accept(request) {
+                self.deferred = Some(r);
             }
-            let slept = Instant::now();
-            self.wait(timeout);
-            self.inbox.woke();
-            // The safety net caught a sleep that no wake-up ended although
-            // requests were queued: a wake-up was missed. Only the bound
-            // itself counts: a shorter timeout (a periodic sync due) ends
-            // sleeps on purpose.
-            if timeout == Some(IDLE_WAIT_MAX)
-                && slept.elapsed() >= IDLE_WAIT_MAX
-                && !self.inbox.is_empty()
-            {
-                self.metrics.wakeups_missed.fetch_add(1, Ordering::Relaxed);
+        }
+        if drained > 0 {
+            self.inbox.notify_space();
+        }
+    }
+
+    /// Offers the deferred request again.
+    fn retry_deferred(&mut self) {
+        if let Some(r) = self.deferred.take() {
+            if let Accepted::Full(r) = self.accept(r) {
+                self.deferred = Some(r);
             }
+        }
+    }
+
+    /// With a slot free: starts the commit built (and lets the deferred
+    /// request begin the next), or a periodic or final data sync.
+    fn start_next(&mut self) {
+        if self.building.builder.is_empty() {
+            // A request that starts the next segment waited for the flights
+            // to drain.
+            self.retry_deferred();
+        }
+        if !self.building.builder.is_empty() {
+            self.start_commit();
+            self.retry_deferred();
+        } else if self.flights.is_empty()
+            && (self.sync_due()
+                || (self.closing && self.clock.has_unsynced() && self.failed.is_none()))
+        {
+            self.start_sync();
+        }
+    }
+
+    /// Sleeps until a completion, a wake-up or `timeout`, once callers were
+    /// asked to wake the shard for new requests.
+    fn sleep(&mut self, timeout: Option<Duration>) {
+        if !self.inbox.prepare_sleep() {
+            return;
+        }
+        let slept = Instant::now();
+        self.wait(timeout);
+        self.inbox.woke();
+        // The safety net caught a sleep that no wake-up ended although
+        // requests were queued: a wake-up was missed. Only the bound itself
+        // counts: a shorter timeout (a periodic sync due) ends sleeps on
+        // purpose.
+        if timeout == Some(IDLE_WAIT_MAX)
+            && slept.elapsed() >= IDLE_WAIT_MAX
+            && !self.inbox.is_empty()
+        {
+            self.metrics.wakeups_missed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -353,7 +351,8 @@ impl Shard {
     /// mode's unsynced window is full (the commit must carry a data sync,
     /// which covers every write only with nothing in flight).
     pub(super) fn start_blocked(&self) -> bool {
-        (self.needs_new_segment() || self.window_full()) && !self.flights.is_empty()
+        (self.needs_new_segment() || self.clock.window_full(self.building.builder.commit_seq()))
+            && !self.flights.is_empty()
     }
 
     pub(super) fn wake_completed(&mut self) {
@@ -400,10 +399,8 @@ impl Shard {
             // 10 ms instead (100 wake-ups a second, well under 1% of a core).
             return Some(Duration::from_millis(10));
         }
-        let bound = match (self.config.durability, self.unsynced_since) {
-            (Durability::Periodic { interval }, Some(since)) if self.flights.is_empty() => interval
-                .saturating_sub(since.elapsed())
-                .max(Duration::from_micros(50)),
+        let bound = match self.clock.until_sync_due() {
+            Some(due) if self.flights.is_empty() => due,
             _ => IDLE_WAIT_MAX,
         };
         Some(bound.min(IDLE_WAIT_MAX))
