@@ -157,7 +157,7 @@ pub fn probe(dir: &Path, opts: &ProbeOptions) -> Result<ProbeReport> {
 }
 
 fn failed(path: &Path) -> impl Fn(crate::io::OpError) -> Error + '_ {
-    move |e| Error::io(e.operation, Some(path.into()), e.source)
+    move |e| e.into_error(Some(path.into()))
 }
 
 /// Waits for one completion and returns its id.

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::io::{CommitIo, Op, OpError};
+use crate::io::{CommitIo, Op, OpError, OpKind};
 
 /// Which operation a [`Backend::FaultInjection`](crate::config::Backend::FaultInjection)
 /// fails, and how.
@@ -117,10 +117,7 @@ impl FaultyIo {
     }
 
     fn ring_error(&self) -> OpError {
-        OpError {
-            operation: "io_uring_enter",
-            source: io::Error::from_raw_os_error(self.plan.errno),
-        }
+        OpError::os(OpKind::Ring, io::Error::from_raw_os_error(self.plan.errno))
     }
 }
 
@@ -182,19 +179,19 @@ impl CommitIo for FaultyIo {
                 return unsafe { self.inner.start(id, unsynced) };
             }
         }
-        let operation = match op {
-            Op::Sync { .. } => "fdatasync",
-            Op::Read { .. } => "read",
-            Op::Write { .. } => "write",
+        let kind = match op {
+            Op::Sync { .. } => OpKind::Sync,
+            Op::Read { .. } => OpKind::Read,
+            Op::Write { .. } => OpKind::Write,
         };
         let due = Instant::now() + self.plan.completion_delay;
         self.injected.push_back((
             due,
             id,
-            Err(OpError {
-                operation,
-                source: io::Error::from_raw_os_error(self.plan.errno),
-            }),
+            Err(OpError::os(
+                kind,
+                io::Error::from_raw_os_error(self.plan.errno),
+            )),
         ));
         Ok(())
     }
@@ -216,10 +213,10 @@ impl CommitIo for FaultyIo {
         if Some(id) == self.failing_sync && outcome.is_ok() {
             return Some((
                 id,
-                Err(OpError {
-                    operation: "fdatasync",
-                    source: io::Error::from_raw_os_error(self.plan.errno),
-                }),
+                Err(OpError::os(
+                    OpKind::Sync,
+                    io::Error::from_raw_os_error(self.plan.errno),
+                )),
             ));
         }
         Some((id, outcome))

@@ -72,13 +72,70 @@ pub enum Op {
     },
 }
 
+/// Which step of the I/O failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A write.
+    Write,
+    /// A data sync.
+    Sync,
+    /// A read.
+    Read,
+    /// The backend itself (`io_uring_enter`, or a simulated power cut of
+    /// the whole disk).
+    Ring,
+}
+
 /// Why an operation failed: the step and the kernel's error.
 #[derive(Debug)]
 pub struct OpError {
-    /// `"write"`, `"short write"`, `"fdatasync"`, `"read"` or `"short read"`.
-    pub operation: &'static str,
+    /// The step.
+    pub kind: OpKind,
+    /// Fewer bytes moved than were asked for.
+    pub short: bool,
     /// The error.
     pub source: io::Error,
+}
+
+impl OpError {
+    /// The step failed with `source`.
+    pub fn os(kind: OpKind, source: io::Error) -> OpError {
+        OpError {
+            kind,
+            short: false,
+            source,
+        }
+    }
+
+    /// A transfer moved `done` of `expected` bytes: the same error from
+    /// every backend.
+    pub fn short(kind: OpKind, done: usize, expected: usize) -> OpError {
+        OpError {
+            kind,
+            short: true,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("transferred {done} of {expected} bytes"),
+            ),
+        }
+    }
+
+    /// The step's name in the engine's errors.
+    pub fn operation(&self) -> &'static str {
+        match (self.kind, self.short) {
+            (OpKind::Write, false) => "write",
+            (OpKind::Write, true) => "short write",
+            (OpKind::Sync, _) => "fdatasync",
+            (OpKind::Read, false) => "read",
+            (OpKind::Read, true) => "short read",
+            (OpKind::Ring, _) => "io_uring_enter",
+        }
+    }
+
+    /// The engine's error for it, naming the file.
+    pub fn into_error(self, path: Option<std::path::PathBuf>) -> crate::error::Error {
+        crate::error::Error::io(self.operation(), path, self.source)
+    }
 }
 
 /// The commit path's I/O: up to [`OPS_IN_FLIGHT_MAX`] operations in flight,

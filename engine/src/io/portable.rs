@@ -7,7 +7,7 @@ use std::os::unix::io::RawFd;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::io::{CommitIo, Op, OpError, SyncKind, OPS_IN_FLIGHT_MAX};
+use crate::io::{CommitIo, Op, OpError, OpKind, SyncKind, OPS_IN_FLIGHT_MAX};
 
 /// `pwrite`/`pwritev2(RWF_DSYNC)` + `fdatasync`, and `poll(2)` on the wake fd.
 pub struct PortableIo {
@@ -35,11 +35,8 @@ impl PortableIo {
     }
 }
 
-fn os_error(operation: &'static str) -> OpError {
-    OpError {
-        operation,
-        source: io::Error::last_os_error(),
-    }
+fn os_error(kind: OpKind) -> OpError {
+    OpError::os(kind, io::Error::last_os_error())
 }
 
 fn fdatasync(fd: RawFd) -> Result<(), OpError> {
@@ -48,7 +45,7 @@ fn fdatasync(fd: RawFd) -> Result<(), OpError> {
         if unsafe { libc::fdatasync(fd) } == 0 {
             return Ok(());
         }
-        let e = os_error("fdatasync");
+        let e = os_error(OpKind::Sync);
         // EINTR is not a failed sync; anything else is final and never retried.
         if e.source.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
@@ -81,16 +78,10 @@ pub(crate) fn write(
         break n;
     };
     if n < 0 {
-        return Err(os_error("write"));
+        return Err(os_error(OpKind::Write));
     }
     if n as usize != len {
-        return Err(OpError {
-            operation: "short write",
-            source: io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("wrote {n} of {len} bytes"),
-            ),
-        });
+        return Err(OpError::short(OpKind::Write, n as usize, len));
     }
     if sync == SyncKind::Fdatasync {
         fdatasync(fd)?;
@@ -121,16 +112,10 @@ pub(crate) fn read(
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Err(os_error("read"));
+            return Err(os_error(OpKind::Read));
         }
         if n == 0 {
-            return Err(OpError {
-                operation: "short read",
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("read {done} of {expect} bytes"),
-                ),
-            });
+            return Err(OpError::short(OpKind::Read, done, expect));
         }
         done += n as usize;
     }

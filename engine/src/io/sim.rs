@@ -46,7 +46,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::io::portable::{self, PortableIo};
-use crate::io::{CommitIo, Op, OpError, SyncKind};
+use crate::io::{CommitIo, Op, OpError, OpKind, SyncKind};
 
 /// Sector size of the simulated device: the unit of a torn write.
 pub const SIM_SECTOR_BYTES: usize = 512;
@@ -360,6 +360,7 @@ impl SimState {
 /// An operation done, whose completion is not yet delivered.
 struct Pending {
     id: u64,
+    kind: OpKind,
     result: Result<(), OpError>,
     durable: Durable,
     /// The `poll` generation it was started in.
@@ -399,7 +400,7 @@ impl SimIo {
     }
 
     fn run(&mut self, op: Op) -> (Result<(), OpError>, Durable) {
-        let failed = |operation: &'static str, source: io::Error| OpError { operation, source };
+        let failed = OpError::os;
         let mut s = self.disk.lock();
         match op {
             Op::Write {
@@ -410,11 +411,11 @@ impl SimIo {
                 sync,
             } => {
                 if s.cut {
-                    return (Err(failed("write", cut_error())), Durable::Nothing);
+                    return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
                 }
                 let path = match fd_path(fd) {
                     Ok(p) => p,
-                    Err(e) => return (Err(failed("write", e)), Durable::Nothing),
+                    Err(e) => return (Err(failed(OpKind::Write, e)), Durable::Nothing),
                 };
                 // SAFETY: the caller of `start` keeps the buffer valid and
                 // unmodified until the completion is delivered; it is read
@@ -423,19 +424,15 @@ impl SimIo {
                 let written = match s.next_op() {
                     Some(SimFault::Error(errno)) => {
                         return (
-                            Err(failed("write", io::Error::from_raw_os_error(errno))),
+                            Err(failed(OpKind::Write, io::Error::from_raw_os_error(errno))),
                             Durable::Nothing,
                         );
                     }
                     Some(SimFault::ShortWrite) => {
                         let half = (len / 2) / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
-                        let short = s.write(fd, &path, position, &data[..half]).and(Err(failed(
-                            "short write",
-                            io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                format!("wrote {half} of {len} bytes"),
-                            ),
-                        )));
+                        let short = s
+                            .write(fd, &path, position, &data[..half])
+                            .and(Err(OpError::short(OpKind::Write, half, len)));
                         return (short, Durable::Nothing);
                     }
                     Some(SimFault::Misdirect(blocks)) => {
@@ -449,7 +446,7 @@ impl SimIo {
                     Some(SimFault::PowerCut) => {
                         let _ = s.write(fd, &path, position, data);
                         s.cut = true;
-                        return (Err(failed("write", cut_error())), Durable::Nothing);
+                        return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
                     }
                     None => s.write(fd, &path, position, data),
                 };
@@ -465,14 +462,14 @@ impl SimIo {
             }
             Op::Sync { fd } => {
                 if s.cut {
-                    return (Err(failed("fdatasync", cut_error())), Durable::Nothing);
+                    return (Err(failed(OpKind::Sync, cut_error())), Durable::Nothing);
                 }
                 match fd_path(fd) {
                     Ok(path) => {
                         let upto = s.writes;
                         Self::sync(&mut s, path, upto)
                     }
-                    Err(e) => (Err(failed("fdatasync", e)), Durable::Nothing),
+                    Err(e) => (Err(failed(OpKind::Sync, e)), Durable::Nothing),
                 }
             }
             Op::Read {
@@ -492,19 +489,16 @@ impl SimIo {
     fn sync(s: &mut SimState, path: PathBuf, upto: u64) -> (Result<(), OpError>, Durable) {
         match s.next_op() {
             Some(SimFault::Error(errno)) => (
-                Err(OpError {
-                    operation: "fdatasync",
-                    source: io::Error::from_raw_os_error(errno),
-                }),
+                Err(OpError::os(
+                    OpKind::Sync,
+                    io::Error::from_raw_os_error(errno),
+                )),
                 Durable::Nothing,
             ),
             Some(SimFault::PowerCut) => {
                 s.cut = true;
                 (
-                    Err(OpError {
-                        operation: "fdatasync",
-                        source: cut_error(),
-                    }),
+                    Err(OpError::os(OpKind::Sync, cut_error())),
                     Durable::Nothing,
                 )
             }
@@ -524,7 +518,8 @@ impl SimIo {
         expect: usize,
     ) -> Result<(), OpError> {
         let failed = |source: io::Error| OpError {
-            operation: "read",
+            kind: OpKind::Read,
+            short: false,
             source,
         };
         if s.cut {
@@ -567,6 +562,11 @@ impl CommitIo for SimIo {
             self.pending.len() < crate::io::OPS_IN_FLIGHT_MAX,
             "too many operations in flight"
         );
+        let kind = match op {
+            Op::Write { .. } => OpKind::Write,
+            Op::Sync { .. } => OpKind::Sync,
+            Op::Read { .. } => OpKind::Read,
+        };
         let (result, durable) = self.run(op);
         {
             let mut s = self.disk.lock();
@@ -575,6 +575,7 @@ impl CommitIo for SimIo {
         }
         self.pending.push_back(Pending {
             id,
+            kind,
             result,
             durable,
             generation: self.generation,
@@ -600,10 +601,7 @@ impl CommitIo for SimIo {
         let pick = ready[self.rng.random_range(0..ready.len())];
         let p = self.pending.remove(pick).expect("an index of pending");
         let result = match p.result {
-            Ok(()) if s.cut => Err(OpError {
-                operation: "operation",
-                source: cut_error(),
-            }),
+            Ok(()) if s.cut => Err(OpError::os(p.kind, cut_error())),
             Ok(()) => {
                 s.make_durable(&p.durable);
                 Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::error::{Error, Result};
-use crate::io::{CommitIo, Op, OpError, SyncKind, OPS_IN_FLIGHT_MAX};
+use crate::io::{CommitIo, Op, OpError, OpKind, SyncKind, OPS_IN_FLIGHT_MAX};
 
 /// `user_data` of the eventfd read. Operation ids are shifted left by one
 /// (the low bit tells a write from its data sync), so they never reach it.
@@ -138,25 +138,16 @@ impl UringIo {
             let f = &mut self.in_flight[i];
             f.completions_left -= 1;
             if f.error.is_none() {
-                let (op, short) = match (is_sync, f.is_read) {
-                    (true, _) => ("fdatasync", ""),
-                    (false, true) => ("read", "short read"),
-                    (false, false) => ("write", "short write"),
+                let kind = match (is_sync, f.is_read) {
+                    (true, _) => OpKind::Sync,
+                    (false, true) => OpKind::Read,
+                    (false, false) => OpKind::Write,
                 };
                 if res < 0 {
-                    f.error = Some(OpError {
-                        operation: op,
-                        source: io::Error::from_raw_os_error(-res),
-                    });
+                    f.error = Some(OpError::os(kind, io::Error::from_raw_os_error(-res)));
                 } else if !is_sync && res as usize != f.expect_len {
                     // A short write also breaks the link: its sync is cancelled.
-                    f.error = Some(OpError {
-                        operation: short,
-                        source: io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("transferred {res} of {} bytes", f.expect_len),
-                        ),
-                    });
+                    f.error = Some(OpError::short(kind, res as usize, f.expect_len));
                 }
             }
             if f.completions_left == 0 {
@@ -282,10 +273,7 @@ impl CommitIo for UringIo {
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {
         if let Some(e) = self.broken.take() {
-            return Err(OpError {
-                operation: "io_uring_enter",
-                source: e,
-            });
+            return Err(OpError::os(OpKind::Ring, e));
         }
         self.reap();
         if !self.done.is_empty() || std::mem::take(&mut self.woken) {
@@ -313,10 +301,7 @@ impl CommitIo for UringIo {
             {
                 Ok(())
             }
-            Err(e) => Err(OpError {
-                operation: "io_uring_enter",
-                source: e,
-            }),
+            Err(e) => Err(OpError::os(OpKind::Ring, e)),
         }
     }
 }

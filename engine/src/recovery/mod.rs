@@ -63,6 +63,7 @@ const _: () = assert!(READS_IN_FLIGHT_MAX <= crate::io::OPS_IN_FLIGHT_MAX);
 /// hands out the prefix that has arrived.
 struct SegmentReader<'a> {
     io: &'a mut dyn CommitIo,
+    path: &'a Path,
     fd: RawFd,
     buf: &'a mut AlignedBuf,
     size: usize,
@@ -74,12 +75,10 @@ struct SegmentReader<'a> {
     stop: Option<&'a AtomicBool>,
 }
 
-/// The `OpError::operation` of a replay stopped because the engine closes.
-const STOPPED: &str = "replay stopped: the engine is closing";
-
 impl<'a> SegmentReader<'a> {
     fn new(
         io: &'a mut dyn CommitIo,
+        path: &'a Path,
         f: &File,
         buf: &'a mut AlignedBuf,
         size: usize,
@@ -92,6 +91,7 @@ impl<'a> SegmentReader<'a> {
         );
         SegmentReader {
             io,
+            path,
             fd: f.as_raw_fd(),
             buf,
             size,
@@ -106,14 +106,26 @@ impl<'a> SegmentReader<'a> {
 
     /// Waits until the first `upto` bytes (at most the file) have arrived,
     /// keeping the reads after them in flight.
-    fn ensure(&mut self, upto: usize) -> std::result::Result<(), OpError> {
+    ///
+    /// `Error::Closed` when the engine closes meanwhile.
+    fn ensure(&mut self, upto: usize) -> Result<()> {
+        self.ensure_read(upto)
+            .map_err(|e| e.into_error(Some(self.path.to_path_buf())))?;
+        if self.stopped() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    fn ensure_read(&mut self, upto: usize) -> std::result::Result<(), OpError> {
         let upto = upto.min(self.size);
         loop {
-            if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                return Err(OpError {
-                    operation: STOPPED,
-                    source: std::io::ErrorKind::Interrupted.into(),
-                });
+            if self.stopped() {
+                return Ok(());
             }
             while self.in_flight < READS_IN_FLIGHT_MAX && self.issued < self.size {
                 let chunk = self.issued / READ_CHUNK_BYTES;
@@ -465,20 +477,14 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         let n = size as usize;
         let mut reader = SegmentReader::new(
             &mut *io,
+            path,
             &f,
             buf.as_mut().expect("allocated above"),
             n,
             ctx.metrics,
             ctx.stop,
         );
-        let read_error = |e: OpError| {
-            if e.operation == STOPPED {
-                Error::Closed
-            } else {
-                Error::io(e.operation, Some(path.clone()), e.source)
-            }
-        };
-        reader.ensure(SEGMENT_HEADER_BYTES).map_err(read_error)?;
+        reader.ensure(SEGMENT_HEADER_BYTES)?;
         let header = match decode_segment_header(reader.view()) {
             Ok(h)
                 if h.shard != ctx.shard || h.store_id != ctx.store_id || h.segment_seq != *seq =>
@@ -523,7 +529,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                     if pos + block > n {
                         break ChainEnd::Zeros;
                     }
-                    reader.ensure(pos + block).map_err(read_error)?;
+                    reader.ensure(pos + block)?;
                     let data = reader.view();
                     let h = match decode_commit_header(&data[pos..], block) {
                         Ok(h) => h,
@@ -569,7 +575,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                     if pos + span > n {
                         break ChainEnd::Damaged("commit runs past the end of the segment".into());
                     }
-                    reader.ensure(pos + span).map_err(read_error)?;
+                    reader.ensure(pos + span)?;
                     let data = reader.view();
                     let body = &data[pos + COMMIT_HEADER_BYTES
                         ..pos + COMMIT_HEADER_BYTES + h.entries_bytes as usize];
@@ -618,7 +624,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
                 end_of_chain = Some(place(pos));
             }
 
-            reader.ensure(n).map_err(read_error)?;
+            reader.ensure(n)?;
             let data = reader.view();
             // Whatever ended the chain, no commit may follow it — except, in
             // this segment, commits that were in flight with the one that is

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::file::Access;
 use crate::io::{CommitIo, Op, OpError};
 use crate::metrics::ShardMetrics;
@@ -120,7 +120,7 @@ impl Shard {
 /// waiting for it; used at start, before the shard answers anything.
 fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()> {
     let f = crate::io::file::open_read(path, Access::Buffered)?;
-    let failed = |e: OpError| Error::io(e.operation, Some(path.to_path_buf()), e.source);
+    let failed = |e: OpError| e.into_error(Some(path.to_path_buf()));
     // SAFETY: a sync references no memory; the file outlives the wait (if
     // the wait fails the shard never starts and the sync is left to the
     // kernel; closing the fd does not disturb an in-flight sync).

@@ -257,7 +257,7 @@ impl Shard {
     }
 
     pub(super) fn op_error(&self, e: OpError) -> Error {
-        Error::io(e.operation, Some(self.segment.path.clone()), e.source)
+        e.into_error(Some(self.segment.path.clone()))
     }
 
     /// Fail-stop: nothing is acknowledged from now on. Everything waiting on
