@@ -51,7 +51,7 @@ fn fail_stop_case_over(
     };
     config.sync_method = sync_method;
     let mut plan = FaultPlan::new(fail_op, errno);
-    plan.shard = Some(0);
+    plan.shard = Some(ShardId(0));
     plan.in_sync = in_sync;
     config.backend = Backend::faulty(over.clone(), plan);
     let acked: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
@@ -241,7 +241,7 @@ fn a_panic_on_a_shard_thread_answers_every_caller_and_close_returns() {
         n
     };
     let mut plan = FaultPlan::new(30, libc::EIO);
-    plan.shard = Some(0);
+    plan.shard = Some(ShardId(0));
     plan.effect = FaultEffect::Panic;
     config.backend = Backend::faulty(Backend::IoUring, plan);
     let engine = Arc::new(Engine::open(config.clone()).unwrap());

@@ -8,6 +8,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::io::{CommitIo, Op, OpError, OpKind};
+use crate::types::ShardId;
 
 /// Which operation a [`Backend::FaultInjection`](crate::config::Backend::FaultInjection)
 /// fails, and how.
@@ -21,7 +22,7 @@ use crate::io::{CommitIo, Op, OpError, OpKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultPlan {
     /// The shard whose operation fails (`None`: every shard).
-    pub shard: Option<u16>,
+    pub shard: Option<ShardId>,
     /// The 1-based index, among the shard's commit writes and data syncs
     /// (recovery reads not counted, unless `reads`), of the operation that fails.
     pub fail_op: u64,

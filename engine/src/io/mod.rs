@@ -189,7 +189,7 @@ pub fn new_commit_io(
         #[cfg(feature = "testing")]
         Backend::FaultInjection { over, plan } => {
             let inner = new_commit_io(*over, shard, wake_fd)?;
-            if plan.shard.is_none_or(|s| s == shard.0) {
+            if plan.shard.is_none_or(|s| s == shard) {
                 Box::new(faulty::FaultyIo::new(inner, plan))
             } else {
                 inner
