@@ -386,10 +386,14 @@ impl ChannelTable {
     /// Assigns offsets to `count` new records of `id`; returns the first.
     /// The caller asked [`ChannelTable::appendable`] first.
     pub fn assign(&mut self, id: ChannelId, count: u64) -> Offset {
-        let first = self
-            .appendable(id, count)
+        let ch = self
+            .state_mut(id)
             .expect("the caller asked whether the records are appendable");
-        let ch = self.state_mut(id).expect("appendable");
+        let first = ch.next_offset;
+        assert!(
+            !ch.dropped() && first.0 + count <= OFFSET_MAX,
+            "offsets assigned to a dropped channel or past OFFSET_MAX"
+        );
         ch.next_offset = Offset(first.0 + count);
         first
     }
@@ -502,7 +506,7 @@ impl ChannelTable {
                 Ok(0)
             }
             Logged::Append { record, .. } => {
-                if self.open(channel).is_err() && lenient {
+                if lenient && self.open(channel).is_err() {
                     // The channel's registration was lost (or its drop
                     // survived while a later registration was lost).
                     return Ok(1);
@@ -513,7 +517,7 @@ impl ChannelTable {
                 Ok(lost)
             }
             Logged::Drop { .. } => {
-                if self.open(channel).is_err() && lenient {
+                if lenient && self.open(channel).is_err() {
                     return Ok(0);
                 }
                 let lost = self.replay_gap(EntryWord::Drop, channel, offset, lenient)?;

@@ -128,7 +128,7 @@ impl Shard {
         // — or is leaked with the ring if the ring fails. `Err` means the
         // write was not queued: the batch is free again at once.
         let started = unsafe { self.io.start(id, op) };
-        self.flights.push_back(Flight {
+        let flight = Flight {
             id,
             batch: Some(batch),
             payload_bytes,
@@ -136,12 +136,8 @@ impl Shard {
             covers: CommitSeq(0),
             started: Instant::now(),
             outcome: None,
-        });
-        if let Err(e) = started {
-            let e = self.op_error(e);
-            // Fail while the flight is listed, so that its callers get the error.
-            self.fail(e);
-            self.unstart_last();
+        };
+        if !self.fly(flight, started) {
             return;
         }
         self.write_position += len as u64;
@@ -163,7 +159,7 @@ impl Shard {
                 },
             )
         };
-        self.flights.push_back(Flight {
+        let flight = Flight {
             id,
             batch: None,
             payload_bytes: 0,
@@ -171,17 +167,28 @@ impl Shard {
             covers: self.clock.completed(),
             started: Instant::now(),
             outcome: None,
-        });
-        if let Err(e) = started {
-            let e = self.op_error(e);
-            self.fail(e);
-            self.unstart_last();
-        }
+        };
+        self.fly(flight, started);
+    }
+
+    /// Lists a flight whose start returned `started`; returns whether it is
+    /// on its way. A failed start fails the shard while the flight is listed
+    /// (so that its callers get the error), then takes it back: nothing of it
+    /// was queued, so nothing will complete.
+    fn fly(&mut self, flight: Flight, started: std::result::Result<(), OpError>) -> bool {
+        self.flights.push_back(flight);
+        let Err(e) = started else {
+            return true;
+        };
+        let e = self.op_error(e);
+        self.fail(e);
+        self.unstart_last();
+        false
     }
 
     /// Takes back the newest flight, whose start failed (nothing of it was
     /// queued, so nothing will complete).
-    pub(super) fn unstart_last(&mut self) {
+    fn unstart_last(&mut self) {
         if let Some(f) = self.flights.pop_back() {
             if let Some(mut batch) = f.batch {
                 batch.records.clear();
