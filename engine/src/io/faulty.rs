@@ -180,11 +180,7 @@ impl CommitIo for FaultyIo {
                 return unsafe { self.inner.start(id, unsynced) };
             }
         }
-        let kind = match op {
-            Op::Sync { .. } => OpKind::Sync,
-            Op::Read { .. } => OpKind::Read,
-            Op::Write { .. } => OpKind::Write,
-        };
+        let kind = op.kind();
         let due = Instant::now() + self.plan.completion_delay;
         self.injected.push_back((
             due,

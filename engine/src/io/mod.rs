@@ -81,9 +81,19 @@ pub enum OpKind {
     Sync,
     /// A read.
     Read,
-    /// The backend itself (`io_uring_enter`, or a simulated power cut of
-    /// the whole disk).
+    /// The backend itself (`io_uring_enter`).
     Ring,
+}
+
+impl Op {
+    /// The operation's kind, as its errors name it.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Write { .. } => OpKind::Write,
+            Op::Sync { .. } => OpKind::Sync,
+            Op::Read { .. } => OpKind::Read,
+        }
+    }
 }
 
 /// Why an operation failed: the step and the kernel's error.

@@ -562,11 +562,7 @@ impl CommitIo for SimIo {
             self.pending.len() < crate::io::OPS_IN_FLIGHT_MAX,
             "too many operations in flight"
         );
-        let kind = match op {
-            Op::Write { .. } => OpKind::Write,
-            Op::Sync { .. } => OpKind::Sync,
-            Op::Read { .. } => OpKind::Read,
-        };
+        let kind = op.kind();
         let (result, durable) = self.run(op);
         {
             let mut s = self.disk.lock();
