@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
-use crate::io::file::{Access, DirLock};
-use crate::io::portable::PortableIo;
+use crate::io::file::{self, Access, DirLock};
+use crate::io::ring::Ring;
 use crate::io::wake::WakeFd;
 use crate::metrics::ShardMetrics;
 use crate::recovery::{recover_shard, Damage, RecoverContext};
@@ -96,12 +96,12 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         let segments = list_segments(&shard_dir, false)?
             .into_iter()
             .map(|(seq, path)| {
-                let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+                let bytes = file::size_of(&path).unwrap_or(0);
                 (seq.0, path, bytes)
             })
             .collect();
         let metrics = ShardMetrics::default();
-        let mut io = PortableIo::new(wake.fd());
+        let mut io = Ring::portable(wake.fd());
         let ctx = RecoverContext {
             shard_dir: &shard_dir,
             shard: ShardId(shard),

@@ -6,18 +6,17 @@
 //! written whole first (so that overwrites hit allocated blocks, as commits
 //! do) and removed at the end.
 
-use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SyncMethod;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
-use crate::io::file::{self, Access};
-use crate::io::uring::UringIo;
+use crate::io::file::{self, Access, DiskFile};
+use crate::io::ring::{Refused, Ring};
 use crate::io::wake::WakeFd;
-use crate::io::{CommitIo, Op, SyncKind, OPS_IN_FLIGHT_MAX};
+use crate::io::{SyncKind, OPS_IN_FLIGHT_MAX};
 
 /// Bytes per sequential operation.
 const SEQ_CHUNK_BYTES: usize = 1 << 20;
@@ -81,7 +80,7 @@ pub struct ProbeReport {
 struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        file::remove_leftover(&self.0);
     }
 }
 
@@ -108,33 +107,32 @@ pub fn probe(dir: &Path, opts: &ProbeOptions) -> Result<ProbeReport> {
         });
     }
     let path = dir.join(format!("corewal-probe-{:016x}.tmp", file::random_u64()?));
-    let f = file::create_new(&path, Access::Direct, 0o600)?;
+    let f = Arc::new(DiskFile::create_new(&path, Access::Direct, 0o600)?);
     let _scratch = Scratch(path.clone());
-    let dio_align = file::dio_offset_align(&f);
+    let dio_align = f.dio_offset_align();
     let block_bytes = dio_align.unwrap_or(4096).max(4096);
     let size = opts.file_bytes / SEQ_CHUNK_BYTES as u64 * SEQ_CHUNK_BYTES as u64;
     let wake = WakeFd::new()?;
-    let mut io = UringIo::new(wake.fd())?;
+    let mut io = Ring::io_uring(wake.fd())?;
 
     // Written whole first, untimed: every measured write then overwrites
     // allocated blocks, as the engine's commits do in zero-filled segments.
     let zeros = AlignedBuf::new(SEQ_CHUNK_BYTES, 4096);
-    file::zero_fill(&f, &path, &zeros, 0, size)?;
+    f.zero_fill(&zeros, 0, size)?;
     let mut seq_write = Vec::new();
     let mut seq_read = Vec::new();
     for &qd in &opts.queue_depths {
         seq_write.push(Bandwidth {
             queue_depth: qd,
-            mb_per_s: sequential(&mut io, &f, &path, size, qd, false)?,
+            mb_per_s: sequential(&mut io, &f, size, qd, false)?,
         });
     }
-    let dsync_write = durable_writes(&mut io, &f, &path, block_bytes, SyncKind::Dsync, opts)?;
-    let write_then_fdatasync =
-        durable_writes(&mut io, &f, &path, block_bytes, SyncKind::Fdatasync, opts)?;
+    let dsync_write = durable_writes(&mut io, &f, block_bytes, SyncKind::Dsync, opts)?;
+    let write_then_fdatasync = durable_writes(&mut io, &f, block_bytes, SyncKind::Fdatasync, opts)?;
     for &qd in &opts.queue_depths {
         seq_read.push(Bandwidth {
             queue_depth: qd,
-            mb_per_s: sequential(&mut io, &f, &path, size, qd, true)?,
+            mb_per_s: sequential(&mut io, &f, size, qd, true)?,
         });
     }
     // The default unless the other way is clearly faster: a single short
@@ -160,97 +158,46 @@ fn failed(path: &Path) -> impl Fn(crate::io::OpError) -> Error + '_ {
     move |e| e.into_error(Some(path.into()))
 }
 
-/// Waits for one completion and returns its id.
-fn next_completion(io: &mut dyn CommitIo, path: &Path) -> Result<u64> {
+/// Waits for one completion; returns its buffer.
+fn next_completion(io: &mut Ring, path: &Path) -> Result<Option<AlignedBuf>> {
     loop {
-        if let Some((id, r)) = io.poll() {
-            r.map_err(failed(path))?;
-            return Ok(id);
+        if let Some(c) = io.poll() {
+            c.outcome.map_err(failed(path))?;
+            return Ok(c.buf);
         }
-        io.wait(None).map_err(failed(path))?;
-    }
-}
-
-/// Waits until no operation is in flight, so that buffers they use may be
-/// freed; called when a measurement stops early on an error. Aborts if the
-/// ring itself fails, rather than free memory the kernel may still write.
-fn drain(io: &mut dyn CommitIo) {
-    while io.in_flight() > 0 {
-        if io.poll().is_none() && io.wait(None).is_err() {
-            std::process::abort();
+        if let Err(e) = io.wait(None) {
+            io.abandon();
+            return Err(failed(path)(e));
         }
     }
 }
 
 /// Reads or writes the first `size` bytes of `f` in 1 MiB pieces with `qd`
 /// in flight; a write pass ends with one `fdatasync`. Returns MB/s.
-fn sequential(
-    io: &mut dyn CommitIo,
-    f: &File,
-    path: &Path,
-    size: u64,
-    qd: usize,
-    read: bool,
-) -> Result<f64> {
-    let mut bufs: Vec<AlignedBuf> = (0..qd)
+fn sequential(io: &mut Ring, f: &Arc<DiskFile>, size: u64, qd: usize, read: bool) -> Result<f64> {
+    let path = f.path();
+    let mut free: Vec<AlignedBuf> = (0..qd)
         .map(|_| AlignedBuf::new(SEQ_CHUNK_BYTES, 4096))
         .collect();
-    let r = sequential_with(io, f, path, size, &mut bufs, read);
-    // On an early error, operations may still use `bufs`.
-    drain(io);
-    r
-}
-
-fn sequential_with(
-    io: &mut dyn CommitIo,
-    f: &File,
-    path: &Path,
-    size: u64,
-    bufs: &mut [AlignedBuf],
-    read: bool,
-) -> Result<f64> {
-    let qd = bufs.len();
-    let fd = f.as_raw_fd();
+    let refused = |r: Refused| failed(path)(r.error);
     let started = Instant::now();
     let mut next = 0u64;
-    let mut in_flight = 0usize;
-    let mut free: Vec<usize> = (0..qd).collect();
-    while next < size || in_flight > 0 {
+    while next < size || io.in_flight() > 0 {
         while next < size {
-            let Some(slot) = free.pop() else { break };
-            let ptr = bufs[slot].as_mut_ptr();
-            let op = if read {
-                Op::Read {
-                    fd,
-                    position: next,
-                    ptr,
-                    len: SEQ_CHUNK_BYTES,
-                    expect: SEQ_CHUNK_BYTES,
-                }
+            let Some(buf) = free.pop() else { break };
+            let n = SEQ_CHUNK_BYTES;
+            if read {
+                io.read(0, f, next, buf, n, n).map_err(refused)?;
             } else {
-                Op::Write {
-                    fd,
-                    position: next,
-                    ptr,
-                    len: SEQ_CHUNK_BYTES,
-                    sync: SyncKind::None,
-                }
-            };
-            // SAFETY: buffer `slot` is used by this operation only until its
-            // completion comes back below; `bufs` outlives every operation:
-            // `sequential` drains the ring before dropping them, whether this
-            // returns early or not.
-            unsafe { io.start(slot as u64, op) }.map_err(failed(path))?;
-            in_flight += 1;
+                io.write(0, f, next, buf, n, SyncKind::None)
+                    .map_err(refused)?;
+            }
             next += SEQ_CHUNK_BYTES as u64;
         }
-        let slot = next_completion(io, path)?;
-        in_flight -= 1;
-        free.push(slot as usize);
+        free.extend(next_completion(io, path)?);
     }
     if !read {
-        // SAFETY: a sync reads no buffer.
-        unsafe { io.start(OPS_IN_FLIGHT_MAX as u64, Op::Sync { fd }) }.map_err(failed(path))?;
+        io.sync(0, f).map_err(failed(path))?;
         next_completion(io, path)?;
     }
     Ok(size as f64 / started.elapsed().as_secs_f64() / 1e6)
@@ -259,48 +206,24 @@ fn sequential_with(
 /// Durable `block`-byte writes one at a time over the first MiB of the
 /// file, for `opts.sync_test`.
 fn durable_writes(
-    io: &mut dyn CommitIo,
-    f: &File,
-    path: &Path,
+    io: &mut Ring,
+    f: &Arc<DiskFile>,
     block: usize,
     sync: SyncKind,
     opts: &ProbeOptions,
 ) -> Result<SyncStats> {
+    let path = f.path();
     let mut buf = AlignedBuf::new(block, block);
     buf.fill(0xA5);
-    let r = durable_writes_with(io, f, path, &buf, sync, opts);
-    // On an early error, the write may still use `buf`.
-    drain(io);
-    r
-}
-
-fn durable_writes_with(
-    io: &mut dyn CommitIo,
-    f: &File,
-    path: &Path,
-    buf: &AlignedBuf,
-    sync: SyncKind,
-    opts: &ProbeOptions,
-) -> Result<SyncStats> {
-    let block = buf.len();
     let slots = (SEQ_CHUNK_BYTES / block) as u64;
     let mut lat_ns = Vec::new();
     let started = Instant::now();
     let mut k = 0u64;
     while started.elapsed() < opts.sync_test {
-        let op = Op::Write {
-            fd: f.as_raw_fd(),
-            position: (k % slots) * block as u64,
-            ptr: buf.as_ptr(),
-            len: block,
-            sync,
-        };
         let t = Instant::now();
-        // SAFETY: `buf` is neither changed nor dropped before the completion,
-        // which is awaited right here (and `durable_writes` drains the ring
-        // before dropping it if this returns early).
-        unsafe { io.start(k, op) }.map_err(failed(path))?;
-        next_completion(io, path)?;
+        io.write(k, f, (k % slots) * block as u64, buf, block, sync)
+            .map_err(|r| failed(path)(r.error))?;
+        buf = next_completion(io, path)?.expect("a write hands its buffer back");
         lat_ns.push(t.elapsed().as_nanos() as u64);
         k += 1;
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::io::buffer::round_up;
-use crate::io::file::{self, Access, DirLock};
+use crate::io::file::{self, Access, DirLock, DiskFile};
 use crate::metrics::ShardMetricsSnapshot;
 use crate::shard::{spawn_shard, ShardHandle, ShardSpec};
 use crate::store;
@@ -44,7 +44,7 @@ impl Runtime {
                 cores.clone()
             }
         };
-        if config.dir.exists() {
+        if file::exists(&config.dir) {
             file::check_dir_mode(&config.dir, config.dir_mode)?;
         } else {
             file::create_dir(&config.dir, config.dir_mode)?;
@@ -187,8 +187,8 @@ impl Drop for Runtime {
 /// offset alignment of a file in `dir` and 4096.
 fn block_bytes(config: &Config) -> Result<usize> {
     let probe_path = config.dir.join("LOCK");
-    let f = file::open_read(&probe_path, Access::Buffered)?;
-    let dio = file::dio_offset_align(&f).unwrap_or(4096);
+    let f = DiskFile::open_read(&probe_path, Access::Buffered)?;
+    let dio = f.dio_offset_align().unwrap_or(4096);
     let block = match config.block_bytes {
         Some(b) => {
             if b < dio {
@@ -210,8 +210,8 @@ fn block_bytes(config: &Config) -> Result<usize> {
 /// Refuses early, with the way out, when the filesystem will not do `O_DIRECT`.
 fn check_direct_io(dir: &Path, mode: u32) -> Result<()> {
     let path = dir.join(".corewal-direct-io-probe");
-    let _ = std::fs::remove_file(&path);
-    let r = file::create_new(&path, Access::Direct, mode);
-    let _ = std::fs::remove_file(&path);
+    file::remove_leftover(&path);
+    let r = DiskFile::create_new(&path, Access::Direct, mode);
+    file::remove_leftover(&path);
     r.map(drop)
 }

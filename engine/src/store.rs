@@ -11,13 +11,10 @@
 //! `8 version u16`, `10 reserved u16`, `12 shards u32`, `16 store_id u64`,
 //! `24 created_unix_ns u64`, zeros to byte 64.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::file;
+use crate::io::file::{self, Access, DiskFile};
 
 const META_FILE: &str = "corewal.meta";
 const META_MAGIC: u32 = u32::from_le_bytes(*b"CWMT");
@@ -94,7 +91,7 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             // Shard directories without a meta file mean the meta was lost:
             // refuse rather than start a second, unrelated store over them.
-            if shard_dir(dir, 0).exists() {
+            if file::exists(&shard_dir(dir, 0)) {
                 return Err(Error::Format {
                     path,
                     what: "missing, but shard directories exist; restore corewal.meta or move the directory away".into(),
@@ -110,23 +107,11 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
 /// refused from its size alone, and never more than `max + 1` bytes are read
 /// (the file may grow meanwhile).
 fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let f = file::open_read(path, file::Access::Buffered)?;
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io("stat", Some(path.into()), e))?
-        .len();
-    if len > max as u64 {
-        return Err(Error::Format {
-            path: path.into(),
-            what: format!("is {len} bytes; a corewal.meta file is {max}"),
-        });
-    }
-    let mut b = Vec::with_capacity(max + 1);
-    f.take(max as u64 + 1)
-        .read_to_end(&mut b)
-        .map_err(|e| Error::io("read", Some(path.into()), e))?;
-    Ok(b)
+    let f = DiskFile::open_read(path, Access::Buffered)?;
+    f.read_bounded(max)?.ok_or_else(|| Error::Format {
+        path: path.into(),
+        what: format!("is larger than {max} bytes, the size of a corewal.meta file"),
+    })
 }
 
 /// Creates a store with `shards` shards: the shard directories, then the
@@ -145,19 +130,7 @@ pub fn create(dir: &Path, shards: u32, dir_mode: u32, file_mode: u32) -> Result<
         file::create_dir(&d, dir_mode)?;
     }
     let tmp = dir.join("corewal.meta.tmp");
-    let path = dir.join(META_FILE);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(file_mode)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", Some(tmp.clone()), e))?;
-    f.write_all(&meta.encode())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io("write", Some(tmp.clone()), e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io("rename", Some(path.clone()), e))?;
-    file::sync_dir(dir)?;
+    file::publish(&tmp, &dir.join(META_FILE), &meta.encode(), file_mode)?;
     Ok(meta)
 }
 

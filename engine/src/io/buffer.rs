@@ -39,6 +39,11 @@ impl AlignedBuf {
         self.layout.size()
     }
 
+    /// The alignment of its address and length.
+    pub fn align(&self) -> usize {
+        self.layout.align()
+    }
+
     /// Always false: buffers have at least one alignment unit.
     pub fn is_empty(&self) -> bool {
         false
@@ -52,6 +57,17 @@ impl AlignedBuf {
     /// The mutable address, for reads from the kernel.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AlignedBuf({} bytes, {}-aligned)",
+            self.len(),
+            self.align()
+        )
     }
 }
 

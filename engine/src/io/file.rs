@@ -6,8 +6,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -94,18 +94,166 @@ fn direct_flag(access: Access) -> i32 {
     }
 }
 
-/// Opens an existing file for reading and writing.
-pub fn open_rw(path: &Path, access: Access) -> Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    open_regular(path, access, &mut o)
+/// A file the engine reads and writes: the open file and the path it was
+/// opened at (for errors, and for the simulated disk). The descriptor never
+/// leaves `io/`.
+#[derive(Debug)]
+pub struct DiskFile {
+    file: File,
+    path: PathBuf,
 }
 
-/// Opens an existing file read-only.
-pub fn open_read(path: &Path, access: Access) -> Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    open_regular(path, access, &mut o)
+impl DiskFile {
+    /// Opens an existing regular file for reading and writing.
+    pub fn open_rw(path: &Path, access: Access) -> Result<DiskFile> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        open_regular(path, access, &mut o).map(|file| DiskFile::at(file, path))
+    }
+
+    /// Opens an existing regular file read-only.
+    pub fn open_read(path: &Path, access: Access) -> Result<DiskFile> {
+        let mut o = OpenOptions::new();
+        o.read(true);
+        open_regular(path, access, &mut o).map(|file| DiskFile::at(file, path))
+    }
+
+    /// Creates a new file (failing if it exists) with `mode`.
+    pub fn create_new(path: &Path, access: Access, mode: u32) -> Result<DiskFile> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
+            .open(path)
+            .map(|file| DiskFile::at(file, path))
+            .map_err(|e| open_error(path, access, e))
+    }
+
+    fn at(file: File, path: &Path) -> DiskFile {
+        DiskFile {
+            file,
+            path: path.into(),
+        }
+    }
+
+    /// The path it was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(in crate::io) fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Its size.
+    pub fn len(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", Some(self.path.clone()), e))
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// Writes all of `buf` at `position`.
+    pub fn write_all_at(&self, buf: &[u8], position: u64, operation: &'static str) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.write_at(&buf[done..], position + done as u64) {
+                Ok(0) => {
+                    return Err(Error::io(
+                        operation,
+                        Some(self.path.clone()),
+                        io::ErrorKind::WriteZero.into(),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(operation, Some(self.path.clone()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes at `position`.
+    pub fn read_exact_at(&self, buf: &mut [u8], position: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, position)
+            .map_err(|e| Error::io("read", Some(self.path.clone()), e))
+    }
+
+    /// Reads the whole file if it holds at most `max` bytes: a larger file
+    /// is refused from its size alone, and never more than `max + 1` bytes
+    /// are read (the file may grow meanwhile). `Ok(None)`: it is larger.
+    pub fn read_bounded(&self, max: usize) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        if self.len()? > max as u64 {
+            return Ok(None);
+        }
+        let mut b = Vec::with_capacity(max + 1);
+        (&self.file)
+            .take(max as u64 + 1)
+            .read_to_end(&mut b)
+            .map_err(|e| Error::io("read", Some(self.path.clone()), e))?;
+        Ok((b.len() <= max).then_some(b))
+    }
+
+    /// `fdatasync`, outside any ring (files other than segments, and
+    /// segments before the shard uses them).
+    pub fn sync_data(&self, operation: &'static str) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(operation, Some(self.path.clone()), e))
+    }
+
+    /// `fsync`: data and metadata (the size of a file just written).
+    pub fn sync_all(&self, operation: &'static str) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(operation, Some(self.path.clone()), e))
+    }
+
+    /// Fills the file with zeros from `from` to `to` (block-aligned) using
+    /// `zeros`, an all-zero aligned buffer, and makes them durable.
+    pub fn zero_fill(&self, zeros: &AlignedBuf, from: u64, to: u64) -> Result<()> {
+        debug_assert!(zeros.iter().all(|&b| b == 0));
+        let mut at = from;
+        while at < to {
+            let n = (zeros.len() as u64).min(to - at) as usize;
+            self.write_all_at(&zeros[..n], at, "zero-fill segment")?;
+            at += n as u64;
+        }
+        self.sync_data("fdatasync segment")
+    }
+
+    /// The direct-I/O offset alignment of the file as the kernel reports it
+    /// (`statx` with `STATX_DIOALIGN`), or `None` when the kernel does not say.
+    pub fn dio_offset_align(&self) -> Option<usize> {
+        // SAFETY: statx writes into the zeroed struct we own; the path is an
+        // empty C string used with AT_EMPTY_PATH, so the call looks only at
+        // the fd.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        let empty = c"";
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::statx(
+                self.fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_DIOALIGN,
+                &mut stx,
+            )
+        };
+        if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+            return None;
+        }
+        Some(stx.stx_dio_offset_align as usize)
+    }
 }
 
 /// Opens `path`, which must be a regular file: opened with `O_NONBLOCK` so
@@ -168,18 +316,6 @@ pub fn file_kind(t: &fs::FileType) -> &'static str {
     }
 }
 
-/// Creates a new file (failing if it exists) with `mode`.
-pub fn create_new(path: &Path, access: Access, mode: u32) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| open_error(path, access, e))
-}
-
 fn open_error(path: &Path, access: Access, e: io::Error) -> Error {
     if access == Access::Direct && e.raw_os_error() == Some(libc::EINVAL) {
         Error::DirectIoUnsupported {
@@ -189,71 +325,6 @@ fn open_error(path: &Path, access: Access, e: io::Error) -> Error {
     } else {
         Error::io("open", Some(path.into()), e)
     }
-}
-
-/// The direct-I/O offset alignment of `file` as the kernel reports it
-/// (`statx` with `STATX_DIOALIGN`), or `None` when the kernel does not say.
-pub fn dio_offset_align(file: &File) -> Option<usize> {
-    // SAFETY: statx writes into the zeroed struct we own; the path is an empty
-    // C string used with AT_EMPTY_PATH, so the call looks only at the fd.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let empty = c"";
-    let rc = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            &mut stx,
-        )
-    };
-    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
-        return None;
-    }
-    Some(stx.stx_dio_offset_align as usize)
-}
-
-/// Writes all of `buf` at `position`.
-pub fn write_all_at(
-    file: &File,
-    path: &Path,
-    buf: &[u8],
-    position: u64,
-    operation: &'static str,
-) -> Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.write_at(&buf[done..], position + done as u64) {
-            Ok(0) => {
-                return Err(Error::io(
-                    operation,
-                    Some(path.into()),
-                    io::ErrorKind::WriteZero.into(),
-                ))
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(operation, Some(path.into()), e)),
-        }
-    }
-    Ok(())
-}
-
-/// Fills `file` with zeros from `from` to `to` (block-aligned) using `zeros`,
-/// an all-zero aligned buffer, and makes them durable.
-pub fn zero_fill(file: &File, path: &Path, zeros: &AlignedBuf, from: u64, to: u64) -> Result<()> {
-    debug_assert!(zeros.iter().all(|&b| b == 0));
-    let sync_data = || {
-        file.sync_data()
-            .map_err(|e| Error::io("fdatasync segment", Some(path.into()), e))
-    };
-    let mut at = from;
-    while at < to {
-        let n = (zeros.len() as u64).min(to - at) as usize;
-        write_all_at(file, path, &zeros[..n], at, "zero-fill segment")?;
-        at += n as u64;
-    }
-    sync_data()
 }
 
 /// An exclusive `flock` on `DIR/LOCK`, held for the engine's life.
@@ -350,6 +421,95 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Removes `path`; `Ok(false)` when it was not there. The removal is
+/// durable only once its directory is synced ([`sync_dir`]).
+pub fn remove(path: &Path, operation: &'static str) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(operation, Some(path.into()), e)),
+    }
+}
+
+/// Removes a leftover that never held data (a temporary file of an
+/// interrupted creation), if it is there; a failure is left for the
+/// creation that follows to report.
+pub fn remove_leftover(path: &Path) {
+    let _ = fs::remove_file(path);
+}
+
+/// Renames `from` to `to`, replacing `to` (only for files whose every
+/// version is whole: a manifest, a meta file, a segment moved aside).
+pub fn rename(from: &Path, to: &Path, operation: &'static str) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io(operation, Some(to.into()), e))
+}
+
+/// Writes `bytes` as the whole new content of `path`, never seen half-made:
+/// into `tmp` (created with `mode`), synced, renamed over `path`, and the
+/// directory synced.
+pub fn publish(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    remove_leftover(tmp);
+    let f = DiskFile::create_new(tmp, Access::Buffered, mode)?;
+    f.write_all_at(bytes, 0, "write")?;
+    f.sync_all("sync")?;
+    drop(f);
+    rename(tmp, path, "rename")?;
+    sync_dir(parent_dir(path))
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Copies `from` to the new file `to` and makes the copy durable (its
+/// directory is left to the caller to sync).
+pub fn copy_durably(from: &Path, to: &Path, operation: &'static str) -> Result<()> {
+    fs::copy(from, to).map_err(|e| Error::io(operation, Some(to.into()), e))?;
+    DiskFile::open_read(to, Access::Buffered)?.sync_all(operation)
+}
+
+/// The size of the file at `path`, or `None` if it cannot be looked at.
+pub fn size_of(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// Whether something is at `path`.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+/// An entry of a directory listing.
+#[derive(Debug)]
+pub struct Listed {
+    /// Its path.
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: fs::FileType,
+}
+
+/// Lists `dir`; `Ok(None)` when it does not exist.
+pub fn list_dir(dir: &Path, operation: &'static str) -> Result<Option<Vec<Listed>>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(operation, Some(dir.into()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(operation, Some(dir.into()), e))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", Some(path.clone()), e))?;
+        out.push(Listed { path, kind });
+    }
+    Ok(Some(out))
 }
 
 /// Reads 8 random bytes from the kernel.

@@ -11,8 +11,11 @@ pub mod buffer;
 pub mod faulty;
 pub mod file;
 pub mod portable;
+pub mod read_ahead;
+pub mod ring;
 #[cfg(feature = "testing")]
 pub mod sim;
+pub mod thread;
 pub mod uring;
 pub mod wake;
 

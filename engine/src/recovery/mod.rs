@@ -29,10 +29,9 @@
 //! since its last generation before an unclean stop are not, and are cut
 //! like a torn tail (`docs/format.md`, "Residual window").
 
-use std::fs::File;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -40,8 +39,9 @@ use crate::buffer::channels::{ChannelTable, Logged};
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::buffer::{round_up, AlignedBuf};
-use crate::io::file::{self, Access};
-use crate::io::{CommitIo, Op, OpError};
+use crate::io::file::{self, Access, DiskFile};
+use crate::io::read_ahead::ReadAhead;
+use crate::io::ring::Ring;
 use crate::metrics::ShardMetrics;
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::format::{
@@ -58,50 +58,52 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 const READS_IN_FLIGHT_MAX: usize = 8;
 const _: () = assert!(READS_IN_FLIGHT_MAX <= crate::io::OPS_IN_FLIGHT_MAX);
 
-/// Reads one segment file into a buffer through the shard's ring, in
-/// `READ_CHUNK_BYTES` pieces with up to `READS_IN_FLIGHT_MAX` in flight, and
-/// hands out the prefix that has arrived.
+/// Reads one segment file into the shard's replay buffer through its ring,
+/// in `READ_CHUNK_BYTES` pieces with up to `READS_IN_FLIGHT_MAX` in flight,
+/// and hands out the prefix that has arrived; gives the buffer back to
+/// `home` when dropped.
 struct SegmentReader<'a> {
-    io: &'a mut dyn CommitIo,
+    ahead: Option<ReadAhead<'a>>,
+    home: &'a mut Option<AlignedBuf>,
     path: &'a Path,
-    fd: RawFd,
-    buf: &'a mut AlignedBuf,
-    size: usize,
-    issued: usize,
-    arrived: Vec<bool>,
-    prefix: usize,
-    in_flight: usize,
     metrics: &'a ShardMetrics,
     stop: Option<&'a AtomicBool>,
 }
 
 impl<'a> SegmentReader<'a> {
     fn new(
-        io: &'a mut dyn CommitIo,
+        ring: &'a mut Ring,
         path: &'a Path,
-        f: &File,
-        buf: &'a mut AlignedBuf,
+        f: DiskFile,
+        home: &'a mut Option<AlignedBuf>,
         size: usize,
         metrics: &'a ShardMetrics,
         stop: Option<&'a AtomicBool>,
     ) -> Self {
-        assert!(
-            buf.len() >= round_up(size, READ_CHUNK_BYTES),
-            "segment buffer too small"
+        let want = round_up(size, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
+        let buf = match home.take() {
+            Some(b) if b.len() >= want => b,
+            _ => AlignedBuf::new(want, 4096),
+        };
+        let ahead = ReadAhead::new(
+            ring,
+            Arc::new(f),
+            size,
+            buf,
+            READ_CHUNK_BYTES,
+            READS_IN_FLIGHT_MAX,
         );
         SegmentReader {
-            io,
+            ahead: Some(ahead),
+            home,
             path,
-            fd: f.as_raw_fd(),
-            buf,
-            size,
-            issued: 0,
-            arrived: vec![false; size.div_ceil(READ_CHUNK_BYTES)],
-            prefix: 0,
-            in_flight: 0,
             metrics,
             stop,
         }
+    }
+
+    fn ahead(&mut self) -> &mut ReadAhead<'a> {
+        self.ahead.as_mut().expect("a reader is used until dropped")
     }
 
     /// Waits until the first `upto` bytes (at most the file) have arrived,
@@ -109,90 +111,34 @@ impl<'a> SegmentReader<'a> {
     ///
     /// `Error::Closed` when the engine closes meanwhile.
     fn ensure(&mut self, upto: usize) -> Result<()> {
-        self.ensure_read(upto)
-            .map_err(|e| e.into_error(Some(self.path.to_path_buf())))?;
-        if self.stopped() {
+        let stop = self.stop;
+        let stopped = move || stop.is_some_and(|s| s.load(Ordering::Relaxed));
+        let before = self.ahead().prefix();
+        let read = self.ahead().ensure(upto, &stopped);
+        let got = self.ahead().prefix() - before;
+        self.metrics
+            .recovery_bytes_read
+            .fetch_add(got as u64, Ordering::Relaxed);
+        read.map_err(|e| e.into_error(Some(self.path.to_path_buf())))?;
+        if stopped() {
             return Err(Error::Closed);
         }
         Ok(())
     }
 
-    fn stopped(&self) -> bool {
-        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
-    }
-
-    fn ensure_read(&mut self, upto: usize) -> std::result::Result<(), OpError> {
-        let upto = upto.min(self.size);
-        loop {
-            if self.stopped() {
-                return Ok(());
-            }
-            while self.in_flight < READS_IN_FLIGHT_MAX && self.issued < self.size {
-                let chunk = self.issued / READ_CHUNK_BYTES;
-                let expect = READ_CHUNK_BYTES.min(self.size - self.issued);
-                let op = Op::Read {
-                    fd: self.fd,
-                    position: self.issued as u64,
-                    // SAFETY: within the buffer (checked in `new`).
-                    ptr: unsafe { self.buf.as_mut_ptr().add(self.issued) },
-                    len: READ_CHUNK_BYTES,
-                    expect,
-                };
-                // SAFETY: the buffer is borrowed for 'a and this chunk of it
-                // is neither read nor handed out before its completion; Drop
-                // waits for every read still in flight, or leaks the buffer
-                // when it cannot. `Err` means the read was not queued.
-                unsafe { self.io.start(chunk as u64, op) }?;
-                self.issued += expect;
-                self.in_flight += 1;
-            }
-            if self.prefix >= upto {
-                return Ok(());
-            }
-            let mut reaped = false;
-            while let Some((chunk, outcome)) = self.io.poll() {
-                self.in_flight -= 1;
-                reaped = true;
-                outcome?;
-                self.arrived[chunk as usize] = true;
-            }
-            while self.prefix < self.size && self.arrived[self.prefix / READ_CHUNK_BYTES] {
-                let got = READ_CHUNK_BYTES.min(self.size - self.prefix);
-                self.prefix += got;
-                self.metrics
-                    .recovery_bytes_read
-                    .fetch_add(got as u64, Ordering::Relaxed);
-            }
-            // Block only when nothing arrived: otherwise go round and put
-            // the freed slots to work first.
-            if self.prefix < upto && !reaped {
-                assert!(self.in_flight > 0, "waiting for reads with none in flight");
-                self.io.wait(None)?;
-            }
-        }
-    }
-
     /// The bytes that have arrived.
     fn view(&self) -> &[u8] {
-        // SAFETY: bytes 0..prefix were written by completed reads and no
-        // read in flight targets them.
-        unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.prefix) }
+        self.ahead
+            .as_ref()
+            .expect("a reader is used until dropped")
+            .arrived()
     }
 }
 
 impl Drop for SegmentReader<'_> {
     fn drop(&mut self) {
-        // The kernel may still write into the buffer: wait for every read.
-        while self.in_flight > 0 {
-            if self.io.poll().is_some() {
-                self.in_flight -= 1;
-            } else if self.io.wait(None).is_err() {
-                // The ring itself failed: its reads may still complete, and
-                // cancelling them is asynchronous. The buffer is leaked (its
-                // owner gets an empty one), never freed under the kernel.
-                std::mem::forget(std::mem::replace(self.buf, AlignedBuf::new(0, 4096)));
-                return;
-            }
+        if let Some(a) = self.ahead.take() {
+            *self.home = a.finish();
         }
     }
 }
@@ -249,9 +195,9 @@ pub struct Cut {
 /// can be read as part of a later commit's place.
 pub fn apply_cuts(cuts: &[Cut], access: Access) -> Result<()> {
     for c in cuts {
-        let f = file::open_rw(&c.path, access)?;
+        let f = DiskFile::open_rw(&c.path, access)?;
         let zeros = AlignedBuf::new(READ_CHUNK_BYTES, c.block);
-        file::zero_fill(&f, &c.path, &zeros, c.from, c.to)?;
+        f.zero_fill(&zeros, c.from, c.to)?;
     }
     Ok(())
 }
@@ -368,11 +314,11 @@ struct Later {
 }
 
 /// Replays every segment of the shard in order, reading through `io`.
-pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<Recovered> {
+pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovered> {
     let segments = list_segments(ctx.shard_dir, !ctx.read_only)?;
     let mut total = 0u64;
     for (_, path) in &segments {
-        total += std::fs::metadata(path).map_or(0, |m| m.len());
+        total += file::size_of(path).unwrap_or(0);
     }
     ctx.metrics
         .recovery_bytes_total
@@ -457,11 +403,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         }
         previous = Some(*seq);
 
-        let f = file::open_read(path, ctx.access)?;
-        let size = f
-            .metadata()
-            .map_err(|e| Error::io("stat segment", Some(path.clone()), e))?
-            .len();
+        let f = DiskFile::open_read(path, ctx.access)?;
+        let size = f.len()?;
         if size > crate::config::SEGMENT_BYTES_LIMIT {
             let what = format!("segment file of {size} bytes is larger than any corewal writes");
             stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
@@ -470,20 +413,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
             }
             continue;
         }
-        let want = round_up(size as usize, READ_CHUNK_BYTES).max(READ_CHUNK_BYTES);
-        if buf.as_ref().is_none_or(|b| b.len() < want) {
-            buf = Some(AlignedBuf::new(want, 4096));
-        }
         let n = size as usize;
-        let mut reader = SegmentReader::new(
-            &mut *io,
-            path,
-            &f,
-            buf.as_mut().expect("allocated above"),
-            n,
-            ctx.metrics,
-            ctx.stop,
-        );
+        let mut reader = SegmentReader::new(&mut *io, path, f, &mut buf, n, ctx.metrics, ctx.stop);
         reader.ensure(SEGMENT_HEADER_BYTES)?;
         let header = match decode_segment_header(reader.view()) {
             Ok(h)
@@ -867,11 +798,11 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut dyn CommitIo) -> Result<
         Some(p) if SegmentSeq(p.seq.0 + 1) == next_segment_seq => Some(Tail {
             segment: Segment {
                 seq: p.seq,
-                file: if ctx.read_only {
-                    file::open_read(&p.path, ctx.access)?
+                file: Arc::new(if ctx.read_only {
+                    DiskFile::open_read(&p.path, ctx.access)?
                 } else {
-                    file::open_rw(&p.path, ctx.access)?
-                },
+                    DiskFile::open_rw(&p.path, ctx.access)?
+                }),
                 path: p.path,
                 bytes: p.segment_bytes,
             },
@@ -904,9 +835,8 @@ fn later_segment_has_commit(
     ctx: &RecoverContext<'_>,
     later: &[(SegmentSeq, std::path::PathBuf)],
 ) -> bool {
-    use std::os::unix::fs::FileExt;
     later.iter().any(|(seq, path)| {
-        let Ok(f) = file::open_read(path, Access::Buffered) else {
+        let Ok(f) = DiskFile::open_read(path, Access::Buffered) else {
             return false;
         };
         let mut head = [0u8; SEGMENT_HEADER_BYTES];
@@ -985,11 +915,7 @@ fn keep_prefix(
     let name = |p: &Path| moved_to.join(p.file_name().expect("segment paths have a file name"));
     if at.block != 0 {
         let copy = name(&at.path);
-        std::fs::copy(&at.path, &copy)
-            .map_err(|e| Error::io("copy damaged segment", Some(copy.clone()), e))?;
-        File::open(&copy)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("sync copy of damaged segment", Some(copy.clone()), e))?;
+        file::copy_durably(&at.path, &copy, "copy damaged segment")?;
         file::sync_dir(&moved_to)?;
     }
     // Segments from `at` on when `at` is a whole segment (block 0), after it
@@ -1001,19 +927,15 @@ fn keep_prefix(
     };
     for (_, path) in segments.iter().rev().filter(|(s, _)| s.0 >= first_moved) {
         let to = name(path);
-        std::fs::rename(path, &to)
-            .map_err(|e| Error::io("move segment after damage", Some(to.clone()), e))?;
+        file::rename(path, &to, "move segment after damage")?;
         file::sync_dir(&moved_to)?;
         file::sync_dir(ctx.shard_dir)?;
     }
     if at.block != 0 {
-        let f = file::open_rw(&at.path, ctx.access)?;
-        let size = f
-            .metadata()
-            .map_err(|e| Error::io("stat segment", Some(at.path.clone()), e))?
-            .len();
+        let f = DiskFile::open_rw(&at.path, ctx.access)?;
+        let size = f.len()?;
         let zeros = AlignedBuf::new(READ_CHUNK_BYTES, at.block);
-        file::zero_fill(&f, &at.path, &zeros, at.position, size)?;
+        f.zero_fill(&zeros, at.position, size)?;
     }
     Ok(moved_to)
 }

@@ -3,10 +3,12 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::error::Result;
-use crate::io::file::Access;
-use crate::io::{CommitIo, Op, OpError};
+use crate::io::file::{self, Access, DiskFile};
+use crate::io::ring::Ring;
+use crate::io::OpError;
 use crate::metrics::ShardMetrics;
 use crate::recovery::{apply_cuts, Damage, DamageAction, Recovered, Tail};
 use crate::types::{CommitSeq, SegmentSeq};
@@ -48,13 +50,13 @@ impl Shard {
     pub(super) fn sync_segment(&mut self) -> Result<()> {
         debug_assert!(self.flights.is_empty());
         let id = self.next_op_id();
-        let fd = self.segment.fd();
-        // SAFETY: a sync references no memory.
-        unsafe { self.io.start(id, Op::Sync { fd }) }.map_err(|e| self.op_error(e))?;
+        self.io
+            .sync(id, &self.segment.file)
+            .map_err(|e| self.op_error(e))?;
         loop {
-            if let Some((done, outcome)) = self.io.poll() {
-                debug_assert_eq!(done, id, "the only operation in flight");
-                return outcome.map_err(|e| self.op_error(e));
+            if let Some(c) = self.io.poll() {
+                debug_assert_eq!(c.id, id, "the only operation in flight");
+                return c.outcome.map_err(|e| self.op_error(e));
             }
             if let Err(e) = self.io.wait(None) {
                 let e = self.op_error(e);
@@ -118,26 +120,19 @@ impl Shard {
 
 /// Makes `path` durable through `io` (a data sync of an fd opened for it),
 /// waiting for it; used at start, before the shard answers anything.
-fn sync_file_through(io: &mut dyn CommitIo, path: &std::path::Path) -> Result<()> {
-    let f = crate::io::file::open_read(path, Access::Buffered)?;
+fn sync_file_through(io: &mut Ring, path: &std::path::Path) -> Result<()> {
+    let f = Arc::new(DiskFile::open_read(path, Access::Buffered)?);
     let failed = |e: OpError| e.into_error(Some(path.to_path_buf()));
-    // SAFETY: a sync references no memory; the file outlives the wait (if
-    // the wait fails the shard never starts and the sync is left to the
-    // kernel; closing the fd does not disturb an in-flight sync).
-    unsafe {
-        io.start(
-            0,
-            Op::Sync {
-                fd: std::os::unix::io::AsRawFd::as_raw_fd(&f),
-            },
-        )
-    }
-    .map_err(failed)?;
+    io.sync(0, &f).map_err(failed)?;
     loop {
-        if let Some((_, outcome)) = io.poll() {
-            return outcome.map_err(failed);
+        if let Some(c) = io.poll() {
+            return c.outcome.map_err(failed);
         }
-        io.wait(None).map_err(failed)?;
+        if let Err(e) = io.wait(None) {
+            // The shard never starts; the ring is not used again.
+            io.abandon();
+            return Err(failed(e));
+        }
     }
 }
 
@@ -199,7 +194,7 @@ impl ActiveSegment {
 pub(super) fn sync_replayed(
     shard_dir: &Path,
     recovered: &Recovered,
-    io: &mut dyn CommitIo,
+    io: &mut Ring,
 ) -> Result<CommitSeq> {
     let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
     let all_durable = matches!(
@@ -209,7 +204,7 @@ pub(super) fn sync_replayed(
     if let Some(from) = recovered.last_commit_segment.filter(|_| !all_durable) {
         for seq in from.0..recovered.next_segment_seq.0 {
             let path = segment_path(shard_dir, SegmentSeq(seq));
-            if path.exists() {
+            if file::exists(&path) {
                 sync_file_through(io, &path)?;
             }
         }

@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::io::{Op, OpError};
+use crate::io::ring::{Completion, Refused};
+use crate::io::OpError;
 use crate::metrics::commit_records_bucket;
 use crate::types::{ChannelId, CommitSeq};
 use crate::wal::commit::CommitBuilder;
@@ -103,31 +104,32 @@ impl Shard {
         // followed by this commit; recovery cuts such a hole as a torn tail
         // only within the window.
         let plan = self.clock.plan_write(seq, self.flights.is_empty());
-        let bytes = batch.builder.seal(
+        let sealed = batch.builder.seal(
             self.id,
             self.store_id,
             self.segment.seq,
             position,
             plan.window,
         );
-        let (ptr, len) = (bytes.as_ptr(), bytes.len());
-        let op = Op::Write {
-            fd: self.segment.fd(),
-            position,
-            ptr,
-            len,
-            sync: plan.sync,
-        };
+        let len = sealed.len;
+        assert!(
+            position + len as u64 <= self.segment.bytes,
+            "a commit of {len} bytes at {position} past its {}-byte segment",
+            self.segment.bytes
+        );
         let next = CommitSeq(batch.builder.commit_seq().0 + 1);
         self.building.builder.reset(next);
         let payload_bytes = batch.records.iter().map(|(_, r)| r.len() as u64).sum();
         let id = self.next_op_id();
-        // SAFETY: the buffer belongs to `batch`, which moves into
-        // `self.flights` (a move of the Batch, not of its heap buffer) and
-        // stays there, untouched, until `poll` returned this id's completion
-        // — or is leaked with the ring if the ring fails. `Err` means the
-        // write was not queued: the batch is free again at once.
-        let started = unsafe { self.io.start(id, op) };
+        let started = self
+            .io
+            .write(id, &self.segment.file, position, sealed.buf, len, plan.sync);
+        let started = started.map_err(|Refused { error, buf }| {
+            if let Some(buf) = buf {
+                batch.builder.restore(buf);
+            }
+            error
+        });
         let flight = Flight {
             id,
             batch: Some(batch),
@@ -150,15 +152,7 @@ impl Shard {
 
     pub(super) fn start_sync(&mut self) {
         let id = self.next_op_id();
-        // SAFETY: a sync references no memory.
-        let started = unsafe {
-            self.io.start(
-                id,
-                Op::Sync {
-                    fd: self.segment.fd(),
-                },
-            )
-        };
+        let started = self.io.sync(id, &self.segment.file);
         let flight = Flight {
             id,
             batch: None,
@@ -199,7 +193,8 @@ impl Shard {
 
     /// Records operation `id`'s outcome, then acknowledges finished
     /// operations from the oldest on, stopping at the first unfinished one.
-    pub(super) fn complete(&mut self, id: u64, outcome: std::result::Result<(), OpError>) {
+    pub(super) fn complete(&mut self, c: Completion) {
+        let Completion { id, outcome, buf } = c;
         // Flights are in start order and ids only grow, so the table is
         // sorted by id.
         let i = self
@@ -208,6 +203,9 @@ impl Shard {
             .expect("a completion for an operation in flight");
         let flight = &mut self.flights[i];
         flight.outcome = Some(outcome);
+        if let (Some(buf), Some(batch)) = (buf, flight.batch.as_mut()) {
+            batch.builder.restore(buf);
+        }
         let device_ns = flight.started.elapsed().as_nanos() as u64;
         self.metrics
             .commit_device_ns

@@ -20,8 +20,7 @@ use crate::config::Config;
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
 use crate::io::file::Access;
-use crate::io::portable::PortableIo;
-use crate::io::{new_commit_io, CommitIo};
+use crate::io::ring::Ring;
 use crate::metrics::ShardMetrics;
 use crate::recovery::{recover_shard, Cut, RecoverContext, Recovered};
 use crate::shard::inbox::{Inbox, Request};
@@ -55,7 +54,7 @@ pub(super) struct Shard {
     pub(super) block: usize,
     pub(super) inbox: Arc<Inbox>,
     pub(super) metrics: Arc<ShardMetrics>,
-    pub(super) io: Box<dyn CommitIo>,
+    pub(super) io: Ring,
     pub(super) table: ChannelTable,
     pub(super) segment: Segment,
     pub(super) write_position: u64,
@@ -92,8 +91,6 @@ pub(super) struct Shard {
     /// Recovery accepted damage that the manifest still contradicts (a
     /// lenient mode): it is rewritten even if nothing is written.
     pub(super) manifest_stale: bool,
-    /// The backend failed and was leaked (`abandon_io`).
-    pub(super) io_abandoned: bool,
 }
 
 impl Shard {
@@ -117,7 +114,7 @@ impl Shard {
         } else {
             Access::Buffered
         };
-        let mut io = new_commit_io(config.backend.clone(), spec.id, inbox.wake_fd().fd())?;
+        let mut io = Ring::new(config.backend.clone(), spec.id, inbox.wake_fd().fd())?;
         let recovered = recover_shard(
             &RecoverContext {
                 shard_dir: &spec.dir,
@@ -129,9 +126,9 @@ impl Shard {
                 read_only: false,
                 stop: Some(stop),
             },
-            &mut *io,
+            &mut io,
         )?;
-        let replayed_through = sync_replayed(&spec.dir, &recovered, &mut *io)?;
+        let replayed_through = sync_replayed(&spec.dir, &recovered, &mut io)?;
         let shard = Shard::serve(spec, inbox, metrics, io, access, recovered, &ready)?;
         shard
             .metrics
@@ -146,7 +143,7 @@ impl Shard {
         spec: ShardSpec,
         inbox: Arc<Inbox>,
         metrics: Arc<ShardMetrics>,
-        io: Box<dyn CommitIo>,
+        io: Ring,
         access: Access,
         recovered: Recovered,
         ready: &Readiness,
@@ -220,14 +217,13 @@ impl Shard {
             config,
             manifest,
             manifest_stale,
-            io_abandoned: false,
         })
     }
 
     pub(super) fn run(&mut self) {
         loop {
-            while let Some((id, outcome)) = self.io.poll() {
-                self.complete(id, outcome);
+            while let Some(c) = self.io.poll() {
+                self.complete(c);
             }
             // Wake the callers of completed commits first, then give up the
             // core once: in a closed loop they append again at once, and on a
@@ -381,19 +377,17 @@ impl Shard {
     /// Leaks the operations in flight and the backend, and waits on the
     /// eventfd from now on.
     pub(super) fn abandon_io(&mut self) {
-        self.io_abandoned = true;
-        for f in self.flights.drain(..) {
-            std::mem::forget(f);
-        }
-        let waiter: Box<dyn CommitIo> = Box::new(PortableIo::new(self.inbox.wake_fd().fd()));
-        std::mem::forget(std::mem::replace(&mut self.io, waiter));
+        self.io.abandon();
+        // Their buffers were leaked with the ring; the flights only name
+        // their waiters, answered by `fail`.
+        self.flights.clear();
     }
 
     /// How long the shard may wait: until a periodic sync is due, and at
     /// most `IDLE_WAIT_MAX` (see there). While commits are in flight the
     /// wait ends with their completions.
     pub(super) fn wait_timeout(&self) -> Option<Duration> {
-        if self.io_abandoned {
+        if self.io.is_abandoned() {
             // The leaked ring may still hold a read armed on the eventfd and
             // take one wake-up: a failed shard looks at its inbox every
             // 10 ms instead (100 wake-ups a second, well under 1% of a core).

@@ -30,11 +30,10 @@
 //! at the end of the newest segment — at most the commits of one segment —
 //! look exactly like the commits a crash never wrote.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::file::{self, Access};
+use crate::io::file::{self, Access, DiskFile};
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 
 /// File name of a shard's manifest, in its directory.
@@ -110,27 +109,22 @@ fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<Manife
 
 /// Reads shard `shard`'s manifest from `shard_dir`.
 pub fn read(shard_dir: &Path, shard: ShardId, store_id: u64) -> Result<ManifestState> {
-    use std::os::unix::fs::FileExt;
     let path = shard_dir.join(MANIFEST_FILE);
-    let f = match file::open_read(&path, Access::Buffered) {
+    let f = match DiskFile::open_read(&path, Access::Buffered) {
         Ok(f) => f,
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(ManifestState::Missing)
         }
         Err(e) => return Err(e),
     };
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io("stat", Some(path.clone()), e))?
-        .len();
+    let len = f.len()?;
     if len != FILE_BYTES as u64 {
         return Ok(ManifestState::Damaged(format!(
             "shard manifest is {len} bytes, not {FILE_BYTES}"
         )));
     }
     let mut b = vec![0u8; FILE_BYTES];
-    f.read_exact_at(&mut b, 0)
-        .map_err(|e| Error::io("read", Some(path.clone()), e))?;
+    f.read_exact_at(&mut b, 0)?;
     let slots = [
         decode(shard, store_id, &b[..SLOT_BYTES]),
         decode(shard, store_id, &b[SLOT_BYTES..]),
@@ -157,7 +151,7 @@ pub struct Manifest {
     shard: ShardId,
     store_id: u64,
     file_mode: u32,
-    file: Option<File>,
+    file: Option<DiskFile>,
     last: Option<ManifestRecord>,
 }
 
@@ -204,41 +198,25 @@ impl Manifest {
         }
         let f = self.file.as_ref().expect("opened above");
         let at = (generation % 2) * SLOT_BYTES as u64;
-        file::write_all_at(f, &self.path, &slot, at, "write shard manifest")?;
-        f.sync_data()
-            .map_err(|e| Error::io("sync shard manifest", Some(self.path.clone()), e))?;
+        f.write_all_at(&slot, at, "write shard manifest")?;
+        f.sync_data("sync shard manifest")?;
         self.last = Some(record);
         Ok(())
     }
 
     /// Opens the manifest, or creates it whole (zeros, synced, renamed into
     /// place, directory synced) so that it is never seen half-made.
-    fn open_or_create(&self) -> Result<File> {
-        if self.path.exists() {
-            let f = file::open_rw(&self.path, Access::Buffered)?;
-            let len = f
-                .metadata()
-                .map_err(|e| Error::io("stat", Some(self.path.clone()), e))?
-                .len();
-            if len == FILE_BYTES as u64 {
+    fn open_or_create(&self) -> Result<DiskFile> {
+        if file::exists(&self.path) {
+            let f = DiskFile::open_rw(&self.path, Access::Buffered)?;
+            if f.len()? == FILE_BYTES as u64 {
                 return Ok(f);
             }
             // A damaged manifest the open accepted (a lenient mode): made anew.
         }
         let tmp = self.path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let f = file::create_new(&tmp, Access::Buffered, self.file_mode)?;
-        file::write_all_at(&f, &tmp, &[0u8; FILE_BYTES], 0, "create shard manifest")?;
-        f.sync_all()
-            .map_err(|e| Error::io("sync shard manifest", Some(tmp.clone()), e))?;
-        std::fs::rename(&tmp, &self.path)
-            .map_err(|e| Error::io("rename", Some(self.path.clone()), e))?;
-        let dir = self
-            .path
-            .parent()
-            .expect("the manifest is in a shard directory");
-        file::sync_dir(dir)?;
-        Ok(f)
+        file::publish(&tmp, &self.path, &[0u8; FILE_BYTES], self.file_mode)?;
+        DiskFile::open_rw(&self.path, Access::Buffered)
     }
 }
 

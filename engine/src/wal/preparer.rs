@@ -194,20 +194,11 @@ impl Drop for SegmentPreparer {
     }
 }
 
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take no pointers; a failure only leaves
-    // the thread at normal priority.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PREPARER_NICE);
-    }
-}
-
 fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
     if let Some(core) = spec.core {
         let _ = crate::cores::pin_current_thread(core);
     }
-    lower_priority();
+    crate::io::thread::lower_priority(PREPARER_NICE);
     let mut zeros = AlignedBuf::new(ZERO_FILL_BYTES, spec.block);
     loop {
         let seq = {

@@ -1,13 +1,12 @@
 //! Segment files: naming, creation (zero-filled, synced, then renamed into
 //! place), listing.
 
-use std::fs::{self, File};
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
-use crate::io::file::{self, Access};
+use crate::io::file::{self, Access, DiskFile};
 use crate::types::{SegmentSeq, ShardId};
 use crate::wal::format::{encode_segment_header, SegmentHeader};
 
@@ -29,16 +28,9 @@ pub struct Segment {
     /// Its path.
     pub path: PathBuf,
     /// The open file.
-    pub file: File,
+    pub file: Arc<DiskFile>,
     /// Its size.
     pub bytes: u64,
-}
-
-impl Segment {
-    /// The file descriptor.
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
 }
 
 /// What a new segment is made of.
@@ -74,19 +66,19 @@ pub fn create_segment(
     let path = segment_path(spec.shard_dir, h.segment_seq);
     let tmp = path.with_extension(CREATING_EXTENSION);
     // A leftover from a crash during an earlier creation: it never held a commit.
-    let _ = fs::remove_file(&tmp);
-    let file = file::create_new(&tmp, spec.access, spec.file_mode)?;
+    file::remove_leftover(&tmp);
+    let file = DiskFile::create_new(&tmp, spec.access, spec.file_mode)?;
     if let Err(e) = fill_and_publish(spec, &file, &tmp, &path, zeros, between) {
         // Never leave a half-filled file behind: on a full filesystem it
         // would hold the space a retry needs.
         drop(file);
-        let _ = fs::remove_file(&tmp);
+        file::remove_leftover(&tmp);
         return Err(e);
     }
     Ok(Segment {
         seq: h.segment_seq,
         path,
-        file,
+        file: Arc::new(file),
         bytes: h.segment_bytes,
     })
 }
@@ -95,7 +87,7 @@ pub fn create_segment(
 /// its name `path` and syncs the directory.
 fn fill_and_publish(
     spec: &SegmentSpec<'_>,
-    file: &File,
+    file: &DiskFile,
     tmp: &Path,
     path: &Path,
     zeros: &mut AlignedBuf,
@@ -104,7 +96,7 @@ fn fill_and_publish(
     let h = &spec.header;
     encode_segment_header(h, &mut zeros[..]);
     let block = h.block_bytes as usize;
-    let first = file::write_all_at(file, tmp, &zeros[..block], 0, "write segment header");
+    let first = file.write_all_at(&zeros[..block], 0, "write segment header");
     zeros[..block].fill(0);
     first?;
     // One synced piece per buffer: on a device with a volatile cache every
@@ -114,7 +106,7 @@ fn fill_and_publish(
     let mut at = block as u64;
     while at < h.segment_bytes {
         let end = (at + zeros.len() as u64).min(h.segment_bytes);
-        file::zero_fill(file, tmp, zeros, at, end)?;
+        file.zero_fill(zeros, at, end)?;
         at = end;
         if !between(at, h.segment_bytes) {
             return Err(Error::Closed);
@@ -124,7 +116,7 @@ fn fill_and_publish(
     if let Err(e) = file::sync_dir(spec.shard_dir) {
         // Named but not durably: take the name back (no commit was ever
         // written into it), so that a retry can create the segment again.
-        let _ = fs::remove_file(path);
+        file::remove_leftover(path);
         return Err(e);
     }
     Ok(())
@@ -135,23 +127,18 @@ fn fill_and_publish(
 /// write).
 pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, PathBuf)>> {
     let mut out = Vec::new();
-    let rd = fs::read_dir(shard_dir).map_err(|e| match e.kind() {
+    let Some(listed) = file::list_dir(shard_dir, "list shard directory")? else {
         // corewal.meta names the shard; its directory must be there.
-        std::io::ErrorKind::NotFound => Error::Format {
+        return Err(Error::Format {
             path: shard_dir.into(),
             what: "shard directory is missing (corewal.meta records this shard)".into(),
-        },
-        _ => Error::io("list shard directory", Some(shard_dir.into()), e),
-    })?;
+        });
+    };
     let mut removed = false;
-    for entry in rd {
-        let entry =
-            entry.map_err(|e| Error::io("list shard directory", Some(shard_dir.into()), e))?;
-        let path = entry.path();
+    for file::Listed { path, kind } in listed {
         let ext = path.extension().and_then(|e| e.to_str());
         if ext == Some(CREATING_EXTENSION) && tidy {
-            fs::remove_file(&path)
-                .map_err(|e| Error::io("remove unfinished segment", Some(path.clone()), e))?;
+            file::remove(&path, "remove unfinished segment")?;
             removed = true;
             continue;
         }
@@ -165,9 +152,6 @@ pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, Pa
                 what: "segment file name is not 16 lower-case hex digits and .wal".into(),
             });
         };
-        let kind = entry
-            .file_type()
-            .map_err(|e| Error::io("stat segment", Some(path.clone()), e))?;
         if !kind.is_file() {
             return Err(Error::Format {
                 what: format!(
