@@ -43,7 +43,7 @@ pub use corewal_engine::error::{Error, Result};
 #[cfg(feature = "testing")]
 pub use corewal_engine::io::faulty::{FaultEffect, FaultPlan};
 pub use corewal_engine::metrics::ShardMetricsSnapshot as Metrics;
-pub use corewal_engine::recovery::{Damage, DamageAction};
+pub use corewal_engine::recovery::{Damage, DamageAction, DamageKind};
 pub use corewal_engine::types::{Offset, Record, SegmentSeq, ShardId};
 
 /// The simulated disk behind [`Backend::Simulated`], for tests of what

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{peak_rss_bytes, reset_peak_rss, test_dir, within};
-use corewal::{Backend, Config, Engine, Error, Offset, RecoveryMode};
+use corewal::{Backend, Config, DamageKind, Engine, Error, Offset, RecoveryMode};
 use corewal_engine::types::{ChannelId, CommitSeq, Offset as RawOffset};
 use corewal_engine::wal::format::{
     decode_segment_header, encode_commit_header, encode_entry, entry_bytes, CommitHeader,
@@ -160,7 +160,10 @@ fn a_crafted_offset_at_the_top_of_the_range_never_wraps() {
         &[(EntryKind::Append, 0, u64::MAX, b"top")],
     );
     match Engine::open(config(dir.path(), RecoveryMode::SkipDamaged)) {
-        Err(Error::Corruption { what, .. }) => assert!(what.contains("offset"), "{what}"),
+        Err(Error::Corruption { kind, .. }) => {
+            assert!(matches!(kind, DamageKind::Entry(_)), "{kind:?}");
+            assert!(kind.to_string().contains("offset"), "{kind}");
+        }
         Ok(engine) => {
             let ch = engine.register("a").unwrap();
             let highest = ch.read(..).unwrap().last().unwrap().offset;

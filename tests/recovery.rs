@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{segments, small_config, tail_segment, test_dir};
-use corewal::{Backend, Engine, Error, Offset, RecoveryMode, ShardId};
+use corewal::{Backend, DamageKind, Engine, Error, Offset, RecoveryMode, ShardId};
 
 /// Writes `n` records to one channel, one commit each, on a single shard,
 /// and closes the engine cleanly.
@@ -100,9 +100,15 @@ fn fail_on_any_damage_refuses_a_torn_tail_and_cuts_nothing() {
     let mut strict = small_config(dir.path(), 1, Backend::IoUring);
     strict.recovery_mode = RecoveryMode::FailOnAnyDamage;
     match Engine::open(strict.clone()) {
-        Err(Error::Corruption { position, what, .. }) => {
+        Err(Error::Corruption {
+            position,
+            kind,
+            remedy,
+            ..
+        }) => {
             assert_eq!(position, pos as u64);
-            assert!(what.contains("torn tail"), "{what}");
+            assert!(matches!(kind, DamageKind::TornTail(_)), "{kind:?}");
+            assert_eq!(remedy, Some(RecoveryMode::TolerateTornTail));
         }
         other => panic!("expected Corruption, got {other:?}"),
     }
@@ -174,7 +180,9 @@ fn a_segment_from_another_store_is_refused() {
     let seg_b = segments(b.path()).remove(0);
     std::fs::copy(&seg_a, &seg_b).unwrap();
     match Engine::open(small_config(b.path(), 1, Backend::IoUring)) {
-        Err(Error::Corruption { what, .. }) => assert!(what.contains("another"), "{what}"),
+        Err(Error::Corruption { kind, .. }) => {
+            assert_eq!(kind, DamageKind::SegmentForeign, "{kind}")
+        }
         other => panic!("{other:?}"),
     }
 }

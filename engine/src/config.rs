@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::damage::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::buffer::round_up;
 use crate::wal::format::{COMMIT_HEADER_BYTES, ENTRY_HEADER_BYTES};
@@ -91,43 +92,6 @@ pub enum SyncMethod {
     DsyncWrite,
     /// A write linked (`IOSQE_IO_LINK`) to an `fdatasync`.
     WriteThenFdatasync,
-}
-
-/// How `Engine::open` treats damage found in the WAL during recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum RecoveryMode {
-    /// Cut a torn tail (an incomplete last commit); refuse to open on any
-    /// other damage, naming the shard, segment and byte. The default.
-    #[default]
-    TolerateTornTail,
-    /// Refuse to open on any damage, a torn tail included: for a store that
-    /// was closed cleanly and must come back exactly. Nothing is cut.
-    FailOnAnyDamage,
-    /// Replay up to the first damage and keep that prefix: every commit
-    /// before it comes back, nothing after it does. The bytes after it are
-    /// not destroyed: the damaged segment is copied whole, and every later
-    /// segment moved, into `shard-NNN/damaged/<time>/`; then the damaged
-    /// segment is zeroed from the damage on and writing resumes there.
-    /// A torn tail is cut as in `TolerateTornTail`. Each stop is reported by
-    /// `Engine::recovery_damage`. For a service that prefers losing a suffix
-    /// to not starting.
-    KeepPrefix,
-    /// Pass over damaged commits and replay every whole commit after them;
-    /// report each damaged region through `Engine::recovery_damage`. A commit
-    /// is skipped whole (its checksums are per entry, but one bad entry makes
-    /// the lengths after it untrustworthy, and a commit is all or nothing).
-    /// The offsets of the records lost leave a gap in their channel: reads
-    /// leave them out. Only a later record reveals a gap: when the lost
-    /// records were a channel's last, its next appends take their offsets
-    /// again. A channel whose registration was lost cannot be named: its
-    /// records are counted as lost, and its name can be registered anew (a
-    /// skipped drop followed by a re-registration is refused as a name
-    /// registered twice). Gaps are accepted only after something was
-    /// skipped; before that, an entry that contradicts the log is refused. Nothing on disk is changed except a torn tail, which is cut as
-    /// in `TolerateTornTail`; a later open in another mode finds the same
-    /// damage again.
-    SkipDamaged,
 }
 
 /// Engine configuration. Start from [`Config::new`] and change fields.

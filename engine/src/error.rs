@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::damage::{DamageKind, RecoveryMode};
 use crate::types::{SegmentSeq, ShardId};
 
 /// The result type of corewal.
@@ -131,7 +132,7 @@ pub enum Error {
     },
 
     /// The WAL holds damage that is not a torn tail.
-    #[error("WAL damage in shard {shard}, segment {segment}, byte {position}: {what}; run `corewal verify` on the directory")]
+    #[error("WAL damage in shard {shard}, segment {segment}, byte {position}: {kind}{}; run `corewal verify` on the directory", remedy_text(remedy))]
     Corruption {
         /// The shard whose WAL is damaged.
         shard: ShardId,
@@ -140,7 +141,10 @@ pub enum Error {
         /// Byte position in the segment file.
         position: u64,
         /// What was found.
-        what: String,
+        kind: DamageKind,
+        /// The recovery mode that would open the directory anyway, if one
+        /// would (and what it does is the caller's to accept).
+        remedy: Option<RecoveryMode>,
     },
 
     /// A file corewal wrote does not have the expected format.
@@ -206,6 +210,23 @@ impl Error {
     /// Whether this is a full filesystem or an exhausted quota.
     pub fn is_no_space(&self) -> bool {
         matches!(self.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+}
+
+/// How a `Corruption` error names its way out.
+fn remedy_text(remedy: &Option<RecoveryMode>) -> &'static str {
+    match remedy {
+        Some(RecoveryMode::TolerateTornTail) => {
+            "; RecoveryMode::FailOnAnyDamage cuts nothing — open with \
+             RecoveryMode::TolerateTornTail to cut it"
+        }
+        Some(RecoveryMode::KeepPrefix) => {
+            "; open with RecoveryMode::KeepPrefix to go on with what is left"
+        }
+        Some(RecoveryMode::SkipDamaged) => {
+            "; open with RecoveryMode::SkipDamaged to replay past it"
+        }
+        Some(RecoveryMode::FailOnAnyDamage) | None => "",
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod buffer;
 pub mod config;
 pub mod cores;
+pub mod damage;
 pub mod error;
 pub mod inspect;
 pub mod io;

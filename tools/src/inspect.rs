@@ -119,7 +119,7 @@ fn damage_json(d: &Damage) -> serde_json::Value {
         "segment": d.segment.0,
         "position": d.position,
         "kind": kind,
-        "what": d.what,
+        "what": d.kind.to_string(),
         "resumed_at": resumed_at.map(|(s, p)| json!({"segment": s.0, "position": p})),
         "records_lost": records_lost,
     })
@@ -251,7 +251,7 @@ pub fn run_inspect(args: InspectArgs) -> Result<(), Box<dyn std::error::Error>> 
                 "  DAMAGE segment {} byte {}: {} — {}",
                 d.segment,
                 d.position,
-                d.what,
+                d.kind,
                 action(&d.action)
             );
         }
@@ -288,7 +288,7 @@ pub fn run_verify(args: VerifyArgs) -> Result<i32, Box<dyn std::error::Error>> {
                     "  segment {} byte {}: {} — {}",
                     d.segment,
                     d.position,
-                    d.what,
+                    d.kind,
                     action(&d.action)
                 );
             }

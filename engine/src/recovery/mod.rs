@@ -1,20 +1,24 @@
 //! Replay of one shard's WAL, on the shard's own thread.
 //!
-//! Decision table for the place where the chain of valid commits ends
-//! (legend: *chain end* = the first block that is not the next valid
-//! commit; *later commit* = a block after the chain end whose header decodes
-//! with this segment's identity and a sequence number not yet replayed):
+//! What replay finds where the chain of valid commits ends (legend: *chain
+//! end* = the first block that is not the next valid commit; *later commit*
+//! = a block after the chain end whose header decodes with this segment's
+//! identity and a sequence number not yet replayed). What it then does, per
+//! recovery mode, is the decision table in [`decision`]; the findings are
+//! its rows.
 //!
-//! | at the chain end                        | later commit? | outcome                          |
+//! | at the chain end                        | later commit? | finding                          |
 //! |-----------------------------------------|---------------|----------------------------------|
-//! | zeros (never written)                   | no            | end of this segment's chain      |
-//! | a commit that fails a checksum or bound | no            | torn tail: cut, zeroed           |
-//! | zeros or a damaged commit               | only commits in flight with it (sequence within the window their header records) | torn tail: cut, zeroed |
-//! | anything                                | yes, others   | damage: open fails               |
-//! | a whole, valid header out of sequence   | —             | damage (commits are missing)     |
-//! | a gap in segment file numbers           | —             | damage (a segment is missing)    |
-//! | the log ends before the shard manifest's `durable_through`, or its newest segment is older than the manifest's `active_segment` | — | lost end: damage (refused, or reported in the lenient modes) |
-//! | neither manifest slot is whole          | —             | damage, like a lost end          |
+//! | zeros (never written)                   | no            | none: end of this segment's chain |
+//! | a commit that fails a checksum or bound | no            | `TornTail`                       |
+//! | zeros or a damaged commit               | only commits in flight with it (sequence within the window their header records) | `TornTail` |
+//! | anything                                | yes, others   | `CommitAfterChainEnd`            |
+//! | a whole, valid header ahead of sequence | —             | `CommitsMissing`                 |
+//! | a whole, valid header behind sequence   | —             | `CommitRepeated`                 |
+//! | a gap in segment file numbers, a damaged or foreign segment header | — | `SegmentUnreadable` |
+//! | the log ends before the shard manifest's `durable_through`, or its newest segment is older than the manifest's `active_segment` | — | `EndLost` |
+//! | neither manifest slot is whole          | —             | `EndLost`                        |
+//! | an entry the channel rules refuse       | —             | `EntryContradicts`               |
 //!
 //! *Later commit* also looks into every later segment. Writing resumes in the
 //! last segment (which may be an empty spare created ahead of use).
@@ -37,6 +41,7 @@ use bytes::Bytes;
 
 use crate::buffer::channels::{ChannelTable, Logged};
 use crate::config::RecoveryMode;
+pub use crate::damage::DamageKind;
 use crate::error::{Error, Result};
 use crate::io::buffer::{round_up, AlignedBuf};
 use crate::io::file::{self, Access, DiskFile};
@@ -50,6 +55,10 @@ use crate::wal::format::{
 };
 use crate::wal::manifest::{self, ManifestState};
 use crate::wal::segment::{list_segments, Segment};
+
+pub mod decision;
+
+use decision::{decide, Decision, Finding};
 
 /// Bytes per read while replaying.
 const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -213,7 +222,7 @@ pub struct Damage {
     /// Byte in that segment.
     pub position: u64,
     /// What was found there.
-    pub what: String,
+    pub kind: DamageKind,
     /// What recovery did about it.
     pub action: DamageAction,
 }
@@ -296,14 +305,14 @@ struct Place {
 
 enum ChainEnd {
     Zeros,
-    Damaged(String),
+    Damaged(DamageKind),
 }
 
 /// A damaged chain end that is the torn tail unless a commit follows it.
 struct Torn {
     at: Place,
     nonzero_end: u64,
-    what: String,
+    kind: DamageKind,
 }
 
 /// A commit found after the chain end.
@@ -328,13 +337,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         !(ctx.read_only && mode == RecoveryMode::KeepPrefix),
         "KeepPrefix moves segments: not a read-only mode"
     );
-    let lenient = mode == RecoveryMode::SkipDamaged;
-    let error = |segment: SegmentSeq, position: u64, what: String| Error::Corruption {
-        shard: ctx.shard,
-        segment,
-        position,
-        what,
-    };
+    // Whether replay goes on after damage to the next whole commit.
+    let skipping = decide(Finding::CommitAfterChainEnd, mode) == Decision::Skip;
 
     let mut table = ChannelTable::default();
     // The sequence number the next commit must carry; unknown until the first.
@@ -345,7 +349,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
     // Where the chain of whole commits ends so far: writing resumes there.
     let mut end_of_chain: Option<Place> = None;
     // KeepPrefix: where replay stopped, and why.
-    let mut stop: Option<(Place, String)> = None;
+    let mut stop: Option<(Place, DamageKind)> = None;
     let mut next_segment_seq = SegmentSeq(1);
     let mut previous: Option<SegmentSeq> = None;
     let mut last_commit_segment: Option<SegmentSeq> = None;
@@ -356,16 +360,15 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
     let mut junk: Vec<(std::path::PathBuf, usize, u64, u64)> = Vec::new();
     let mut cuts: Vec<Cut> = Vec::new();
     for (i, (seq, path)) in segments.iter().enumerate() {
-        next_segment_seq = SegmentSeq(
-            seq.0
-                .checked_add(1)
-                .ok_or_else(|| error(*seq, 0, "segment sequence number at its maximum".into()))?,
-        );
-        let skip_segment = |what: String,
+        next_segment_seq = SegmentSeq(seq.0.checked_add(1).ok_or_else(|| {
+            let d = decide(Finding::SequenceExhausted, mode);
+            refuse(ctx, d, *seq, 0, DamageKind::SegmentSeqExhausted)
+        })?);
+        let skip_segment = |kind: DamageKind,
                             torn: &mut Option<Torn>,
                             damage: &mut Vec<Damage>,
                             end_of_chain: &Option<Place>|
-         -> Result<Option<(Place, String)>> {
+         -> Result<Option<(Place, DamageKind)>> {
             // A whole segment cannot be replayed: damage, whatever came before.
             let here = Place {
                 seq: *seq,
@@ -374,28 +377,34 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                 block: 0,
                 segment_bytes: 0,
             };
-            match mode {
-                RecoveryMode::SkipDamaged => {
+            match decide(Finding::SegmentUnreadable, mode) {
+                Decision::Skip => {
                     if let Some(t) = torn.take() {
-                        damage.push(skipped(ctx, &t.at, t.what, None));
+                        damage.push(skipped(ctx, &t.at, t.kind, None));
                     }
-                    damage.push(skipped(ctx, &here, what, None));
+                    damage.push(skipped(ctx, &here, kind, None));
                     Ok(None)
                 }
-                RecoveryMode::KeepPrefix => Ok(Some(match torn.take() {
-                    Some(t) => (t.at, t.what),
+                Decision::KeepPrefix => Ok(Some(match torn.take() {
+                    Some(t) => (t.at, t.kind),
                     None => (
                         end_of_chain.clone().unwrap_or(here),
-                        format!("segment {}: {what}", seq.0),
+                        DamageKind::InSegment {
+                            segment: *seq,
+                            kind: Box::new(kind),
+                        },
                     ),
                 })),
-                _ => Err(error(*seq, 0, what)),
+                d => Err(refuse(ctx, d, *seq, 0, kind)),
             }
         };
         if let Some(p) = previous {
             if p.0.checked_add(1) != Some(seq.0) {
-                let what = format!("segments {}..{} are missing before it", p.0 + 1, seq.0);
-                stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
+                let kind = DamageKind::SegmentsMissing {
+                    from: SegmentSeq(p.0 + 1),
+                    to: SegmentSeq(seq.0 - 1),
+                };
+                stop = skip_segment(kind, &mut torn, &mut damage, &end_of_chain)?;
                 if stop.is_some() {
                     break;
                 }
@@ -406,8 +415,8 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         let f = DiskFile::open_read(path, ctx.access)?;
         let size = f.len()?;
         if size > crate::config::SEGMENT_BYTES_LIMIT {
-            let what = format!("segment file of {size} bytes is larger than any corewal writes");
-            stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
+            let kind = DamageKind::SegmentTooLarge { bytes: size };
+            stop = skip_segment(kind, &mut torn, &mut damage, &end_of_chain)?;
             if stop.is_some() {
                 break;
             }
@@ -420,20 +429,20 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
             Ok(h)
                 if h.shard != ctx.shard || h.store_id != ctx.store_id || h.segment_seq != *seq =>
             {
-                Err("segment header belongs to another shard, store or file name".to_string())
+                Err(DamageKind::SegmentForeign)
             }
-            Ok(h) if (n as u64) < h.segment_bytes => Err(format!(
-                "segment file is {n} bytes, its header says {}",
-                h.segment_bytes
-            )),
+            Ok(h) if (n as u64) < h.segment_bytes => Err(DamageKind::SegmentShort {
+                bytes: n as u64,
+                header_bytes: h.segment_bytes,
+            }),
             Ok(h) => Ok(h),
-            Err(e) => Err(format!("segment header: {e}")),
+            Err(e) => Err(DamageKind::SegmentHeader(e)),
         };
         let header = match header {
             Ok(h) => h,
-            Err(what) => {
+            Err(kind) => {
                 drop(reader);
-                stop = skip_segment(what, &mut torn, &mut damage, &end_of_chain)?;
+                stop = skip_segment(kind, &mut torn, &mut damage, &end_of_chain)?;
                 if stop.is_some() {
                     break;
                 }
@@ -465,46 +474,49 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                     let h = match decode_commit_header(&data[pos..], block) {
                         Ok(h) => h,
                         Err(DecodeError::Empty) => break ChainEnd::Zeros,
-                        Err(e) => break ChainEnd::Damaged(e.to_string()),
+                        Err(e) => break ChainEnd::Damaged(DamageKind::Commit(e)),
                     };
                     if h.store_id != ctx.store_id
                         || h.shard != ctx.shard
                         || h.segment_seq != *seq
                         || h.position != pos as u64
                     {
-                        break ChainEnd::Damaged("commit header from another place or file".into());
+                        break ChainEnd::Damaged(DamageKind::CommitMisplaced);
                     }
                     if let Some(want) = next {
                         if h.commit_seq != want {
                             // A whole, valid header out of sequence is not a
                             // torn write: commits before it are missing.
-                            let what = format!(
-                                "commit {} found where commit {} was next",
-                                h.commit_seq.0, want.0
-                            );
-                            match mode {
-                                RecoveryMode::SkipDamaged if h.commit_seq > want => {
+                            let kind = DamageKind::CommitOutOfSequence {
+                                found: h.commit_seq,
+                                expected: want,
+                            };
+                            let finding = if h.commit_seq > want {
+                                Finding::CommitsMissing
+                            } else {
+                                Finding::CommitRepeated
+                            };
+                            match decide(finding, mode) {
+                                Decision::Skip => {
                                     damage.push(skipped(
                                         ctx,
                                         &place(pos),
-                                        format!("{what} (commits missing)"),
+                                        kind,
                                         Some((*seq, pos as u64)),
                                     ));
                                 }
-                                RecoveryMode::SkipDamaged => {
-                                    break ChainEnd::Damaged(what);
-                                }
-                                RecoveryMode::KeepPrefix => {
-                                    stop = Some((place(pos), what));
+                                Decision::EndChain => break ChainEnd::Damaged(kind),
+                                Decision::KeepPrefix => {
+                                    stop = Some((place(pos), kind));
                                     break ChainEnd::Zeros;
                                 }
-                                _ => return Err(error(*seq, pos as u64, what)),
+                                d => return Err(refuse(ctx, d, *seq, pos as u64, kind)),
                             }
                         }
                     }
                     let span = h.blocks as usize * block;
                     if pos + span > n {
-                        break ChainEnd::Damaged("commit runs past the end of the segment".into());
+                        break ChainEnd::Damaged(DamageKind::CommitPastSegment);
                     }
                     reader.ensure(pos + span)?;
                     let data = reader.view();
@@ -515,33 +527,33 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                     if let Some(err) =
                         EntryIter::new(body, h.commit_seq, h.entry_count).find_map(|e| e.err())
                     {
-                        break ChainEnd::Damaged(err.to_string());
+                        break ChainEnd::Damaged(DamageKind::Commit(err));
                     }
                     // One copy and one allocation per commit; records are
                     // slices of it (they keep the commit's bytes alive).
                     let owned = Bytes::copy_from_slice(body);
-                    // Gaps are expected only after something was skipped;
-                    // before that, an entry that contradicts the log is
-                    // refused in every mode.
-                    let after_skip = lenient
-                        && damage
-                            .iter()
-                            .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
+                    // Gaps are expected only after something was skipped
+                    // (only a mode that skips does); before that, an entry
+                    // that contradicts the log is refused in every mode.
+                    let after_skip = damage
+                        .iter()
+                        .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
                     for e in EntryIter::verified(&owned, h.entry_count) {
                         let e = e.expect("verified in the first pass");
                         let lost = apply(&mut table, &e, &owned, h.commit_seq, after_skip)
-                            .map_err(|what| error(*seq, pos as u64, what))?;
+                            .map_err(|kind| {
+                                let d = decide(Finding::EntryContradicts, mode);
+                                refuse(ctx, d, *seq, pos as u64, kind)
+                            })?;
                         if lost > 0 {
                             count_lost(&mut damage, lost);
                         }
                     }
                     pos += span;
                     let Some(after) = h.commit_seq.0.checked_add(1) else {
-                        return Err(error(
-                            *seq,
-                            pos as u64,
-                            "commit sequence number at its maximum".into(),
-                        ));
+                        let d = decide(Finding::SequenceExhausted, mode);
+                        let kind = DamageKind::CommitSeqExhausted;
+                        return Err(refuse(ctx, d, *seq, pos as u64, kind));
                     };
                     next = Some(CommitSeq(after));
                     last_commit_segment = Some(*seq);
@@ -592,13 +604,13 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                 }
                 q += block;
             }
-            // SkipDamaged: commits in flight with a damaged one are only
+            // A mode that skips: commits in flight with a damaged one are only
             // unacknowledged if nothing follows; when a later segment holds
             // a commit, every commit here was acknowledged (segments change
             // with nothing in flight), so the damage is not a torn tail and
             // replay goes on at the first of them.
             if beyond.is_none()
-                && lenient
+                && skipping
                 && live
                 && first_later.is_some()
                 && later_segment_has_commit(ctx, &segments[i + 1..])
@@ -609,26 +621,29 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                 // Damage, not a torn tail: a commit follows the chain end.
                 junk.clear();
                 let (at, found) = match torn.take() {
-                    Some(t) => (t.at, t.what),
+                    Some(t) => (t.at, Some(t.kind)),
                     None => (
                         place(pos),
                         match &end {
-                            ChainEnd::Damaged(w) => w.clone(),
-                            ChainEnd::Zeros => "zeros".into(),
+                            ChainEnd::Damaged(k) => Some(k.clone()),
+                            ChainEnd::Zeros => None,
                         },
                     ),
                 };
-                let what = format!(
-                    "{found} where commit {} was next, yet commit {} follows in segment {} at byte {}",
-                    window_base.0, b.commit_seq.0, seq.0, b.position
-                );
-                match mode {
-                    RecoveryMode::SkipDamaged => {
+                let kind = DamageKind::CommitAfterChainEnd {
+                    end: found.map(Box::new),
+                    expected: window_base,
+                    found: b.commit_seq,
+                    segment: *seq,
+                    position: b.position as u64,
+                };
+                match decide(Finding::CommitAfterChainEnd, mode) {
+                    Decision::Skip => {
                         let resume = first_later.expect("beyond is a later commit");
                         damage.push(skipped(
                             ctx,
                             &at,
-                            what,
+                            kind,
                             Some((*seq, resume.position as u64)),
                         ));
                         pos = resume.position;
@@ -636,11 +651,11 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                         live = true;
                         continue;
                     }
-                    RecoveryMode::KeepPrefix => {
-                        stop = Some((at, what));
+                    Decision::KeepPrefix => {
+                        stop = Some((at, kind));
                         break;
                     }
-                    _ => return Err(error(at.seq, at.position, what)),
+                    d => return Err(refuse(ctx, d, at.seq, at.position, kind)),
                 }
             }
             if live {
@@ -659,9 +674,9 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                     torn = Some(Torn {
                         at: place(pos),
                         nonzero_end: nonzero_end as u64,
-                        what: match end {
-                            ChainEnd::Damaged(w) => w,
-                            ChainEnd::Zeros => "bytes after the last whole commit".into(),
+                        kind: match end {
+                            ChainEnd::Damaged(k) => k,
+                            ChainEnd::Zeros => DamageKind::BytesAfterLastCommit,
                         },
                     });
                 }
@@ -682,13 +697,13 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         }
     }
 
-    if let Some((at, what)) = stop {
+    if let Some((at, kind)) = stop {
         let moved_to = keep_prefix(ctx, &segments, &at)?;
         damage.push(Damage {
             shard: ctx.shard,
             segment: at.seq,
             position: at.position,
-            what,
+            kind,
             action: DamageAction::PrefixKept {
                 moved_to: moved_to.clone(),
             },
@@ -705,26 +720,28 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         let newest = segments.last().map_or(SegmentSeq(0), |(seq, _)| *seq);
         let lost_end = match &manifest {
             ManifestState::Missing => None,
-            ManifestState::Damaged(what) => Some((what.clone(), DamageAction::ManifestDamaged)),
+            ManifestState::Damaged(why) => Some((
+                DamageKind::ManifestDamaged(why.clone()),
+                DamageAction::ManifestDamaged,
+            )),
             ManifestState::Found(r) if newest < r.active_segment => Some((
-                format!(
-                    "the shard manifest records segment {} as written to, yet the newest \
-                     segment is {}: acknowledged commits through {} are missing from the end of \
-                     the log (it ends at commit {replayed_through})",
-                    r.active_segment.0, newest.0, r.durable_through.0
-                ),
+                DamageKind::NewestSegmentMissing {
+                    active: r.active_segment,
+                    newest,
+                    acknowledged_through: r.durable_through.0,
+                    replayed_through,
+                },
                 DamageAction::EndLost {
                     acknowledged_through: r.durable_through.0,
                     replayed_through,
                 },
             )),
             ManifestState::Found(r) if replayed_through < r.durable_through.0 => Some((
-                format!(
-                    "the log ends at commit {replayed_through}, yet the shard manifest records \
-                     commits through {} as durable: acknowledged commits are missing from the \
-                     end of the log (a lost, older or damaged copy of segment {})",
-                    r.durable_through.0, newest.0
-                ),
+                DamageKind::LogEndsEarly {
+                    replayed_through,
+                    acknowledged_through: r.durable_through.0,
+                    newest,
+                },
                 DamageAction::EndLost {
                     acknowledged_through: r.durable_through.0,
                     replayed_through,
@@ -732,41 +749,29 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
             )),
             ManifestState::Found(_) => None,
         };
-        if let Some((what, action)) = lost_end {
+        if let Some((kind, action)) = lost_end {
             let (segment, position) = end_of_chain
                 .as_ref()
                 .map_or((newest, 0), |p| (p.seq, p.position));
-            match mode {
-                RecoveryMode::KeepPrefix | RecoveryMode::SkipDamaged => damage.push(Damage {
+            match decide(Finding::EndLost, mode) {
+                Decision::Report => damage.push(Damage {
                     shard: ctx.shard,
                     segment,
                     position,
-                    what,
+                    kind,
                     action,
                 }),
-                _ => {
-                    return Err(error(
-                        segment,
-                        position,
-                        format!(
-                            "{what}; open with RecoveryMode::KeepPrefix to go on with what is left"
-                        ),
-                    ))
-                }
+                d => return Err(refuse(ctx, d, segment, position, kind)),
             }
         }
     }
     if let Some(t) = torn {
-        if mode == RecoveryMode::FailOnAnyDamage {
-            return Err(error(
-                t.at.seq,
-                t.at.position,
-                format!(
-                    "torn tail ({}); RecoveryMode::FailOnAnyDamage cuts nothing — \
-                     open with RecoveryMode::TolerateTornTail to cut it",
-                    t.what
-                ),
-            ));
+        match decide(Finding::TornTail, mode) {
+            Decision::Cut => {}
+            d => {
+                let kind = DamageKind::TornTail(Box::new(t.kind));
+                return Err(refuse(ctx, d, t.at.seq, t.at.position, kind));
+            }
         }
         // Torn tail: what the torn commit left is zeroed before writing
         // resumes (see `Recovered::cuts`).
@@ -785,7 +790,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
             shard: ctx.shard,
             segment: t.at.seq,
             position: t.at.position,
-            what: t.what,
+            kind: t.kind,
             action: if ctx.read_only {
                 DamageAction::TornTailFound
             } else {
@@ -860,17 +865,37 @@ fn later_segment_has_commit(
     })
 }
 
+/// The error for a finding the table refuses (`decision`, a `Fail`).
+fn refuse(
+    ctx: &RecoverContext<'_>,
+    decision: Decision,
+    segment: SegmentSeq,
+    position: u64,
+    kind: DamageKind,
+) -> Error {
+    let Decision::Fail { remedy } = decision else {
+        unreachable!("{decision:?} for {kind} is not a refusal");
+    };
+    Error::Corruption {
+        shard: ctx.shard,
+        segment,
+        position,
+        kind,
+        remedy,
+    }
+}
+
 fn skipped(
     ctx: &RecoverContext<'_>,
     at: &Place,
-    what: String,
+    kind: DamageKind,
     resumed_at: Option<(SegmentSeq, u64)>,
 ) -> Damage {
     Damage {
         shard: ctx.shard,
         segment: at.seq,
         position: at.position,
-        what,
+        kind,
         action: DamageAction::Skipped {
             resumed_at,
             records_lost: 0,
@@ -948,13 +973,12 @@ fn apply(
     commit_body: &Bytes,
     commit: CommitSeq,
     lenient: bool,
-) -> std::result::Result<u64, String> {
+) -> std::result::Result<u64, DamageKind> {
     let logged = match e.kind {
         EntryKind::Register => Logged::Register {
             channel: e.channel,
             first: e.offset,
-            name: std::str::from_utf8(e.payload)
-                .map_err(|_| "channel name is not UTF-8".to_string())?,
+            name: std::str::from_utf8(e.payload).map_err(|_| DamageKind::NameNotUtf8)?,
         },
         EntryKind::Append => Logged::Append {
             channel: e.channel,
@@ -968,5 +992,5 @@ fn apply(
     };
     table
         .replay(logged, commit, lenient)
-        .map_err(|c| c.to_string())
+        .map_err(DamageKind::Entry)
 }
