@@ -51,6 +51,7 @@ pub use corewal_engine::types::{Offset, Record, SegmentSeq, ShardId};
 /// you want to keep.
 #[cfg(feature = "testing")]
 pub mod sim {
+    pub use corewal_engine::io::fs::FsOp;
     pub use corewal_engine::io::sim::{
         PowerCutReport, SimDisk, SimFault, SimReadFault, SimStats, SIM_SECTOR_BYTES,
     };

@@ -262,3 +262,26 @@ fn segment_names_are_parsed_strictly() {
         }
     }
 }
+
+#[test]
+fn a_lost_meta_file_is_refused_unless_the_store_never_held_anything() {
+    // Shard directories without corewal.meta: a crash during the store's
+    // creation leaves them empty (the meta comes last, and nothing is
+    // written before it) and the next open creates the store again; once
+    // a shard holds a file, the meta was lost and the open refuses.
+    let dir = test_dir();
+    for s in 0..2 {
+        std::fs::create_dir(dir.path().join(format!("shard-{s:03}"))).unwrap();
+    }
+    let engine = Engine::open(config(dir.path(), RecoveryMode::TolerateTornTail)).unwrap();
+    engine.register("a").unwrap().append(b"x").unwrap();
+    engine.close().unwrap();
+    std::fs::remove_file(dir.path().join("corewal.meta")).unwrap();
+    match Engine::open(config(dir.path(), RecoveryMode::TolerateTornTail)) {
+        Err(Error::Format { path, what }) => {
+            assert!(path.ends_with("corewal.meta"), "{path:?}");
+            assert!(what.contains("missing"), "{what}");
+        }
+        other => panic!("expected Format, got {other:?}"),
+    }
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::io::file::{self, Access, DirLock};
+use crate::io::fs::Fs;
 use crate::io::ring::Ring;
 use crate::io::wake::WakeFd;
 use crate::metrics::ShardMetrics;
@@ -93,7 +94,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
     let mut shards = Vec::with_capacity(meta.shards as usize);
     for shard in 0..meta.shards as u16 {
         let shard_dir = store::shard_dir(dir, shard);
-        let segments = list_segments(&shard_dir, false)?
+        let segments = list_segments(&shard_dir, None)?
             .into_iter()
             .map(|(seq, path)| {
                 let bytes = file::size_of(&path).unwrap_or(0);
@@ -103,6 +104,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         let metrics = ShardMetrics::default();
         let mut io = Ring::portable(wake.fd());
         let ctx = RecoverContext {
+            fs: &Fs::Real,
             shard_dir: &shard_dir,
             shard: ShardId(shard),
             store_id: meta.store_id,

@@ -14,6 +14,7 @@ use crate::config::SyncMethod;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::{self, Access, DiskFile};
+use crate::io::fs::Fs;
 use crate::io::ring::{Refused, Ring};
 use crate::io::wake::WakeFd;
 use crate::io::{SyncKind, OPS_IN_FLIGHT_MAX};
@@ -80,7 +81,7 @@ pub struct ProbeReport {
 struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
-        file::remove_leftover(&self.0);
+        file::remove_leftover(&Fs::Real, &self.0);
     }
 }
 
@@ -107,7 +108,12 @@ pub fn probe(dir: &Path, opts: &ProbeOptions) -> Result<ProbeReport> {
         });
     }
     let path = dir.join(format!("corewal-probe-{:016x}.tmp", file::random_u64()?));
-    let f = Arc::new(DiskFile::create_new(&path, Access::Direct, 0o600)?);
+    let f = Arc::new(DiskFile::create_new(
+        &Fs::Real,
+        &path,
+        Access::Direct,
+        0o600,
+    )?);
     let _scratch = Scratch(path.clone());
     let dio_align = f.dio_offset_align();
     let block_bytes = dio_align.unwrap_or(4096).max(4096);

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::io::buffer::round_up;
 use crate::io::file::{self, Access, DirLock, DiskFile};
+use crate::io::fs::Fs;
 use crate::metrics::ShardMetricsSnapshot;
 use crate::shard::{spawn_shard, ShardHandle, ShardSpec};
 use crate::store;
@@ -47,7 +48,7 @@ impl Runtime {
         if file::exists(&config.dir) {
             file::check_dir_mode(&config.dir, config.dir_mode)?;
         } else {
-            file::create_dir(&config.dir, config.dir_mode)?;
+            file::create_dir(&Fs::of(&config.backend), &config.dir, config.dir_mode)?;
         }
         let lock = DirLock::acquire(&config.dir, config.file_mode, config.lock_wait)?;
         let meta = match store::read_meta(&config.dir)? {
@@ -69,6 +70,7 @@ impl Runtime {
                     .unwrap_or(cores.len())
                     .clamp(1, crate::config::SHARDS_LIMIT);
                 store::create(
+                    &Fs::of(&config.backend),
                     &config.dir,
                     shards as u32,
                     config.dir_mode,
@@ -210,8 +212,8 @@ fn block_bytes(config: &Config) -> Result<usize> {
 /// Refuses early, with the way out, when the filesystem will not do `O_DIRECT`.
 fn check_direct_io(dir: &Path, mode: u32) -> Result<()> {
     let path = dir.join(".corewal-direct-io-probe");
-    file::remove_leftover(&path);
-    let r = DiskFile::create_new(&path, Access::Direct, mode);
-    file::remove_leftover(&path);
+    file::remove_leftover(&Fs::Real, &path);
+    let r = DiskFile::create_new(&Fs::Real, &path, Access::Direct, mode);
+    file::remove_leftover(&Fs::Real, &path);
     r.map(drop)
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::file::{self, Access, DiskFile};
+use crate::io::fs::Fs;
 
 const META_FILE: &str = "corewal.meta";
 const META_MAGIC: u32 = u32::from_le_bytes(*b"CWMT");
@@ -89,9 +90,12 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     match read_bounded(&path, META_BYTES) {
         Ok(b) => Meta::decode(&path, &b).map(Some),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            // Shard directories without a meta file mean the meta was lost:
-            // refuse rather than start a second, unrelated store over them.
-            if file::exists(&shard_dir(dir, 0)) {
+            // Shard directories holding files without a meta file mean the
+            // meta was lost: refuse rather than start a second, unrelated
+            // store over them. Empty ones are what a crash during `create`
+            // leaves (the meta comes last, and no shard writes before it
+            // exists): the store is created again over them.
+            if shard_dirs_hold_files(dir)? {
                 return Err(Error::Format {
                     path,
                     what: "missing, but shard directories exist; restore corewal.meta or move the directory away".into(),
@@ -101,6 +105,29 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether any `shard-NNN` directory in `dir` holds anything.
+fn shard_dirs_hold_files(dir: &Path) -> Result<bool> {
+    let listed = file::list_dir(dir, "list data directory")?.unwrap_or_default();
+    for entry in listed {
+        let is_shard = entry
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("shard-"));
+        if !is_shard {
+            continue;
+        }
+        if !entry.kind.is_dir() {
+            return Ok(true);
+        }
+        let inside = file::list_dir(&entry.path, "list shard directory")?;
+        if inside.is_some_and(|v| !v.is_empty()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Reads `path`, a regular file of at most `max` bytes: a larger file is
@@ -117,7 +144,7 @@ fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>> {
 /// Creates a store with `shards` shards: the shard directories, then the
 /// meta file (written, synced, renamed into place, directory synced), so that
 /// a crash leaves either no store or a whole one.
-pub fn create(dir: &Path, shards: u32, dir_mode: u32, file_mode: u32) -> Result<Meta> {
+pub fn create(fs: &Fs, dir: &Path, shards: u32, dir_mode: u32, file_mode: u32) -> Result<Meta> {
     let meta = Meta {
         shards,
         store_id: file::random_u64()?,
@@ -127,10 +154,10 @@ pub fn create(dir: &Path, shards: u32, dir_mode: u32, file_mode: u32) -> Result<
     };
     for s in 0..shards {
         let d = shard_dir(dir, s as u16);
-        file::create_dir(&d, dir_mode)?;
+        file::create_dir(fs, &d, dir_mode)?;
     }
     let tmp = dir.join("corewal.meta.tmp");
-    file::publish(&tmp, &dir.join(META_FILE), &meta.encode(), file_mode)?;
+    file::publish(fs, &tmp, &dir.join(META_FILE), &meta.encode(), file_mode)?;
     Ok(meta)
 }
 

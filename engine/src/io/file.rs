@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
+use crate::io::fs::{Fs, FsFault, FsOp};
 
 /// How a file is opened for data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +26,9 @@ pub enum Access {
 /// Creates `dir` and its missing parents with `mode`, and makes each new
 /// directory's entry durable (its parent is synced), so that a power cut
 /// after the first acknowledged commit cannot take the directory with it.
-pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+/// (The simulated disk does not take directories back: only their syncs
+/// are its operations.)
+pub fn create_dir(fs: &Fs, dir: &Path, mode: u32) -> Result<()> {
     // The missing ancestors, outermost first.
     let mut missing = Vec::new();
     let mut at = Some(dir);
@@ -43,8 +46,8 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("create directory", Some(dir.into()), e))?;
     for d in missing.iter().rev() {
         match d.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            _ => sync_dir(Path::new("."))?,
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(fs, parent)?,
+            _ => sync_dir(fs, Path::new("."))?,
         }
     }
     Ok(())
@@ -81,10 +84,47 @@ pub fn check_dir_mode(dir: &Path, mode: u32) -> Result<()> {
 }
 
 /// `fsync` of a directory, so that entries created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(fs: &Fs, dir: &Path) -> Result<()> {
+    let operation = "fsync directory";
+    let fault = begin(fs, FsOp::SyncDir, operation, dir)?;
     let f = File::open(dir).map_err(|e| Error::io("open directory", Some(dir.into()), e))?;
     f.sync_all()
-        .map_err(|e| Error::io("fsync directory", Some(dir.into()), e))
+        .map_err(|e| Error::io(operation, Some(dir.into()), e))?;
+    end(fs, fault, operation, dir)?;
+    #[cfg(feature = "testing")]
+    if let Fs::Simulated(disk) = fs {
+        disk.fs_dir_synced(dir);
+    }
+    Ok(())
+}
+
+/// Counts `op` on the simulated disk, if any: `Err` for a planned error or
+/// when the power is gone; otherwise what the operation must do.
+fn begin(fs: &Fs, op: FsOp, operation: &'static str, path: &Path) -> Result<FsFault> {
+    match fs {
+        Fs::Real => {
+            let _ = (op, operation, path);
+            Ok(FsFault::None)
+        }
+        #[cfg(feature = "testing")]
+        Fs::Simulated(disk) => disk
+            .fs_begin(op)
+            .map_err(|e| Error::io(operation, Some(path.into()), e)),
+    }
+}
+
+/// After an operation was done: the power went during it if so planned.
+fn end(fs: &Fs, fault: FsFault, operation: &'static str, path: &Path) -> Result<()> {
+    match (fs, fault) {
+        #[cfg(feature = "testing")]
+        (Fs::Simulated(disk), FsFault::PowerCut) => {
+            Err(Error::io(operation, Some(path.into()), disk.fs_cut_now()))
+        }
+        _ => {
+            let _ = (operation, path);
+            Ok(())
+        }
+    }
 }
 
 fn direct_flag(access: Access) -> i32 {
@@ -101,40 +141,50 @@ fn direct_flag(access: Access) -> i32 {
 pub struct DiskFile {
     file: File,
     path: PathBuf,
+    fs: Fs,
 }
 
 impl DiskFile {
-    /// Opens an existing regular file for reading and writing.
-    pub fn open_rw(path: &Path, access: Access) -> Result<DiskFile> {
+    /// Opens an existing regular file of `fs` for reading and writing.
+    pub fn open_rw(fs: &Fs, path: &Path, access: Access) -> Result<DiskFile> {
         let mut o = OpenOptions::new();
         o.read(true).write(true);
-        open_regular(path, access, &mut o).map(|file| DiskFile::at(file, path))
+        open_regular(path, access, &mut o).map(|file| DiskFile::at(file, path, fs))
     }
 
     /// Opens an existing regular file read-only.
     pub fn open_read(path: &Path, access: Access) -> Result<DiskFile> {
         let mut o = OpenOptions::new();
         o.read(true);
-        open_regular(path, access, &mut o).map(|file| DiskFile::at(file, path))
+        open_regular(path, access, &mut o).map(|file| DiskFile::at(file, path, &Fs::Real))
     }
 
-    /// Creates a new file (failing if it exists) with `mode`.
-    pub fn create_new(path: &Path, access: Access, mode: u32) -> Result<DiskFile> {
-        OpenOptions::new()
+    /// Creates a new file of `fs` (failing if it exists) with `mode`; its
+    /// name is durable once its directory is synced.
+    pub fn create_new(fs: &Fs, path: &Path, access: Access, mode: u32) -> Result<DiskFile> {
+        let fault = begin(fs, FsOp::Create, "create", path)?;
+        let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(mode)
             .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
             .open(path)
-            .map(|file| DiskFile::at(file, path))
-            .map_err(|e| open_error(path, access, e))
+            .map(|file| DiskFile::at(file, path, fs))
+            .map_err(|e| open_error(path, access, e))?;
+        #[cfg(feature = "testing")]
+        if let Fs::Simulated(disk) = fs {
+            disk.fs_created(path);
+        }
+        end(fs, fault, "create", path)?;
+        Ok(f)
     }
 
-    fn at(file: File, path: &Path) -> DiskFile {
+    fn at(file: File, path: &Path, fs: &Fs) -> DiskFile {
         DiskFile {
             file,
             path: path.into(),
+            fs: fs.clone(),
         }
     }
 
@@ -162,6 +212,29 @@ impl DiskFile {
 
     /// Writes all of `buf` at `position`.
     pub fn write_all_at(&self, buf: &[u8], position: u64, operation: &'static str) -> Result<()> {
+        let fault = begin(&self.fs, FsOp::Write, operation, &self.path)?;
+        let buf = match fault {
+            FsFault::ShortWrite => &buf[..buf.len() / 2],
+            _ => buf,
+        };
+        self.write_through(buf, position, operation)?;
+        if fault == FsFault::ShortWrite {
+            return Err(Error::io(
+                operation,
+                Some(self.path.clone()),
+                io::ErrorKind::WriteZero.into(),
+            ));
+        }
+        end(&self.fs, fault, operation, &self.path)
+    }
+
+    fn write_through(&self, buf: &[u8], position: u64, operation: &'static str) -> Result<()> {
+        #[cfg(feature = "testing")]
+        if let Fs::Simulated(disk) = &self.fs {
+            return disk
+                .fs_write(&self.file, &self.path, position, buf)
+                .map_err(|e| Error::io(operation, Some(self.path.clone()), e));
+        }
         let mut done = 0;
         while done < buf.len() {
             match self.file.write_at(&buf[done..], position + done as u64) {
@@ -206,16 +279,28 @@ impl DiskFile {
     /// `fdatasync`, outside any ring (files other than segments, and
     /// segments before the shard uses them).
     pub fn sync_data(&self, operation: &'static str) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(operation, Some(self.path.clone()), e))
+        self.sync(operation, false)
+    }
+
+    fn sync(&self, operation: &'static str, all: bool) -> Result<()> {
+        let fault = begin(&self.fs, FsOp::SyncFile, operation, &self.path)?;
+        let synced = if all {
+            self.file.sync_all()
+        } else {
+            self.file.sync_data()
+        };
+        synced.map_err(|e| Error::io(operation, Some(self.path.clone()), e))?;
+        end(&self.fs, fault, operation, &self.path)?;
+        #[cfg(feature = "testing")]
+        if let Fs::Simulated(disk) = &self.fs {
+            disk.fs_file_synced(&self.path);
+        }
+        Ok(())
     }
 
     /// `fsync`: data and metadata (the size of a file just written).
     pub fn sync_all(&self, operation: &'static str) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(operation, Some(self.path.clone()), e))
+        self.sync(operation, true)
     }
 
     /// Fills the file with zeros from `from` to `to` (block-aligned) using
@@ -401,7 +486,9 @@ impl DirLock {
 
 /// Renames `from` to `to`, failing if `to` exists (`RENAME_NOREPLACE`), so
 /// that a file holding data is never replaced.
-pub fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
+pub fn rename_no_replace(fs: &Fs, from: &Path, to: &Path) -> Result<()> {
+    let operation = "rename segment";
+    let fault = begin(fs, FsOp::Rename, operation, to)?;
     let (f, t) = (c_path(from)?, c_path(to)?);
     // SAFETY: both paths are NUL-terminated C strings that outlive the call.
     let rc = unsafe {
@@ -415,48 +502,78 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
     };
     if rc != 0 {
         return Err(Error::io(
-            "rename segment",
+            operation,
             Some(to.into()),
             io::Error::last_os_error(),
         ));
     }
-    Ok(())
+    renamed(fs, from, to);
+    end(fs, fault, operation, to)
+}
+
+fn renamed(fs: &Fs, from: &Path, to: &Path) {
+    #[cfg(feature = "testing")]
+    if let Fs::Simulated(disk) = fs {
+        disk.fs_renamed(from, to);
+    }
+    let _ = (fs, from, to);
 }
 
 /// Removes `path`; `Ok(false)` when it was not there. The removal is
 /// durable only once its directory is synced ([`sync_dir`]).
-pub fn remove(path: &Path, operation: &'static str) -> Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io(operation, Some(path.into()), e)),
+pub fn remove(fs: &Fs, path: &Path, operation: &'static str) -> Result<bool> {
+    let fault = begin(fs, FsOp::Remove, operation, path)?;
+    let removed = match fs {
+        Fs::Real => fs::remove_file(path),
+        #[cfg(feature = "testing")]
+        Fs::Simulated(disk) => disk.fs_remove(path),
+    };
+    match removed {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(operation, Some(path.into()), e)),
     }
+    end(fs, fault, operation, path)?;
+    Ok(true)
 }
 
 /// Removes a leftover that never held data (a temporary file of an
 /// interrupted creation), if it is there; a failure is left for the
 /// creation that follows to report.
-pub fn remove_leftover(path: &Path) {
-    let _ = fs::remove_file(path);
+pub fn remove_leftover(fs: &Fs, path: &Path) {
+    let _ = remove(fs, path, "remove");
 }
 
 /// Renames `from` to `to`, replacing `to` (only for files whose every
 /// version is whole: a manifest, a meta file, a segment moved aside).
-pub fn rename(from: &Path, to: &Path, operation: &'static str) -> Result<()> {
-    fs::rename(from, to).map_err(|e| Error::io(operation, Some(to.into()), e))
+pub fn rename(fs: &Fs, from: &Path, to: &Path, operation: &'static str) -> Result<()> {
+    let fault = begin(fs, FsOp::Rename, operation, to)?;
+    #[cfg(feature = "testing")]
+    if let Fs::Simulated(disk) = fs {
+        // The file replaced comes back if the rename is taken back.
+        match disk.fs_remove(to) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(Error::io(operation, Some(to.into()), e))
+            }
+            _ => {}
+        }
+    }
+    fs::rename(from, to).map_err(|e| Error::io(operation, Some(to.into()), e))?;
+    renamed(fs, from, to);
+    end(fs, fault, operation, to)
 }
 
 /// Writes `bytes` as the whole new content of `path`, never seen half-made:
 /// into `tmp` (created with `mode`), synced, renamed over `path`, and the
 /// directory synced.
-pub fn publish(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    remove_leftover(tmp);
-    let f = DiskFile::create_new(tmp, Access::Buffered, mode)?;
+pub fn publish(fs: &Fs, tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    remove_leftover(fs, tmp);
+    let f = DiskFile::create_new(fs, tmp, Access::Buffered, mode)?;
     f.write_all_at(bytes, 0, "write")?;
     f.sync_all("sync")?;
     drop(f);
-    rename(tmp, path, "rename")?;
-    sync_dir(parent_dir(path))
+    rename(fs, tmp, path, "rename")?;
+    sync_dir(fs, parent_dir(path))
 }
 
 /// The directory `path` is in (`.` for a bare name).
@@ -467,11 +584,22 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Copies `from` to the new file `to` and makes the copy durable (its
-/// directory is left to the caller to sync).
-pub fn copy_durably(from: &Path, to: &Path, operation: &'static str) -> Result<()> {
-    fs::copy(from, to).map_err(|e| Error::io(operation, Some(to.into()), e))?;
-    DiskFile::open_read(to, Access::Buffered)?.sync_all(operation)
+/// Copies `from` to the new file `to` (mode 0600) and makes the copy
+/// durable (its directory is left to the caller to sync).
+pub fn copy_durably(fs: &Fs, from: &Path, to: &Path, operation: &'static str) -> Result<()> {
+    const PIECE: usize = 1 << 20;
+    let source = DiskFile::open_read(from, Access::Buffered)?;
+    let copy = DiskFile::create_new(fs, to, Access::Buffered, 0o600)?;
+    let size = source.len()?;
+    let mut piece = vec![0u8; PIECE];
+    let mut at = 0u64;
+    while at < size {
+        let n = (PIECE as u64).min(size - at) as usize;
+        source.read_exact_at(&mut piece[..n], at)?;
+        copy.write_all_at(&piece[..n], at, operation)?;
+        at += n as u64;
+    }
+    copy.sync_all(operation)
 }
 
 /// The size of the file at `path`, or `None` if it cannot be looked at.

@@ -10,6 +10,7 @@ pub mod buffer;
 #[cfg(feature = "testing")]
 pub mod faulty;
 pub mod file;
+pub mod fs;
 pub mod portable;
 pub mod read_ahead;
 pub mod ring;

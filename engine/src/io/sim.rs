@@ -20,9 +20,16 @@
 //! * nothing else is ever durable — no write-back "by luck".
 //!
 //! Files are created, zero-filled, renamed and removed outside the commit
-//! path (`io::file`, with their own syncs); the simulated disk treats those
-//! as durable. Power cuts between those steps are what `tests/powercut.rs`
-//! covers on a real filesystem.
+//! path, through `io::file` on [`crate::io::fs::Fs::Simulated`], and the
+//! disk watches those too: a creation, rename or removal is volatile until
+//! its directory is synced, and a write outside the ring until its file is
+//! synced. At a power cut each directory keeps a prefix, picked by the seed,
+//! of its name changes since its last sync (a journaling filesystem commits
+//! them in order) and the rest are taken back; a removed file waits in a
+//! `*.sim-removed-N` stash beside it until then. These operations count
+//! among the planned ones: an error, a short write or the power cut can
+//! land on any of them. Directories themselves are created durably (only
+//! their syncs are counted).
 //!
 //! Faults are planned by operation: the n-th write or data sync of the disk
 //! (counted over all shards, from 1, across sessions) fails, completes short,
@@ -45,6 +52,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::io::fs::{FsFault, FsOp};
 use crate::io::portable::{self, PortableIo};
 use crate::io::{CommitIo, Op, OpError, OpKind, SyncKind};
 
@@ -90,6 +98,9 @@ pub struct PowerCutReport {
     pub lost: u64,
     /// Volatile writes torn to a prefix or a subset of their sectors.
     pub torn: u64,
+    /// Creations, renames and removals taken back (their directory was not
+    /// synced).
+    pub names_undone: u64,
 }
 
 /// Operation counts of the simulated disk.
@@ -103,6 +114,12 @@ pub struct SimStats {
     pub faults: u64,
     /// Most operations one shard had in flight at once.
     pub in_flight_most: u64,
+    /// Filesystem operations (creations, renames, removals, directory and
+    /// file syncs, writes outside the ring), counted in `ops` too.
+    pub fs_ops: u64,
+    /// Power cuts that happened during a filesystem operation, per kind in
+    /// the order of [`FsOp::ALL`].
+    pub cuts_in_fs: [u64; 6],
 }
 
 /// A shared handle to one simulated disk; clones name the same disk.
@@ -149,6 +166,10 @@ struct SimState {
     read_faults: HashMap<(PathBuf, u64), SimReadFault>,
     /// Writes not yet durable, per file, oldest first.
     volatile: HashMap<PathBuf, Vec<Volatile>>,
+    /// Name changes not yet durable, per directory, oldest first.
+    dirs: HashMap<PathBuf, Vec<DirOp>>,
+    /// Files removed so far (names their stashes).
+    stashed: u64,
     /// Writes so far (orders `Volatile::seq`).
     writes: u64,
     /// `poll` rounds an operation stays in flight.
@@ -164,6 +185,149 @@ fn fd_path(fd: RawFd) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
 }
 
+/// A change to a directory's names that its directory has not yet made
+/// durable.
+enum DirOp {
+    Created(PathBuf),
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// The file was moved to `stash`, from where a power cut may bring it back.
+    Removed {
+        path: PathBuf,
+        stash: PathBuf,
+    },
+}
+
+/// The directory a name is in.
+fn dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+impl SimDisk {
+    /// Counts filesystem operation `op` and applies its planned fault: the
+    /// error of a planned `Error`, or of a power cut that happened earlier.
+    /// Returns whether the power goes during this operation (the caller does
+    /// it, then reports the cut with [`SimDisk::fs_cut_now`]).
+    pub(crate) fn fs_begin(&self, op: FsOp) -> io::Result<FsFault> {
+        let mut s = self.lock();
+        if s.cut {
+            return Err(cut_error());
+        }
+        s.stats.fs_ops += 1;
+        match s.next_op() {
+            Some(SimFault::Error(errno)) => Err(io::Error::from_raw_os_error(errno)),
+            Some(SimFault::PowerCut) => {
+                s.stats.cuts_in_fs[op.index()] += 1;
+                Ok(FsFault::PowerCut)
+            }
+            Some(SimFault::ShortWrite) if op == FsOp::Write => Ok(FsFault::ShortWrite),
+            // A misdirected or short transfer is a ring fault: here the
+            // operation goes ahead as asked.
+            _ => Ok(FsFault::None),
+        }
+    }
+
+    /// The power goes now (during a filesystem operation).
+    pub(crate) fn fs_cut_now(&self) -> io::Error {
+        self.lock().cut = true;
+        cut_error()
+    }
+
+    /// `path` was created: its name is volatile until its directory syncs.
+    pub(crate) fn fs_created(&self, path: &Path) {
+        let mut s = self.lock();
+        s.dirs
+            .entry(dir_of(path))
+            .or_default()
+            .push(DirOp::Created(path.to_path_buf()));
+    }
+
+    /// `from` was renamed to `to`.
+    pub(crate) fn fs_renamed(&self, from: &Path, to: &Path) {
+        let mut s = self.lock();
+        if let Some(v) = s.volatile.remove(from) {
+            s.volatile.insert(to.to_path_buf(), v);
+        }
+        s.dirs
+            .entry(dir_of(from))
+            .or_default()
+            .push(DirOp::Renamed {
+                from: from.to_path_buf(),
+                to: to.to_path_buf(),
+            });
+    }
+
+    /// Removes `path` the way a power cut can take back: moved aside until
+    /// its directory syncs.
+    pub(crate) fn fs_remove(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        s.stashed += 1;
+        let stash = path.with_extension(format!("sim-removed-{}", s.stashed));
+        std::fs::rename(path, &stash)?;
+        if let Some(v) = s.volatile.remove(path) {
+            s.volatile.insert(stash.clone(), v);
+        }
+        s.dirs
+            .entry(dir_of(path))
+            .or_default()
+            .push(DirOp::Removed {
+                path: path.to_path_buf(),
+                stash,
+            });
+        Ok(())
+    }
+
+    /// `dir` was synced: its names are durable.
+    pub(crate) fn fs_dir_synced(&self, dir: &Path) {
+        let mut s = self.lock();
+        for op in s.dirs.remove(dir).unwrap_or_default() {
+            if let DirOp::Removed { stash, .. } = op {
+                s.volatile.remove(&stash);
+                let _ = std::fs::remove_file(&stash);
+            }
+        }
+    }
+
+    /// Writes `data` at `position` of `file` (at `path`) into the volatile
+    /// cache.
+    pub(crate) fn fs_write(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        position: u64,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let mut s = self.lock();
+        let len = file.metadata()?.len();
+        // Bytes past the end read back as zeros after the cut (the size is
+        // taken back with them).
+        let mut before = vec![0u8; data.len()];
+        if position < len {
+            let n = ((len - position) as usize).min(data.len());
+            file.read_exact_at(&mut before[..n], position)?;
+        }
+        s.writes += 1;
+        let seq = s.writes;
+        s.volatile
+            .entry(path.to_path_buf())
+            .or_default()
+            .push(Volatile {
+                seq,
+                position,
+                before,
+            });
+        file.write_all_at(data, position)
+    }
+
+    /// `path` was synced: its writes are durable.
+    pub(crate) fn fs_file_synced(&self, path: &Path) {
+        self.lock().volatile.remove(path);
+    }
+}
+
 impl SimDisk {
     /// A disk whose every decision follows from `seed`.
     pub fn new(seed: u64) -> SimDisk {
@@ -175,6 +339,8 @@ impl SimDisk {
                 planned: HashMap::new(),
                 read_faults: HashMap::new(),
                 volatile: HashMap::new(),
+                dirs: HashMap::new(),
+                stashed: 0,
                 writes: 0,
                 latency: 1,
                 cut: false,
@@ -233,6 +399,7 @@ impl SimDisk {
     pub fn power_cut(&self) -> io::Result<PowerCutReport> {
         let mut s = self.lock();
         let mut report = PowerCutReport::default();
+        s.undo_names(&mut report)?;
         let mut files: Vec<_> = s.volatile.drain().collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         for (path, writes) in files {
@@ -302,6 +469,49 @@ impl SimDisk {
 }
 
 impl SimState {
+    /// Power cut: in each directory, the name changes since its last sync
+    /// keep a prefix the seed picks (a journaling filesystem commits them in
+    /// order); the rest are taken back, newest first.
+    fn undo_names(&mut self, report: &mut PowerCutReport) -> io::Result<()> {
+        let mut dirs: Vec<_> = self.dirs.drain().collect();
+        dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, ops) in dirs {
+            let keep = self.rng.random_range(0..=ops.len());
+            let (kept, undone) = ops.split_at(keep);
+            for op in undone.iter().rev() {
+                report.names_undone += 1;
+                match op {
+                    DirOp::Created(path) => {
+                        self.volatile.remove(path);
+                        match std::fs::remove_file(path) {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
+                    }
+                    DirOp::Renamed { from, to } => {
+                        std::fs::rename(to, from)?;
+                        if let Some(v) = self.volatile.remove(to) {
+                            self.volatile.insert(from.clone(), v);
+                        }
+                    }
+                    DirOp::Removed { path, stash } => {
+                        std::fs::rename(stash, path)?;
+                        if let Some(v) = self.volatile.remove(stash) {
+                            self.volatile.insert(path.clone(), v);
+                        }
+                    }
+                }
+            }
+            for op in kept {
+                if let DirOp::Removed { stash, .. } = op {
+                    self.volatile.remove(stash);
+                    std::fs::remove_file(stash)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Counts one write or sync and returns its planned fault.
     fn next_op(&mut self) -> Option<SimFault> {
         self.stats.ops += 1;

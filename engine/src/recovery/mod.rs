@@ -45,6 +45,7 @@ pub use crate::damage::DamageKind;
 use crate::error::{Error, Result};
 use crate::io::buffer::{round_up, AlignedBuf};
 use crate::io::file::{self, Access, DiskFile};
+use crate::io::fs::Fs;
 use crate::io::read_ahead::ReadAhead;
 use crate::io::ring::Ring;
 use crate::metrics::ShardMetrics;
@@ -202,9 +203,9 @@ pub struct Cut {
 
 /// Zeroes and syncs every range in `cuts`, so that no byte a torn write left
 /// can be read as part of a later commit's place.
-pub fn apply_cuts(cuts: &[Cut], access: Access) -> Result<()> {
+pub fn apply_cuts(fs: &Fs, cuts: &[Cut], access: Access) -> Result<()> {
     for c in cuts {
-        let f = DiskFile::open_rw(&c.path, access)?;
+        let f = DiskFile::open_rw(fs, &c.path, access)?;
         let zeros = AlignedBuf::new(READ_CHUNK_BYTES, c.block);
         f.zero_fill(&zeros, c.from, c.to)?;
     }
@@ -270,6 +271,8 @@ pub enum DamageAction {
 
 /// What recovery needs to know.
 pub struct RecoverContext<'a> {
+    /// The filesystem of the shard's files.
+    pub fs: &'a Fs,
     /// The shard's directory.
     pub shard_dir: &'a Path,
     /// The shard.
@@ -324,7 +327,7 @@ struct Later {
 
 /// Replays every segment of the shard in order, reading through `io`.
 pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovered> {
-    let segments = list_segments(ctx.shard_dir, !ctx.read_only)?;
+    let segments = list_segments(ctx.shard_dir, (!ctx.read_only).then_some(ctx.fs))?;
     let mut total = 0u64;
     for (_, path) in &segments {
         total += file::size_of(path).unwrap_or(0);
@@ -806,7 +809,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
                 file: Arc::new(if ctx.read_only {
                     DiskFile::open_read(&p.path, ctx.access)?
                 } else {
-                    DiskFile::open_rw(&p.path, ctx.access)?
+                    DiskFile::open_rw(ctx.fs, &p.path, ctx.access)?
                 }),
                 path: p.path,
                 bytes: p.segment_bytes,
@@ -934,14 +937,14 @@ fn keep_prefix(
         since_epoch.as_secs(),
         file::random_u64()? as u32
     ));
-    file::create_dir(&moved_to, 0o700)?;
-    file::sync_dir(&damaged)?;
-    file::sync_dir(ctx.shard_dir)?;
+    file::create_dir(ctx.fs, &moved_to, 0o700)?;
+    file::sync_dir(ctx.fs, &damaged)?;
+    file::sync_dir(ctx.fs, ctx.shard_dir)?;
     let name = |p: &Path| moved_to.join(p.file_name().expect("segment paths have a file name"));
     if at.block != 0 {
         let copy = name(&at.path);
-        file::copy_durably(&at.path, &copy, "copy damaged segment")?;
-        file::sync_dir(&moved_to)?;
+        file::copy_durably(ctx.fs, &at.path, &copy, "copy damaged segment")?;
+        file::sync_dir(ctx.fs, &moved_to)?;
     }
     // Segments from `at` on when `at` is a whole segment (block 0), after it
     // otherwise.
@@ -952,12 +955,12 @@ fn keep_prefix(
     };
     for (_, path) in segments.iter().rev().filter(|(s, _)| s.0 >= first_moved) {
         let to = name(path);
-        file::rename(path, &to, "move segment after damage")?;
-        file::sync_dir(&moved_to)?;
-        file::sync_dir(ctx.shard_dir)?;
+        file::rename(ctx.fs, path, &to, "move segment after damage")?;
+        file::sync_dir(ctx.fs, &moved_to)?;
+        file::sync_dir(ctx.fs, ctx.shard_dir)?;
     }
     if at.block != 0 {
-        let f = DiskFile::open_rw(&at.path, ctx.access)?;
+        let f = DiskFile::open_rw(ctx.fs, &at.path, ctx.access)?;
         let size = f.len()?;
         let zeros = AlignedBuf::new(READ_CHUNK_BYTES, at.block);
         f.zero_fill(&zeros, at.position, size)?;

@@ -25,7 +25,7 @@ impl Shard {
     /// told from a torn tail. Then makes sure the next segment is on its way.
     pub(super) fn ready_segment(&mut self) -> Result<()> {
         if !self.written {
-            apply_cuts(&self.cuts, self.access)?;
+            apply_cuts(&self.fs, &self.cuts, self.access)?;
             self.manifest
                 .write(self.segment.seq, self.clock.durable_through())?;
             self.cuts.clear();

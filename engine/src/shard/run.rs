@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
 use crate::io::file::Access;
+use crate::io::fs::Fs;
 use crate::io::ring::Ring;
 use crate::metrics::ShardMetrics;
 use crate::recovery::{recover_shard, Cut, RecoverContext, Recovered};
@@ -79,6 +80,8 @@ pub(super) struct Shard {
     pub(super) written: bool,
     /// How segment files are opened.
     pub(super) access: Access,
+    /// The filesystem of the shard's files.
+    pub(super) fs: Fs,
     pub(super) closing: bool,
     pub(super) preparer: SegmentPreparer,
     /// Whether the next segment was asked of the preparer.
@@ -117,6 +120,7 @@ impl Shard {
         let mut io = Ring::new(config.backend.clone(), spec.id, inbox.wake_fd().fd())?;
         let recovered = recover_shard(
             &RecoverContext {
+                fs: &Fs::of(&config.backend),
                 shard_dir: &spec.dir,
                 shard: spec.id,
                 store_id: spec.store_id,
@@ -151,7 +155,9 @@ impl Shard {
         let config = spec.config;
         let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
         let manifest_stale = manifest_stale(&recovered.damage);
+        let fs = Fs::of(&config.backend);
         let manifest = Manifest::new(
+            &fs,
             &spec.dir,
             spec.id,
             spec.store_id,
@@ -167,6 +173,7 @@ impl Shard {
             segment_bytes: config.segment_bytes,
             access,
             file_mode: config.file_mode,
+            fs: fs.clone(),
             core: spec.core,
         })?;
         let active = ActiveSegment::resume(
@@ -210,6 +217,7 @@ impl Shard {
             cuts: recovered.cuts,
             written: false,
             access,
+            fs,
             closing: false,
             preparer,
             spare_requested: active.spare_requested,

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::file::{self, Access, DiskFile};
+use crate::io::fs::Fs;
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 
 /// File name of a shard's manifest, in its directory.
@@ -81,6 +82,13 @@ fn encode(shard: ShardId, store_id: u64, r: &ManifestRecord) -> Vec<u8> {
     b
 }
 
+/// Whether a slot's checksum covers what it holds (a slot the power cut
+/// during its write fails this or its magic).
+fn checksum_holds(b: &[u8]) -> bool {
+    let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+    crc32c::crc32c(&b[8..64]) == crc && b[USED_BYTES..SLOT_BYTES].iter().all(|&x| x == 0)
+}
+
 fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<ManifestRecord, String> {
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
     if b.len() < SLOT_BYTES {
@@ -89,8 +97,7 @@ fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<Manife
     if b[0..4] != MAGIC.to_le_bytes() {
         return Err("bad magic".into());
     }
-    let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&b[8..64]) != crc || b[USED_BYTES..SLOT_BYTES].iter().any(|&x| x != 0) {
+    if !checksum_holds(b) {
         return Err("checksum mismatch".into());
     }
     let version = u16::from_le_bytes([b[8], b[9]]);
@@ -134,6 +141,17 @@ pub fn read(shard_dir: &Path, shard: ShardId, store_id: u64) -> Result<ManifestS
         .enumerate()
         .filter_map(|(i, s)| s.as_ref().ok().filter(|r| r.generation % 2 == i as u64))
         .max_by_key(|r| r.generation);
+    // Generation 1 goes to the odd slot and the even slot is written only
+    // once it was durable: an even slot that was never written (all zeros)
+    // beside an odd one that is torn means no generation ever became
+    // durable — the power went between the file's creation and its first
+    // generation. Nothing is claimed, as with no file. (Damage at rest that
+    // zeroes exactly the even slot and tears the odd one reads the same.)
+    let odd = &b[SLOT_BYTES..];
+    let odd_torn = odd[0..4] != MAGIC.to_le_bytes() || !checksum_holds(odd);
+    if best.is_none() && odd_torn && b[..SLOT_BYTES].iter().all(|&x| x == 0) {
+        return Ok(ManifestState::Missing);
+    }
     Ok(match best {
         Some(r) => ManifestState::Found(*r),
         None => ManifestState::Damaged(format!(
@@ -151,6 +169,7 @@ pub struct Manifest {
     shard: ShardId,
     store_id: u64,
     file_mode: u32,
+    fs: Fs,
     file: Option<DiskFile>,
     last: Option<ManifestRecord>,
 }
@@ -159,6 +178,7 @@ impl Manifest {
     /// The writer for `shard_dir`, continuing after `found` (the state
     /// recovery read).
     pub fn new(
+        fs: &Fs,
         shard_dir: &Path,
         shard: ShardId,
         store_id: u64,
@@ -170,6 +190,7 @@ impl Manifest {
             shard,
             store_id,
             file_mode,
+            fs: fs.clone(),
             file: None,
             last: match found {
                 ManifestState::Found(r) => Some(*r),
@@ -208,21 +229,58 @@ impl Manifest {
     /// place, directory synced) so that it is never seen half-made.
     fn open_or_create(&self) -> Result<DiskFile> {
         if file::exists(&self.path) {
-            let f = DiskFile::open_rw(&self.path, Access::Buffered)?;
+            let f = DiskFile::open_rw(&self.fs, &self.path, Access::Buffered)?;
             if f.len()? == FILE_BYTES as u64 {
                 return Ok(f);
             }
             // A damaged manifest the open accepted (a lenient mode): made anew.
         }
         let tmp = self.path.with_extension("tmp");
-        file::publish(&tmp, &self.path, &[0u8; FILE_BYTES], self.file_mode)?;
-        DiskFile::open_rw(&self.path, Access::Buffered)
+        file::publish(
+            &self.fs,
+            &tmp,
+            &self.path,
+            &[0u8; FILE_BYTES],
+            self.file_mode,
+        )?;
+        DiskFile::open_rw(&self.fs, &self.path, Access::Buffered)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_whose_first_generation_never_became_durable_claims_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, store) = (ShardId(0), 5);
+        let path = dir.path().join(MANIFEST_FILE);
+        // Created whole (zeros), then the power went before generation 1,
+        // which goes to the odd slot, was durable: whole zeros, or zeros
+        // in the even slot and a torn odd one.
+        std::fs::write(&path, vec![0u8; FILE_BYTES]).unwrap();
+        assert_eq!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Missing
+        );
+        let mut b = vec![0u8; FILE_BYTES];
+        b[SLOT_BYTES..SLOT_BYTES + 40].fill(0x5A);
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Missing
+        );
+        // A zero odd slot beside a damaged even one is damage: the even
+        // slot is written only after the odd one was durable.
+        let mut b = vec![0u8; FILE_BYTES];
+        b[..40].fill(0x5A);
+        std::fs::write(&path, &b).unwrap();
+        assert!(matches!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Damaged(_)
+        ));
+    }
 
     #[test]
     fn the_newest_whole_copy_wins_and_damage_is_named() {
@@ -232,7 +290,14 @@ mod tests {
             read(dir.path(), shard, store).unwrap(),
             ManifestState::Missing
         );
-        let mut m = Manifest::new(dir.path(), shard, store, 0o600, &ManifestState::Missing);
+        let mut m = Manifest::new(
+            &Fs::Real,
+            dir.path(),
+            shard,
+            store,
+            0o600,
+            &ManifestState::Missing,
+        );
         m.write(SegmentSeq(1), CommitSeq(0)).unwrap();
         m.write(SegmentSeq(2), CommitSeq(40)).unwrap();
         let found = read(dir.path(), shard, store).unwrap();
@@ -264,7 +329,14 @@ mod tests {
             read(dir.path(), shard, store).unwrap(),
             ManifestState::Damaged(_)
         ));
-        let mut m = Manifest::new(dir.path(), shard, store, 0o600, &ManifestState::Missing);
+        let mut m = Manifest::new(
+            &Fs::Real,
+            dir.path(),
+            shard,
+            store,
+            0o600,
+            &ManifestState::Missing,
+        );
         m.write(SegmentSeq(5), CommitSeq(9)).unwrap();
         assert!(matches!(
             read(dir.path(), ShardId(4), store).unwrap(),

@@ -28,6 +28,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::Access;
+use crate::io::fs::Fs;
 use crate::types::{SegmentSeq, ShardId};
 use crate::wal::segment::{create_segment, new_header, Segment, SegmentSpec};
 
@@ -63,6 +64,8 @@ pub struct PreparerSpec {
     pub access: Access,
     /// File mode.
     pub file_mode: u32,
+    /// The filesystem.
+    pub fs: Fs,
     /// The shard's core, to share it.
     pub core: Option<usize>,
 }
@@ -228,6 +231,7 @@ fn prepare_loop(spec: PreparerSpec, shared: Arc<Shared>) {
                 ),
                 access: spec.access,
                 file_mode: spec.file_mode,
+                fs: &spec.fs,
             },
             &mut zeros,
             &mut |done, total| pace(&shared, done, total),
@@ -286,6 +290,7 @@ mod tests {
             segment_bytes: 1 << 20,
             access: Access::Buffered,
             file_mode: 0o600,
+            fs: Fs::Real,
             core: None,
         }
     }

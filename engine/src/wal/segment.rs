@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::{self, Access, DiskFile};
+use crate::io::fs::Fs;
 use crate::types::{SegmentSeq, ShardId};
 use crate::wal::format::{encode_segment_header, SegmentHeader};
 
@@ -43,6 +44,8 @@ pub struct SegmentSpec<'a> {
     pub access: Access,
     /// Mode of the file.
     pub file_mode: u32,
+    /// The filesystem.
+    pub fs: &'a Fs,
 }
 
 /// Creates a segment: writes its header and zeros over its whole size under a
@@ -66,13 +69,13 @@ pub fn create_segment(
     let path = segment_path(spec.shard_dir, h.segment_seq);
     let tmp = path.with_extension(CREATING_EXTENSION);
     // A leftover from a crash during an earlier creation: it never held a commit.
-    file::remove_leftover(&tmp);
-    let file = DiskFile::create_new(&tmp, spec.access, spec.file_mode)?;
+    file::remove_leftover(spec.fs, &tmp);
+    let file = DiskFile::create_new(spec.fs, &tmp, spec.access, spec.file_mode)?;
     if let Err(e) = fill_and_publish(spec, &file, &tmp, &path, zeros, between) {
         // Never leave a half-filled file behind: on a full filesystem it
         // would hold the space a retry needs.
         drop(file);
-        file::remove_leftover(&tmp);
+        file::remove_leftover(spec.fs, &tmp);
         return Err(e);
     }
     Ok(Segment {
@@ -112,20 +115,20 @@ fn fill_and_publish(
             return Err(Error::Closed);
         }
     }
-    file::rename_no_replace(tmp, path)?;
-    if let Err(e) = file::sync_dir(spec.shard_dir) {
+    file::rename_no_replace(spec.fs, tmp, path)?;
+    if let Err(e) = file::sync_dir(spec.fs, spec.shard_dir) {
         // Named but not durably: take the name back (no commit was ever
         // written into it), so that a retry can create the segment again.
-        file::remove_leftover(path);
+        file::remove_leftover(spec.fs, path);
         return Err(e);
     }
     Ok(())
 }
 
 /// Lists the shard's segments in sequence order; with `tidy`, first removes
-/// leftovers of interrupted creations (never with a reader that must not
-/// write).
-pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, PathBuf)>> {
+/// leftovers of interrupted creations through that filesystem (never with a
+/// reader that must not write).
+pub fn list_segments(shard_dir: &Path, tidy: Option<&Fs>) -> Result<Vec<(SegmentSeq, PathBuf)>> {
     let mut out = Vec::new();
     let Some(listed) = file::list_dir(shard_dir, "list shard directory")? else {
         // corewal.meta names the shard; its directory must be there.
@@ -137,8 +140,8 @@ pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, Pa
     let mut removed = false;
     for file::Listed { path, kind } in listed {
         let ext = path.extension().and_then(|e| e.to_str());
-        if ext == Some(CREATING_EXTENSION) && tidy {
-            file::remove(&path, "remove unfinished segment")?;
+        if let (Some(CREATING_EXTENSION), Some(fs)) = (ext, tidy) {
+            file::remove(fs, &path, "remove unfinished segment")?;
             removed = true;
             continue;
         }
@@ -163,8 +166,8 @@ pub fn list_segments(shard_dir: &Path, tidy: bool) -> Result<Vec<(SegmentSeq, Pa
         }
         out.push((SegmentSeq(seq), path));
     }
-    if removed {
-        file::sync_dir(shard_dir)?;
+    if let (true, Some(fs)) = (removed, tidy) {
+        file::sync_dir(fs, shard_dir)?;
     }
     out.sort();
     Ok(out)
