@@ -52,7 +52,7 @@ use crate::metrics::ShardMetrics;
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::format::{
     decode_commit_header, decode_segment_header, DecodeError, Entry, EntryIter, EntryKind,
-    COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    SegmentHeader, COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::wal::manifest::{self, ManifestState};
 use crate::wal::segment::{list_segments, Segment};
@@ -428,19 +428,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         let n = size as usize;
         let mut reader = SegmentReader::new(&mut *io, path, f, &mut buf, n, ctx.metrics, ctx.stop);
         reader.ensure(SEGMENT_HEADER_BYTES)?;
-        let header = match decode_segment_header(reader.view()) {
-            Ok(h)
-                if h.shard != ctx.shard || h.store_id != ctx.store_id || h.segment_seq != *seq =>
-            {
-                Err(DamageKind::SegmentForeign)
-            }
-            Ok(h) if (n as u64) < h.segment_bytes => Err(DamageKind::SegmentShort {
-                bytes: n as u64,
-                header_bytes: h.segment_bytes,
-            }),
-            Ok(h) => Ok(h),
-            Err(e) => Err(DamageKind::SegmentHeader(e)),
-        };
+        let header = segment_header(ctx, *seq, reader.view(), n as u64);
         let header = match header {
             Ok(h) => h,
             Err(kind) => {
@@ -721,38 +709,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
     {
         let replayed_through = next.map_or(0, |n| n.0 - 1);
         let newest = segments.last().map_or(SegmentSeq(0), |(seq, _)| *seq);
-        let lost_end = match &manifest {
-            ManifestState::Missing => None,
-            ManifestState::Damaged(why) => Some((
-                DamageKind::ManifestDamaged(why.clone()),
-                DamageAction::ManifestDamaged,
-            )),
-            ManifestState::Found(r) if newest < r.active_segment => Some((
-                DamageKind::NewestSegmentMissing {
-                    active: r.active_segment,
-                    newest,
-                    acknowledged_through: r.durable_through.0,
-                    replayed_through,
-                },
-                DamageAction::EndLost {
-                    acknowledged_through: r.durable_through.0,
-                    replayed_through,
-                },
-            )),
-            ManifestState::Found(r) if replayed_through < r.durable_through.0 => Some((
-                DamageKind::LogEndsEarly {
-                    replayed_through,
-                    acknowledged_through: r.durable_through.0,
-                    newest,
-                },
-                DamageAction::EndLost {
-                    acknowledged_through: r.durable_through.0,
-                    replayed_through,
-                },
-            )),
-            ManifestState::Found(_) => None,
-        };
-        if let Some((kind, action)) = lost_end {
+        if let Some((kind, action)) = lost_end(&manifest, replayed_through, newest) {
             let (segment, position) = end_of_chain
                 .as_ref()
                 .map_or((newest, 0), |p| (p.seq, p.position));
@@ -769,37 +726,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         }
     }
     if let Some(t) = torn {
-        match decide(Finding::TornTail, mode) {
-            Decision::Cut => {}
-            d => {
-                let kind = DamageKind::TornTail(Box::new(t.kind));
-                return Err(refuse(ctx, d, t.at.seq, t.at.position, kind));
-            }
-        }
-        // Torn tail: what the torn commit left is zeroed before writing
-        // resumes (see `Recovered::cuts`).
-        if !ctx.read_only {
-            let tail = (t.at.path.clone(), t.at.block, t.at.position, t.nonzero_end);
-            for (path, block, from, to) in std::iter::once(tail).chain(junk.drain(..)) {
-                cuts.push(Cut {
-                    path,
-                    block,
-                    from,
-                    to,
-                });
-            }
-        }
-        damage.push(Damage {
-            shard: ctx.shard,
-            segment: t.at.seq,
-            position: t.at.position,
-            kind: t.kind,
-            action: if ctx.read_only {
-                DamageAction::TornTailFound
-            } else {
-                DamageAction::TornTailCut
-            },
-        });
+        damage.push(settle_torn_tail(ctx, t, &mut junk, &mut cuts)?);
     }
     // Writing resumes at the chain end only if nothing was kept after it.
     let tail = match end_of_chain {
@@ -834,6 +761,107 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         cuts,
         manifest,
         last_commit_segment,
+    })
+}
+
+/// Segment `seq`'s header, from the first bytes of its `size`-byte file:
+/// it must decode, name this shard, store and sequence number, and not
+/// claim more bytes than the file has.
+fn segment_header(
+    ctx: &RecoverContext<'_>,
+    seq: SegmentSeq,
+    head: &[u8],
+    size: u64,
+) -> std::result::Result<SegmentHeader, DamageKind> {
+    match decode_segment_header(head) {
+        Ok(h) if h.shard != ctx.shard || h.store_id != ctx.store_id || h.segment_seq != seq => {
+            Err(DamageKind::SegmentForeign)
+        }
+        Ok(h) if size < h.segment_bytes => Err(DamageKind::SegmentShort {
+            bytes: size,
+            header_bytes: h.segment_bytes,
+        }),
+        Ok(h) => Ok(h),
+        Err(e) => Err(DamageKind::SegmentHeader(e)),
+    }
+}
+
+/// What the shard manifest says is missing from the end of a log that
+/// replays through commit `replayed_through` and whose newest segment is
+/// `newest`, if anything.
+fn lost_end(
+    manifest: &ManifestState,
+    replayed_through: u64,
+    newest: SegmentSeq,
+) -> Option<(DamageKind, DamageAction)> {
+    let end_lost = |r: &manifest::ManifestRecord| DamageAction::EndLost {
+        acknowledged_through: r.durable_through.0,
+        replayed_through,
+    };
+    match manifest {
+        ManifestState::Missing => None,
+        ManifestState::Damaged(why) => Some((
+            DamageKind::ManifestDamaged(why.clone()),
+            DamageAction::ManifestDamaged,
+        )),
+        ManifestState::Found(r) if newest < r.active_segment => Some((
+            DamageKind::NewestSegmentMissing {
+                active: r.active_segment,
+                newest,
+                acknowledged_through: r.durable_through.0,
+                replayed_through,
+            },
+            end_lost(r),
+        )),
+        ManifestState::Found(r) if replayed_through < r.durable_through.0 => Some((
+            DamageKind::LogEndsEarly {
+                replayed_through,
+                acknowledged_through: r.durable_through.0,
+                newest,
+            },
+            end_lost(r),
+        )),
+        ManifestState::Found(_) => None,
+    }
+}
+
+/// A torn tail, as the mode decides: refused, or reported and (unless
+/// examining read-only) listed in `cuts` with the stray bytes of `junk`,
+/// to be zeroed before writing resumes (see `Recovered::cuts`).
+fn settle_torn_tail(
+    ctx: &RecoverContext<'_>,
+    t: Torn,
+    junk: &mut Vec<(std::path::PathBuf, usize, u64, u64)>,
+    cuts: &mut Vec<Cut>,
+) -> Result<Damage> {
+    match decide(Finding::TornTail, ctx.mode) {
+        Decision::Cut => {}
+        d => {
+            let kind = DamageKind::TornTail(Box::new(t.kind));
+            return Err(refuse(ctx, d, t.at.seq, t.at.position, kind));
+        }
+    }
+    if !ctx.read_only {
+        let tail = (t.at.path.clone(), t.at.block, t.at.position, t.nonzero_end);
+        for (path, block, from, to) in std::iter::once(tail).chain(junk.drain(..)) {
+            cuts.push(Cut {
+                path,
+                block,
+                from,
+                to,
+            });
+        }
+    }
+    Ok(Damage {
+        shard: ctx.shard,
+        segment: t.at.seq,
+        position: t.at.position,
+        kind: t.kind,
+        action: if ctx.read_only {
+            DamageAction::TornTailFound
+        } else {
+            DamageAction::TornTailCut
+        },
     })
 }
 
