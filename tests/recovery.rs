@@ -431,3 +431,22 @@ fn a_zeroed_last_commit_after_a_clean_close_is_refused() {
         lost_end_is_refused_or_reported(dir.path(), mode, 50, "last commit zeroed");
     }
 }
+
+#[test]
+fn a_zeroed_manifest_beside_commits_is_damage_not_a_new_shard() {
+    // An all-zero manifest is what a power cut leaves between the file's
+    // creation and its first generation, when no commit can exist yet.
+    // Beside commits it was zeroed at rest: what it recorded about the end
+    // of the log is lost, and the open refuses as for a damaged manifest.
+    let dir = test_dir();
+    write_records(dir.path(), 5);
+    let manifest = dir.path().join("shard-000").join("manifest");
+    std::fs::write(&manifest, vec![0u8; 8192]).unwrap();
+    match Engine::open(small_config(dir.path(), 1, Backend::IoUring)) {
+        Err(Error::Corruption { kind, remedy, .. }) => {
+            assert!(matches!(kind, DamageKind::ManifestDamaged(_)), "{kind:?}");
+            assert_eq!(remedy, Some(RecoveryMode::KeepPrefix));
+        }
+        other => panic!("expected Corruption, got {other:?}"),
+    }
+}

@@ -113,7 +113,8 @@ fn begin(fs: &Fs, op: FsOp, operation: &'static str, path: &Path) -> Result<FsFa
     }
 }
 
-/// After an operation was done: the power went during it if so planned.
+/// After an operation was done, or failed: the power went during it if so
+/// planned (a planned cut is never lost to the operation's own error).
 fn end(fs: &Fs, fault: FsFault, operation: &'static str, path: &Path) -> Result<()> {
     match (fs, fault) {
         #[cfg(feature = "testing")]
@@ -171,12 +172,13 @@ impl DiskFile {
             .custom_flags(direct_flag(access) | libc::O_CLOEXEC)
             .open(path)
             .map(|file| DiskFile::at(file, path, fs))
-            .map_err(|e| open_error(path, access, e))?;
+            .map_err(|e| open_error(path, access, e));
+        end(fs, fault, "create", path)?;
+        let f = f?;
         #[cfg(feature = "testing")]
         if let Fs::Simulated(disk) = fs {
             disk.fs_created(path);
         }
-        end(fs, fault, "create", path)?;
         Ok(f)
     }
 
@@ -501,22 +503,15 @@ pub fn rename_no_replace(fs: &Fs, from: &Path, to: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(Error::io(
-            operation,
-            Some(to.into()),
-            io::Error::last_os_error(),
-        ));
+        let e = io::Error::last_os_error();
+        end(fs, fault, operation, to)?;
+        return Err(Error::io(operation, Some(to.into()), e));
     }
-    renamed(fs, from, to);
-    end(fs, fault, operation, to)
-}
-
-fn renamed(fs: &Fs, from: &Path, to: &Path) {
     #[cfg(feature = "testing")]
     if let Fs::Simulated(disk) = fs {
-        disk.fs_renamed(from, to);
+        disk.fs_renamed(from, to, None);
     }
-    let _ = (fs, from, to);
+    end(fs, fault, operation, to)
 }
 
 /// Removes `path`; `Ok(false)` when it was not there. The removal is
@@ -528,13 +523,12 @@ pub fn remove(fs: &Fs, path: &Path, operation: &'static str) -> Result<bool> {
         #[cfg(feature = "testing")]
         Fs::Simulated(disk) => disk.fs_remove(path),
     };
-    match removed {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(operation, Some(path.into()), e)),
-    }
     end(fs, fault, operation, path)?;
-    Ok(true)
+    match removed {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(operation, Some(path.into()), e)),
+    }
 }
 
 /// Removes a leftover that never held data (a temporary file of an
@@ -548,19 +542,14 @@ pub fn remove_leftover(fs: &Fs, path: &Path) {
 /// version is whole: a manifest, a meta file, a segment moved aside).
 pub fn rename(fs: &Fs, from: &Path, to: &Path, operation: &'static str) -> Result<()> {
     let fault = begin(fs, FsOp::Rename, operation, to)?;
-    #[cfg(feature = "testing")]
-    if let Fs::Simulated(disk) = fs {
-        // The file replaced comes back if the rename is taken back.
-        match disk.fs_remove(to) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(Error::io(operation, Some(to.into()), e))
-            }
-            _ => {}
-        }
-    }
-    fs::rename(from, to).map_err(|e| Error::io(operation, Some(to.into()), e))?;
-    renamed(fs, from, to);
-    end(fs, fault, operation, to)
+    let renamed = match fs {
+        Fs::Real => fs::rename(from, to),
+        // One change of names: taken back whole, the file it replaced too.
+        #[cfg(feature = "testing")]
+        Fs::Simulated(disk) => disk.fs_rename_over(from, to),
+    };
+    end(fs, fault, operation, to)?;
+    renamed.map_err(|e| Error::io(operation, Some(to.into()), e))
 }
 
 /// Writes `bytes` as the whole new content of `path`, never seen half-made:

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::DiskFile;
 use crate::io::portable::PortableIo;
-use crate::io::{new_commit_io, CommitIo, Op, OpError, SyncKind, OPS_IN_FLIGHT_MAX};
+use crate::io::{new_commit_io, CommitIo, Op, OpError, OpKind, SyncKind, OPS_IN_FLIGHT_MAX};
 use crate::types::ShardId;
 
 /// An operation in flight: the caller's id, and what must outlive it.
@@ -187,7 +187,15 @@ impl Ring {
         buf: Option<AlignedBuf>,
         op: Op,
     ) -> std::result::Result<(), Refused> {
-        assert!(!self.abandoned, "an operation on an abandoned ring");
+        if self.abandoned {
+            // The backend failed earlier; whoever goes on (a lenient
+            // recovery, the replay sync) gets an error, not a panic.
+            let error = OpError::os(
+                OpKind::Ring,
+                std::io::Error::other("the I/O backend failed earlier and was abandoned"),
+            );
+            return Err(Refused { error, buf });
+        }
         // The slot is taken only once the backend queued the operation: if
         // the start fails or panics, the table is as it was.
         let slot = *self

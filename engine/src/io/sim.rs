@@ -189,15 +189,28 @@ fn fd_path(fd: RawFd) -> io::Result<PathBuf> {
 /// durable.
 enum DirOp {
     Created(PathBuf),
+    /// `to` replaced a file, moved to `replaced`'s stash.
     Renamed {
         from: PathBuf,
         to: PathBuf,
+        replaced: Option<PathBuf>,
     },
     /// The file was moved to `stash`, from where a power cut may bring it back.
     Removed {
         path: PathBuf,
         stash: PathBuf,
     },
+}
+
+impl DirOp {
+    /// The stash of a file this change removed or replaced.
+    fn stash(&self) -> Option<&PathBuf> {
+        match self {
+            DirOp::Removed { stash, .. } => Some(stash),
+            DirOp::Renamed { replaced, .. } => replaced.as_ref(),
+            DirOp::Created(_) => None,
+        }
+    }
 }
 
 /// The directory a name is in.
@@ -245,8 +258,8 @@ impl SimDisk {
             .push(DirOp::Created(path.to_path_buf()));
     }
 
-    /// `from` was renamed to `to`.
-    pub(crate) fn fs_renamed(&self, from: &Path, to: &Path) {
+    /// `from` was renamed to `to`, replacing the file now at `replaced`.
+    pub(crate) fn fs_renamed(&self, from: &Path, to: &Path, replaced: Option<PathBuf>) {
         let mut s = self.lock();
         if let Some(v) = s.volatile.remove(from) {
             s.volatile.insert(to.to_path_buf(), v);
@@ -257,7 +270,37 @@ impl SimDisk {
             .push(DirOp::Renamed {
                 from: from.to_path_buf(),
                 to: to.to_path_buf(),
+                replaced,
             });
+    }
+
+    /// Renames `from` over `to` the way a power cut can take back whole:
+    /// a file at `to` waits in a stash until the directory syncs.
+    pub(crate) fn fs_rename_over(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let stash = {
+            let mut s = self.lock();
+            s.stashed += 1;
+            to.with_extension(format!("sim-removed-{}", s.stashed))
+        };
+        let replaced = match std::fs::rename(to, &stash) {
+            Ok(()) => Some(stash),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = std::fs::rename(from, to) {
+            if let Some(stash) = &replaced {
+                std::fs::rename(stash, to)?;
+            }
+            return Err(e);
+        }
+        if let Some(stash) = &replaced {
+            let mut s = self.lock();
+            if let Some(v) = s.volatile.remove(to) {
+                s.volatile.insert(stash.clone(), v);
+            }
+        }
+        self.fs_renamed(from, to, replaced);
+        Ok(())
     }
 
     /// Removes `path` the way a power cut can take back: moved aside until
@@ -284,9 +327,9 @@ impl SimDisk {
     pub(crate) fn fs_dir_synced(&self, dir: &Path) {
         let mut s = self.lock();
         for op in s.dirs.remove(dir).unwrap_or_default() {
-            if let DirOp::Removed { stash, .. } = op {
-                s.volatile.remove(&stash);
-                let _ = std::fs::remove_file(&stash);
+            if let Some(stash) = op.stash() {
+                s.volatile.remove(stash);
+                let _ = std::fs::remove_file(stash);
             }
         }
     }
@@ -488,10 +531,16 @@ impl SimState {
                             _ => {}
                         }
                     }
-                    DirOp::Renamed { from, to } => {
+                    DirOp::Renamed { from, to, replaced } => {
                         std::fs::rename(to, from)?;
                         if let Some(v) = self.volatile.remove(to) {
                             self.volatile.insert(from.clone(), v);
+                        }
+                        if let Some(stash) = replaced {
+                            std::fs::rename(stash, to)?;
+                            if let Some(v) = self.volatile.remove(stash) {
+                                self.volatile.insert(to.clone(), v);
+                            }
                         }
                     }
                     DirOp::Removed { path, stash } => {
@@ -503,7 +552,7 @@ impl SimState {
                 }
             }
             for op in kept {
-                if let DirOp::Removed { stash, .. } = op {
+                if let Some(stash) = op.stash() {
                     self.volatile.remove(stash);
                     std::fs::remove_file(stash)?;
                 }

@@ -800,6 +800,15 @@ fn lost_end(
     };
     match manifest {
         ManifestState::Missing => None,
+        // No generation was durable, so no commit may have been written.
+        ManifestState::Unwritten if replayed_through == 0 => None,
+        ManifestState::Unwritten => Some((
+            DamageKind::ManifestDamaged(format!(
+                "shard manifest holds no generation (all zero), yet the log holds commits \
+                 through {replayed_through}"
+            )),
+            DamageAction::ManifestDamaged,
+        )),
         ManifestState::Damaged(why) => Some((
             DamageKind::ManifestDamaged(why.clone()),
             DamageAction::ManifestDamaged,

@@ -64,6 +64,11 @@ pub enum ManifestState {
     Missing,
     /// The newest whole generation.
     Found(ManifestRecord),
+    /// The file was created but no generation of it ever became durable
+    /// (the power went between its creation and its first generation).
+    /// It claims nothing only about a log without commits: a shard writes
+    /// its first generation before its first commit.
+    Unwritten,
     /// A file is there but neither slot is whole and ours.
     Damaged(String),
 }
@@ -145,12 +150,12 @@ pub fn read(shard_dir: &Path, shard: ShardId, store_id: u64) -> Result<ManifestS
     // once it was durable: an even slot that was never written (all zeros)
     // beside an odd one that is torn means no generation ever became
     // durable — the power went between the file's creation and its first
-    // generation. Nothing is claimed, as with no file. (Damage at rest that
-    // zeroes exactly the even slot and tears the odd one reads the same.)
+    // generation — or damage at rest zeroed it. Recovery tells the two
+    // apart by whether the log holds commits (`ManifestState::Unwritten`).
     let odd = &b[SLOT_BYTES..];
     let odd_torn = odd[0..4] != MAGIC.to_le_bytes() || !checksum_holds(odd);
     if best.is_none() && odd_torn && b[..SLOT_BYTES].iter().all(|&x| x == 0) {
-        return Ok(ManifestState::Missing);
+        return Ok(ManifestState::Unwritten);
     }
     Ok(match best {
         Some(r) => ManifestState::Found(*r),
@@ -252,7 +257,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_manifest_whose_first_generation_never_became_durable_claims_nothing() {
+    fn a_manifest_whose_first_generation_never_became_durable_reads_as_unwritten() {
         let dir = tempfile::tempdir().unwrap();
         let (shard, store) = (ShardId(0), 5);
         let path = dir.path().join(MANIFEST_FILE);
@@ -262,14 +267,14 @@ mod tests {
         std::fs::write(&path, vec![0u8; FILE_BYTES]).unwrap();
         assert_eq!(
             read(dir.path(), shard, store).unwrap(),
-            ManifestState::Missing
+            ManifestState::Unwritten
         );
         let mut b = vec![0u8; FILE_BYTES];
         b[SLOT_BYTES..SLOT_BYTES + 40].fill(0x5A);
         std::fs::write(&path, &b).unwrap();
         assert_eq!(
             read(dir.path(), shard, store).unwrap(),
-            ManifestState::Missing
+            ManifestState::Unwritten
         );
         // A zero odd slot beside a damaged even one is damage: the even
         // slot is written only after the odd one was durable.
