@@ -97,11 +97,6 @@ impl Ring {
         OPS_IN_FLIGHT_MAX - self.free.len()
     }
 
-    /// Whether another operation can start.
-    pub fn has_room(&self) -> bool {
-        !self.free.is_empty()
-    }
-
     /// Writes the first `len` bytes of `buf` at `position` of `file`, made
     /// durable as `sync` says. The buffer comes back with the completion,
     /// or at once in the `Err` (the write was not queued).
@@ -266,13 +261,11 @@ impl Ring {
         self.abandoned
     }
 
-    /// Waits for every operation in flight, handing their completions to
-    /// `each`; abandons the ring if the backend fails meanwhile.
-    pub fn drain(&mut self, each: &mut dyn FnMut(Completion)) {
+    /// Waits for every operation in flight, dropping their completions;
+    /// abandons the ring if the backend fails meanwhile.
+    fn drain(&mut self) {
         while self.in_flight() > 0 && !self.abandoned {
-            if let Some(c) = self.poll() {
-                each(c);
-            } else if self.wait(None).is_err() {
+            if self.poll().is_none() && self.wait(None).is_err() {
                 self.abandon();
             }
         }
@@ -283,7 +276,7 @@ impl Drop for Ring {
     /// Nothing may be freed under the kernel: waits for what is in flight
     /// (the backend's own drop waits for its internal state too).
     fn drop(&mut self) {
-        self.drain(&mut drop);
+        self.drain();
     }
 }
 

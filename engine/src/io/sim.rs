@@ -352,16 +352,7 @@ impl SimDisk {
             let n = ((len - position) as usize).min(data.len());
             file.read_exact_at(&mut before[..n], position)?;
         }
-        s.writes += 1;
-        let seq = s.writes;
-        s.volatile
-            .entry(path.to_path_buf())
-            .or_default()
-            .push(Volatile {
-                seq,
-                position,
-                before,
-            });
+        s.record_volatile(path, position, before);
         file.write_all_at(data, position)
     }
 
@@ -587,6 +578,22 @@ impl SimState {
         }
     }
 
+    /// Records a write at `position` of `path`, which finds the bytes
+    /// `before` there, as volatile; returns its order.
+    fn record_volatile(&mut self, path: &Path, position: u64, before: Vec<u8>) -> u64 {
+        self.writes += 1;
+        let seq = self.writes;
+        self.volatile
+            .entry(path.to_path_buf())
+            .or_default()
+            .push(Volatile {
+                seq,
+                position,
+                before,
+            });
+        seq
+    }
+
     /// Writes `data` at `position` of `fd` into the volatile cache; returns
     /// the write's order.
     fn write(
@@ -600,17 +607,8 @@ impl SimState {
         // Within the file: segments are created at full size, and a
         // misdirected write is kept inside.
         portable::read(fd, position, before.as_mut_ptr(), data.len(), data.len())?;
-        self.writes += 1;
-        let seq = self.writes;
         // Recorded first: a write that fails half-way may have changed bytes.
-        self.volatile
-            .entry(path.to_path_buf())
-            .or_default()
-            .push(Volatile {
-                seq,
-                position,
-                before,
-            });
+        let seq = self.record_volatile(path, position, before);
         portable::write(fd, position, data.as_ptr(), data.len(), SyncKind::None)?;
         Ok(seq)
     }
