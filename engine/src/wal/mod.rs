@@ -4,4 +4,5 @@ pub mod commit;
 pub mod format;
 pub mod manifest;
 pub mod preparer;
+pub mod reader;
 pub mod segment;

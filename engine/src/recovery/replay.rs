@@ -1,0 +1,595 @@
+//! Replay proper: segment by segment, commit by commit, through the channel
+//! table, holding what it has found so far. What the bytes are comes from
+//! [`super::scan`]; what to do about them from [`super::decision`].
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::buffer::channels::{ChannelTable, Logged};
+use crate::damage::DamageKind;
+use crate::error::Result;
+use crate::io::buffer::AlignedBuf;
+use crate::io::file::DiskFile;
+use crate::io::ring::Ring;
+use crate::types::{CommitSeq, SegmentSeq};
+use crate::wal::format::{CommitHeader, Entry, EntryIter, EntryKind, SEGMENT_HEADER_BYTES};
+use crate::wal::manifest::ManifestState;
+use crate::wal::reader::{first_commit_header, SegmentReader};
+use crate::wal::segment::Segment;
+
+use super::decision::{decide, Decision, Finding};
+use super::scan::{self, AfterEnd, ChainEnd, Identity};
+use super::{
+    keep_prefix, refuse, settle_torn_tail, Cut, Damage, DamageAction, Place, RecoverContext,
+    Recovered, Tail, Torn,
+};
+
+/// Whether replay goes on to the next segment.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Flow {
+    Next,
+    /// `KeepPrefix` stops here: the rest is moved aside.
+    Stop,
+}
+
+/// One segment being replayed.
+struct InSegment<'s> {
+    /// Its index in the shard's list of segments.
+    index: usize,
+    id: Identity,
+    path: &'s std::path::Path,
+    block: usize,
+    segment_bytes: u64,
+    /// The file's size.
+    n: usize,
+}
+
+impl InSegment<'_> {
+    fn place(&self, position: usize) -> Place {
+        Place {
+            seq: self.id.segment,
+            path: self.path.to_path_buf(),
+            position: position as u64,
+            block: self.block,
+            segment_bytes: self.segment_bytes,
+        }
+    }
+}
+
+/// A shard's replay so far.
+pub(super) struct Replay<'c, 'a> {
+    ctx: &'c RecoverContext<'a>,
+    segments: &'c [(SegmentSeq, PathBuf)],
+    /// Whether the mode goes on after damage to the next whole commit.
+    skipping: bool,
+    table: ChannelTable,
+    /// The sequence number the next commit must carry; unknown until the
+    /// first.
+    next: Option<CommitSeq>,
+    /// The read buffer, handed from segment to segment.
+    buf: Option<AlignedBuf>,
+    /// A damaged chain end that is the torn tail unless a commit follows.
+    torn: Option<Torn>,
+    damage: Vec<Damage>,
+    /// Where the chain of whole commits ends so far: writing resumes there.
+    end_of_chain: Option<Place>,
+    /// `KeepPrefix`: where replay stopped, and why.
+    stop: Option<(Place, DamageKind)>,
+    next_segment_seq: SegmentSeq,
+    previous: Option<SegmentSeq>,
+    last_commit_segment: Option<SegmentSeq>,
+    /// Non-zero bytes without a commit in segments after a damaged chain
+    /// end: zeroed with the torn tail if that is what it turns out to be.
+    junk: Vec<Cut>,
+}
+
+impl<'c, 'a> Replay<'c, 'a> {
+    pub fn new(ctx: &'c RecoverContext<'a>, segments: &'c [(SegmentSeq, PathBuf)]) -> Self {
+        Replay {
+            ctx,
+            segments,
+            skipping: decide(Finding::CommitAfterChainEnd, ctx.mode) == Decision::Skip,
+            table: ChannelTable::default(),
+            next: None,
+            buf: None,
+            torn: None,
+            damage: Vec::new(),
+            end_of_chain: None,
+            stop: None,
+            next_segment_seq: SegmentSeq(1),
+            previous: None,
+            last_commit_segment: None,
+            junk: Vec::new(),
+        }
+    }
+
+    /// Replays segment `index` of the list, reading through `io`.
+    pub fn segment(&mut self, io: &mut Ring, index: usize) -> Result<Flow> {
+        let ctx = self.ctx;
+        let (seq, path) = &self.segments[index];
+        let seq = *seq;
+        self.next_segment_seq = SegmentSeq(seq.0.checked_add(1).ok_or_else(|| {
+            let d = decide(Finding::SequenceExhausted, ctx.mode);
+            refuse(ctx, d, seq, 0, DamageKind::SegmentSeqExhausted)
+        })?);
+        if let Some(p) = self.previous {
+            if p.0.checked_add(1) != Some(seq.0) {
+                let kind = DamageKind::SegmentsMissing {
+                    from: SegmentSeq(p.0 + 1),
+                    to: SegmentSeq(seq.0 - 1),
+                };
+                if self.skip_segment(seq, path, kind)? == Flow::Stop {
+                    return Ok(Flow::Stop);
+                }
+            }
+        }
+        self.previous = Some(seq);
+
+        let f = DiskFile::open_read(path, ctx.access)?;
+        let size = f.len()?;
+        if size > crate::config::SEGMENT_BYTES_LIMIT {
+            return self.skip_segment(seq, path, DamageKind::SegmentTooLarge { bytes: size });
+        }
+        let n = size as usize;
+        let bytes_read = &ctx.metrics.recovery_bytes_read;
+        let buf = self.buf.take();
+        let mut reader = SegmentReader::new(io, path, f, buf, n, bytes_read, ctx.stop);
+        reader.ensure(SEGMENT_HEADER_BYTES)?;
+        let id = Identity {
+            store_id: ctx.store_id,
+            shard: ctx.shard,
+            segment: seq,
+        };
+        let header = match scan::segment_header(&id, reader.view(), n as u64) {
+            Ok(h) => h,
+            Err(kind) => {
+                self.buf = reader.finish();
+                return self.skip_segment(seq, path, kind);
+            }
+        };
+        let seg = InSegment {
+            index,
+            id,
+            path,
+            block: header.block_bytes as usize,
+            segment_bytes: header.segment_bytes,
+            n,
+        };
+        let flow = self.commits(&mut reader, &seg);
+        self.buf = reader.finish();
+        flow
+    }
+
+    /// A whole segment cannot be replayed: damage, whatever came before.
+    fn skip_segment(
+        &mut self,
+        seq: SegmentSeq,
+        path: &std::path::Path,
+        kind: DamageKind,
+    ) -> Result<Flow> {
+        let ctx = self.ctx;
+        let here = Place {
+            seq,
+            path: path.to_path_buf(),
+            position: 0,
+            block: 0,
+            segment_bytes: 0,
+        };
+        match decide(Finding::SegmentUnreadable, ctx.mode) {
+            Decision::Skip => {
+                if let Some(t) = self.torn.take() {
+                    self.damage.push(skipped(ctx, &t.at, t.kind, None));
+                }
+                self.damage.push(skipped(ctx, &here, kind, None));
+                Ok(Flow::Next)
+            }
+            Decision::KeepPrefix => {
+                self.stop = Some(match self.torn.take() {
+                    Some(t) => (t.at, t.kind),
+                    None => (
+                        self.end_of_chain.clone().unwrap_or(here),
+                        DamageKind::InSegment {
+                            segment: seq,
+                            kind: Box::new(kind),
+                        },
+                    ),
+                });
+                Ok(Flow::Stop)
+            }
+            d => Err(refuse(ctx, d, seq, 0, kind)),
+        }
+    }
+
+    /// Replays the commits of `seg` (after a damaged chain end in an
+    /// earlier segment, only scans it for a commit), then settles what
+    /// follows its chain end.
+    fn commits(&mut self, reader: &mut SegmentReader<'_>, seg: &InSegment<'_>) -> Result<Flow> {
+        let ctx = self.ctx;
+        let mut pos = seg.block;
+        // Whether commits here continue the chain.
+        let mut live = self.torn.is_none();
+        loop {
+            let end = if live {
+                self.chain(reader, seg, &mut pos)?
+            } else {
+                ChainEnd::Zeros
+            };
+            if self.stop.is_some() {
+                return Ok(Flow::Stop);
+            }
+            if live {
+                self.end_of_chain = Some(seg.place(pos));
+            }
+            reader.ensure(seg.n)?;
+            // Whatever ended the chain, no commit may follow it — except, in
+            // this segment, commits that were in flight with the one that is
+            // missing: none of them was acknowledged, since
+            // acknowledgements go in order.
+            let window_base = self.next.unwrap_or(CommitSeq(1));
+            let data = reader.view();
+            let mut after = scan::after_chain_end(data, pos, seg.block, &seg.id, window_base, live);
+            // A mode that skips: commits in flight with a damaged one are only
+            // unacknowledged if nothing follows; when a later segment holds
+            // a commit, every commit here was acknowledged (segments change
+            // with nothing in flight), so the damage is not a torn tail and
+            // replay goes on at the first of them.
+            if after.beyond.is_none()
+                && self.skipping
+                && live
+                && after.first_later.is_some()
+                && self.later_segment_has_commit(seg.index)
+            {
+                after.beyond = after.first_later;
+            }
+            let Some(b) = after.beyond else {
+                self.settle_chain_end(seg, pos, end, live, &after);
+                return Ok(Flow::Next);
+            };
+            // Damage, not a torn tail: a commit follows the chain end.
+            self.junk.clear();
+            let (at, found) = match self.torn.take() {
+                Some(t) => (t.at, Some(t.kind)),
+                None => (
+                    seg.place(pos),
+                    match end {
+                        ChainEnd::Damaged(k) => Some(k),
+                        ChainEnd::Zeros => None,
+                    },
+                ),
+            };
+            let kind = DamageKind::CommitAfterChainEnd {
+                end: found.map(Box::new),
+                expected: window_base,
+                found: b.commit_seq,
+                segment: seg.id.segment,
+                position: b.position as u64,
+            };
+            match decide(Finding::CommitAfterChainEnd, ctx.mode) {
+                Decision::Skip => {
+                    let resume = after.first_later.expect("beyond is a later commit");
+                    let resumed_at = Some((seg.id.segment, resume.position as u64));
+                    self.damage.push(skipped(ctx, &at, kind, resumed_at));
+                    pos = resume.position;
+                    self.next = Some(resume.commit_seq);
+                    live = true;
+                }
+                Decision::KeepPrefix => {
+                    self.stop = Some((at, kind));
+                    return Ok(Flow::Stop);
+                }
+                d => return Err(refuse(ctx, d, at.seq, at.position, kind)),
+            }
+        }
+    }
+
+    /// Replays the chain of valid commits of `seg` from `*pos`, leaving
+    /// `*pos` at its end; returns what ended it.
+    fn chain(
+        &mut self,
+        reader: &mut SegmentReader<'_>,
+        seg: &InSegment<'_>,
+        pos: &mut usize,
+    ) -> Result<ChainEnd> {
+        let ctx = self.ctx;
+        let (seq, block) = (seg.id.segment, seg.block);
+        loop {
+            if *pos + block > seg.n {
+                return Ok(ChainEnd::Zeros);
+            }
+            reader.ensure(*pos + block)?;
+            let h = match scan::commit_header(reader.view(), *pos, block, &seg.id) {
+                Ok(h) => h,
+                Err(end) => return Ok(end),
+            };
+            if let Some((finding, kind)) = scan::out_of_sequence(h.commit_seq, self.next) {
+                match decide(finding, ctx.mode) {
+                    Decision::Skip => {
+                        let resumed_at = Some((seq, *pos as u64));
+                        let d = skipped(ctx, &seg.place(*pos), kind, resumed_at);
+                        self.damage.push(d);
+                    }
+                    Decision::EndChain => return Ok(ChainEnd::Damaged(kind)),
+                    Decision::KeepPrefix => {
+                        self.stop = Some((seg.place(*pos), kind));
+                        return Ok(ChainEnd::Zeros);
+                    }
+                    d => return Err(refuse(ctx, d, seq, *pos as u64, kind)),
+                }
+            }
+            let span = h.blocks as usize * block;
+            if *pos + span > seg.n {
+                return Ok(ChainEnd::Damaged(DamageKind::CommitPastSegment));
+            }
+            reader.ensure(*pos + span)?;
+            let body = match scan::commit_body(reader.view(), *pos, &h) {
+                Ok(body) => body,
+                Err(kind) => return Ok(ChainEnd::Damaged(kind)),
+            };
+            self.commit(seq, *pos, &h, body)?;
+            *pos += span;
+            let Some(after) = h.commit_seq.0.checked_add(1) else {
+                let d = decide(Finding::SequenceExhausted, ctx.mode);
+                let kind = DamageKind::CommitSeqExhausted;
+                return Err(refuse(ctx, d, seq, *pos as u64, kind));
+            };
+            self.next = Some(CommitSeq(after));
+            self.last_commit_segment = Some(seq);
+            ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies the verified entries of commit `h` (at `position` in segment
+    /// `seq`) to the channel table.
+    fn commit(
+        &mut self,
+        seq: SegmentSeq,
+        position: usize,
+        h: &CommitHeader,
+        body: &[u8],
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        // One copy and one allocation per commit; records are slices of it
+        // (they keep the commit's bytes alive).
+        let owned = Bytes::copy_from_slice(body);
+        // Gaps are expected only after something was skipped (only a mode
+        // that skips does); before that, an entry that contradicts the log
+        // is refused in every mode.
+        let after_skip = self
+            .damage
+            .iter()
+            .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
+        for e in EntryIter::verified(&owned, h.entry_count) {
+            let e = e.expect("verified in the first pass");
+            let lost =
+                apply(&mut self.table, &e, &owned, h.commit_seq, after_skip).map_err(|kind| {
+                    let d = decide(Finding::EntryContradicts, ctx.mode);
+                    refuse(ctx, d, seq, position as u64, kind)
+                })?;
+            if lost > 0 {
+                count_lost(&mut self.damage, lost);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a chain end with no commit beyond it: a live chain end with
+    /// anything after it becomes the candidate torn tail; a segment scanned
+    /// after an earlier damaged chain end leaves its stray bytes as junk.
+    fn settle_chain_end(
+        &mut self,
+        seg: &InSegment<'_>,
+        pos: usize,
+        end: ChainEnd,
+        live: bool,
+        after: &AfterEnd,
+    ) {
+        if live {
+            // Anything non-zero after the chain end is what a torn write
+            // left (a lost header with written later blocks, say): it is
+            // cut and zeroed like a damaged commit, so no byte of it
+            // outlives the cut.
+            let in_flight_after = after.first_later.is_some();
+            let damaged = matches!(end, ChainEnd::Damaged(_));
+            if damaged || in_flight_after || after.nonzero_end > pos {
+                let nonzero_end = after.nonzero_end.max((pos + seg.block).min(seg.n));
+                self.torn = Some(Torn {
+                    at: seg.place(pos),
+                    nonzero_end: nonzero_end as u64,
+                    kind: match end {
+                        ChainEnd::Damaged(k) => k,
+                        ChainEnd::Zeros => DamageKind::BytesAfterLastCommit,
+                    },
+                });
+            }
+        } else if after.first_later.is_none() {
+            // A segment with no commit after a damaged chain end (the spare
+            // made ahead of use, or one whose only commit tore): if the
+            // damage turns out to be the torn tail, whatever is in it is
+            // zeroed with the tail and writing resumes in it.
+            if after.nonzero_end > pos {
+                self.junk.push(Cut {
+                    path: seg.path.to_path_buf(),
+                    block: seg.block,
+                    from: pos as u64,
+                    to: after.nonzero_end as u64,
+                });
+            }
+            self.end_of_chain = Some(seg.place(pos));
+        }
+    }
+
+    /// Whether any segment after `index` starts with a commit of its own.
+    fn later_segment_has_commit(&self, index: usize) -> bool {
+        self.segments[index + 1..].iter().any(|(seq, path)| {
+            let id = Identity {
+                store_id: self.ctx.store_id,
+                shard: self.ctx.shard,
+                segment: *seq,
+            };
+            first_commit_header(path).is_some_and(|(block, h)| id.owns(&h, block))
+        })
+    }
+
+    /// Ends replay: keeps the prefix if `KeepPrefix` stopped it, checks the
+    /// end against the manifest, settles a torn tail, and opens the segment
+    /// writing resumes in.
+    pub fn finish(mut self, manifest: ManifestState) -> Result<Recovered> {
+        let ctx = self.ctx;
+        let kept = self.stop.is_some();
+        if let Some((at, kind)) = self.stop.take() {
+            let moved_to = keep_prefix(ctx, self.segments, &at)?;
+            self.damage.push(Damage {
+                shard: ctx.shard,
+                segment: at.seq,
+                position: at.position,
+                kind,
+                action: DamageAction::PrefixKept { moved_to },
+            });
+            self.torn = None;
+            self.next_segment_seq = SegmentSeq(at.seq.0 + 1);
+            self.end_of_chain = (at.block != 0).then_some(at);
+        }
+        if !kept {
+            self.check_end(&manifest)?;
+        }
+        let mut cuts: Vec<Cut> = Vec::new();
+        if let Some(t) = self.torn.take() {
+            let d = settle_torn_tail(ctx, t, &mut self.junk, &mut cuts)?;
+            self.damage.push(d);
+        }
+        let tail = self.tail()?;
+        let metrics = ctx.metrics;
+        let channels = self.table.len() as u64;
+        metrics.recovery_channels.store(channels, Ordering::Relaxed);
+        let damaged = self.damage.len() as u64;
+        metrics.recovery_damage.store(damaged, Ordering::Relaxed);
+        Ok(Recovered {
+            table: self.table,
+            next_commit_seq: self.next.unwrap_or(CommitSeq(1)),
+            tail,
+            next_segment_seq: self.next_segment_seq,
+            damage: self.damage,
+            cuts,
+            manifest,
+            last_commit_segment: self.last_commit_segment,
+        })
+    }
+
+    /// Whether the log ends where the shard manifest says it must.
+    fn check_end(&mut self, manifest: &ManifestState) -> Result<()> {
+        let ctx = self.ctx;
+        let replayed_through = self.next.map_or(0, |n| n.0 - 1);
+        let newest = self.segments.last().map_or(SegmentSeq(0), |(seq, _)| *seq);
+        let Some((kind, action)) = scan::lost_end(manifest, replayed_through, newest) else {
+            return Ok(());
+        };
+        let (segment, position) = self
+            .end_of_chain
+            .as_ref()
+            .map_or((newest, 0), |p| (p.seq, p.position));
+        match decide(Finding::EndLost, ctx.mode) {
+            Decision::Report => {
+                self.damage.push(Damage {
+                    shard: ctx.shard,
+                    segment,
+                    position,
+                    kind,
+                    action,
+                });
+                Ok(())
+            }
+            d => Err(refuse(ctx, d, segment, position, kind)),
+        }
+    }
+
+    /// The segment writing resumes in: the chain end's, if nothing was
+    /// kept after it.
+    fn tail(&mut self) -> Result<Option<Tail>> {
+        let ctx = self.ctx;
+        let Some(p) = self.end_of_chain.take() else {
+            return Ok(None);
+        };
+        if SegmentSeq(p.seq.0 + 1) != self.next_segment_seq {
+            return Ok(None);
+        }
+        let file = if ctx.read_only {
+            DiskFile::open_read(&p.path, ctx.access)?
+        } else {
+            DiskFile::open_rw(ctx.fs, &p.path, ctx.access)?
+        };
+        Ok(Some(Tail {
+            segment: Segment {
+                seq: p.seq,
+                file: Arc::new(file),
+                path: p.path,
+                bytes: p.segment_bytes,
+            },
+            position: p.position,
+            block: p.block,
+        }))
+    }
+}
+
+/// A skipped damage at `at`.
+pub(super) fn skipped(
+    ctx: &RecoverContext<'_>,
+    at: &Place,
+    kind: DamageKind,
+    resumed_at: Option<(SegmentSeq, u64)>,
+) -> Damage {
+    Damage {
+        shard: ctx.shard,
+        segment: at.seq,
+        position: at.position,
+        kind,
+        action: DamageAction::Skipped {
+            resumed_at,
+            records_lost: 0,
+        },
+    }
+}
+
+/// Adds records found lost to the last skipped damage.
+fn count_lost(damage: &mut [Damage], lost: u64) {
+    if let Some(DamageAction::Skipped { records_lost, .. }) =
+        damage.iter_mut().rev().find_map(|d| match &mut d.action {
+            a @ DamageAction::Skipped { .. } => Some(a),
+            _ => None,
+        })
+    {
+        *records_lost += lost;
+    }
+}
+
+/// Replays entry `e` of commit `commit` into the table; returns the offsets
+/// lost in a gap (lenient only) or what is wrong with it.
+fn apply(
+    table: &mut ChannelTable,
+    e: &Entry<'_>,
+    commit_body: &Bytes,
+    commit: CommitSeq,
+    lenient: bool,
+) -> std::result::Result<u64, DamageKind> {
+    let logged = match e.kind {
+        EntryKind::Register => Logged::Register {
+            channel: e.channel,
+            first: e.offset,
+            name: std::str::from_utf8(e.payload).map_err(|_| DamageKind::NameNotUtf8)?,
+        },
+        EntryKind::Append => Logged::Append {
+            channel: e.channel,
+            offset: e.offset,
+            record: commit_body.slice_ref(e.payload),
+        },
+        EntryKind::Drop => Logged::Drop {
+            channel: e.channel,
+            next: e.offset,
+        },
+    };
+    table
+        .replay(logged, commit, lenient)
+        .map_err(DamageKind::Entry)
+}
