@@ -62,6 +62,10 @@ impl Runtime {
                         });
                     }
                 }
+                // An earlier process may have died before syncing this
+                // directory: the meta file's and the shard directories'
+                // names are made durable before anything is built on them.
+                file::sync_dir(&Fs::of(&config.backend), &config.dir)?;
                 meta
             }
             None => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::io::file::{self, Access, DiskFile};
+use crate::io::fs::Fs;
 use crate::io::ring::Ring;
 use crate::io::OpError;
 use crate::metrics::ShardMetrics;
@@ -191,11 +192,18 @@ impl ActiveSegment {
 /// from them. Not needed when the manifest already records every replayed
 /// commit as durable (after a clean close, or a crash with nothing written
 /// since the last roll).
+///
+/// It may also have died between naming a file (a spare segment, the
+/// manifest) and syncing the directory: the shard directory is synced
+/// whatever the manifest says, so that no commit is written into a segment
+/// whose name a power cut could still take back.
 pub(super) fn sync_replayed(
+    fs: &Fs,
     shard_dir: &Path,
     recovered: &Recovered,
     io: &mut Ring,
 ) -> Result<CommitSeq> {
+    file::sync_dir(fs, shard_dir)?;
     let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
     let all_durable = matches!(
         &recovered.manifest,

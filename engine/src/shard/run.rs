@@ -118,9 +118,10 @@ impl Shard {
             Access::Buffered
         };
         let mut io = Ring::new(config.backend.clone(), spec.id, inbox.wake_fd().fd())?;
+        let fs = Fs::of(&config.backend);
         let recovered = recover_shard(
             &RecoverContext {
-                fs: &Fs::of(&config.backend),
+                fs: &fs,
                 shard_dir: &spec.dir,
                 shard: spec.id,
                 store_id: spec.store_id,
@@ -132,7 +133,7 @@ impl Shard {
             },
             &mut io,
         )?;
-        let replayed_through = sync_replayed(&spec.dir, &recovered, &mut io)?;
+        let replayed_through = sync_replayed(&fs, &spec.dir, &recovered, &mut io)?;
         let shard = Shard::serve(spec, inbox, metrics, io, access, recovered, &ready)?;
         shard
             .metrics
