@@ -159,9 +159,10 @@ impl CommitIo for FaultyIo {
             }
             FaultEffect::Error => {}
         }
+        let kind = op.kind();
         if self.plan.in_sync {
             if let Op::Write {
-                fd,
+                file,
                 position,
                 ptr,
                 len,
@@ -170,7 +171,7 @@ impl CommitIo for FaultyIo {
             {
                 self.failing_sync = Some(id);
                 let unsynced = Op::Write {
-                    fd,
+                    file,
                     position,
                     ptr,
                     len,
@@ -180,7 +181,6 @@ impl CommitIo for FaultyIo {
                 return unsafe { self.inner.start(id, unsynced) };
             }
         }
-        let kind = op.kind();
         let due = Instant::now() + self.plan.completion_delay;
         self.injected.push_back((
             due,
@@ -207,7 +207,14 @@ impl CommitIo for FaultyIo {
             return Some((id, outcome));
         }
         let (id, outcome) = self.inner.poll()?;
-        if Some(id) == self.failing_sync && outcome.is_ok() {
+        if Some(id) == self.failing_sync {
+            // Ids are slot numbers the ring reuses: only this completion
+            // of the id is the failing one.
+            self.failing_sync = None;
+        } else {
+            return Some((id, outcome));
+        }
+        if outcome.is_ok() {
             return Some((
                 id,
                 Err(OpError::os(

@@ -190,9 +190,16 @@ impl DiskFile {
         }
     }
 
-    /// The path it was opened at.
+    /// The path it was opened at, or renamed to ([`DiskFile::renamed`]).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The same open file, known by `path` after it was renamed there: the
+    /// simulated disk keys a file's writes by its path.
+    pub fn renamed(mut self, path: &Path) -> DiskFile {
+        self.path = path.to_path_buf();
+        self
     }
 
     pub(in crate::io) fn fd(&self) -> RawFd {

@@ -22,10 +22,12 @@ pub mod wake;
 
 use std::io;
 use std::os::unix::io::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Backend;
 use crate::error::Result;
+use crate::io::file::DiskFile;
 use crate::types::ShardId;
 
 /// How a write is made durable.
@@ -39,13 +41,14 @@ pub enum SyncKind {
     Fdatasync,
 }
 
-/// One operation of the commit path.
-#[derive(Debug, Clone, Copy)]
+/// One operation of the commit path, on a file the operation keeps open
+/// (the backends take its descriptor, the simulated disk its path).
+#[derive(Debug, Clone)]
 pub enum Op {
-    /// Write `len` bytes from `ptr` at `position` of `fd`, then sync as asked.
+    /// Write `len` bytes from `ptr` at `position` of `file`, then sync as asked.
     Write {
         /// Open `O_DIRECT` segment.
-        fd: RawFd,
+        file: Arc<DiskFile>,
         /// Byte position, block-aligned.
         position: u64,
         /// Block-aligned buffer address.
@@ -55,16 +58,16 @@ pub enum Op {
         /// How the write is made durable.
         sync: SyncKind,
     },
-    /// `fdatasync(fd)`.
+    /// `fdatasync` of `file`.
     Sync {
         /// The file to sync.
-        fd: RawFd,
+        file: Arc<DiskFile>,
     },
-    /// Read `len` bytes at `position` of `fd` into `ptr`; exactly `expect`
+    /// Read `len` bytes at `position` of `file` into `ptr`; exactly `expect`
     /// bytes must arrive (fewer than `len` only at the end of the file).
     Read {
         /// Open `O_DIRECT` segment.
-        fd: RawFd,
+        file: Arc<DiskFile>,
         /// Byte position, block-aligned.
         position: u64,
         /// Block-aligned buffer address.
@@ -96,6 +99,13 @@ impl Op {
             Op::Write { .. } => OpKind::Write,
             Op::Sync { .. } => OpKind::Sync,
             Op::Read { .. } => OpKind::Read,
+        }
+    }
+
+    /// The file it works on.
+    pub fn file(&self) -> &DiskFile {
+        match self {
+            Op::Write { file, .. } | Op::Sync { file } | Op::Read { file, .. } => file,
         }
     }
 }

@@ -130,20 +130,20 @@ impl CommitIo for PortableIo {
         );
         let result = match op {
             Op::Write {
-                fd,
+                file,
                 position,
                 ptr,
                 len,
                 sync,
-            } => write(fd, position, ptr, len, sync),
-            Op::Sync { fd } => fdatasync(fd),
+            } => write(file.fd(), position, ptr, len, sync),
+            Op::Sync { file } => fdatasync(file.fd()),
             Op::Read {
-                fd,
+                file,
                 position,
                 ptr,
                 len,
                 expect,
-            } => read(fd, position, ptr, len, expect),
+            } => read(file.fd(), position, ptr, len, expect),
         };
         self.done.push_back((id, result));
         Ok(())

@@ -114,7 +114,7 @@ impl<'a> ReadAhead<'a> {
             let chunk = self.issued / self.chunk;
             let expect = self.chunk.min(self.size - self.issued);
             let op = Op::Read {
-                fd: self.file.fd(),
+                file: self.file.clone(),
                 position: self.issued as u64,
                 // SAFETY: `issued + chunk` is within the buffer (checked in
                 // `new`).

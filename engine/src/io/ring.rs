@@ -111,7 +111,7 @@ impl Ring {
     ) -> std::result::Result<(), Refused> {
         check_transfer(&buf, position, len, len);
         let op = Op::Write {
-            fd: file.fd(),
+            file: file.clone(),
             position,
             ptr: buf.as_ptr(),
             len,
@@ -138,7 +138,7 @@ impl Ring {
     ) -> std::result::Result<(), Refused> {
         check_transfer(&buf, position, len, expect);
         let op = Op::Read {
-            fd: file.fd(),
+            file: file.clone(),
             position,
             ptr: buf.as_mut_ptr(),
             len,
@@ -151,7 +151,7 @@ impl Ring {
 
     /// `fdatasync(file)`.
     pub fn sync(&mut self, id: u64, file: &Arc<DiskFile>) -> std::result::Result<(), OpError> {
-        let op = Op::Sync { fd: file.fd() };
+        let op = Op::Sync { file: file.clone() };
         // SAFETY: a sync references no memory.
         unsafe { self.start(id, file, None, op) }.map_err(|r| r.error)
     }

@@ -52,6 +52,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::io::file::DiskFile;
 use crate::io::fs::{FsFault, FsOp};
 use crate::io::portable::{self, PortableIo};
 use crate::io::{CommitIo, Op, OpError, OpKind, SyncKind};
@@ -179,10 +180,6 @@ struct SimState {
 
 fn cut_error() -> io::Error {
     io::Error::other("simulated power cut: the device is gone")
-}
-
-fn fd_path(fd: RawFd) -> io::Result<PathBuf> {
-    std::fs::read_link(format!("/proc/self/fd/{fd}"))
 }
 
 /// A change to a directory's names that its directory has not yet made
@@ -594,21 +591,16 @@ impl SimState {
         seq
     }
 
-    /// Writes `data` at `position` of `fd` into the volatile cache; returns
-    /// the write's order.
-    fn write(
-        &mut self,
-        fd: RawFd,
-        path: &Path,
-        position: u64,
-        data: &[u8],
-    ) -> Result<u64, OpError> {
+    /// Writes `data` at `position` of `file` into the volatile cache;
+    /// returns the write's order.
+    fn write(&mut self, file: &DiskFile, position: u64, data: &[u8]) -> Result<u64, OpError> {
+        let fd = file.fd();
         let mut before = vec![0u8; data.len()];
         // Within the file: segments are created at full size, and a
         // misdirected write is kept inside.
         portable::read(fd, position, before.as_mut_ptr(), data.len(), data.len())?;
         // Recorded first: a write that fails half-way may have changed bytes.
-        let seq = self.record_volatile(path, position, before);
+        let seq = self.record_volatile(file.path(), position, before);
         portable::write(fd, position, data.as_ptr(), data.len(), SyncKind::None)?;
         Ok(seq)
     }
@@ -661,7 +653,7 @@ impl SimIo {
         let mut s = self.disk.lock();
         match op {
             Op::Write {
-                fd,
+                file,
                 position,
                 ptr,
                 len,
@@ -670,10 +662,7 @@ impl SimIo {
                 if s.cut {
                     return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
                 }
-                let path = match fd_path(fd) {
-                    Ok(p) => p,
-                    Err(e) => return (Err(failed(OpKind::Write, e)), Durable::Nothing),
-                };
+                let path = file.path().to_path_buf();
                 // SAFETY: the caller of `start` keeps the buffer valid and
                 // unmodified until the completion is delivered; it is read
                 // here, within `start`.
@@ -688,7 +677,7 @@ impl SimIo {
                     Some(SimFault::ShortWrite) => {
                         let half = (len / 2) / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
                         let short = s
-                            .write(fd, &path, position, &data[..half])
+                            .write(&file, position, &data[..half])
                             .and(Err(OpError::short(OpKind::Write, half, len)));
                         return (short, Durable::Nothing);
                     }
@@ -698,14 +687,14 @@ impl SimIo {
                         let last = size.saturating_sub(len as u64) / 4096 * 4096;
                         let to =
                             (position as i64 + blocks * 4096).clamp(4096, last.max(4096) as i64);
-                        s.write(fd, &path, to as u64, data)
+                        s.write(&file, to as u64, data)
                     }
                     Some(SimFault::PowerCut) => {
-                        let _ = s.write(fd, &path, position, data);
+                        let _ = s.write(&file, position, data);
                         s.cut = true;
                         return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
                     }
-                    None => s.write(fd, &path, position, data),
+                    None => s.write(&file, position, data),
                 };
                 let seq = match written {
                     Ok(seq) => seq,
@@ -717,26 +706,21 @@ impl SimIo {
                     SyncKind::Fdatasync => Self::sync(&mut s, path, seq),
                 }
             }
-            Op::Sync { fd } => {
+            Op::Sync { file } => {
                 if s.cut {
                     return (Err(failed(OpKind::Sync, cut_error())), Durable::Nothing);
                 }
-                match fd_path(fd) {
-                    Ok(path) => {
-                        let upto = s.writes;
-                        Self::sync(&mut s, path, upto)
-                    }
-                    Err(e) => (Err(failed(OpKind::Sync, e)), Durable::Nothing),
-                }
+                let upto = s.writes;
+                Self::sync(&mut s, file.path().to_path_buf(), upto)
             }
             Op::Read {
-                fd,
+                file,
                 position,
                 ptr,
                 len,
                 expect,
             } => (
-                Self::read(&mut s, fd, position, ptr, len, expect),
+                Self::read(&mut s, &file, position, ptr, len, expect),
                 Durable::Nothing,
             ),
         }
@@ -768,7 +752,7 @@ impl SimIo {
 
     fn read(
         s: &mut SimState,
-        fd: RawFd,
+        file: &DiskFile,
         position: u64,
         ptr: *mut u8,
         len: usize,
@@ -783,11 +767,11 @@ impl SimIo {
             return Err(failed(cut_error()));
         }
         s.stats.reads += 1;
-        portable::read(fd, position, ptr, len, expect)?;
+        portable::read(file.fd(), position, ptr, len, expect)?;
         if s.read_faults.is_empty() {
             return Ok(());
         }
-        let path = fd_path(fd).map_err(failed)?;
+        let path = file.path().to_path_buf();
         let first = position / SIM_SECTOR_BYTES as u64;
         let end = (position + expect as u64).div_ceil(SIM_SECTOR_BYTES as u64);
         for sector in first..end {

@@ -50,8 +50,8 @@ pub fn probe() -> Result<()> {
 const RING_ENTRIES: u32 = 64;
 const _: () = assert!(2 * (OPS_IN_FLIGHT_MAX as u32) < RING_ENTRIES);
 
+/// An operation the kernel holds, in the slot of its id.
 struct InFlight {
-    id: u64,
     completions_left: u8,
     /// Bytes the write or read must transfer.
     expect_len: usize,
@@ -75,7 +75,7 @@ pub struct UringIo {
     /// (their buffers are the caller's until it gives up on the ring), and
     /// the error is returned by the next `wait`.
     broken: Option<io::Error>,
-    in_flight: Vec<InFlight>,
+    in_flight: InFlightTable,
     done: VecDeque<(u64, Result<(), OpError>)>,
 }
 
@@ -90,7 +90,10 @@ impl UringIo {
             wake_armed: false,
             woken: false,
             broken: None,
-            in_flight: Vec::with_capacity(OPS_IN_FLIGHT_MAX),
+            in_flight: InFlightTable {
+                slots: std::array::from_fn(|_| None),
+                queued: 0,
+            },
             done: VecDeque::with_capacity(OPS_IN_FLIGHT_MAX),
         };
         io.arm_wake();
@@ -130,13 +133,7 @@ impl UringIo {
                 continue;
             }
             let (id, is_sync) = (user_data >> 1, user_data & 1 == 1);
-            let i = self
-                .in_flight
-                .iter()
-                .position(|f| f.id == id)
-                .expect("completion of an operation in flight");
-            let f = &mut self.in_flight[i];
-            f.completions_left -= 1;
+            let f = self.in_flight.get(id);
             if f.error.is_none() {
                 let kind = match (is_sync, f.is_read) {
                     (true, _) => OpKind::Sync,
@@ -150,9 +147,8 @@ impl UringIo {
                     f.error = Some(OpError::short(kind, res as usize, f.expect_len));
                 }
             }
-            if f.completions_left == 0 {
-                let f = self.in_flight.swap_remove(i);
-                self.done.push_back((f.id, f.error.map_or(Ok(()), Err)));
+            if let Some(f) = self.in_flight.complete_one(id) {
+                self.done.push_back((id, f.error.map_or(Ok(()), Err)));
             }
         }
         if rearm {
@@ -161,107 +157,164 @@ impl UringIo {
     }
 }
 
-impl CommitIo for UringIo {
-    unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
-        assert!(
-            self.in_flight() < OPS_IN_FLIGHT_MAX,
-            "too many operations in flight"
-        );
-        assert!(id < 1 << 62, "operation id space exhausted");
-        let mut completions = 1;
-        let mut expect_len = 0;
-        let mut is_read = false;
-        let sync_entry = |fd: RawFd| {
-            opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(id << 1 | 1)
+/// The operations the kernel holds, indexed by operation id (the ring's
+/// slot numbers).
+struct InFlightTable {
+    slots: [Option<InFlight>; OPS_IN_FLIGHT_MAX],
+    /// Slots in use.
+    queued: usize,
+}
+
+impl InFlightTable {
+    /// Operation `id`, in flight.
+    fn get(&mut self, id: u64) -> &mut InFlight {
+        self.slots
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .expect("a completion of an operation in flight")
+    }
+
+    /// Counts one completion of operation `id`; returns the operation once
+    /// its last completion arrived (or it is not in flight).
+    fn complete_one(&mut self, id: u64) -> Option<InFlight> {
+        let slot = self.slots.get_mut(id as usize)?;
+        let f = slot.as_mut()?;
+        f.completions_left = f.completions_left.saturating_sub(1);
+        if f.completions_left > 0 {
+            return None;
+        }
+        self.queued -= 1;
+        slot.take()
+    }
+}
+
+/// The data sync of operation `id` on `fd`.
+fn sync_entry(id: u64, fd: RawFd) -> squeue::Entry {
+    opcode::Fsync::new(types::Fd(fd))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(id << 1 | 1)
+}
+
+impl UringIo {
+    /// Queues the write of operation `id`, with its data sync linked after
+    /// it if `sync` asks; returns the completions it will have.
+    ///
+    /// # Safety
+    /// `ptr` stays valid for `len` bytes until the completions are reaped.
+    unsafe fn push_write(
+        &mut self,
+        id: u64,
+        fd: RawFd,
+        position: u64,
+        ptr: *const u8,
+        len: usize,
+        sync: SyncKind,
+    ) -> u8 {
+        let rw_flags = if sync == SyncKind::Dsync {
+            libc::RWF_DSYNC
+        } else {
+            0
         };
-        {
-            let mut sq = self.ring.submission();
-            match op {
-                Op::Write {
-                    fd,
-                    position,
-                    ptr,
-                    len,
-                    sync,
-                } => {
-                    expect_len = len;
-                    let rw_flags = if sync == SyncKind::Dsync {
-                        libc::RWF_DSYNC
-                    } else {
-                        0
-                    };
-                    let mut write = opcode::Write::new(types::Fd(fd), ptr, len as u32)
-                        .offset(position)
-                        .rw_flags(rw_flags)
-                        .build()
-                        .user_data(id << 1);
-                    if sync == SyncKind::Fdatasync {
-                        // The data sync must not start before the write completed.
-                        write = write.flags(squeue::Flags::IO_LINK);
-                    }
-                    // SAFETY: the caller keeps the buffer alive until completion.
-                    unsafe { sq.push(&write) }.expect("ring has room for a write");
-                    if sync == SyncKind::Fdatasync {
-                        // SAFETY: fsync references no memory.
-                        unsafe { sq.push(&sync_entry(fd)) }.expect("ring has room for a data sync");
-                        completions = 2;
-                    }
+        let mut write = opcode::Write::new(types::Fd(fd), ptr, len as u32)
+            .offset(position)
+            .rw_flags(rw_flags)
+            .build()
+            .user_data(id << 1);
+        if sync == SyncKind::Fdatasync {
+            // The data sync must not start before the write completed.
+            write = write.flags(squeue::Flags::IO_LINK);
+        }
+        let mut sq = self.ring.submission();
+        // SAFETY: the caller keeps the buffer alive until completion.
+        unsafe { sq.push(&write) }.expect("ring has room for a write");
+        if sync != SyncKind::Fdatasync {
+            return 1;
+        }
+        // SAFETY: fsync references no memory.
+        unsafe { sq.push(&sync_entry(id, fd)) }.expect("ring has room for a data sync");
+        2
+    }
+
+    /// Enters the ring with what is queued. Completions may have to be
+    /// reaped first (`EBUSY`, `EAGAIN`): the entries stay queued and go with
+    /// the next enter (in `wait`); any other failure is kept for `wait`.
+    fn submit_queued(&mut self) {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                    return
                 }
-                Op::Sync { fd } => {
-                    // SAFETY: fsync references no memory.
-                    unsafe { sq.push(&sync_entry(fd)) }.expect("ring has room for a data sync");
-                }
-                Op::Read {
-                    fd,
-                    position,
-                    ptr,
-                    len,
-                    expect,
-                } => {
-                    expect_len = expect;
-                    is_read = true;
-                    let read = opcode::Read::new(types::Fd(fd), ptr, len as u32)
-                        .offset(position)
-                        .build()
-                        .user_data(id << 1);
-                    // SAFETY: the caller keeps the buffer alive and unread
-                    // until the completion was returned.
-                    unsafe { sq.push(&read) }.expect("ring has room for a read");
+                Err(e) => {
+                    self.broken.get_or_insert(e);
+                    return;
                 }
             }
         }
-        self.in_flight.push(InFlight {
-            id,
+    }
+}
+
+impl CommitIo for UringIo {
+    unsafe fn start(&mut self, id: u64, op: Op) -> Result<(), OpError> {
+        let slot = id as usize;
+        assert!(slot < OPS_IN_FLIGHT_MAX, "operation id {id} is not a slot");
+        assert!(
+            self.in_flight.slots[slot].is_none(),
+            "operation id {id} in flight"
+        );
+        let (completions, expect_len, is_read) = match op {
+            Op::Write {
+                file,
+                position,
+                ptr,
+                len,
+                sync,
+            } => {
+                // SAFETY: the caller keeps the buffer alive until completion.
+                let n = unsafe { self.push_write(id, file.fd(), position, ptr, len, sync) };
+                (n, len, false)
+            }
+            Op::Sync { file } => {
+                // SAFETY: fsync references no memory.
+                unsafe { self.ring.submission().push(&sync_entry(id, file.fd())) }
+                    .expect("ring has room for a data sync");
+                (1, 0, false)
+            }
+            Op::Read {
+                file,
+                position,
+                ptr,
+                len,
+                expect,
+            } => {
+                let read = opcode::Read::new(types::Fd(file.fd()), ptr, len as u32)
+                    .offset(position)
+                    .build()
+                    .user_data(id << 1);
+                // SAFETY: the caller keeps the buffer alive and unread
+                // until the completion was returned.
+                unsafe { self.ring.submission().push(&read) }.expect("ring has room for a read");
+                (1, expect, true)
+            }
+        };
+        self.in_flight.slots[slot] = Some(InFlight {
             completions_left: completions,
             expect_len,
             is_read,
             error: None,
         });
+        self.in_flight.queued += 1;
         // From here on the operation is queued: `start` returns `Ok` even if
         // the enter fails, so that the caller keeps its buffer as long as
         // the kernel may use it; the failure comes from the next `wait`.
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // Completions must be reaped first; the entries stay queued
-                // and go with the next enter (in `wait`).
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
-                    return Ok(())
-                }
-                Err(e) => {
-                    self.broken.get_or_insert(e);
-                    return Ok(());
-                }
-            }
-        }
+        self.submit_queued();
+        Ok(())
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight.len() + self.done.len()
+        self.in_flight.queued + self.done.len()
     }
 
     fn poll(&mut self) -> Option<(u64, Result<(), OpError>)> {
@@ -321,7 +374,7 @@ impl Drop for UringIo {
                 !self.wake_armed || unsafe { self.ring.submission().push(&cancel) }.is_ok();
             for _ in 0..1000 {
                 self.reap_for_drop();
-                if !self.wake_armed && self.in_flight.is_empty() {
+                if !self.wake_armed && self.in_flight.queued == 0 {
                     settled = true;
                     break;
                 }
@@ -355,14 +408,7 @@ impl UringIo {
             if user_data == USER_DATA_WAKE {
                 self.wake_armed = false;
             } else if user_data != USER_DATA_CANCEL {
-                let id = user_data >> 1;
-                if let Some(i) = self.in_flight.iter().position(|f| f.id == id) {
-                    let f = &mut self.in_flight[i];
-                    f.completions_left = f.completions_left.saturating_sub(1);
-                    if f.completions_left == 0 {
-                        self.in_flight.swap_remove(i);
-                    }
-                }
+                self.in_flight.complete_one(user_data >> 1);
             }
         }
     }

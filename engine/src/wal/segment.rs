@@ -80,8 +80,8 @@ pub fn create_segment(
     }
     Ok(Segment {
         seq: h.segment_seq,
+        file: Arc::new(file.renamed(&path)),
         path,
-        file: Arc::new(file),
         bytes: h.segment_bytes,
     })
 }
