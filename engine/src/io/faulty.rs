@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::io::{CommitIo, Op, OpError, OpKind};
 use crate::types::ShardId;
 
-/// Which operation a [`Backend::FaultInjection`](crate::config::Backend::FaultInjection)
+/// Which operation a [`Backend::FaultInjection`](crate::io::backend::Backend::FaultInjection)
 /// fails, and how.
 ///
 /// ```

@@ -10,7 +10,7 @@
 //! its file is synced — so that a power cut takes those back like any ring
 //! write, and a planned fault can land on them (`io/sim.rs`).
 
-use crate::config::Backend;
+use crate::io::backend::Backend;
 #[cfg(feature = "testing")]
 use crate::io::sim::SimDisk;
 

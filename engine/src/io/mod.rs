@@ -6,6 +6,7 @@
 //! eventfd, so that a sleeping shard wakes for new requests as well as for a
 //! finished commit. Files are created, sized and read through [`file`].
 
+pub mod backend;
 pub mod buffer;
 #[cfg(feature = "testing")]
 pub mod faulty;
@@ -25,8 +26,8 @@ use std::os::unix::io::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Backend;
 use crate::error::Result;
+use crate::io::backend::Backend;
 use crate::io::file::DiskFile;
 use crate::types::ShardId;
 

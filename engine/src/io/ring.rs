@@ -16,8 +16,8 @@ use std::os::unix::io::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Backend;
 use crate::error::Result;
+use crate::io::backend::Backend;
 use crate::io::buffer::AlignedBuf;
 use crate::io::file::DiskFile;
 use crate::io::portable::PortableIo;
