@@ -30,58 +30,14 @@ impl Runtime {
         if config.backend.uses_io_uring() {
             crate::io::probe_io_uring()?;
         }
-        let allowed = crate::cores::allowed_cores()?;
-        let cores = match &config.cores {
-            None => allowed.clone(),
-            Some(cores) => {
-                if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
-                    return Err(Error::InvalidConfig {
-                        field: "cores",
-                        reason: format!(
-                            "core {c} is not in the process's affinity mask {allowed:?}"
-                        ),
-                    });
-                }
-                cores.clone()
-            }
-        };
+        let cores = chosen_cores(&config)?;
         if file::exists(&config.dir) {
             file::check_dir_mode(&config.dir, config.dir_mode)?;
         } else {
             file::create_dir(&Fs::of(&config.backend), &config.dir, config.dir_mode)?;
         }
         let lock = DirLock::acquire(&config.dir, config.file_mode, config.lock_wait)?;
-        let meta = match store::read_meta(&config.dir)? {
-            Some(meta) => {
-                if let Some(requested) = config.shards {
-                    if requested != meta.shards as usize {
-                        return Err(Error::ShardCountMismatch {
-                            path: config.dir.clone(),
-                            recorded: meta.shards as usize,
-                            requested,
-                        });
-                    }
-                }
-                // An earlier process may have died before syncing this
-                // directory: the meta file's and the shard directories'
-                // names are made durable before anything is built on them.
-                file::sync_dir(&Fs::of(&config.backend), &config.dir)?;
-                meta
-            }
-            None => {
-                let shards = config
-                    .shards
-                    .unwrap_or(cores.len())
-                    .clamp(1, crate::config::SHARDS_LIMIT);
-                store::create(
-                    &Fs::of(&config.backend),
-                    &config.dir,
-                    shards as u32,
-                    config.dir_mode,
-                    config.file_mode,
-                )?
-            }
-        };
+        let meta = open_store(&config, cores.len())?;
         let block = block_bytes(&config)?;
         config.validate_with_block(block)?;
         let config = Arc::new(config);
@@ -187,6 +143,61 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// The cores the shards are pinned to: `config.cores`, each of which must be
+/// in the process's affinity mask, or the whole mask.
+fn chosen_cores(config: &Config) -> Result<Vec<usize>> {
+    let allowed = crate::cores::allowed_cores()?;
+    Ok(match &config.cores {
+        None => allowed.clone(),
+        Some(cores) => {
+            if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
+                return Err(Error::InvalidConfig {
+                    field: "cores",
+                    reason: format!("core {c} is not in the process's affinity mask {allowed:?}"),
+                });
+            }
+            cores.clone()
+        }
+    })
+}
+
+/// The store's meta file, read (checked against `config.shards`, and its
+/// directory synced) or created with `config.shards`, else one shard per
+/// core of `cores`.
+fn open_store(config: &Config, cores: usize) -> Result<store::Meta> {
+    Ok(match store::read_meta(&config.dir)? {
+        Some(meta) => {
+            if let Some(requested) = config.shards {
+                if requested != meta.shards as usize {
+                    return Err(Error::ShardCountMismatch {
+                        path: config.dir.clone(),
+                        recorded: meta.shards as usize,
+                        requested,
+                    });
+                }
+            }
+            // An earlier process may have died before syncing this
+            // directory: the meta file's and the shard directories'
+            // names are made durable before anything is built on them.
+            file::sync_dir(&Fs::of(&config.backend), &config.dir)?;
+            meta
+        }
+        None => {
+            let shards = config
+                .shards
+                .unwrap_or(cores)
+                .clamp(1, crate::config::SHARDS_LIMIT);
+            store::create(
+                &Fs::of(&config.backend),
+                &config.dir,
+                shards as u32,
+                config.dir_mode,
+                config.file_mode,
+            )?
+        }
+    })
 }
 
 /// The commit block size: the configured one, or the larger of the direct-I/O

@@ -21,7 +21,7 @@ use crate::wal::reader::{first_commit_header, SegmentReader};
 use crate::wal::segment::Segment;
 
 use super::decision::{decide, Decision, Finding};
-use super::scan::{self, AfterEnd, ChainEnd, Identity};
+use super::scan::{self, AfterEnd, ChainEnd, Identity, Later};
 use super::{
     keep_prefix, refuse, settle_torn_tail, Cut, Damage, DamageAction, Place, RecoverContext,
     Recovered, Tail, Torn,
@@ -207,7 +207,6 @@ impl<'c, 'a> Replay<'c, 'a> {
     /// earlier segment, only scans it for a commit), then settles what
     /// follows its chain end.
     fn commits(&mut self, reader: &mut SegmentReader<'_>, seg: &InSegment<'_>) -> Result<Flow> {
-        let ctx = self.ctx;
         let mut pos = seg.block;
         // Whether commits here continue the chain.
         let mut live = self.torn.is_none();
@@ -248,40 +247,60 @@ impl<'c, 'a> Replay<'c, 'a> {
                 self.settle_chain_end(seg, pos, end, live, &after);
                 return Ok(Flow::Next);
             };
-            // Damage, not a torn tail: a commit follows the chain end.
-            self.junk.clear();
-            let (at, found) = match self.torn.take() {
-                Some(t) => (t.at, Some(t.kind)),
-                None => (
-                    seg.place(pos),
-                    match end {
-                        ChainEnd::Damaged(k) => Some(k),
-                        ChainEnd::Zeros => None,
-                    },
-                ),
-            };
-            let kind = DamageKind::CommitAfterChainEnd {
-                end: found.map(Box::new),
-                expected: window_base,
-                found: b.commit_seq,
-                segment: seg.id.segment,
-                position: b.position as u64,
-            };
-            match decide(Finding::CommitAfterChainEnd, ctx.mode) {
-                Decision::Skip => {
-                    let resume = after.first_later.expect("beyond is a later commit");
-                    let resumed_at = Some((seg.id.segment, resume.position as u64));
-                    self.damage.push(skipped(ctx, &at, kind, resumed_at));
+            match self.commit_after_end(seg, pos, end, window_base, b, after.first_later)? {
+                Some(resume) => {
                     pos = resume.position;
                     self.next = Some(resume.commit_seq);
                     live = true;
                 }
-                Decision::KeepPrefix => {
-                    self.stop = Some((at, kind));
-                    return Ok(Flow::Stop);
-                }
-                d => return Err(refuse(ctx, d, at.seq, at.position, kind)),
+                None => return Ok(Flow::Stop),
             }
+        }
+    }
+
+    /// A commit (`beyond`) follows the chain end at `pos`: damage, not a
+    /// torn tail. Returns the commit replay resumes at (a mode that skips),
+    /// or `None` when `KeepPrefix` stops here.
+    fn commit_after_end(
+        &mut self,
+        seg: &InSegment<'_>,
+        pos: usize,
+        end: ChainEnd,
+        window_base: CommitSeq,
+        beyond: Later,
+        first_later: Option<Later>,
+    ) -> Result<Option<Later>> {
+        let ctx = self.ctx;
+        self.junk.clear();
+        let (at, found) = match self.torn.take() {
+            Some(t) => (t.at, Some(t.kind)),
+            None => (
+                seg.place(pos),
+                match end {
+                    ChainEnd::Damaged(k) => Some(k),
+                    ChainEnd::Zeros => None,
+                },
+            ),
+        };
+        let kind = DamageKind::CommitAfterChainEnd {
+            end: found.map(Box::new),
+            expected: window_base,
+            found: beyond.commit_seq,
+            segment: seg.id.segment,
+            position: beyond.position as u64,
+        };
+        match decide(Finding::CommitAfterChainEnd, ctx.mode) {
+            Decision::Skip => {
+                let resume = first_later.expect("beyond is a later commit");
+                let resumed_at = Some((seg.id.segment, resume.position as u64));
+                self.damage.push(skipped(ctx, &at, kind, resumed_at));
+                Ok(Some(resume))
+            }
+            Decision::KeepPrefix => {
+                self.stop = Some((at, kind));
+                Ok(None)
+            }
+            d => Err(refuse(ctx, d, at.seq, at.position, kind)),
         }
     }
 

@@ -37,6 +37,17 @@ impl Batch {
             records: Vec::with_capacity(config.records_per_commit_max),
         }
     }
+
+    /// The batch being built (its first commit numbered `next`) and one
+    /// spare for every commit that may be in flight.
+    pub(super) fn all(config: &Config, block: usize, next: CommitSeq) -> (Batch, Vec<Batch>) {
+        let mut building = Batch::new(config, block);
+        building.builder.reset(next);
+        let spare = (0..config.commits_in_flight_max)
+            .map(|_| Batch::new(config, block))
+            .collect();
+        (building, spare)
+    }
 }
 
 /// An operation on its way to the device, in the order it was started.
@@ -73,27 +84,39 @@ impl Shard {
 
     /// Starts the commit being built, unless it has to wait for the flights
     /// (a full window, or a segment roll).
-    pub(super) fn start_commit(&mut self) {
+    /// Whether the commit being built can start now, in a segment with
+    /// room for it (rolling to the next one if needed); fails the shard if
+    /// the segment cannot be had.
+    fn commit_may_start(&mut self) -> bool {
         if let Err(e) = self.ready_segment() {
             self.fail(e);
-            return;
+            return false;
         }
         let seq = self.building.builder.commit_seq();
         if self.clock.window_full(seq) && !self.flights.is_empty() {
             // The commit must carry a data sync covering every write.
-            return;
+            return false;
         }
-        if self.needs_new_segment() && !self.flights.is_empty() {
+        if !self.needs_new_segment() {
+            return true;
+        }
+        if !self.flights.is_empty() {
             // Segments change only when nothing is in flight, so that a torn
             // tail never spans two segments.
+            return false;
+        }
+        if let Err(e) = self.roll_segment() {
+            self.fail(e);
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn start_commit(&mut self) {
+        if !self.commit_may_start() {
             return;
         }
-        if self.needs_new_segment() {
-            if let Err(e) = self.roll_segment() {
-                self.fail(e);
-                return;
-            }
-        }
+        let seq = self.building.builder.commit_seq();
         let spare = self
             .spare
             .pop()

@@ -153,7 +153,7 @@ impl Shard {
         recovered: Recovered,
         ready: &Readiness,
     ) -> Result<Shard> {
-        let config = spec.config;
+        let config = spec.config.clone();
         let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
         let manifest_stale = manifest_stale(&recovered.damage);
         let fs = Fs::of(&config.backend);
@@ -166,17 +166,7 @@ impl Shard {
             &recovered.manifest,
         );
         *ready.damage.lock().unwrap_or_else(|p| p.into_inner()) = recovered.damage;
-        let preparer = SegmentPreparer::spawn(PreparerSpec {
-            shard: spec.id,
-            shard_dir: spec.dir.clone(),
-            block: spec.block,
-            store_id: spec.store_id,
-            segment_bytes: config.segment_bytes,
-            access,
-            file_mode: config.file_mode,
-            fs: fs.clone(),
-            core: spec.core,
-        })?;
+        let preparer = SegmentPreparer::spawn(preparer_spec(&spec, access, &fs))?;
         let active = ActiveSegment::resume(
             recovered.tail,
             recovered.next_segment_seq,
@@ -185,11 +175,7 @@ impl Shard {
             &metrics,
         )?;
         let in_flight_max = config.commits_in_flight_max;
-        let mut building = Batch::new(&config, spec.block);
-        building.builder.reset(recovered.next_commit_seq);
-        let spare = (0..in_flight_max)
-            .map(|_| Batch::new(&config, spec.block))
-            .collect();
+        let (building, spare) = Batch::all(&config, spec.block, recovered.next_commit_seq);
         Ok(Shard {
             id: spec.id,
             store_id: spec.store_id,
@@ -407,5 +393,20 @@ impl Shard {
             _ => IDLE_WAIT_MAX,
         };
         Some(bound.min(IDLE_WAIT_MAX))
+    }
+}
+
+/// What the segment preparer of the shard `spec` describes needs.
+fn preparer_spec(spec: &ShardSpec, access: Access, fs: &Fs) -> PreparerSpec {
+    PreparerSpec {
+        shard: spec.id,
+        shard_dir: spec.dir.clone(),
+        block: spec.block,
+        store_id: spec.store_id,
+        segment_bytes: spec.config.segment_bytes,
+        access,
+        file_mode: spec.config.file_mode,
+        fs: fs.clone(),
+        core: spec.core,
     }
 }
