@@ -208,7 +208,6 @@ fn record(rng: &mut Rng, max: usize) -> Vec<u8> {
 /// the last check (then a loss is allowed if the engine reported damage).
 fn check(
     engine: &Engine,
-    disk: &SimDisk,
     model: &mut HashMap<&'static str, Chan>,
     damaged_in: &HashSet<u16>,
     unsynced_lost: bool,
@@ -216,7 +215,11 @@ fn check(
 ) -> Result<(), String> {
     let damage = engine.recovery_damage();
     // Shards the check itself wrote to (registering a dropped name): their
-    // torn tails are zeroed, so nothing unreturned can come back there.
+    // torn tails are zeroed, so nothing unreturned can come back there. A
+    // shard started a commit if its commit bytes grew (the disk's operation
+    // count is no witness: other shards still recovering, or a preparer,
+    // move it too).
+    let commit_bytes = |shard: u16| engine.shard_metrics()[shard as usize].commit_bytes;
     let mut wrote: HashSet<u16> = HashSet::new();
     let mut shard_of: HashMap<&'static str, u16> = HashMap::new();
     for name in NAMES {
@@ -225,13 +228,15 @@ fn check(
         };
         // Every name the workload touched is looked at, dropped ones too
         // (registering a dropped name must give a fresh, empty channel).
-        let ops = disk.stats().ops;
+        let before: Vec<u64> = (0..engine.shard_metrics().len() as u16)
+            .map(commit_bytes)
+            .collect();
         let ch = engine
             .register(name)
             .map_err(|e| format!("register {name} after recovery: {e}"))?;
         let shard = ch.shard().0;
         shard_of.insert(name, shard);
-        if disk.stats().ops != ops {
+        if commit_bytes(shard) != before[shard as usize] {
             wrote.insert(shard);
         }
         // Only damage injected in the name's own shard, and reported there,
@@ -357,15 +362,38 @@ fn check(
     Ok(())
 }
 
-/// A write to `shard` (attempted: its commit zeroes what recovery found
-/// torn first) ends the chance of its channels' unreturned records.
-fn forget_lost(model: &mut HashMap<&'static str, Chan>, shards: usize, shard: u16) {
-    for (name, m) in model.iter_mut() {
-        if route(name, shards) == shard {
-            m.lost.clear();
-            m.loose = false;
+/// Each shard's commit bytes so far.
+fn commit_bytes(engine: &Engine) -> Vec<u64> {
+    engine
+        .shard_metrics()
+        .iter()
+        .map(|m| m.commit_bytes)
+        .collect()
+}
+
+/// A commit a shard started since `seen` (its commit bytes grew) ends the
+/// chance of its channels' unreturned records: the first commit after
+/// recovery zeroes what recovery found torn. A write merely attempted does
+/// not: the zeroing itself may have failed, leaving the bytes in place.
+fn forget_lost(
+    engine: &Engine,
+    model: &mut HashMap<&'static str, Chan>,
+    shards: usize,
+    seen: &mut Vec<u64>,
+) {
+    let now = commit_bytes(engine);
+    for (shard, (then, now)) in seen.iter().zip(&now).enumerate() {
+        if now == then {
+            continue;
+        }
+        for (name, m) in model.iter_mut() {
+            if route(name, shards) == shard as u16 {
+                m.lost.clear();
+                m.loose = false;
+            }
         }
     }
+    *seen = now;
 }
 
 /// Prints the story of a seed when `COREWAL_SIM_VERBOSE` is set.
@@ -498,15 +526,8 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                 engine.recovery_damage()
             )
         });
-        check(
-            &engine,
-            disk,
-            &mut model,
-            &injected.shards,
-            unsynced_lost,
-            totals,
-        )
-        .map_err(|e| format!("session {session}: {e}"))?;
+        check(&engine, &mut model, &injected.shards, unsynced_lost, totals)
+            .map_err(|e| format!("session {session}: {e}"))?;
         injected.shards.clear();
         injected.misdirect = false;
         unsynced_lost = false;
@@ -530,19 +551,11 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
 
         let mut handles: HashMap<&'static str, Channel> = HashMap::new();
         let ops = 10 + rng.below(120);
+        let mut seen = commit_bytes(&engine);
         for _ in 0..ops {
+            forget_lost(&engine, &mut model, shards, &mut seen);
             let name = NAMES[rng.below(NAMES.len() as u64) as usize];
             let op = rng.below(100);
-            let live = model.get(name).is_some_and(|m| m.live);
-            let writes = match op {
-                0..=11 => !live,
-                12..=16 => live,
-                17..=30 => false,
-                _ => handles.contains_key(name),
-            };
-            if writes {
-                forget_lost(&mut model, shards, route(name, shards));
-            }
             let m = model.entry(name).or_default();
             match op {
                 0..=11 => match engine.register(name) {
@@ -605,7 +618,6 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                             continue;
                         };
                         let data = record(&mut rng, max_record / 2);
-                        forget_lost(&mut model, shards, ch.shard().0);
                         // Polled once: that submits it (an append future
                         // submits on its first poll), so the burst is in the
                         // shard's inbox before any answer is awaited.
@@ -692,6 +704,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         // A failed register or unregister leaves the name unsure; so does a
         // failed append's shard for every later operation, which the check
         // treats the same way.
+        forget_lost(&engine, &mut model, shards, &mut seen);
         let _ = engine.close();
         disk.clear_plans();
         let happened = disk.stats().ops >= at;
@@ -799,15 +812,8 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
     let Some(engine) = opened else {
         return Ok(());
     };
-    check(
-        &engine,
-        disk,
-        &mut model,
-        &injected.shards,
-        unsynced_lost,
-        totals,
-    )
-    .map_err(|e| format!("final check: {e}"))?;
+    check(&engine, &mut model, &injected.shards, unsynced_lost, totals)
+        .map_err(|e| format!("final check: {e}"))?;
     engine.close().map_err(|e| format!("final close: {e}"))
 }
 
