@@ -228,3 +228,113 @@ pub(super) fn lost_end(
         ManifestState::Found(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::format::encode_commit_header;
+
+    const BLOCK: usize = 4096;
+    const ID: Identity = Identity {
+        store_id: 7,
+        shard: ShardId(1),
+        segment: SegmentSeq(3),
+    };
+
+    /// A segment image of `blocks` blocks with an empty one-block commit
+    /// `seq` (window `window`) at each of `commits`' block indexes.
+    fn image(blocks: usize, commits: &[(usize, u64, u16)]) -> Vec<u8> {
+        let mut data = vec![0u8; blocks * BLOCK];
+        for &(at, seq, window) in commits {
+            let h = CommitHeader {
+                shard: ID.shard,
+                entry_count: 0,
+                store_id: ID.store_id,
+                segment_seq: ID.segment,
+                commit_seq: CommitSeq(seq),
+                position: (at * BLOCK) as u64,
+                entries_bytes: 0,
+                blocks: 1,
+                in_flight_max: window,
+            };
+            encode_commit_header(&h, &mut data[at * BLOCK..]);
+        }
+        data
+    }
+
+    #[test]
+    fn a_commit_header_is_one_only_where_its_identity_says() {
+        let data = image(3, &[(1, 5, 1)]);
+        assert!(commit_header(&data, BLOCK, BLOCK, &ID).is_ok());
+        assert!(matches!(
+            commit_header(&data, 2 * BLOCK, BLOCK, &ID),
+            Err(ChainEnd::Zeros)
+        ));
+        // The same bytes copied one block on name the wrong position.
+        let mut moved = data.clone();
+        moved.copy_within(BLOCK..2 * BLOCK, 2 * BLOCK);
+        assert!(matches!(
+            commit_header(&moved, 2 * BLOCK, BLOCK, &ID),
+            Err(ChainEnd::Damaged(DamageKind::CommitMisplaced))
+        ));
+        let other = Identity {
+            segment: SegmentSeq(4),
+            ..ID
+        };
+        assert!(matches!(
+            commit_header(&data, BLOCK, BLOCK, &other),
+            Err(ChainEnd::Damaged(DamageKind::CommitMisplaced))
+        ));
+        let mut torn = data;
+        torn[BLOCK + 20] ^= 1;
+        assert!(matches!(
+            commit_header(&torn, BLOCK, BLOCK, &ID),
+            Err(ChainEnd::Damaged(DamageKind::Commit(_)))
+        ));
+    }
+
+    #[test]
+    fn a_sequence_number_out_of_turn_is_missing_commits_or_a_repeat() {
+        assert!(out_of_sequence(CommitSeq(4), None).is_none());
+        assert!(out_of_sequence(CommitSeq(4), Some(CommitSeq(4))).is_none());
+        let (f, _) = out_of_sequence(CommitSeq(6), Some(CommitSeq(4))).unwrap();
+        assert_eq!(f, Finding::CommitsMissing);
+        let (f, _) = out_of_sequence(CommitSeq(3), Some(CommitSeq(4))).unwrap();
+        assert_eq!(f, Finding::CommitRepeated);
+    }
+
+    #[test]
+    fn commits_after_a_chain_end_are_in_its_window_or_beyond_it() {
+        // The chain ends at block 1 (commit 5 missing); commit 6 follows,
+        // written with a window of 2: it may have been in flight with 5.
+        let data = image(4, &[(2, 6, 2)]);
+        let a = after_chain_end(&data, BLOCK, BLOCK, &ID, CommitSeq(5), true);
+        assert_eq!(a.first_later.map(|l| l.commit_seq), Some(CommitSeq(6)));
+        assert!(a.beyond.is_none());
+        assert_eq!(a.nonzero_end, 3 * BLOCK);
+        // With a window of 1 it cannot have been: damage, not a torn tail.
+        let data = image(4, &[(2, 6, 1)]);
+        let a = after_chain_end(&data, BLOCK, BLOCK, &ID, CommitSeq(5), true);
+        assert_eq!(a.beyond.map(|l| l.position), Some(2 * BLOCK));
+        // In a later segment (the chain ended earlier) every commit is beyond.
+        let data = image(4, &[(1, 6, 4)]);
+        let a = after_chain_end(&data, BLOCK, BLOCK, &ID, CommitSeq(5), false);
+        assert_eq!(a.beyond.map(|l| l.position), Some(BLOCK));
+        // Commits older than the window's base are no later commits.
+        let data = image(4, &[(2, 3, 4)]);
+        let a = after_chain_end(&data, BLOCK, BLOCK, &ID, CommitSeq(5), true);
+        assert!(a.first_later.is_none() && a.beyond.is_none());
+        assert_eq!(a.nonzero_end, 3 * BLOCK);
+    }
+
+    #[test]
+    fn stray_bytes_in_the_chain_end_s_own_block_count_as_written() {
+        let mut data = image(3, &[]);
+        data[BLOCK + 100] = 1;
+        let live = after_chain_end(&data, BLOCK, BLOCK, &ID, CommitSeq(1), true);
+        assert_eq!(live.nonzero_end, 2 * BLOCK);
+        let zeros = image(3, &[]);
+        let clean = after_chain_end(&zeros, BLOCK, BLOCK, &ID, CommitSeq(1), true);
+        assert_eq!(clean.nonzero_end, BLOCK);
+    }
+}
