@@ -159,9 +159,6 @@ impl Config {
     }
 
     pub(crate) fn validate_with_block(&self, block: usize) -> Result<()> {
-        fn bad(field: &'static str, reason: String) -> Result<()> {
-            Err(Error::InvalidConfig { field, reason })
-        }
         if self.dir.as_os_str().is_empty() {
             return bad("dir", "is empty".into());
         }
@@ -178,6 +175,37 @@ impl Config {
                 );
             }
         }
+        if self.lock_wait > Duration::from_secs(600) {
+            return bad("lock_wait", "is longer than 10 minutes".into());
+        }
+        if let Durability::Periodic { interval } = self.durability {
+            if interval.is_zero() || interval > Duration::from_secs(60) {
+                return bad(
+                    "durability",
+                    "Periodic interval must be in (0, 60 s]".into(),
+                );
+            }
+        }
+        if self.dir_mode & !0o7777 != 0 || self.file_mode & !0o7777 != 0 {
+            return bad("dir_mode/file_mode", "hold bits beyond 0o7777".into());
+        }
+        if self.file_mode & 0o600 != 0o600 {
+            return bad(
+                "file_mode",
+                "must let the owner read and write (0o600)".into(),
+            );
+        }
+        if self.dir_mode & 0o700 != 0o700 {
+            return bad(
+                "dir_mode",
+                "must let the owner read, write and search (0o700)".into(),
+            );
+        }
+        self.validate_sizes(block)
+    }
+
+    /// The sizes and counts, against the block size `block` and each other.
+    fn validate_sizes(&self, block: usize) -> Result<()> {
         if !block.is_power_of_two() || !(512..=65536).contains(&block) {
             return bad(
                 "block_bytes",
@@ -237,34 +265,12 @@ impl Config {
                 format!("is {seg}; must be at least twice commit_bytes_max plus one block"),
             );
         }
-        if self.lock_wait > Duration::from_secs(600) {
-            return bad("lock_wait", "is longer than 10 minutes".into());
-        }
-        if let Durability::Periodic { interval } = self.durability {
-            if interval.is_zero() || interval > Duration::from_secs(60) {
-                return bad(
-                    "durability",
-                    "Periodic interval must be in (0, 60 s]".into(),
-                );
-            }
-        }
-        if self.dir_mode & !0o7777 != 0 || self.file_mode & !0o7777 != 0 {
-            return bad("dir_mode/file_mode", "hold bits beyond 0o7777".into());
-        }
-        if self.file_mode & 0o600 != 0o600 {
-            return bad(
-                "file_mode",
-                "must let the owner read and write (0o600)".into(),
-            );
-        }
-        if self.dir_mode & 0o700 != 0o700 {
-            return bad(
-                "dir_mode",
-                "must let the owner read, write and search (0o700)".into(),
-            );
-        }
         Ok(())
     }
+}
+
+fn bad(field: &'static str, reason: String) -> Result<()> {
+    Err(Error::InvalidConfig { field, reason })
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! and the kinds of damage recovery finds, typed — each names what was
 //! found, and its `Display` is the description tools and errors show.
 
-use std::fmt;
-
 use crate::buffer::channels::Contradiction;
 use crate::types::{CommitSeq, SegmentSeq};
 use crate::wal::format::DecodeError;
@@ -47,10 +45,11 @@ pub enum RecoveryMode {
 
 /// A kind of damage, where [`crate::recovery::Damage`] or
 /// `Error::Corruption` says it starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DamageKind {
     /// Segment numbers `from..=to` are missing before this segment.
+    #[error("segments {}..{} are missing before it", .from.0, .to.0 + 1)]
     SegmentsMissing {
         /// The first missing number.
         from: SegmentSeq,
@@ -58,15 +57,19 @@ pub enum DamageKind {
         to: SegmentSeq,
     },
     /// The segment file is larger than any segment corewal writes.
+    #[error("segment file of {bytes} bytes is larger than any corewal writes")]
     SegmentTooLarge {
         /// Its size.
         bytes: u64,
     },
     /// The segment header does not decode.
+    #[error("segment header: {0}")]
     SegmentHeader(DecodeError),
     /// The segment header names another shard, store or file.
+    #[error("segment header belongs to another shard, store or file name")]
     SegmentForeign,
     /// The segment file is shorter than its header says.
+    #[error("segment file is {bytes} bytes, its header says {header_bytes}")]
     SegmentShort {
         /// The file's size.
         bytes: u64,
@@ -74,14 +77,19 @@ pub enum DamageKind {
         header_bytes: u64,
     },
     /// A segment's sequence number is at its maximum.
+    #[error("segment sequence number at its maximum")]
     SegmentSeqExhausted,
     /// A commit's header or one of its entries does not decode.
+    #[error("{0}")]
     Commit(DecodeError),
     /// A whole commit header written for another place or file.
+    #[error("commit header from another place or file")]
     CommitMisplaced,
     /// A commit runs past the end of its segment.
+    #[error("commit runs past the end of the segment")]
     CommitPastSegment,
     /// A whole, valid commit header out of sequence.
+    #[error("commit {} found where commit {} was next", .found.0, .expected.0)]
     CommitOutOfSequence {
         /// The sequence number found.
         found: CommitSeq,
@@ -89,15 +97,23 @@ pub enum DamageKind {
         expected: CommitSeq,
     },
     /// A commit's sequence number is at its maximum.
+    #[error("commit sequence number at its maximum")]
     CommitSeqExhausted,
     /// An entry the channel rules refuse.
+    #[error("{0}")]
     Entry(Contradiction),
     /// A registration whose name is not UTF-8.
+    #[error("channel name is not UTF-8")]
     NameNotUtf8,
     /// Non-zero bytes after the last whole commit.
+    #[error("bytes after the last whole commit")]
     BytesAfterLastCommit,
     /// The chain of commits ended (in `end`, or in zeros), yet a later
     /// commit follows: not a torn tail.
+    #[error(
+        "{} where commit {} was next, yet commit {} follows in segment {} at byte {position}",
+        chain_end(.end), .expected.0, .found.0, .segment.0
+    )]
     CommitAfterChainEnd {
         /// What ended the chain; `None`: zeros.
         end: Option<Box<DamageKind>>,
@@ -112,6 +128,7 @@ pub enum DamageKind {
     },
     /// Damage found in segment `segment`, reported where replay stopped
     /// before it (`KeepPrefix`).
+    #[error("segment {}: {kind}", .segment.0)]
     InSegment {
         /// The segment.
         segment: SegmentSeq,
@@ -119,6 +136,12 @@ pub enum DamageKind {
         kind: Box<DamageKind>,
     },
     /// The shard manifest records a newer segment than the newest there is.
+    #[error(
+        "the shard manifest records segment {} as written to, yet the newest segment is {}: \
+         acknowledged commits through {acknowledged_through} are missing from the end of the \
+         log (it ends at commit {replayed_through})",
+        .active.0, .newest.0
+    )]
     NewestSegmentMissing {
         /// The segment the manifest records as written to.
         active: SegmentSeq,
@@ -131,6 +154,12 @@ pub enum DamageKind {
     },
     /// The log ends before the commits the shard manifest records as
     /// durable.
+    #[error(
+        "the log ends at commit {replayed_through}, yet the shard manifest records commits \
+         through {acknowledged_through} as durable: acknowledged commits are missing from the \
+         end of the log (a lost, older or damaged copy of segment {})",
+        .newest.0
+    )]
     LogEndsEarly {
         /// The log holds commits through this one.
         replayed_through: u64,
@@ -140,90 +169,62 @@ pub enum DamageKind {
         newest: SegmentSeq,
     },
     /// Neither copy of the shard manifest is whole (why, per copy).
+    #[error("{0}")]
     ManifestDamaged(String),
     /// A torn tail, refused by `RecoveryMode::FailOnAnyDamage`.
+    #[error("torn tail ({0})")]
     TornTail(Box<DamageKind>),
 }
 
-impl fmt::Display for DamageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use DamageKind::*;
-        match self {
-            SegmentsMissing { from, to } => {
-                write!(f, "segments {}..{} are missing before it", from.0, to.0 + 1)
-            }
-            SegmentTooLarge { bytes } => write!(
-                f,
-                "segment file of {bytes} bytes is larger than any corewal writes"
-            ),
-            SegmentHeader(e) => write!(f, "segment header: {e}"),
-            SegmentForeign => write!(
-                f,
-                "segment header belongs to another shard, store or file name"
-            ),
-            SegmentShort {
-                bytes,
-                header_bytes,
-            } => write!(
-                f,
-                "segment file is {bytes} bytes, its header says {header_bytes}"
-            ),
-            SegmentSeqExhausted => write!(f, "segment sequence number at its maximum"),
-            Commit(e) => write!(f, "{e}"),
-            CommitMisplaced => write!(f, "commit header from another place or file"),
-            CommitPastSegment => write!(f, "commit runs past the end of the segment"),
-            CommitOutOfSequence { found, expected } => write!(
-                f,
-                "commit {} found where commit {} was next",
-                found.0, expected.0
-            ),
-            CommitSeqExhausted => write!(f, "commit sequence number at its maximum"),
-            Entry(c) => write!(f, "{c}"),
-            NameNotUtf8 => write!(f, "channel name is not UTF-8"),
-            BytesAfterLastCommit => write!(f, "bytes after the last whole commit"),
-            CommitAfterChainEnd {
-                end,
-                expected,
-                found,
-                segment,
-                position,
-            } => {
-                match end {
-                    Some(k) => write!(f, "{k}")?,
-                    None => write!(f, "zeros")?,
-                }
-                write!(
-                    f,
-                    " where commit {} was next, yet commit {} follows in segment {} at byte {position}",
-                    expected.0, found.0, segment.0
-                )
-            }
-            InSegment { segment, kind } => write!(f, "segment {}: {kind}", segment.0),
-            NewestSegmentMissing {
-                active,
-                newest,
-                acknowledged_through,
-                replayed_through,
-            } => write!(
-                f,
-                "the shard manifest records segment {} as written to, yet the newest segment \
-                 is {}: acknowledged commits through {acknowledged_through} are missing from \
-                 the end of the log (it ends at commit {replayed_through})",
-                active.0, newest.0
-            ),
-            LogEndsEarly {
-                replayed_through,
-                acknowledged_through,
-                newest,
-            } => write!(
-                f,
-                "the log ends at commit {replayed_through}, yet the shard manifest records \
-                 commits through {acknowledged_through} as durable: acknowledged commits are \
-                 missing from the end of the log (a lost, older or damaged copy of segment {})",
-                newest.0
-            ),
-            ManifestDamaged(why) => write!(f, "{why}"),
-            TornTail(k) => write!(f, "torn tail ({k})"),
-        }
+/// What ended a chain of commits, for [`DamageKind::CommitAfterChainEnd`].
+fn chain_end(end: &Option<Box<DamageKind>>) -> String {
+    end.as_ref()
+        .map_or_else(|| "zeros".to_string(), |k| k.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_reads_as_a_sentence() {
+        let after = |end| DamageKind::CommitAfterChainEnd {
+            end,
+            expected: CommitSeq(5),
+            found: CommitSeq(9),
+            segment: SegmentSeq(2),
+            position: 8192,
+        };
+        assert_eq!(
+            after(None).to_string(),
+            "zeros where commit 5 was next, yet commit 9 follows in segment 2 at byte 8192"
+        );
+        assert_eq!(
+            after(Some(Box::new(DamageKind::CommitMisplaced))).to_string(),
+            "commit header from another place or file where commit 5 was next, yet commit 9 \
+             follows in segment 2 at byte 8192"
+        );
+        let missing = DamageKind::SegmentsMissing {
+            from: SegmentSeq(3),
+            to: SegmentSeq(4),
+        };
+        assert_eq!(missing.to_string(), "segments 3..5 are missing before it");
+        let newest = DamageKind::NewestSegmentMissing {
+            active: SegmentSeq(2),
+            newest: SegmentSeq(1),
+            acknowledged_through: 59,
+            replayed_through: 51,
+        };
+        assert_eq!(
+            newest.to_string(),
+            "the shard manifest records segment 2 as written to, yet the newest segment is 1: \
+             acknowledged commits through 59 are missing from the end of the log (it ends at \
+             commit 51)"
+        );
+        let torn = DamageKind::TornTail(Box::new(DamageKind::BytesAfterLastCommit));
+        assert_eq!(
+            torn.to_string(),
+            "torn tail (bytes after the last whole commit)"
+        );
     }
 }

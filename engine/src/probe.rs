@@ -87,26 +87,7 @@ impl Drop for Scratch {
 
 /// Runs the probe in `dir` (which must exist).
 pub fn probe(dir: &Path, opts: &ProbeOptions) -> Result<ProbeReport> {
-    if let Some(q) = opts
-        .queue_depths
-        .iter()
-        .find(|&&q| q == 0 || q > OPS_IN_FLIGHT_MAX)
-    {
-        return Err(Error::InvalidConfig {
-            field: "queue_depths",
-            reason: format!("{q} is outside 1..={OPS_IN_FLIGHT_MAX}"),
-        });
-    }
-    if opts.file_bytes < (SEQ_CHUNK_BYTES * OPS_IN_FLIGHT_MAX) as u64 {
-        return Err(Error::InvalidConfig {
-            field: "file_bytes",
-            reason: format!(
-                "{} is below the {} bytes the deepest queue needs",
-                opts.file_bytes,
-                SEQ_CHUNK_BYTES * OPS_IN_FLIGHT_MAX
-            ),
-        });
-    }
+    check_options(opts)?;
     let path = dir.join(format!("corewal-probe-{:016x}.tmp", file::random_u64()?));
     let f = Arc::new(DiskFile::create_new(
         &Fs::Real,
@@ -158,6 +139,31 @@ pub fn probe(dir: &Path, opts: &ProbeOptions) -> Result<ProbeReport> {
         seq_read,
         sync_method,
     })
+}
+
+/// Queue depths the ring can hold, and a file large enough for the deepest.
+fn check_options(opts: &ProbeOptions) -> Result<()> {
+    if let Some(q) = opts
+        .queue_depths
+        .iter()
+        .find(|&&q| q == 0 || q > OPS_IN_FLIGHT_MAX)
+    {
+        return Err(Error::InvalidConfig {
+            field: "queue_depths",
+            reason: format!("{q} is outside 1..={OPS_IN_FLIGHT_MAX}"),
+        });
+    }
+    if opts.file_bytes < (SEQ_CHUNK_BYTES * OPS_IN_FLIGHT_MAX) as u64 {
+        return Err(Error::InvalidConfig {
+            field: "file_bytes",
+            reason: format!(
+                "{} is below the {} bytes the deepest queue needs",
+                opts.file_bytes,
+                SEQ_CHUNK_BYTES * OPS_IN_FLIGHT_MAX
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn failed(path: &Path) -> impl Fn(crate::io::OpError) -> Error + '_ {

@@ -662,49 +662,11 @@ impl SimIo {
                 if s.cut {
                     return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
                 }
-                let path = file.path().to_path_buf();
                 // SAFETY: the caller of `start` keeps the buffer valid and
                 // unmodified until the completion is delivered; it is read
                 // here, within `start`.
                 let data = unsafe { std::slice::from_raw_parts(ptr, len) };
-                let written = match s.next_op() {
-                    Some(SimFault::Error(errno)) => {
-                        return (
-                            Err(failed(OpKind::Write, io::Error::from_raw_os_error(errno))),
-                            Durable::Nothing,
-                        );
-                    }
-                    Some(SimFault::ShortWrite) => {
-                        let half = (len / 2) / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
-                        let short = s
-                            .write(&file, position, &data[..half])
-                            .and(Err(OpError::short(OpKind::Write, half, len)));
-                        return (short, Durable::Nothing);
-                    }
-                    Some(SimFault::Misdirect(blocks)) => {
-                        // Never onto the segment header, never past the file.
-                        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-                        let last = size.saturating_sub(len as u64) / 4096 * 4096;
-                        let to =
-                            (position as i64 + blocks * 4096).clamp(4096, last.max(4096) as i64);
-                        s.write(&file, to as u64, data)
-                    }
-                    Some(SimFault::PowerCut) => {
-                        let _ = s.write(&file, position, data);
-                        s.cut = true;
-                        return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
-                    }
-                    None => s.write(&file, position, data),
-                };
-                let seq = match written {
-                    Ok(seq) => seq,
-                    Err(e) => return (Err(e), Durable::Nothing),
-                };
-                match sync {
-                    SyncKind::None => (Ok(()), Durable::Nothing),
-                    SyncKind::Dsync => (Ok(()), Durable::One(path, seq)),
-                    SyncKind::Fdatasync => Self::sync(&mut s, path, seq),
-                }
+                Self::write(&mut s, &file, position, data, sync)
             }
             Op::Sync { file } => {
                 if s.cut {
@@ -723,6 +685,57 @@ impl SimIo {
                 Self::read(&mut s, &file, position, ptr, len, expect),
                 Durable::Nothing,
             ),
+        }
+    }
+
+    /// A write of `data` at `position` of `file`, with the planned fault
+    /// if this operation has one, made durable as `sync` says.
+    fn write(
+        s: &mut SimState,
+        file: &DiskFile,
+        position: u64,
+        data: &[u8],
+        sync: SyncKind,
+    ) -> (Result<(), OpError>, Durable) {
+        let failed = OpError::os;
+        let len = data.len();
+        let path = file.path().to_path_buf();
+        let written = match s.next_op() {
+            Some(SimFault::Error(errno)) => {
+                return (
+                    Err(failed(OpKind::Write, io::Error::from_raw_os_error(errno))),
+                    Durable::Nothing,
+                );
+            }
+            Some(SimFault::ShortWrite) => {
+                let half = (len / 2) / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
+                let short = s
+                    .write(file, position, &data[..half])
+                    .and(Err(OpError::short(OpKind::Write, half, len)));
+                return (short, Durable::Nothing);
+            }
+            Some(SimFault::Misdirect(blocks)) => {
+                // Never onto the segment header, never past the file.
+                let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                let last = size.saturating_sub(len as u64) / 4096 * 4096;
+                let to = (position as i64 + blocks * 4096).clamp(4096, last.max(4096) as i64);
+                s.write(file, to as u64, data)
+            }
+            Some(SimFault::PowerCut) => {
+                let _ = s.write(file, position, data);
+                s.cut = true;
+                return (Err(failed(OpKind::Write, cut_error())), Durable::Nothing);
+            }
+            None => s.write(file, position, data),
+        };
+        let seq = match written {
+            Ok(seq) => seq,
+            Err(e) => return (Err(e), Durable::Nothing),
+        };
+        match sync {
+            SyncKind::None => (Ok(()), Durable::Nothing),
+            SyncKind::Dsync => (Ok(()), Durable::One(path, seq)),
+            SyncKind::Fdatasync => Self::sync(s, path, seq),
         }
     }
 
