@@ -476,37 +476,7 @@ fn collect(shared: &Shared) -> Histogram<u64> {
 
 pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let work = Workload::resolve(&args);
-    if work.writers == 0 || work.writers > 4096 {
-        return Err("--writers must be 1..=4096".into());
-    }
-    if work.channels == 0 || work.channels > 1_000_000 {
-        return Err("--channels must be 1..=1000000".into());
-    }
-    if work.batch == 0 || work.batch > 65_536 {
-        return Err("--batch must be 1..=65536".into());
-    }
-    if work.record.max == 0 {
-        return Err("--record-bytes must be at least 1".into());
-    }
-    if args.records == Some(0) {
-        return Err("--records must be at least 1".into());
-    }
-    if args.duration.is_zero() && args.records.is_none() {
-        return Err("--duration must be longer than 0".into());
-    }
-    if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0 && rate <= 1e8) {
-            return Err("--rate must be more than 0 and at most 100000000 appends/s".into());
-        }
-    }
-    if args.interval < Duration::from_millis(10) {
-        return Err("--interval must be at least 10ms".into());
-    }
-    if let Some(cores) = &args.writer_cores {
-        if cores.is_empty() {
-            return Err("--writer-cores needs at least one core".into());
-        }
-    }
+    check_args(&args, &work)?;
     // Open the log before any work, so that a bad path fails at once.
     let mut hdr_log = match &args.hdr_log {
         Some(p) => {
@@ -517,24 +487,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let data = DataDir::new(args.dir.as_deref(), "corewal-load-", args.keep)?;
     let dir = data.path.clone();
 
-    let mut config = Config::new(&dir);
-    config.shards = args.shards;
-    config.cores = args.cores.clone();
-    config.durability = args.durability;
-    config.backend = match args.backend {
-        BackendArg::IoUring => Backend::IoUring,
-        BackendArg::Portable => Backend::Portable,
-    };
-    config.sync_method = match args.sync_method {
-        SyncMethodArg::Dsync => SyncMethod::DsyncWrite,
-        SyncMethodArg::Fdatasync => SyncMethod::WriteThenFdatasync,
-    };
-    config.segment_bytes = args.segment_bytes;
-    config.commit_bytes_max = usize::try_from(args.commit_bytes_max)?;
-    config.records_per_commit_max = args.records_per_commit_max;
-    config.commits_in_flight_max = args.commits_in_flight_max;
-    config.record_bytes_max = config.record_bytes_max.max(work.record.max);
-    let engine = Engine::open(config)?;
+    let engine = Engine::open(engine_config(&args, &dir, &work)?)?;
 
     let channels: Vec<corewal::Channel> = (0..work.channels)
         .map(|c| engine.register(&format!("load-{c}")))
@@ -584,16 +537,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let bar = (terminal && !args.json)
         .then_some(record_limit)
         .flatten()
-        .map(|n| {
-            let b = indicatif::ProgressBar::new(n);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} records, {per_sec}, eta {eta}",
-                )
-                .expect("valid template"),
-            );
-            b
-        });
+        .map(progress_bar);
     let mut log_writer = None;
     let mut serializer = hdrhistogram::serialization::V2Serializer::new();
     if let Some(f) = hdr_log.as_mut() {
@@ -798,6 +742,80 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         print_table(&result, data.is_removed());
     }
     Ok(())
+}
+
+/// Refuses a workload or option out of range, naming the flag.
+fn check_args(args: &LoadArgs, work: &Workload) -> Result<(), Box<dyn std::error::Error>> {
+    if work.writers == 0 || work.writers > 4096 {
+        return Err("--writers must be 1..=4096".into());
+    }
+    if work.channels == 0 || work.channels > 1_000_000 {
+        return Err("--channels must be 1..=1000000".into());
+    }
+    if work.batch == 0 || work.batch > 65_536 {
+        return Err("--batch must be 1..=65536".into());
+    }
+    if work.record.max == 0 {
+        return Err("--record-bytes must be at least 1".into());
+    }
+    if args.records == Some(0) {
+        return Err("--records must be at least 1".into());
+    }
+    if args.duration.is_zero() && args.records.is_none() {
+        return Err("--duration must be longer than 0".into());
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1e8) {
+            return Err("--rate must be more than 0 and at most 100000000 appends/s".into());
+        }
+    }
+    if args.interval < Duration::from_millis(10) {
+        return Err("--interval must be at least 10ms".into());
+    }
+    if let Some(cores) = &args.writer_cores {
+        if cores.is_empty() {
+            return Err("--writer-cores needs at least one core".into());
+        }
+    }
+    Ok(())
+}
+
+/// The engine's configuration for a run in `dir`.
+fn engine_config(
+    args: &LoadArgs,
+    dir: &std::path::Path,
+    work: &Workload,
+) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut config = Config::new(dir);
+    config.shards = args.shards;
+    config.cores = args.cores.clone();
+    config.durability = args.durability;
+    config.backend = match args.backend {
+        BackendArg::IoUring => Backend::IoUring,
+        BackendArg::Portable => Backend::Portable,
+    };
+    config.sync_method = match args.sync_method {
+        SyncMethodArg::Dsync => SyncMethod::DsyncWrite,
+        SyncMethodArg::Fdatasync => SyncMethod::WriteThenFdatasync,
+    };
+    config.segment_bytes = args.segment_bytes;
+    config.commit_bytes_max = usize::try_from(args.commit_bytes_max)?;
+    config.records_per_commit_max = args.records_per_commit_max;
+    config.commits_in_flight_max = args.commits_in_flight_max;
+    config.record_bytes_max = config.record_bytes_max.max(work.record.max);
+    Ok(config)
+}
+
+/// The progress bar of a run of `records` records.
+fn progress_bar(records: u64) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(records);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} records, {per_sec}, eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    b
 }
 
 fn print_table(r: &LoadResult, removed: bool) {
