@@ -185,6 +185,11 @@ fn open_store(config: &Config, cores: usize) -> Result<store::Meta> {
             meta
         }
         None => {
+            // The data directory itself may be new and its name not yet
+            // durable (made by a process that died before syncing its
+            // parent, or by the caller): synced before the store is built
+            // in it.
+            file::sync_dir(&Fs::of(&config.backend), file::parent_dir(&config.dir))?;
             let shards = config
                 .shards
                 .unwrap_or(cores)

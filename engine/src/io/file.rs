@@ -573,7 +573,8 @@ pub fn publish(fs: &Fs, tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Res
 }
 
 /// The directory `path` is in (`.` for a bare name).
-fn parent_dir(path: &Path) -> &Path {
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
