@@ -5,7 +5,7 @@
 //! `corewal.meta`) can be watched.
 //!
 //! [`Fs::Real`] only makes the system calls. Under the test feature,
-//! [`Fs::Simulated`] makes the same calls and tells the simulated disk what
+//! `Fs::Simulated` (feature `testing`) makes the same calls and tells the simulated disk what
 //! is not yet durable — a name until its directory is synced, a write until
 //! its file is synced — so that a power cut takes those back like any ring
 //! write, and a planned fault can land on them (`io/sim.rs`).

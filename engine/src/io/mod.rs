@@ -1,10 +1,13 @@
 //! The engine's one boundary to the disk.
 //!
-//! The shard loop writes its commits through a [`CommitIo`]: the `io_uring`
-//! backend ([`uring::UringIo`]), or the portable `pwrite` + `fdatasync`
-//! backend ([`portable::PortableIo`]). Both also wait on the shard's wake
-//! eventfd, so that a sleeping shard wakes for new requests as well as for a
-//! finished commit. Files are created, sized and read through [`file`].
+//! Writes, data syncs and reads go through a [`ring::Ring`], which holds
+//! each operation's buffer and file while it is in flight, over a
+//! [`CommitIo`] backend: the `io_uring` backend ([`uring::UringIo`]), or the
+//! portable `pwrite` + `fdatasync` backend ([`portable::PortableIo`]), chosen
+//! by a [`backend::Backend`]. Both also wait on the shard's wake eventfd, so
+//! that a sleeping shard wakes for new requests as well as for a finished
+//! operation. Files and directories are created, renamed, removed, listed
+//! and synced through [`file`](mod@file), on the filesystem [`fs::Fs`] names.
 
 pub mod backend;
 pub mod buffer;
