@@ -219,7 +219,6 @@ fn check(
     // shard started a commit if its commit bytes grew (the disk's operation
     // count is no witness: other shards still recovering, or a preparer,
     // move it too).
-    let commit_bytes = |shard: u16| engine.shard_metrics()[shard as usize].commit_bytes;
     let mut wrote: HashSet<u16> = HashSet::new();
     let mut shard_of: HashMap<&'static str, u16> = HashMap::new();
     for name in NAMES {
@@ -228,15 +227,13 @@ fn check(
         };
         // Every name the workload touched is looked at, dropped ones too
         // (registering a dropped name must give a fresh, empty channel).
-        let before: Vec<u64> = (0..engine.shard_metrics().len() as u16)
-            .map(commit_bytes)
-            .collect();
+        let before = commit_bytes(engine);
         let ch = engine
             .register(name)
             .map_err(|e| format!("register {name} after recovery: {e}"))?;
         let shard = ch.shard().0;
         shard_of.insert(name, shard);
-        if commit_bytes(shard) != before[shard as usize] {
+        if commit_bytes(engine)[shard as usize] != before[shard as usize] {
             wrote.insert(shard);
         }
         // Only damage injected in the name's own shard, and reported there,

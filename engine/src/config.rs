@@ -175,6 +175,7 @@ impl Config {
                 );
             }
         }
+        self.validate_sizes(block)?;
         if self.lock_wait > Duration::from_secs(600) {
             return bad("lock_wait", "is longer than 10 minutes".into());
         }
@@ -201,7 +202,7 @@ impl Config {
                 "must let the owner read, write and search (0o700)".into(),
             );
         }
-        self.validate_sizes(block)
+        Ok(())
     }
 
     /// The sizes and counts, against the block size `block` and each other.

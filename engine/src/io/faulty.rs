@@ -207,23 +207,20 @@ impl CommitIo for FaultyIo {
             return Some((id, outcome));
         }
         let (id, outcome) = self.inner.poll()?;
-        if Some(id) == self.failing_sync {
-            // Ids are slot numbers the ring reuses: only this completion
-            // of the id is the failing one.
-            self.failing_sync = None;
-        } else {
+        if Some(id) != self.failing_sync {
             return Some((id, outcome));
         }
-        if outcome.is_ok() {
-            return Some((
-                id,
-                Err(OpError::os(
-                    OpKind::Sync,
-                    io::Error::from_raw_os_error(self.plan.errno),
-                )),
-            ));
-        }
-        Some((id, outcome))
+        // Ids are slot numbers the ring reuses: only this completion of the
+        // id is the failing one.
+        self.failing_sync = None;
+        let errno = self.plan.errno;
+        Some((
+            id,
+            outcome.and(Err(OpError::os(
+                OpKind::Sync,
+                io::Error::from_raw_os_error(errno),
+            ))),
+        ))
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), OpError> {

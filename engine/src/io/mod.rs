@@ -105,13 +105,6 @@ impl Op {
             Op::Read { .. } => OpKind::Read,
         }
     }
-
-    /// The file it works on.
-    pub fn file(&self) -> &DiskFile {
-        match self {
-            Op::Write { file, .. } | Op::Sync { file } | Op::Read { file, .. } => file,
-        }
-    }
 }
 
 /// Why an operation failed: the step and the kernel's error.
