@@ -108,6 +108,9 @@ struct Totals {
     detected_open: u64,
     reported_loss: u64,
     pending_appeared: u64,
+    /// Appends refused with `NoSpace` (a fault in making the next segment):
+    /// nothing written, no offset taken, the shard goes on.
+    no_space: u64,
     in_flight_most: u64,
     process_crashes: u64,
     unsynced_loss: u64,
@@ -650,6 +653,8 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                                 totals.acked += 1;
                                 m.acknowledged(at.0, [data]);
                             }
+                            // Refused before it got an offset: the shard goes on.
+                            Err(Error::NoSpace { .. }) => totals.no_space += 1,
                             Err(_) => m.failed([data]),
                         }
                     }
@@ -693,6 +698,9 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         }
                         // Refused before anything was written.
                         Err(Error::BatchTooLarge { .. }) => {}
+                        // Refused before it got an offset, for lack of space
+                        // for the next segment: the shard goes on.
+                        Err(Error::NoSpace { .. }) => totals.no_space += 1,
                         Err(_) => m.failed(batch),
                     }
                 }
@@ -829,7 +837,7 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
     say(&format!(
         "simulator: {seeds} seeds, {} sessions, {} acknowledged records, {} checks of acknowledged records, lost 0; \
          {} power cuts ({} writes torn), {} write/sync faults, {} damage injections: {} refused at open, {} losses reported; \
-         {} failed appends found durable; up to {} operations in flight in a shard; \
+         {} failed appends found durable; {} appends refused for lack of space (no offset taken); up to {} operations in flight in a shard; \
          {} process crashes (nothing acknowledged lost), {} crash → reopen → acknowledge → power cut sequences; \
          {} seeds in Periodic mode: {} channels that lost acknowledged records unsynced at a power cut (allowed there); \
          {} filesystem operations, power cuts during them: {}; {} creations, renames or removals taken back; {:.1} s",
@@ -843,6 +851,7 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
         totals.detected_open,
         totals.reported_loss,
         totals.pending_appeared,
+        totals.no_space,
         totals.in_flight_most,
         totals.process_crashes,
         totals.crash_then_cut,
