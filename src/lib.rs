@@ -162,7 +162,9 @@ impl Engine {
     /// idempotent: dropping a name that is not registered succeeds and writes
     /// nothing. Registering the name again creates a fresh channel whose
     /// offsets continue after the dropped channel's last one, so an offset
-    /// never names two different records.
+    /// never names two different records. (The one exception is
+    /// [`Channel::truncate_from`]: an offset it removed names the record
+    /// appended in its place.)
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -504,11 +506,125 @@ impl Channel {
     /// # Errors
     /// As [`Channel::read`].
     pub fn next_offset(&self) -> Result<Offset> {
-        Submit::to(&self.inner.inbox, |ack| Request::NextOffset {
-            channel: self.inner.id,
-            ack,
-        })
-        .wait()
+        self.next_offset_async().wait()
+    }
+
+    /// [`Channel::next_offset`] as a future.
+    pub fn next_offset_async(&self) -> OffsetFuture {
+        OffsetFuture {
+            submit: Submit::to(&self.inner.inbox, |ack| Request::NextOffset {
+                channel: self.inner.id,
+                ack,
+            }),
+        }
+    }
+
+    /// The first offset not checkpointed: the channel's first live record,
+    /// or [`Channel::next_offset`] when it has none (everything written was
+    /// checkpointed, or nothing was written).
+    ///
+    /// # Errors
+    /// As [`Channel::read`].
+    pub fn first_offset(&self) -> Result<Offset> {
+        self.first_offset_async().wait()
+    }
+
+    /// [`Channel::first_offset`] as a future.
+    pub fn first_offset_async(&self) -> OffsetFuture {
+        OffsetFuture {
+            submit: Submit::to(&self.inner.inbox, |ack| Request::FirstOffset {
+                channel: self.inner.id,
+                ack,
+            }),
+        }
+    }
+
+    /// Tells the WAL that the records at or below `through` are no longer
+    /// needed (the service persisted them elsewhere): they are no longer
+    /// read, nor replayed into memory at the next open, and their memory is
+    /// freed at once. Durable when this returns, in every durability mode
+    /// (in `Durability::Periodic` the checkpoint's commit carries a data
+    /// sync). Idempotent: a checkpoint at or below an earlier one changes
+    /// nothing and returns once the earlier one is durable.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// use corewal::Offset;
+    /// let ch = engine.register("log")?;
+    /// for r in [b"a", b"b", b"c"] { ch.append(r)?; }
+    /// ch.checkpoint(Offset(1))?;
+    /// assert_eq!(ch.first_offset()?, Offset(2));
+    /// assert_eq!(ch.read(..)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// * `Error::OffsetOutOfRange` when `through` is at or beyond
+    ///   [`Channel::next_offset`] (only acknowledged records can be
+    ///   checkpointed); nothing changes;
+    /// * `Error::NoSpace` (retryable, as for [`Channel::append`]);
+    /// * `Error::ShardFailed`: the checkpoint may or may not have been
+    ///   written; the next open tells (by [`Channel::first_offset`]);
+    /// * otherwise as [`Channel::read`].
+    pub fn checkpoint(&self, through: Offset) -> Result<()> {
+        self.checkpoint_async(through).wait()
+    }
+
+    /// [`Channel::checkpoint`] as a future.
+    pub fn checkpoint_async(&self, through: Offset) -> DoneFuture {
+        DoneFuture {
+            submit: Submit::to(&self.inner.inbox, |ack| Request::Checkpoint {
+                channel: self.inner.id,
+                through,
+                ack,
+            }),
+        }
+    }
+
+    /// Removes the records at `first_removed` and after, durably: no crash
+    /// or power cut brings them back, and the next append gets
+    /// `first_removed`. This is the one case where an offset names a second
+    /// record — the one appended in place of the removed one (a replicated
+    /// log discarding a conflicting suffix relies on it). Durable when this
+    /// returns, in every durability mode. Appends of the channel still on
+    /// their way to the device when it arrives are acknowledged first (and
+    /// removed if at or after `first_removed`). Truncating at
+    /// [`Channel::next_offset`] removes nothing and writes nothing.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// use corewal::Offset;
+    /// let ch = engine.register("log")?;
+    /// for r in [b"a", b"b", b"c"] { ch.append(r)?; }
+    /// ch.truncate_from(Offset(1))?;
+    /// assert_eq!(ch.append(b"B")?, Offset(1));
+    /// assert_eq!(&ch.read(..)?[1].data[..], b"B");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// * `Error::OffsetOutOfRange` when `first_removed` is below
+    ///   [`Channel::first_offset`] (checkpointed records cannot be removed
+    ///   again) or beyond the offsets handed out; nothing changes;
+    /// * `Error::NoSpace` (retryable);
+    /// * `Error::ShardFailed`: the truncation may or may not have been
+    ///   written; the next open tells (by [`Channel::next_offset`]);
+    /// * otherwise as [`Channel::read`].
+    pub fn truncate_from(&self, first_removed: Offset) -> Result<()> {
+        self.truncate_from_async(first_removed).wait()
+    }
+
+    /// [`Channel::truncate_from`] as a future.
+    pub fn truncate_from_async(&self, first_removed: Offset) -> DoneFuture {
+        DoneFuture {
+            submit: Submit::to(&self.inner.inbox, |ack| Request::Truncate {
+                channel: self.inner.id,
+                first_removed,
+                ack,
+            }),
+        }
     }
 }
 
@@ -609,6 +725,59 @@ impl UnregisterFuture {
 }
 
 impl Future for UnregisterFuture {
+    type Output = Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().submit.poll(cx)
+    }
+}
+
+/// The future of [`Channel::next_offset_async`] and
+/// [`Channel::first_offset_async`]. Sent when first polled (or waited on);
+/// dropping it changes nothing.
+#[must_use = "the request is sent when the future is polled or waited on"]
+pub struct OffsetFuture {
+    submit: Submit<Offset>,
+}
+
+impl OffsetFuture {
+    /// Blocks the calling thread for the answer.
+    ///
+    /// # Errors
+    /// As [`Channel::next_offset`].
+    pub fn wait(self) -> Result<Offset> {
+        self.submit.wait()
+    }
+}
+
+impl Future for OffsetFuture {
+    type Output = Result<Offset>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().submit.poll(cx)
+    }
+}
+
+/// The future of [`Channel::checkpoint_async`] and
+/// [`Channel::truncate_from_async`]: done once the change is durable.
+///
+/// Sent when first polled (or waited on). Dropping a future that was already
+/// polled does not cancel the change: it is still made durable, only nobody
+/// learns when. Dropping one never polled sends nothing.
+#[must_use = "the change is sent when the future is polled or waited on"]
+pub struct DoneFuture {
+    submit: Submit<()>,
+}
+
+impl DoneFuture {
+    /// Blocks the calling thread until the change is durable.
+    ///
+    /// # Errors
+    /// As [`Channel::checkpoint`] or [`Channel::truncate_from`].
+    pub fn wait(self) -> Result<()> {
+        self.submit.wait()
+    }
+}
+
+impl Future for DoneFuture {
     type Output = Result<()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().submit.poll(cx)

@@ -47,10 +47,12 @@ fn sigkill_during_load_loses_no_acknowledged_append() {
     // one store across hundreds of cycles would spend the time replaying.
     let mut dir = test_dir();
     let mut model = Model::default();
-    let (mut total_acks, mut checked) = (0, 0);
+    let (mut total_acks, mut checked, mut changes) = (0, 0, 0);
     for c in 0..cycles {
         if c > 0 && c % 50 == 0 {
-            checked += model.acked.values().map(|m| m.len()).sum::<usize>();
+            checked += model.acked.values().map(|m| m.len()).sum::<usize>()
+                + model.owned.values().map(|o| o.acked.len()).sum::<usize>();
+            changes += model.changes;
             dir = test_dir();
             model = Model::default();
         }
@@ -67,9 +69,11 @@ fn sigkill_during_load_loses_no_acknowledged_append() {
         );
         verify(dir.path(), backend, &mut model);
     }
-    checked += model.acked.values().map(|m| m.len()).sum::<usize>();
+    checked += model.acked.values().map(|m| m.len()).sum::<usize>()
+        + model.owned.values().map(|o| o.acked.len()).sum::<usize>();
+    changes += model.changes;
     common::say(&format!(
-        "sigkill: {cycles} cycles, {total_acks} acknowledgements reported, {checked} distinct acknowledged records checked after every cycle of their store (lost: 0)"
+        "sigkill: {cycles} cycles, {total_acks} acknowledgements reported, {checked} distinct acknowledged records checked after every cycle of their store, {changes} checkpoints and truncations held (lost: 0)"
     ));
     assert!(total_acks > 0, "the child never acknowledged anything");
 }

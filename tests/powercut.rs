@@ -45,6 +45,9 @@ struct Totals {
     acks_checked: usize,
     indeterminate_present: usize,
     indeterminate_absent: usize,
+    /// Checkpoints and truncations that returned before a cut, each checked
+    /// after it.
+    changes: usize,
 }
 
 /// One filesystem on one sector size: `cycles` cuts in a row on the same
@@ -113,13 +116,15 @@ fn cycles_on(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals)
         assert!(acks > 0, "{fs}/{sector}: the writer acknowledged nothing");
         m.unmount().unwrap();
         m.mount().unwrap();
-        let must: usize = model.acked.values().map(|m| m.len()).sum();
+        let must: usize = model.acked.values().map(|m| m.len()).sum::<usize>()
+            + model.owned.values().map(|o| o.acked.len()).sum::<usize>();
         let found = verify(&dir, backend, &mut model);
         totals.cycles += 1;
         totals.acks_checked += must;
         totals.indeterminate_present += found.present;
         totals.indeterminate_absent += found.absent;
     }
+    totals.changes += model.changes;
 }
 
 #[test]
@@ -143,11 +148,13 @@ fn power_cuts_lose_no_acknowledged_append() {
         }
     }
     say(&format!(
-        "powercut: {} cycles, {} acknowledgement checks (lost: 0), indeterminate: {} present, {} absent",
+        "powercut: {} cycles, {} acknowledgement checks (lost: 0), indeterminate: {} present, {} absent; \
+         {} checkpoints and truncations held",
         totals.cycles,
         totals.acks_checked,
         totals.indeterminate_present,
-        totals.indeterminate_absent
+        totals.indeterminate_absent,
+        totals.changes
     ));
 }
 

@@ -67,6 +67,9 @@ struct Chan {
     /// damaged last commit held a drop, say): until the shard writes, only
     /// "nothing invented" is checked.
     loose: bool,
+    /// A checkpoint through this offset minus one failed: the first offset
+    /// may have moved up to here, or not.
+    maybe_first: Option<u64>,
 }
 
 impl Chan {
@@ -85,6 +88,32 @@ impl Chan {
             self.wrote(at, &r);
             self.pending.push(r);
         }
+    }
+
+    /// A checkpoint through `through` returned: the records up to it are
+    /// gone, for good.
+    fn checkpointed(&mut self, through: u64) {
+        let n = (through + 1).saturating_sub(self.base) as usize;
+        self.acked.drain(..n.min(self.acked.len()));
+        self.base = self.base.max(through + 1);
+    }
+
+    /// A truncation from `from` returned: the records from it on are gone
+    /// for good (their old contents stay in `written`, so that only the
+    /// excused checks, after reported damage, would let them back).
+    fn truncated(&mut self, from: u64) {
+        self.acked.truncate((from - self.base) as usize);
+        self.lost.clear();
+        self.pending.clear();
+    }
+
+    /// A truncation from `from` failed: it may have been written, so the
+    /// records from it on may exist, or not.
+    fn truncate_failed(&mut self, from: u64) {
+        let mut maybe = self.acked.split_off((from - self.base) as usize);
+        maybe.append(&mut self.lost);
+        maybe.append(&mut self.pending);
+        self.pending = maybe;
     }
 
     /// Records acknowledged from offset `first` on.
@@ -111,6 +140,9 @@ struct Totals {
     /// Appends refused with `NoSpace` (a fault in making the next segment):
     /// nothing written, no offset taken, the shard goes on.
     no_space: u64,
+    /// Checkpoints and truncations that returned.
+    checkpoints: u64,
+    truncations: u64,
     in_flight_most: u64,
     process_crashes: u64,
     unsynced_loss: u64,
@@ -249,6 +281,16 @@ fn check(
         // damage (only a loss: nothing invented, nothing out of order).
         let excused = damaged && reported || unsynced_lost;
         let rollback = excused || m.loose;
+        let first = ch
+            .first_offset()
+            .map_err(|e| format!("first_offset {name}: {e}"))?
+            .0;
+        if let Some(most) = m.maybe_first.take() {
+            // A checkpoint answered with an error may have been written.
+            if first > m.base && first <= most {
+                m.checkpointed(first - 1);
+            }
+        }
         let recs = ch.read(..).map_err(|e| format!("read {name}: {e}"))?;
         let next = ch
             .next_offset()
@@ -259,6 +301,9 @@ fn check(
         // Recovery returned a prefix of everything that may exist, each at
         // its offset, byte for byte; nothing else.
         let prefix = || -> Result<(), String> {
+            if first != m.base {
+                return Err(format!("{name}: first offset {first}, expected {}", m.base));
+            }
             if recs.len() > all.len() {
                 return Err(format!(
                     "{name}: {} records, at most {} may exist",
@@ -608,6 +653,42 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                     // A clean reopen ends the session early.
                     break;
                 }
+                31..=33 => {
+                    // A checkpoint of some acknowledged records; the shard
+                    // has not failed (else nothing is pending).
+                    let Some(ch) = handles.get(name) else {
+                        continue;
+                    };
+                    if !m.pending.is_empty() || m.acked.is_empty() {
+                        continue;
+                    }
+                    let through = m.base + rng.below(m.acked.len() as u64);
+                    match ch.checkpoint(Offset(through)) {
+                        Ok(()) => {
+                            totals.checkpoints += 1;
+                            m.checkpointed(through);
+                        }
+                        Err(Error::NoSpace { .. }) => totals.no_space += 1,
+                        Err(_) => m.maybe_first = Some(through + 1),
+                    }
+                }
+                34..=35 => {
+                    let Some(ch) = handles.get(name) else {
+                        continue;
+                    };
+                    if !m.pending.is_empty() {
+                        continue;
+                    }
+                    let from = m.base + rng.below(m.acked.len() as u64 + 1);
+                    match ch.truncate_from(Offset(from)) {
+                        Ok(()) => {
+                            totals.truncations += 1;
+                            m.truncated(from);
+                        }
+                        Err(Error::NoSpace { .. }) => totals.no_space += 1,
+                        Err(_) => m.truncate_failed(from),
+                    }
+                }
                 19..=30 => {
                     // Appends to several channels in flight at once, so that
                     // they share commits; acknowledged in order per channel.
@@ -837,7 +918,8 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
     say(&format!(
         "simulator: {seeds} seeds, {} sessions, {} acknowledged records, {} checks of acknowledged records, lost 0; \
          {} power cuts ({} writes torn), {} write/sync faults, {} damage injections: {} refused at open, {} losses reported; \
-         {} failed appends found durable; {} appends refused for lack of space (no offset taken); up to {} operations in flight in a shard; \
+         {} failed appends found durable; {} appends refused for lack of space (no offset taken); \
+         {} checkpoints and {} truncations acknowledged; up to {} operations in flight in a shard; \
          {} process crashes (nothing acknowledged lost), {} crash → reopen → acknowledge → power cut sequences; \
          {} seeds in Periodic mode: {} channels that lost acknowledged records unsynced at a power cut (allowed there); \
          {} filesystem operations, power cuts during them: {}; {} creations, renames or removals taken back; {:.1} s",
@@ -852,6 +934,8 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
         totals.reported_loss,
         totals.pending_appeared,
         totals.no_space,
+        totals.checkpoints,
+        totals.truncations,
         totals.in_flight_most,
         totals.process_crashes,
         totals.crash_then_cut,
@@ -1191,4 +1275,65 @@ fn a_crash_in_any_operation_then_a_power_cut_loses_nothing_the_next_session_ackn
          next session: nothing that session read or acknowledged lost",
         k - 1
     ));
+}
+
+#[test]
+fn checkpoints_and_truncations_are_durable_when_they_return_in_every_durability_mode() {
+    // A checkpoint and a truncation return; the power goes before anything
+    // else is synced. In Periodic mode too (60 s interval: no periodic sync
+    // comes in between), the next open must keep both: the checkpointed
+    // records stay gone, the truncated ones never come back, and what was
+    // acknowledged before them survives (their sync covers it).
+    for periodic in [None, Some(Duration::from_secs(60))] {
+        for seed in 0..6u64 {
+            let dir = common::test_dir();
+            let disk = SimDisk::new(seed);
+            let shape = Shape {
+                shards: 1,
+                sync: SyncMethod::DsyncWrite,
+                in_flight: 1 + seed as usize % 2,
+                per_commit: None,
+                periodic,
+            };
+            let c = config(dir.path(), shape, &disk);
+            let old = |i: u64| format!("old {i}").into_bytes();
+            let new = |i: u64| format!("new {i}").into_bytes();
+            {
+                let engine = Engine::open(c.clone()).unwrap();
+                let ch = engine.register("p").unwrap();
+                for i in 0..20 {
+                    assert_eq!(ch.append(&old(i)).unwrap(), Offset(i));
+                }
+                ch.checkpoint(Offset(4)).unwrap();
+                ch.truncate_from(Offset(15)).unwrap();
+                for i in 15..18 {
+                    assert_eq!(ch.append(&new(i)).unwrap(), Offset(i));
+                }
+                disk.plan(disk.stats().ops + 1, SimFault::PowerCut);
+                let _ = ch.append(b"cut");
+                drop(ch);
+                let _ = engine.close();
+            }
+            disk.power_cut().unwrap();
+            let engine = Engine::open(c).unwrap();
+            let ch = engine.register("p").unwrap();
+            let what = format!("{periodic:?}, seed {seed}");
+            assert_eq!(ch.first_offset().unwrap(), Offset(5), "{what}: checkpoint");
+            let got = ch.read(..).unwrap();
+            assert!(got.len() >= 10, "{what}: {} records", got.len());
+            for r in &got {
+                let o = r.offset.0;
+                // The append the cut answered may have been written.
+                let want = match o {
+                    ..15 => old(o),
+                    15..18 => new(o),
+                    _ => b"cut".to_vec(),
+                };
+                assert_eq!(&r.data[..], &want[..], "{what}: offset {o}");
+            }
+            if periodic.is_none() {
+                assert!(ch.next_offset().unwrap() >= Offset(18), "{what}");
+            }
+        }
+    }
 }

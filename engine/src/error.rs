@@ -156,6 +156,24 @@ pub enum Error {
         what: String,
     },
 
+    /// A checkpoint or truncation names an offset the channel's live records
+    /// do not allow; nothing was changed.
+    #[error("{operation}({offset}) on channel {channel:?} refused: {reason} (first offset {first}, next offset {next})")]
+    OffsetOutOfRange {
+        /// `"checkpoint"` or `"truncate_from"`.
+        operation: &'static str,
+        /// The channel's name.
+        channel: String,
+        /// The offset given.
+        offset: u64,
+        /// The channel's first live offset (`Channel::first_offset`).
+        first: u64,
+        /// One past its last acknowledged record (`Channel::next_offset`).
+        next: u64,
+        /// Why.
+        reason: &'static str,
+    },
+
     /// The channel was dropped.
     #[error("channel {name:?} was dropped; register it again for a fresh channel")]
     ChannelDropped {

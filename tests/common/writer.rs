@@ -6,8 +6,15 @@
 //! `reg NAME` when a registration returned and `ack NAME OFFSET GUESS` when
 //! an append returned. Payloads are a function of (name, offset), so the
 //! parent checks every record it reads back, acknowledged or not.
+//!
+//! One more thread owns the channels `own-0` and `own-1` alone and also
+//! checkpoints and truncates them. It says what it is about to do before
+//! doing it (`put? NAME OFFSET KEY`, `ckpt? NAME THROUGH`, `trunc? NAME
+//! FROM`) and what returned after (`put …`, `ckpt …`, `trunc …`), so that
+//! the parent knows which changes are certain and which are in doubt. Its
+//! payloads are a function of (name, key), with a key used once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -60,7 +67,92 @@ pub fn child_writer_main() {
                 }
             });
         }
+        s.spawn(|| owner_thread(&engine, seed, &say));
     });
+}
+
+/// The channels the owner thread alone writes.
+const OWNED: [&str; 2] = ["own-0", "own-1"];
+
+/// Appends to, checkpoints and truncates the owned channels, saying before
+/// and after each change (see the module docs).
+fn owner_thread(engine: &Engine, seed: u64, say: &impl Fn(String)) {
+    let mut rng = Rng(seed ^ 0x0DD5);
+    let channels: Vec<_> = OWNED.iter().map(|n| engine.register(n).unwrap()).collect();
+    // Keys unique across the writer processes of a store: the seed differs
+    // per process.
+    let mut key = (seed & 0xFFFF_FFFF) << 24;
+    loop {
+        let ch = &channels[rng.below(2) as usize];
+        let (first, next) = (ch.first_offset().unwrap().0, ch.next_offset().unwrap().0);
+        match rng.below(24) {
+            0 if next > first => {
+                let through = first + rng.below(next - first);
+                say(format!("ckpt? {} {through}", ch.name()));
+                ch.checkpoint(Offset(through)).unwrap();
+                say(format!("ckpt {} {through}", ch.name()));
+            }
+            1 => {
+                // Up to the last 8 records.
+                let from = next - rng.below((next - first).min(8) + 1);
+                say(format!("trunc? {} {from}", ch.name()));
+                ch.truncate_from(Offset(from)).unwrap();
+                say(format!("trunc {} {from}", ch.name()));
+            }
+            _ => {
+                key += 1;
+                say(format!("put? {} {next} {key}", ch.name()));
+                let off = ch
+                    .append(&payload(ch.name(), key, RECORD_BYTES_MAX))
+                    .unwrap();
+                assert_eq!(off.0, next, "the owner is the channel's only writer");
+                say(format!("put {} {next} {key}", ch.name()));
+            }
+        }
+    }
+}
+
+/// What the parent knows of an owned channel.
+#[derive(Default, Debug)]
+pub struct Owned {
+    /// Offset → key of the records whose append returned (before any cut):
+    /// each must be there unless checkpointed.
+    pub acked: BTreeMap<u64, u64>,
+    /// Offset → keys that may be there: appends begun but not known to have
+    /// returned, and records a truncation in doubt may have removed.
+    pub maybe: BTreeMap<u64, Vec<u64>>,
+    /// The first offset is at least this (checkpoints that returned) …
+    pub first_at_least: u64,
+    /// … and at most this (checkpoints begun).
+    pub first_at_most: u64,
+}
+
+impl Owned {
+    /// Applies one report line; `certain`: it was read before any cut.
+    fn report(&mut self, what: &str, offset: u64, key: Option<u64>, certain: bool) {
+        match (what, key) {
+            ("put?", Some(k)) => self.maybe.entry(offset).or_default().push(k),
+            ("put", Some(k)) if certain => {
+                self.acked.insert(offset, k);
+            }
+            ("ckpt?", _) => self.first_at_most = self.first_at_most.max(offset + 1),
+            ("ckpt", _) if certain => {
+                self.first_at_least = self.first_at_least.max(offset + 1);
+                self.acked = self.acked.split_off(&self.first_at_least);
+            }
+            ("trunc?", _) => {
+                // Removed or not: the records from `offset` on are in doubt.
+                for (o, k) in self.acked.split_off(&offset) {
+                    self.maybe.entry(o).or_default().push(k);
+                }
+            }
+            ("trunc", _) if certain => {
+                self.acked.split_off(&offset);
+                self.maybe.split_off(&offset);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What the parent knows: per channel, offset → the offset whose payload was
@@ -74,6 +166,10 @@ pub struct Model {
     /// Acknowledgements read after a power cut began: they may or may not
     /// have reached the disk (counted apart, as Jepsen does).
     pub indeterminate: HashMap<String, HashMap<u64, u64>>,
+    /// The owned channels, with their checkpoints and truncations.
+    pub owned: HashMap<String, Owned>,
+    /// Checkpoints and truncations that returned before any cut.
+    pub changes: usize,
 }
 
 /// A running writer child and its report lines.
@@ -145,6 +241,27 @@ pub fn read_reports(writer: &mut Writer, model: &mut Model, after_cut: impl Fn()
                     .insert(off, guessed);
                 acks += 1;
             }
+            [what @ ("put?" | "put" | "ckpt?" | "ckpt" | "trunc?" | "trunc"), name, offset, rest @ ..] =>
+            {
+                let (Ok(offset), key) = (offset.parse(), rest.first().map(|k| k.parse())) else {
+                    continue;
+                };
+                let key = match key {
+                    Some(Ok(k)) => Some(k),
+                    Some(Err(_)) => continue,
+                    None => None,
+                };
+                if key.is_none() != what.starts_with(['c', 't']) {
+                    continue; // a line cut by the kill
+                }
+                let certain = !after_cut();
+                model.changes += usize::from(certain && matches!(*what, "ckpt" | "trunc"));
+                model
+                    .owned
+                    .entry(name.to_string())
+                    .or_default()
+                    .report(what, offset, key, certain);
+            }
             // A line cut by the kill.
             _ => {}
         }
@@ -205,6 +322,9 @@ pub fn verify(dir: &Path, backend: Backend, model: &mut Model) -> Indeterminate 
             }
         }
     }
+    for (name, owned) in &mut model.owned {
+        verify_owned(&engine, name, owned);
+    }
     engine.close().unwrap();
     // What survived now must survive every later cut; what did not is gone
     // and its offsets may be taken by later appends.
@@ -213,4 +333,50 @@ pub fn verify(dir: &Path, backend: Backend, model: &mut Model) -> Indeterminate 
         model.acked.entry(name).or_default().insert(off, guessed);
     }
     found
+}
+
+/// Checks an owned channel after a reopen: its first offset within what the
+/// checkpoints allow, every acknowledged record above it, and nothing that
+/// was not written there (a truncated record that came back is caught: its
+/// key is in neither map). Then adopts what was found.
+fn verify_owned(engine: &Engine, name: &str, owned: &mut Owned) {
+    let ch = engine.register(name).unwrap();
+    let first = ch.first_offset().unwrap().0;
+    assert!(
+        (owned.first_at_least..=owned.first_at_most.max(owned.first_at_least)).contains(&first),
+        "{name}: first offset {first}, checkpoints allow {}..={}",
+        owned.first_at_least,
+        owned.first_at_most
+    );
+    let records = ch.read(..).unwrap();
+    let mut found = BTreeMap::new();
+    for (k, r) in records.iter().enumerate() {
+        let o = r.offset.0;
+        assert_eq!(
+            o,
+            first + k as u64,
+            "{name}: offsets are dense from the first"
+        );
+        let is = |key: &u64| r.data[..] == payload(name, *key, RECORD_BYTES_MAX)[..];
+        let key = owned
+            .acked
+            .get(&o)
+            .filter(|k| is(k))
+            .or_else(|| owned.maybe.get(&o).and_then(|ks| ks.iter().find(|k| is(k))))
+            .unwrap_or_else(|| {
+                panic!("{name}@{o}: a record that was not written there (or was truncated)")
+            });
+        found.insert(o, *key);
+    }
+    for (&o, &k) in owned.acked.range(first..) {
+        assert_eq!(
+            found.get(&o),
+            Some(&k),
+            "{name}@{o}: acknowledged record lost"
+        );
+    }
+    owned.acked = found;
+    owned.maybe.clear();
+    owned.first_at_least = first;
+    owned.first_at_most = first;
 }

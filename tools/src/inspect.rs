@@ -461,11 +461,7 @@ fn dump_segment(
         for (i, e) in EntryIter::new(body, h.commit_seq, h.entry_count).enumerate() {
             match e {
                 Ok(e) => {
-                    let kind = match e.kind {
-                        EntryKind::Append => "append",
-                        EntryKind::Register => "register",
-                        EntryKind::Drop => "drop",
-                    };
+                    let kind = e.kind.word();
                     let name = (e.kind == EntryKind::Register)
                         .then(|| String::from_utf8_lossy(e.payload).into_owned());
                     if as_json {
@@ -477,7 +473,7 @@ fn dump_segment(
                     } else {
                         write!(
                             out,
-                            "    {i:>4} {kind:<8} channel {} offset {} len {}",
+                            "    {i:>4} {kind:<10} channel {} offset {} len {}",
                             e.channel.0,
                             e.offset.0,
                             e.payload.len()

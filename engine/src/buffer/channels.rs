@@ -7,17 +7,18 @@
 //! [`OFFSET_MAX`], a drop frees the name. The shard asks it what a request
 //! gets ([`ChannelTable::registration`], [`ChannelTable::appendable`]) before
 //! anything is assigned, then applies it ([`ChannelTable::register`],
-//! [`ChannelTable::assign`], [`ChannelTable::drop_channel`]); recovery hands
+//! [`ChannelTable::assign`], [`ChannelTable::drop_channel`],
+//! [`ChannelTable::checkpoint`], [`ChannelTable::truncate`]); recovery hands
 //! it each logged entry ([`ChannelTable::replay`]), which must be exactly
 //! what those calls would have written, or it is a [`Contradiction`].
 //!
 //! Memory bound, today: every acknowledged record of every channel stays in
-//! memory until the engine closes (there is no checkpoint yet), so the table
-//! holds the whole WAL's payload. Besides the records, the table keeps one
+//! memory until it is checkpointed, truncated or dropped, so the table holds
+//! the payload of every live record. Besides the records, the table keeps one
 //! small [`ChannelState`] (name, counters; about 150 bytes) per channel
 //! registration the shard's WAL holds, dropped ones included, and one entry
 //! per dropped name not registered again; both are bounded by the WAL's
-//! registrations and shrink only with the checkpoints to come. Lost ranges
+//! registrations and shrink only with segment reclamation (to come). Lost ranges
 //! (offsets or channel ids that `RecoveryMode::SkipDamaged` passed over) cost
 //! one entry per range, never one per missing offset or id.
 
@@ -44,7 +45,8 @@ pub const CHANNEL_ID_MAX: u32 = u32::MAX - 1;
 pub struct ChannelState {
     id: ChannelId,
     name: Box<str>,
-    /// Offset of the channel's first record (held or lost).
+    /// Offset of the channel's first live record (held or lost): everything
+    /// below it was checkpointed (or, for a dropped channel, dropped).
     first_offset: Offset,
     /// Next offset to assign (one past the last record queued for a commit).
     next_offset: Offset,
@@ -55,6 +57,10 @@ pub struct ChannelState {
     /// The commit that carries the channel's drop, once one was accepted
     /// (its name may since name another channel).
     dropped_in: Option<CommitSeq>,
+    /// The commit that carries the channel's latest checkpoint or
+    /// truncation (its registration's when it has none): a checkpoint or
+    /// truncation that changes nothing is answered once this one is durable.
+    changed_in: CommitSeq,
     /// Offsets whose records `RecoveryMode::SkipDamaged` passed over with a
     /// damaged commit, as `[from, to)` ranges in offset order; `records`
     /// holds nothing for them.
@@ -74,7 +80,8 @@ impl ChannelState {
         &self.name
     }
 
-    /// Offset of the channel's first record (held or lost).
+    /// Offset of the channel's first live record: the first one not
+    /// checkpointed.
     pub fn first_offset(&self) -> Offset {
         self.first_offset
     }
@@ -113,6 +120,80 @@ impl ChannelState {
     pub fn lost_offsets(&self) -> u64 {
         self.lost_count
     }
+
+    /// Lets go of the records below `first`, which becomes the first
+    /// offset (at most the durable end).
+    fn trim_front(&mut self, first: Offset) {
+        debug_assert!(self.first_offset <= first && first <= self.durable_next_offset());
+        let mut lost_below = 0;
+        self.lost.retain_mut(|(from, to)| {
+            if *to <= first {
+                lost_below += to.0 - from.0;
+                false
+            } else {
+                if *from < first {
+                    lost_below += first.0 - from.0;
+                    *from = first;
+                }
+                true
+            }
+        });
+        let held_below = (first.0 - self.first_offset.0 - lost_below) as usize;
+        self.records.drain(..held_below);
+        self.lost_count -= lost_below;
+        self.first_offset = first;
+    }
+
+    /// Lets go of the records from `next` on (nothing is in flight), which
+    /// becomes the next offset.
+    fn trim_back(&mut self, next: Offset) {
+        debug_assert!(self.first_offset <= next && self.durable_next_offset() == self.next_offset);
+        let mut lost_above = 0;
+        self.lost.retain_mut(|(from, to)| {
+            if *from >= next {
+                lost_above += to.0 - from.0;
+                false
+            } else {
+                if *to > next {
+                    lost_above += to.0 - next.0;
+                    *to = next;
+                }
+                true
+            }
+        });
+        let held_above = (self.next_offset.0 - next.0 - lost_above) as usize;
+        self.records.truncate(self.records.len() - held_above);
+        self.lost_count -= lost_above;
+        self.next_offset = next;
+    }
+
+    /// The refusal of a checkpoint or truncation at `offset`.
+    fn out_of_range(
+        &self,
+        operation: &'static str,
+        offset: Offset,
+        reason: &'static str,
+    ) -> Refusal {
+        Refusal::OutOfRange {
+            operation,
+            name: self.name.clone(),
+            offset,
+            first: self.first_offset,
+            next: self.durable_next_offset(),
+            reason,
+        }
+    }
+
+    /// The contradiction of a logged checkpoint or truncation at `offset`.
+    fn contradicts(&self, entry: EntryWord, offset: Offset) -> Contradiction {
+        Contradiction::OutOfRange {
+            entry,
+            name: self.name.clone(),
+            offset,
+            first: self.first_offset,
+            next: self.next_offset,
+        }
+    }
 }
 
 /// Why the table refuses a request on a channel; nothing was changed.
@@ -137,6 +218,36 @@ pub enum Refusal {
         /// Registrations the shard's WAL holds.
         registrations: u64,
     },
+    /// A checkpoint or truncation at an offset the channel's live records
+    /// do not allow.
+    OutOfRange {
+        /// `"checkpoint"` or `"truncate_from"`.
+        operation: &'static str,
+        /// The channel's name.
+        name: Box<str>,
+        /// The offset asked for.
+        offset: Offset,
+        /// The channel's first live offset.
+        first: Offset,
+        /// One past its last acknowledged record.
+        next: Offset,
+        /// Why the offset is refused.
+        reason: &'static str,
+    },
+}
+
+/// What a checkpoint or truncation asked of a live channel does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: the channel is already there. The answer waits for this
+    /// commit, the one that put it there, to be durable.
+    Unchanged(CommitSeq),
+    /// Moves the channel's first offset (a checkpoint) or its next offset
+    /// (a truncation) to this offset.
+    To(Offset),
+    /// Not yet: records of the channel are in commits not yet acknowledged
+    /// (a truncation waits for them).
+    AfterInFlight,
 }
 
 /// A channel entry read back from the WAL.
@@ -167,6 +278,21 @@ pub enum Logged<'a> {
         /// Its next offset at the drop.
         next: Offset,
     },
+    /// The records of `channel` below `first` were checkpointed.
+    Checkpoint {
+        /// The channel.
+        channel: ChannelId,
+        /// Its first live offset from then on.
+        first: Offset,
+    },
+    /// The records of `channel` from `next` on were removed; its next
+    /// record gets `next`.
+    Truncate {
+        /// The channel.
+        channel: ChannelId,
+        /// Its next offset from then on.
+        next: Offset,
+    },
 }
 
 /// Which kind of entry names a channel it cannot (used in messages).
@@ -176,6 +302,21 @@ pub enum EntryWord {
     Record,
     /// A drop.
     Drop,
+    /// A checkpoint.
+    Checkpoint,
+    /// A truncation.
+    Truncate,
+}
+
+impl EntryWord {
+    fn noun(self) -> &'static str {
+        match self {
+            EntryWord::Record => "record",
+            EntryWord::Drop => "drop",
+            EntryWord::Checkpoint => "checkpoint",
+            EntryWord::Truncate => "truncation",
+        }
+    }
 }
 
 /// A logged entry that the channel rules refuse: the WAL is damaged (or
@@ -217,6 +358,22 @@ pub enum Contradiction {
         entry: EntryWord,
         /// The id logged.
         channel: ChannelId,
+    },
+    /// A checkpoint or truncation outside the channel's live records (a
+    /// checkpoint must move the first offset forward, no further than the
+    /// next offset; a truncation must keep the checkpointed records and
+    /// remove at least one record).
+    OutOfRange {
+        /// Checkpoint or truncation.
+        entry: EntryWord,
+        /// The channel's name.
+        name: Box<str>,
+        /// The offset logged.
+        offset: Offset,
+        /// The channel's first live offset.
+        first: Offset,
+        /// The channel's next offset.
+        next: Offset,
     },
     /// A record or drop at another offset than the channel's next.
     OffsetOutOfOrder {
@@ -262,39 +419,33 @@ impl fmt::Display for Contradiction {
                 f,
                 "channel {name:?} registered from offset {offset} where {expected} was next"
             ),
-            Contradiction::NoChannel {
-                entry: EntryWord::Record,
-                channel,
-            } => write!(
+            Contradiction::NoChannel { entry, channel } => write!(
                 f,
-                "record for unregistered or dropped channel id {}",
+                "{} for unregistered or dropped channel id {}",
+                entry.noun(),
                 channel.0
             ),
-            Contradiction::NoChannel {
-                entry: EntryWord::Drop,
-                channel,
+            Contradiction::OutOfRange {
+                entry,
+                name,
+                offset,
+                first,
+                next,
             } => write!(
                 f,
-                "drop of unregistered or dropped channel id {}",
-                channel.0
+                "{} of channel {name:?} at offset {offset} outside what its live records \
+                 [{first}, {next}) allow",
+                entry.noun()
             ),
             Contradiction::OffsetOutOfOrder {
-                entry: EntryWord::Record,
+                entry,
                 name,
                 offset,
                 expected,
             } => write!(
                 f,
-                "record at offset {offset} of channel {name:?} where offset {expected} was next"
-            ),
-            Contradiction::OffsetOutOfOrder {
-                entry: EntryWord::Drop,
-                name,
-                offset,
-                expected,
-            } => write!(
-                f,
-                "drop of channel {name:?} at offset {offset} where {expected} was next"
+                "{} at offset {offset} of channel {name:?} where offset {expected} was next",
+                entry.noun()
             ),
         }
     }
@@ -432,6 +583,87 @@ impl ChannelTable {
         next
     }
 
+    /// What a checkpoint of `id` through `through` does: it moves the first
+    /// offset to `through + 1`, which must not pass the last acknowledged
+    /// record; one at or below an earlier checkpoint changes nothing.
+    pub fn checkpointing(&self, id: ChannelId, through: Offset) -> Result<Change, Refusal> {
+        let ch = self.open(id)?;
+        let first = Offset(through.0.saturating_add(1));
+        if first <= ch.first_offset {
+            return Ok(Change::Unchanged(ch.changed_in));
+        }
+        if first > ch.durable_next_offset() {
+            return Err(ch.out_of_range(
+                "checkpoint",
+                through,
+                "a checkpoint names an acknowledged record: an offset below the next offset",
+            ));
+        }
+        Ok(Change::To(first))
+    }
+
+    /// Checkpoints `id` in commit `commit`: its records below `first` go.
+    /// The caller asked [`ChannelTable::checkpointing`] first.
+    pub fn checkpoint(&mut self, id: ChannelId, first: Offset, commit: CommitSeq) {
+        let ch = self.state_mut(id).expect("a channel of this table");
+        assert!(
+            !ch.dropped() && ch.first_offset < first && first <= ch.durable_next_offset(),
+            "a checkpoint outside the live records"
+        );
+        ch.trim_front(first);
+        ch.changed_in = commit;
+    }
+
+    /// What a truncation of `id` from `first_removed` on does: it moves the
+    /// next offset back to `first_removed`, which must not be below the first
+    /// live offset (checkpointed records stay gone) nor past the next
+    /// offset. Records of the channel still in flight make it wait.
+    pub fn truncating(&self, id: ChannelId, first_removed: Offset) -> Result<Change, Refusal> {
+        let ch = self.open(id)?;
+        if first_removed < ch.first_offset {
+            return Err(ch.out_of_range(
+                "truncate_from",
+                first_removed,
+                "truncating there would remove checkpointed records",
+            ));
+        }
+        if first_removed > ch.next_offset {
+            return Err(ch.out_of_range(
+                "truncate_from",
+                first_removed,
+                "nothing was written there: truncate at or below the next offset",
+            ));
+        }
+        if ch.durable_next_offset() < ch.next_offset {
+            return Ok(Change::AfterInFlight);
+        }
+        if first_removed == ch.next_offset {
+            return Ok(Change::Unchanged(ch.changed_in));
+        }
+        Ok(Change::To(first_removed))
+    }
+
+    /// Truncates `id` in commit `commit`: its records from `next` on go, and
+    /// `next` is its next offset. The caller asked
+    /// [`ChannelTable::truncating`] first.
+    pub fn truncate(&mut self, id: ChannelId, next: Offset, commit: CommitSeq) {
+        let ch = self.state_mut(id).expect("a channel of this table");
+        assert!(
+            !ch.dropped()
+                && ch.first_offset <= next
+                && next < ch.next_offset
+                && ch.durable_next_offset() == ch.next_offset,
+            "a truncation outside the live records, or with records in flight"
+        );
+        ch.trim_back(next);
+        ch.changed_in = commit;
+    }
+
+    /// The first live offset of `id`.
+    pub fn first_offset(&self, id: ChannelId) -> Result<Offset, Refusal> {
+        Ok(self.open(id)?.first_offset)
+    }
+
     /// Records of `id` with offsets in `from..to`, clamped to what is held.
     pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Result<Vec<Record>, Refusal> {
         let ch = self.open(id)?;
@@ -492,6 +724,8 @@ impl ChannelTable {
                 channel, offset, ..
             } => (*channel, *offset),
             Logged::Drop { channel, next } => (*channel, *next),
+            Logged::Checkpoint { channel, first } => (*channel, *first),
+            Logged::Truncate { channel, next } => (*channel, *next),
         };
         let record = matches!(entry, Logged::Append { .. });
         if offset.0 > OFFSET_MAX || (record && offset.0 == OFFSET_MAX) {
@@ -524,7 +758,55 @@ impl ChannelTable {
                 self.drop_channel(channel, commit);
                 Ok(lost)
             }
+            Logged::Checkpoint { .. } => self.replay_checkpoint(channel, offset, commit, lenient),
+            Logged::Truncate { .. } => {
+                if lenient && self.open(channel).is_err() {
+                    return Ok(0);
+                }
+                let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
+                    entry: EntryWord::Truncate,
+                    channel,
+                })?;
+                if lenient && offset >= ch.next_offset {
+                    // The records it removed were lost with a skipped commit.
+                    return self.replay_gap(EntryWord::Truncate, channel, offset, lenient);
+                }
+                if offset < ch.first_offset || offset >= ch.next_offset {
+                    return Err(ch.contradicts(EntryWord::Truncate, offset));
+                }
+                self.truncate(channel, offset, commit);
+                Ok(0)
+            }
         }
+    }
+
+    /// A logged checkpoint moves the first offset forward, no further than
+    /// the next offset; `lenient` accepts one further (the records between
+    /// were lost with a skipped commit) and counts them lost.
+    fn replay_checkpoint(
+        &mut self,
+        channel: ChannelId,
+        first: Offset,
+        commit: CommitSeq,
+        lenient: bool,
+    ) -> Result<u64, Contradiction> {
+        if lenient && self.open(channel).is_err() {
+            return Ok(0);
+        }
+        let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
+            entry: EntryWord::Checkpoint,
+            channel,
+        })?;
+        if first <= ch.first_offset || (first > ch.next_offset && !lenient) {
+            return Err(ch.contradicts(EntryWord::Checkpoint, first));
+        }
+        let lost = if first > ch.next_offset {
+            self.replay_gap(EntryWord::Checkpoint, channel, first, lenient)?
+        } else {
+            0
+        };
+        self.checkpoint(channel, first, commit);
+        Ok(lost)
     }
 
     fn replay_register(
@@ -616,6 +898,7 @@ impl ChannelTable {
             records: VecDeque::new(),
             registered_in: commit,
             dropped_in: None,
+            changed_in: commit,
             lost: Vec::new(),
             lost_count: 0,
         });
@@ -907,6 +1190,13 @@ mod tests {
             name,
         };
         let name = |n: &str| Box::<str>::from(n);
+        let out_of_range = |entry, offset| Contradiction::OutOfRange {
+            entry,
+            name: name("a"),
+            offset: Offset(offset),
+            first: Offset(0),
+            next: Offset(1),
+        };
         let rows: Vec<(Logged<'static>, Contradiction)> = vec![
             (
                 rec(a, OFFSET_MAX),
@@ -979,6 +1269,37 @@ mod tests {
                     expected: Offset(1),
                 },
             ),
+            (
+                Logged::Checkpoint {
+                    channel: a,
+                    first: Offset(0),
+                },
+                out_of_range(EntryWord::Checkpoint, 0),
+            ),
+            (
+                Logged::Checkpoint {
+                    channel: a,
+                    first: Offset(2),
+                },
+                out_of_range(EntryWord::Checkpoint, 2),
+            ),
+            (
+                Logged::Truncate {
+                    channel: a,
+                    next: Offset(1),
+                },
+                out_of_range(EntryWord::Truncate, 1),
+            ),
+            (
+                Logged::Truncate {
+                    channel: d,
+                    next: Offset(0),
+                },
+                Contradiction::NoChannel {
+                    entry: EntryWord::Truncate,
+                    channel: d,
+                },
+            ),
         ];
         for (entry, expected) in rows {
             let shown = format!("{entry:?}");
@@ -990,5 +1311,186 @@ mod tests {
         }
         assert_eq!(t.get(a).unwrap().next_offset(), Offset(1), "nothing moved");
         assert_eq!(t.read(a, Offset(0), Offset(9)).unwrap().len(), 1);
+    }
+
+    /// Checkpoints and truncations: what the shard asks, what it applies,
+    /// and the same table again from the log.
+    #[test]
+    fn checkpoints_and_truncations_replay_to_the_same_table() {
+        let mut live = ChannelTable::default();
+        let a = register(&mut live, "a", 1);
+        let mut log: Vec<(u64, Logged<'static>)> = vec![(
+            1,
+            Logged::Register {
+                channel: a,
+                first: Offset(0),
+                name: "a",
+            },
+        )];
+        let put = |t: &mut ChannelTable, log: &mut Vec<_>, data: &'static [u8]| {
+            let offset = append(t, a, data);
+            log.push((
+                2,
+                Logged::Append {
+                    channel: a,
+                    offset,
+                    record: Bytes::from_static(data),
+                },
+            ));
+        };
+        for d in [&b"0"[..], b"1", b"2", b"3", b"4"] {
+            put(&mut live, &mut log, d);
+        }
+        assert_eq!(live.checkpointing(a, Offset(1)), Ok(Change::To(Offset(2))));
+        live.checkpoint(a, Offset(2), CommitSeq(3));
+        log.push((
+            3,
+            Logged::Checkpoint {
+                channel: a,
+                first: Offset(2),
+            },
+        ));
+        assert_eq!(
+            live.checkpointing(a, Offset(0)),
+            Ok(Change::Unchanged(CommitSeq(3))),
+            "below the checkpoint: nothing to do once commit 3 is durable"
+        );
+        assert_eq!(live.first_offset(a), Ok(Offset(2)));
+        assert_eq!(live.truncating(a, Offset(4)), Ok(Change::To(Offset(4))));
+        live.truncate(a, Offset(4), CommitSeq(4));
+        log.push((
+            4,
+            Logged::Truncate {
+                channel: a,
+                next: Offset(4),
+            },
+        ));
+        assert_eq!(
+            live.truncating(a, Offset(4)),
+            Ok(Change::Unchanged(CommitSeq(4)))
+        );
+        put(&mut live, &mut log, b"4 again");
+        let read = live.read(a, Offset(0), Offset(9)).unwrap();
+        assert_eq!(offsets_of(&read), [2, 3, 4]);
+        assert_eq!(
+            &read[2].data[..],
+            b"4 again",
+            "offset 4 names its second record"
+        );
+
+        let mut replayed = ChannelTable::default();
+        for (c, e) in log {
+            assert_eq!(replayed.replay(e, CommitSeq(c), false), Ok(0));
+        }
+        assert_eq!(replayed.read(a, Offset(0), Offset(9)), Ok(read));
+        let ends = |t: &ChannelTable| {
+            let c = t.get(a).unwrap();
+            (c.first_offset(), c.next_offset(), c.durable_next_offset())
+        };
+        assert_eq!(ends(&live), ends(&replayed));
+        assert_eq!(ends(&live), (Offset(2), Offset(5), Offset(5)));
+
+        // Records assigned but not acknowledged hold a truncation back.
+        live.appendable(a, 1).unwrap();
+        live.assign(a, 1);
+        assert_eq!(live.truncating(a, Offset(3)), Ok(Change::AfterInFlight));
+        live.acknowledge(a, Bytes::from_static(b"5"));
+        assert_eq!(live.truncating(a, Offset(3)), Ok(Change::To(Offset(3))));
+    }
+
+    #[test]
+    fn checkpoints_and_truncations_outside_the_live_records_are_refused() {
+        let mut t = ChannelTable::default();
+        let a = register(&mut t, "a", 1);
+        append(&mut t, a, b"0");
+        append(&mut t, a, b"1");
+        t.checkpoint(a, Offset(1), CommitSeq(2));
+        let refused = |operation, offset, reason| {
+            Err(Refusal::OutOfRange {
+                operation,
+                name: "a".into(),
+                offset: Offset(offset),
+                first: Offset(1),
+                next: Offset(2),
+                reason,
+            })
+        };
+        let Err(Refusal::OutOfRange { reason: beyond, .. }) = t.checkpointing(a, Offset(2)) else {
+            panic!("a checkpoint of an offset not written");
+        };
+        assert_eq!(
+            t.checkpointing(a, Offset(2)),
+            refused("checkpoint", 2, beyond)
+        );
+        assert_eq!(
+            t.checkpointing(a, Offset(u64::MAX)),
+            refused("checkpoint", u64::MAX, beyond)
+        );
+        let Err(Refusal::OutOfRange { reason: below, .. }) = t.truncating(a, Offset(0)) else {
+            panic!("a truncation of checkpointed records");
+        };
+        assert_eq!(
+            t.truncating(a, Offset(0)),
+            refused("truncate_from", 0, below)
+        );
+        assert!(matches!(
+            t.truncating(a, Offset(3)),
+            Err(Refusal::OutOfRange {
+                offset: Offset(3),
+                ..
+            })
+        ));
+        assert_eq!(t.first_offset(a), Ok(Offset(1)), "nothing moved");
+        assert_eq!(t.durable_next_offset(a), Ok(Offset(2)));
+        t.drop_channel(a, CommitSeq(3));
+        assert!(matches!(
+            t.checkpointing(a, Offset(0)),
+            Err(Refusal::Dropped { .. })
+        ));
+    }
+
+    /// Offsets `SkipDamaged` found lost are cut by checkpoints and
+    /// truncations like held ones; a checkpoint past the next offset (the
+    /// records between lost) counts them lost.
+    #[test]
+    fn checkpoints_and_truncations_cut_lost_ranges() {
+        let mut t = ChannelTable::default();
+        let a = register(&mut t, "a", 1);
+        append(&mut t, a, b"0");
+        let at = |offset: u64, data: &'static [u8]| Logged::Append {
+            channel: a,
+            offset: Offset(offset),
+            record: Bytes::from_static(data),
+        };
+        assert_eq!(t.replay(at(3, b"3"), CommitSeq(2), true), Ok(2));
+        assert_eq!(t.replay(at(6, b"6"), CommitSeq(3), true), Ok(2));
+        // Held 0, lost 1..3, held 3, lost 4..6, held 6.
+        t.checkpoint(a, Offset(2), CommitSeq(4));
+        let ch = t.get(a).unwrap();
+        assert_eq!((ch.held_records(), ch.lost_offsets()), (2, 3));
+        assert_eq!(
+            offsets_of(&t.read(a, Offset(0), Offset(9)).unwrap()),
+            [3, 6]
+        );
+        t.truncate(a, Offset(5), CommitSeq(5));
+        let ch = t.get(a).unwrap();
+        assert_eq!((ch.held_records(), ch.lost_offsets()), (1, 2));
+        assert_eq!(ch.durable_next_offset(), Offset(5));
+        assert_eq!(offsets_of(&t.read(a, Offset(0), Offset(9)).unwrap()), [3]);
+        let past = Logged::Checkpoint {
+            channel: a,
+            first: Offset(8),
+        };
+        assert_eq!(
+            t.replay(past, CommitSeq(6), true),
+            Ok(3),
+            "offsets 5..8 lost"
+        );
+        let ch = t.get(a).unwrap();
+        assert_eq!(
+            (ch.first_offset(), ch.next_offset()),
+            (Offset(8), Offset(8))
+        );
+        assert_eq!((ch.held_records(), ch.lost_offsets()), (0, 0));
     }
 }

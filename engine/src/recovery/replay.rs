@@ -607,6 +607,14 @@ fn apply(
             channel: e.channel,
             next: e.offset,
         },
+        EntryKind::Checkpoint => Logged::Checkpoint {
+            channel: e.channel,
+            first: e.offset,
+        },
+        EntryKind::Truncate => Logged::Truncate {
+            channel: e.channel,
+            next: e.offset,
+        },
     };
     table
         .replay(logged, commit, lenient)

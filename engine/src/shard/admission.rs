@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::channels::{Refusal, OFFSET_MAX};
+use crate::buffer::channels::{Change, Refusal, OFFSET_MAX};
 use crate::config::Config;
 use crate::error::Error;
 use crate::shard::ack::Ack;
@@ -92,6 +92,31 @@ impl Records {
         match self {
             Records::One(r) => f(0, r),
             Records::Batch(b) => b.into_iter().enumerate().for_each(|(i, r)| f(i, r)),
+        }
+    }
+}
+
+/// A checkpoint through an offset, or a truncation from one.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lifecycle {
+    Checkpoint(Offset),
+    Truncate(Offset),
+}
+
+impl Lifecycle {
+    /// The request again, to wait in `deferred`.
+    fn request(self, channel: ChannelId, ack: Arc<Ack<()>>) -> Request {
+        match self {
+            Lifecycle::Checkpoint(through) => Request::Checkpoint {
+                channel,
+                through,
+                ack,
+            },
+            Lifecycle::Truncate(first_removed) => Request::Truncate {
+                channel,
+                first_removed,
+                ack,
+            },
         }
     }
 }
@@ -189,6 +214,29 @@ impl Shard {
                 }
                 Accepted::Done
             }
+            Request::FirstOffset { channel, ack } => {
+                match self.table.first_offset(channel) {
+                    Ok(first) => ack.complete(Ok(first)),
+                    Err(r) => self.refuse(r, ack, Waiter::DroppedOffset),
+                }
+                Accepted::Done
+            }
+            Request::Checkpoint {
+                channel,
+                through,
+                ack,
+            } => {
+                let change = self.table.checkpointing(channel, through);
+                self.accept_change(Lifecycle::Checkpoint(through), channel, change, ack)
+            }
+            Request::Truncate {
+                channel,
+                first_removed,
+                ack,
+            } => {
+                let change = self.table.truncating(channel, first_removed);
+                self.accept_change(Lifecycle::Truncate(first_removed), channel, change, ack)
+            }
             Request::Close => {
                 self.closing = true;
                 Accepted::Done
@@ -261,6 +309,60 @@ impl Shard {
         Accepted::Done
     }
 
+    /// A checkpoint or truncation of `channel` that the table answered with
+    /// `change`: refused, answered once what it asks is durable, or logged in
+    /// the commit being built — which then carries a data sync in every
+    /// durability mode, so that it is durable when it is answered.
+    fn accept_change(
+        &mut self,
+        what: Lifecycle,
+        channel: ChannelId,
+        change: Result<Change, Refusal>,
+        ack: Arc<Ack<()>>,
+    ) -> Accepted {
+        let to = match change {
+            Ok(Change::To(to)) => to,
+            Ok(Change::Unchanged(commit)) => {
+                self.answer_when_durable(commit, Waiter::Unit(ack.into()));
+                return Accepted::Done;
+            }
+            // Its records in flight are acknowledged first: a truncation
+            // never races the records it removes.
+            Ok(Change::AfterInFlight) => return Accepted::Full(what.request(channel, ack)),
+            Err(r) => {
+                self.refuse(r, ack, Waiter::DroppedUnit);
+                return Accepted::Done;
+            }
+        };
+        if let Some(e) = self.shard_failed() {
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
+        match self.admit(0, entry_bytes(0)) {
+            Admit::Yes => {}
+            Admit::Full => return Accepted::Full(what.request(channel, ack)),
+            Admit::Refused(e) => {
+                ack.complete(Err(e));
+                return Accepted::Done;
+            }
+        }
+        let commit = self.building.builder.commit_seq();
+        let kind = match what {
+            Lifecycle::Checkpoint(_) => {
+                self.table.checkpoint(channel, to, commit);
+                EntryKind::Checkpoint
+            }
+            Lifecycle::Truncate(_) => {
+                self.table.truncate(channel, to, commit);
+                EntryKind::Truncate
+            }
+        };
+        self.building.builder.push(kind, channel, to, &[]);
+        self.building.sync_now = true;
+        self.building.waiters.push(Waiter::Unit(ack.into()));
+        Accepted::Done
+    }
+
     /// One append or a batch: the same checks, in the same order, and one
     /// waiter answered with the first offset.
     pub(super) fn accept_append(
@@ -329,6 +431,21 @@ impl Shard {
             Refusal::OffsetsExhausted { name } => Error::InvalidConfig {
                 field: "channel",
                 reason: format!("channel {name:?} has used every offset up to {OFFSET_MAX}"),
+            },
+            Refusal::OutOfRange {
+                operation,
+                name,
+                offset,
+                first,
+                next,
+                reason,
+            } => Error::OffsetOutOfRange {
+                operation,
+                channel: name.into_string(),
+                offset: offset.0,
+                first: first.0,
+                next: next.0,
+                reason,
             },
             Refusal::IdsExhausted { registrations } => Error::InvalidConfig {
                 field: "channel",

@@ -79,6 +79,13 @@ impl DurabilityClock {
                 >= u64::from(u16::MAX)
     }
 
+    /// Periodic mode: whether commit `next` must carry a data sync — its
+    /// window is full, or `wanted` (it holds a checkpoint or truncation,
+    /// which are durable before they are acknowledged in every mode).
+    pub(super) fn sync_forced(&self, next: CommitSeq, wanted: bool) -> bool {
+        matches!(self.mode, Durability::Periodic { .. }) && (wanted || self.window_full(next))
+    }
+
     /// Periodic mode: whether the interval since the first unsynced
     /// acknowledgement has passed.
     pub(super) fn sync_due(&self) -> bool {
@@ -101,7 +108,9 @@ impl DurabilityClock {
         }
     }
 
-    /// How commit `seq` is written; `alone`: nothing else is in flight.
+    /// How commit `seq` is written; `alone`: nothing else is in flight;
+    /// `wanted`: it must be durable before it is acknowledged, also in
+    /// periodic mode (see [`DurabilityClock::sync_forced`]).
     ///
     /// Periodic mode under constant load never sees an idle moment for a
     /// separate sync: when one is due (or the window is full), the commit
@@ -109,7 +118,7 @@ impl DurabilityClock {
     /// An fdatasync, not `RWF_DSYNC`: on a device with forced-unit-access
     /// writes, an `O_DIRECT` `RWF_DSYNC` write is written through on its own
     /// and flushes nothing written before it.
-    pub(super) fn plan_write(&self, seq: CommitSeq, alone: bool) -> WritePlan {
+    pub(super) fn plan_write(&self, seq: CommitSeq, alone: bool, wanted: bool) -> WritePlan {
         // The window: the commits in flight with this one; in periodic mode
         // also every commit since the last completed data sync (kept below
         // 65,535 by `window_full`).
@@ -123,7 +132,7 @@ impl DurabilityClock {
                 (sync, false, self.in_flight_max)
             }
             Durability::Periodic { .. } => {
-                let synced = alone && (self.sync_due() || self.window_full(seq));
+                let synced = alone && (self.sync_due() || self.sync_forced(seq, wanted));
                 let sync = if synced {
                     SyncKind::Fdatasync
                 } else {
@@ -190,7 +199,7 @@ mod tests {
     #[test]
     fn sync_mode_makes_each_commit_durable_with_its_write() {
         let mut c = clock(Durability::Sync);
-        let plan = c.plan_write(CommitSeq(11), false);
+        let plan = c.plan_write(CommitSeq(11), false, false);
         assert_eq!(
             (plan.sync, plan.synced, plan.window),
             (SyncKind::Fdatasync, false, 2)
@@ -202,14 +211,17 @@ mod tests {
         );
         assert!(!c.has_unsynced() && !c.sync_due() && c.until_sync_due().is_none());
         let dsync = DurabilityClock::new(Durability::Sync, SyncMethod::DsyncWrite, 1, CommitSeq(0));
-        assert_eq!(dsync.plan_write(CommitSeq(1), true).sync, SyncKind::Dsync);
+        assert_eq!(
+            dsync.plan_write(CommitSeq(1), true, false).sync,
+            SyncKind::Dsync
+        );
     }
 
     #[test]
     fn periodic_mode_syncs_when_due_or_when_the_window_would_overflow() {
         let interval = Duration::from_millis(20);
         let mut c = clock(Durability::Periodic { interval });
-        let plan = c.plan_write(CommitSeq(11), true);
+        let plan = c.plan_write(CommitSeq(11), true, false);
         assert_eq!((plan.sync, plan.synced), (SyncKind::None, false));
         assert!(!c.commit_completed(CommitSeq(11), false));
         assert!(c.has_unsynced());
@@ -218,10 +230,10 @@ mod tests {
         std::thread::sleep(interval);
         assert!(c.sync_due());
         assert!(
-            !c.plan_write(CommitSeq(12), false).synced,
+            !c.plan_write(CommitSeq(12), false, false).synced,
             "not with others in flight"
         );
-        let plan = c.plan_write(CommitSeq(12), true);
+        let plan = c.plan_write(CommitSeq(12), true, false);
         assert_eq!(
             (plan.sync, plan.synced, plan.window),
             (SyncKind::Fdatasync, true, 2)
@@ -232,10 +244,29 @@ mod tests {
 
         let edge = CommitSeq(12 + u64::from(u16::MAX) - 2);
         assert!(c.window_full(edge) && !c.window_full(CommitSeq(edge.0 - 1)));
-        let plan = c.plan_write(edge, true);
+        let plan = c.plan_write(edge, true, false);
         assert!(plan.synced, "a full window forces the sync");
         assert_eq!(plan.window, u16::MAX - 2);
         c.sync_completed(CommitSeq(20));
         assert_eq!(c.durable_through(), CommitSeq(20));
+    }
+
+    #[test]
+    fn a_commit_that_must_be_durable_carries_a_sync_in_periodic_mode_only_alone() {
+        let interval = Duration::from_secs(60);
+        let c = clock(Durability::Periodic { interval });
+        assert!(c.sync_forced(CommitSeq(11), true) && !c.sync_forced(CommitSeq(11), false));
+        let plan = c.plan_write(CommitSeq(11), true, true);
+        assert_eq!((plan.sync, plan.synced), (SyncKind::Fdatasync, true));
+        assert!(!c.plan_write(CommitSeq(11), false, true).synced);
+        let s = clock(Durability::Sync);
+        assert!(
+            !s.sync_forced(CommitSeq(11), true),
+            "every commit is durable anyway"
+        );
+        assert_eq!(
+            s.plan_write(CommitSeq(11), false, true).sync,
+            SyncKind::Fdatasync
+        );
     }
 }

@@ -23,6 +23,10 @@ pub(super) struct Batch {
     pub(super) builder: CommitBuilder,
     pub(super) waiters: Vec<Waiter>,
     pub(super) records: Vec<(ChannelId, Bytes)>,
+    /// The commit holds a checkpoint or truncation: it is durable before it
+    /// is acknowledged in every durability mode (in `Periodic`, it carries a
+    /// data sync).
+    pub(super) sync_now: bool,
 }
 
 impl Batch {
@@ -35,6 +39,7 @@ impl Batch {
             ),
             waiters: Vec::with_capacity(config.records_per_commit_max),
             records: Vec::with_capacity(config.records_per_commit_max),
+            sync_now: false,
         }
     }
 
@@ -92,8 +97,7 @@ impl Shard {
             self.fail(e);
             return false;
         }
-        let seq = self.building.builder.commit_seq();
-        if self.clock.window_full(seq) && !self.flights.is_empty() {
+        if self.must_sync_alone() && !self.flights.is_empty() {
             // The commit must carry a data sync covering every write.
             return false;
         }
@@ -121,12 +125,15 @@ impl Shard {
             .spare
             .pop()
             .expect("a spare batch for every commit in flight");
+        let plan = self
+            .clock
+            .plan_write(seq, self.flights.is_empty(), self.building.sync_now);
         let mut batch = std::mem::replace(&mut self.building, spare);
+        batch.sync_now = false;
         let position = self.write_position;
         // A power cut may leave a hole among the commits of the window,
         // followed by this commit; recovery cuts such a hole as a torn tail
         // only within the window.
-        let plan = self.clock.plan_write(seq, self.flights.is_empty());
         let sealed = batch.builder.seal(
             self.id,
             self.store_id,
@@ -309,6 +316,7 @@ impl Shard {
             complete_waiter(w, Err(err.clone()));
         }
         self.building.records.clear();
+        self.building.sync_now = false;
         let next = self.building.builder.commit_seq();
         self.building.builder.reset(next);
         self.clock.stop();

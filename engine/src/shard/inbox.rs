@@ -72,6 +72,33 @@ pub enum Request {
         /// Answer.
         ack: Arc<Ack<Offset>>,
     },
+    /// The channel's first live offset (the first not checkpointed).
+    FirstOffset {
+        /// The channel.
+        channel: ChannelId,
+        /// Answer.
+        ack: Arc<Ack<Offset>>,
+    },
+    /// Checkpoint the channel's records through `through`; answer once the
+    /// checkpoint is durable.
+    Checkpoint {
+        /// The channel.
+        channel: ChannelId,
+        /// The last offset no longer needed.
+        through: Offset,
+        /// Answer.
+        ack: Arc<Ack<()>>,
+    },
+    /// Remove the channel's records from `first_removed` on; answer once the
+    /// truncation is durable.
+    Truncate {
+        /// The channel.
+        channel: ChannelId,
+        /// The first offset removed (the next append gets it).
+        first_removed: Offset,
+        /// Answer.
+        ack: Arc<Ack<()>>,
+    },
     /// Finish everything queued before this request, then stop.
     Close,
 }
@@ -83,9 +110,12 @@ impl Request {
             Request::Register { ack, .. } => ack.complete(Err(error)),
             Request::Append { ack, .. }
             | Request::AppendBatch { ack, .. }
-            | Request::NextOffset { ack, .. } => ack.complete(Err(error)),
+            | Request::NextOffset { ack, .. }
+            | Request::FirstOffset { ack, .. } => ack.complete(Err(error)),
             Request::Read { ack, .. } => ack.complete(Err(error)),
-            Request::Unregister { ack, .. } => ack.complete(Err(error)),
+            Request::Unregister { ack, .. }
+            | Request::Checkpoint { ack, .. }
+            | Request::Truncate { ack, .. } => ack.complete(Err(error)),
             Request::Close => {}
         }
     }

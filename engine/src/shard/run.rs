@@ -338,12 +338,18 @@ impl Shard {
     }
 
     /// Whether the built commit must wait for the flights to drain first:
-    /// it needs a new segment (segments change only when idle), or Periodic
-    /// mode's unsynced window is full (the commit must carry a data sync,
-    /// which covers every write only with nothing in flight).
+    /// it needs a new segment (segments change only when idle), or it must
+    /// carry a data sync (see [`Shard::must_sync_alone`]).
     pub(super) fn start_blocked(&self) -> bool {
-        (self.needs_new_segment() || self.clock.window_full(self.building.builder.commit_seq()))
-            && !self.flights.is_empty()
+        (self.needs_new_segment() || self.must_sync_alone()) && !self.flights.is_empty()
+    }
+
+    /// Periodic mode: the built commit must carry a data sync, which covers
+    /// every write only with nothing in flight — its unsynced window is
+    /// full, or it holds a checkpoint or truncation.
+    pub(super) fn must_sync_alone(&self) -> bool {
+        self.clock
+            .sync_forced(self.building.builder.commit_seq(), self.building.sync_now)
     }
 
     pub(super) fn wake_completed(&mut self) {

@@ -62,6 +62,7 @@ pub(super) enum Waiter {
     /// `ChannelDropped` once it is, with the shard's error if it fails.
     DroppedOffset(Owed<Offset>, Box<str>),
     DroppedRead(Owed<Vec<crate::types::Record>>, Box<str>),
+    DroppedUnit(Owed<()>, Box<str>),
 }
 
 pub(super) fn complete_waiter(w: Waiter, r: Result<()>) {
@@ -76,5 +77,6 @@ pub(super) fn complete_waiter(w: Waiter, r: Result<()>) {
         (Waiter::Channel(ack, _), Err(e)) => ack.complete(Err(e)),
         (Waiter::DroppedOffset(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
         (Waiter::DroppedRead(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
+        (Waiter::DroppedUnit(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
     }
 }

@@ -24,13 +24,16 @@
 //! entry (24-byte header, payload, zero padding to 8 bytes)
 //!  0 crc      u32 crc32c of (commit_seq as 8 bytes LE) ++ entry bytes 4..24+len
 //!  4 len      u32 payload bytes
-//!  8 kind     u8  1 = append, 2 = register, 3 = drop
+//!  8 kind     u8  1 = append, 2 = register, 3 = drop, 4 = checkpoint,
+//!                 5 = truncate
 //!  9 flags    u8  zero
 //! 10 reserved u16 zero
 //! 12 channel  u32 shard-local channel id
 //! 16 offset   u64 append: the record's offset; register: the channel's first
-//!                 offset; drop: the channel's next offset when dropped
-//! 24 payload  append: the record; register: the channel name; drop: empty
+//!                 offset; drop: the channel's next offset when dropped;
+//!                 checkpoint: the channel's first live offset from then on;
+//!                 truncate: its next offset from then on
+//! 24 payload  append: the record; register: the channel name; others: empty
 //! ```
 //!
 //! Identity: a commit header names its store, shard, segment, commit sequence
@@ -75,14 +78,31 @@ pub enum EntryKind {
     Register = 2,
     /// A channel dropped.
     Drop = 3,
+    /// A channel's records below the entry's offset checkpointed.
+    Checkpoint = 4,
+    /// A channel's records from the entry's offset on removed.
+    Truncate = 5,
 }
 
 impl EntryKind {
+    /// The kind's name, as tools print it.
+    pub fn word(self) -> &'static str {
+        match self {
+            EntryKind::Append => "append",
+            EntryKind::Register => "register",
+            EntryKind::Drop => "drop",
+            EntryKind::Checkpoint => "checkpoint",
+            EntryKind::Truncate => "truncate",
+        }
+    }
+
     fn from_u8(b: u8) -> Option<Self> {
         match b {
             1 => Some(EntryKind::Append),
             2 => Some(EntryKind::Register),
             3 => Some(EntryKind::Drop),
+            4 => Some(EntryKind::Checkpoint),
+            5 => Some(EntryKind::Truncate),
             _ => None,
         }
     }
