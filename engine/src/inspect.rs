@@ -46,7 +46,8 @@ pub struct ChannelReport {
     pub name: String,
     /// Whether it was dropped.
     pub dropped: bool,
-    /// Offset of its first record.
+    /// Its first offset not checkpointed (its first live record, or
+    /// `next_offset` when none is live).
     pub first_offset: u64,
     /// One past its last record.
     pub next_offset: u64,

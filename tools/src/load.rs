@@ -70,6 +70,13 @@ pub struct LoadArgs {
     /// Default: run for --duration.
     #[arg(long)]
     records: Option<u64>,
+    /// Checkpoint each channel after every N records appended to it, through the last
+    /// record this writer got back (`Channel::checkpoint`: durable, one commit with a data
+    /// sync), as a service does that persisted them elsewhere. The writer's time in the
+    /// checkpoint is charged to its throughput, not to append latency. Default: never.
+    /// (Segments are not yet reclaimed: checkpoints free memory, not disk.)
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
     /// Time before the measured window; its appends are not counted.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
@@ -320,6 +327,9 @@ struct LoadResult {
     /// Idle shard sleeps that ran to their 1 s safety bound with requests
     /// queued: missed wake-ups (should be 0).
     wakeups_missed: u64,
+    /// `--checkpoint-every`, and the checkpoints the writers made in the measured window.
+    checkpoint_every: Option<u64>,
+    checkpoints: u64,
     /// Open loop: how far behind its schedule the latest writer was at the end.
     schedule_lag_end_ns: Option<u64>,
     /// Open loop: whether the engine kept up with the schedule (the lag at the
@@ -339,6 +349,14 @@ struct WriterPlan {
     seed: u64,
     record_limit: Option<u64>,
     pin: Option<usize>,
+    checkpoint_every: Option<u64>,
+}
+
+/// What a writer did in the measured window.
+#[derive(Default)]
+struct Counted {
+    appends: u64,
+    checkpoints: u64,
 }
 
 /// State shared by the writers and the main thread.
@@ -359,7 +377,7 @@ struct Shared {
     epoch: Mutex<Option<Instant>>,
 }
 
-fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> {
+fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Error> {
     if let Some(core) = plan.pin {
         let mut set = nix::sched::CpuSet::new();
         if set.set(core).is_ok() {
@@ -377,7 +395,9 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> 
         SmallRng::seed_from_u64(plan.seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let payload = vec![0xA5u8; work.record.max];
     let mut sizes = vec![0usize; work.batch];
-    let mut counted = 0u64;
+    let mut counted = Counted::default();
+    // Records appended to each of `mine` since its last checkpoint.
+    let mut since_checkpoint = vec![0u64; mine.len()];
     shared.barrier.wait();
     let epoch = shared
         .epoch
@@ -421,7 +441,8 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> 
                 rng.random_range(work.record.min..=work.record.max)
             };
         }
-        let ch = mine[k as usize % mine.len()];
+        let slot = k as usize % mine.len();
+        let ch = mine[slot];
         let start = match schedule {
             Some((first, period)) => {
                 let due = first + period.mul_f64(k as f64);
@@ -444,12 +465,12 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> 
             None => Instant::now(),
         };
         k += 1;
-        if work.batch == 1 {
-            ch.append(&payload[..sizes[0]])?;
+        let first = if work.batch == 1 {
+            ch.append(&payload[..sizes[0]])?
         } else {
             let batch: Vec<&[u8]> = sizes.iter().map(|&n| &payload[..n]).collect();
-            ch.append_batch(&batch)?;
-        }
+            ch.append_batch(&batch)?
+        };
         let ns = start.elapsed().as_nanos() as u64;
         shared.done.fetch_add(1, Ordering::Relaxed);
         if counting && !shared.stop.load(Ordering::Relaxed) {
@@ -457,7 +478,17 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<u64, corewal::Error> 
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .saturating_record(ns.max(1));
-            counted += 1;
+            counted.appends += 1;
+        }
+        if let Some(every) = plan.checkpoint_every {
+            since_checkpoint[slot] += work.batch as u64;
+            if since_checkpoint[slot] >= every {
+                since_checkpoint[slot] = 0;
+                ch.checkpoint(corewal::Offset(first.0 + work.batch as u64 - 1))?;
+                if counting && !shared.stop.load(Ordering::Relaxed) {
+                    counted.checkpoints += 1;
+                }
+            }
         }
     }
     Ok(counted)
@@ -515,6 +546,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                 seed: args.seed,
                 record_limit,
                 pin: args.writer_cores.as_ref().map(|c| c[w % c.len()]),
+                checkpoint_every: args.checkpoint_every,
             };
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -645,8 +677,11 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let m1 = engine.metrics();
     shared.stop.store(true, Ordering::SeqCst);
     let mut appends = 0u64;
+    let mut checkpoints = 0u64;
     for h in handles {
-        appends += h.join().map_err(|_| "writer thread panicked")??;
+        let c = h.join().map_err(|_| "writer thread panicked")??;
+        appends += c.appends;
+        checkpoints += c.checkpoints;
     }
     let rest = collect(&shared);
     total.add(&rest)?;
@@ -733,6 +768,8 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             0.0
         },
         wakeups_missed: m1.wakeups_missed - m0.wakeups_missed,
+        checkpoint_every: args.checkpoint_every,
+        checkpoints,
         schedule_lag_end_ns: args.rate.map(|_| lag_end_ns),
         rate_sustained: args.rate.map(|_| (lag_end_ns as f64) < secs * 1e9 / 10.0),
     };
@@ -768,6 +805,9 @@ fn check_args(args: &LoadArgs, work: &Workload) -> Result<(), Box<dyn std::error
         if !(rate.is_finite() && rate > 0.0 && rate <= 1e8) {
             return Err("--rate must be more than 0 and at most 100000000 appends/s".into());
         }
+    }
+    if args.checkpoint_every == Some(0) {
+        return Err("--checkpoint-every must be at least 1 (records per channel)".into());
     }
     if args.interval < Duration::from_millis(10) {
         return Err("--interval must be at least 10ms".into());
@@ -909,6 +949,12 @@ fn print_table(r: &LoadResult, removed: bool) {
         "  device B / payload B{:>12.2}",
         r.device_bytes_per_payload_byte
     );
+    if let Some(every) = r.checkpoint_every {
+        println!(
+            "  checkpoints         {:>12} (one per channel every {every} records)",
+            r.checkpoints
+        );
+    }
     if r.wakeups_missed > 0 {
         println!(
             "  missed wake-ups     {:>12} (idle sleeps to the 1 s bound with requests queued)",

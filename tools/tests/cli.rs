@@ -32,7 +32,7 @@ fn test_dir() -> tempfile::TempDir {
 
 #[test]
 fn bad_arguments_get_a_clear_error() {
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["load", "--writers", "0"], "--writers must be 1..=4096"),
         (&["load", "--rate", "0"], "--rate must be more than 0"),
         (&["load", "--rate", "-5"], "unexpected argument"),
@@ -57,6 +57,10 @@ fn bad_arguments_get_a_clear_error() {
             "use sync or periodic:INTERVAL",
         ),
         (&["load", "--records", "0"], "--records must be at least 1"),
+        (
+            &["load", "--checkpoint-every", "0"],
+            "--checkpoint-every must be at least 1",
+        ),
     ];
     for (args, message) in cases {
         let out = corewal().args(args).output().unwrap();
@@ -288,6 +292,79 @@ fn verify_passes_a_sound_store_and_fails_a_damaged_one_naming_the_place() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not a corewal data directory"));
+}
+
+#[test]
+fn load_checkpoints_what_it_wrote_and_inspect_shows_the_first_offsets() {
+    let dir = test_dir();
+    let store = dir.path().join("store");
+    let out = corewal()
+        .args([
+            "load",
+            "--records",
+            "800",
+            "--writers",
+            "2",
+            "--channels",
+            "4",
+            "--checkpoint-every",
+            "50",
+            "--segment-bytes",
+            "4MiB",
+            "--json",
+            "--dir",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let v = json_ok(&out);
+    assert_eq!(v["checkpoint_every"].as_u64(), Some(50));
+    let checkpoints = v["checkpoints"].as_u64().unwrap();
+    let out = corewal()
+        .args(["inspect", "--json", "--channels-max", "0"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut seen = 0;
+    let mut live = 0;
+    for s in v["shard_reports"].as_array().unwrap() {
+        for c in s["channel_list"].as_array().unwrap() {
+            let (first, next) = (
+                c["first_offset"].as_u64().unwrap(),
+                c["next_offset"].as_u64().unwrap(),
+            );
+            // Each channel has one writer: it checkpointed after each 50th record.
+            assert_eq!(first, next / 50 * 50, "{c}");
+            assert_eq!(c["records"].as_u64().unwrap(), next - first, "{c}");
+            seen += next / 50;
+            live += next - first;
+        }
+        assert_eq!(
+            s["records"].as_u64().unwrap(),
+            s["channel_list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["records"].as_u64().unwrap())
+                .sum::<u64>()
+        );
+    }
+    assert_eq!(seen, checkpoints);
+    assert!(live < 800 && checkpoints >= 12, "{checkpoints} checkpoints, {live} live");
+    let out = corewal()
+        .args(["inspect", "--dump", "--json"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let logged = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "entry" && l["kind"] == "checkpoint")
+        .count() as u64;
+    assert_eq!(logged, checkpoints);
 }
 
 #[test]
