@@ -352,7 +352,10 @@ fn load_checkpoints_what_it_wrote_and_inspect_shows_the_first_offsets() {
         );
     }
     assert_eq!(seen, checkpoints);
-    assert!(live < 800 && checkpoints >= 12, "{checkpoints} checkpoints, {live} live");
+    assert!(
+        live < 800 && checkpoints >= 12,
+        "{checkpoints} checkpoints, {live} live"
+    );
     let out = corewal()
         .args(["inspect", "--dump", "--json"])
         .arg(&store)
