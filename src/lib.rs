@@ -44,6 +44,7 @@ pub use corewal_engine::error::{Error, Result};
 pub use corewal_engine::io::faulty::{FaultEffect, FaultPlan};
 pub use corewal_engine::metrics::ShardMetricsSnapshot as Metrics;
 pub use corewal_engine::recovery::{Damage, DamageAction, DamageKind};
+pub use corewal_engine::shard::usage::{WalHolder, WalUsage, WAL_HOLDERS_REPORTED};
 pub use corewal_engine::types::{Offset, Record, SegmentSeq, ShardId};
 
 /// The simulated disk behind [`Backend::Simulated`], for tests of what
@@ -265,6 +266,39 @@ impl Engine {
             .shards()
             .iter()
             .map(|s| s.metrics.snapshot())
+            .collect()
+    }
+
+    /// What each shard's WAL holds on disk and which channels hold it: its
+    /// segment files' bytes beside `Config::wal_bytes_max`, where its log
+    /// starts, and the channels whose live records pin its oldest segments,
+    /// oldest first (at most [`WAL_HOLDERS_REPORTED`] per shard), each with
+    /// what checkpointing it (and those before it) would free. The shards
+    /// answer in turn, each between two of its commits.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// let ch = engine.register("orders")?;
+    /// let last = ch.append(b"x")?;
+    /// for shard in engine.wal_usage()? {
+    ///     for h in &shard.holders {
+    ///         println!("{} holds segment {} and after", h.channel, h.oldest_segment);
+    ///     }
+    /// }
+    /// ch.checkpoint(last)?; // the records are persisted elsewhere: let them go
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Error::ShardFailed` for a shard that failed before it could answer
+    /// (a shard that failed after its start still answers); `Error::Closed`
+    /// after close.
+    pub fn wal_usage(&self) -> Result<Vec<WalUsage>> {
+        self.runtime
+            .shards()
+            .iter()
+            .map(|s| Submit::to(&s.inbox, |ack| Request::WalUsage { ack }).wait())
             .collect()
     }
 

@@ -110,3 +110,92 @@ fn running_out_of_space_refuses_with_a_retryable_error_and_loses_nothing() {
          (retryable); {total} written after space was freed, all recovered"
     ));
 }
+
+/// A full filesystem freed by checkpoints alone: the appends refused for
+/// lack of space succeed again once the records that filled it are
+/// checkpointed — their segments are reclaimed and recycled, no new space
+/// is needed — and a restart on the still-full disk succeeds.
+#[test]
+fn checkpoints_free_a_full_filesystem_without_a_restart() {
+    if let Err(why) = can_mount() {
+        say(&format!("enospc: SKIPPED: {why}"));
+        return;
+    }
+    let work = test_dir();
+    let m = Mounted::new(
+        &work.path().join("image"),
+        &work.path().join("mnt"),
+        "ext4",
+        4096,
+        64 << 20,
+    )
+    .unwrap();
+    let dir = m.mountpoint.join("store");
+    // Room for about 8 segments of 1 MiB, never freed by the test.
+    let free = nix::sys::statvfs::statvfs(&m.mountpoint).unwrap();
+    let avail = free.blocks_available() * free.fragment_size();
+    let filler = m.mountpoint.join("filler");
+    run(
+        "fallocate",
+        &[
+            "-l",
+            &(avail - (8 << 20)).to_string(),
+            filler.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let config = small_config(&dir, 1, Backend::IoUring);
+    let engine = Engine::open(config.clone()).unwrap();
+    let ch = engine.register("c").unwrap();
+    let record = vec![0x42u8; 3000];
+    let mut next = 0u64;
+    let refused = loop {
+        match ch.append(&record) {
+            Ok(off) => {
+                assert_eq!(off, Offset(next));
+                next += 1;
+                assert!(next < 100_000, "the filesystem never filled");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
+    // Checkpoint everything: it needs no new segment (the end of each
+    // segment is kept for such requests), and it frees the old ones.
+    ch.checkpoint(Offset(next - 1)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let resumed = loop {
+        match ch.append(&record) {
+            Ok(off) => break off,
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("after the checkpoint: {e}"),
+        }
+    };
+    assert_eq!(resumed, Offset(next), "a refused request used an offset");
+    next += 1;
+    // Steady state on the full disk: write, checkpoint, write on.
+    for round in 0..20 {
+        for _ in 0..300 {
+            assert_eq!(ch.append(&record).unwrap(), Offset(next), "round {round}");
+            next += 1;
+        }
+        ch.checkpoint(Offset(next - 1)).unwrap();
+    }
+    let m = engine.metrics();
+    assert!(m.segments_recycled >= 10, "{m:?}");
+    drop(ch);
+    engine.close().unwrap();
+    // A restart on the full disk.
+    let engine = Engine::open(config).unwrap();
+    let ch = engine.register("c").unwrap();
+    assert_eq!(ch.first_offset().unwrap(), Offset(next));
+    assert_eq!(ch.append(&record).unwrap(), Offset(next));
+    engine.close().unwrap();
+    say(&format!(
+        "enospc: a full filesystem freed by checkpoints: {next} records written on 8 MiB of \
+         space, {} segments recycled, restart on the full disk",
+        m.segments_recycled
+    ));
+}

@@ -76,6 +76,24 @@ pub struct Config {
     /// 1 MiB..=1 GiB, a multiple of the block size, and at least twice
     /// `commit_bytes_max` plus one block.
     pub segment_bytes: u64,
+    /// Space limit of each shard's segment files (the segments of its log,
+    /// the spare made ahead of use and reclaimed ones kept for recycling).
+    /// Default `None`: [`WAL_SEGMENTS_DEFAULT`] × `segment_bytes` (4 GiB per
+    /// shard with 64 MiB segments). At least [`WAL_SEGMENTS_MIN`] segments.
+    ///
+    /// Segments whose records are all checkpointed, truncated or dropped
+    /// are reclaimed and recycled as the shard writes on, so a service that
+    /// checkpoints keeps its WAL near what is live. Past the limit, the
+    /// shard moves the few live records that pin its oldest segments
+    /// forward (at most a quarter segment at each segment change) and, if
+    /// what is live still fills the limit, refuses appends and
+    /// registrations that need a new segment with `Error::NoSpace` (cause
+    /// `Error::WalFull`, retryable) until checkpoints free some: checkpoints,
+    /// truncations and drops always have room (the last
+    /// [`reserve_bytes`](Config::reserve_bytes) of each segment are kept
+    /// for them). `Engine::wal_usage` names the channels that pin the
+    /// oldest segments.
+    pub wal_bytes_max: Option<u64>,
     /// Largest commit (one write, one data sync). Default 1 MiB; at least one
     /// block plus the largest record with its headers, at most 64 MiB.
     pub commit_bytes_max: usize,
@@ -124,6 +142,11 @@ pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
 pub const COMMITS_IN_FLIGHT_LIMIT: usize = crate::io::OPS_IN_FLIGHT_MAX;
 /// Upper bound of the shard count.
 pub const SHARDS_LIMIT: usize = 1024;
+/// Segments per shard the default `wal_bytes_max` allows.
+pub const WAL_SEGMENTS_DEFAULT: u64 = 64;
+/// The fewest segments `wal_bytes_max` may allow: the one being written,
+/// the spare made ahead, one reclaimed and one being recycled.
+pub const WAL_SEGMENTS_MIN: u64 = 4;
 
 impl Config {
     /// A configuration with every default, for the data directory `dir`.
@@ -137,6 +160,7 @@ impl Config {
             sync_method: SyncMethod::DsyncWrite,
             recovery_mode: RecoveryMode::TolerateTornTail,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
+            wal_bytes_max: None,
             commit_bytes_max: COMMIT_BYTES_MAX_DEFAULT,
             records_per_commit_max: 4096,
             commits_in_flight_max: 1,
@@ -147,6 +171,22 @@ impl Config {
             dir_mode: 0o700,
             file_mode: 0o600,
         }
+    }
+
+    /// The space limit of each shard's segment files: `wal_bytes_max`, or
+    /// its default for `segment_bytes`.
+    pub fn wal_bytes_max(&self) -> u64 {
+        self.wal_bytes_max
+            .unwrap_or(WAL_SEGMENTS_DEFAULT.saturating_mul(self.segment_bytes))
+    }
+
+    /// The end of each segment kept for requests that free space
+    /// (checkpoints, truncations, drops) and for carrying state forward
+    /// before segments are reclaimed, when no next segment can be had:
+    /// two of the largest commits, at most a quarter segment.
+    pub fn reserve_bytes(&self, block: usize) -> u64 {
+        let commit = round_up(self.commit_bytes_max, block) as u64;
+        (2 * commit).min(self.segment_bytes / 4)
     }
 
     /// Checks every field against its limits, with the block size still unknown
@@ -266,6 +306,17 @@ impl Config {
                 format!("is {seg}; must be at least twice commit_bytes_max plus one block"),
             );
         }
+        if let Some(max) = self.wal_bytes_max {
+            if max / WAL_SEGMENTS_MIN < seg {
+                return bad(
+                    "wal_bytes_max",
+                    format!(
+                        "is {max}; must hold at least {WAL_SEGMENTS_MIN} segments of \
+                         segment_bytes = {seg}"
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -286,7 +337,8 @@ mod tests {
     #[test]
     fn each_limit_is_named() {
         type Change = fn(&mut Config);
-        let cases: [(&str, Change); 8] = [
+        let cases: [(&str, Change); 9] = [
+            ("wal_bytes_max", |c| c.wal_bytes_max = Some(3 << 26)),
             ("shards", |c| c.shards = Some(0)),
             ("block_bytes", |c| c.block_bytes = Some(3000)),
             ("commit_bytes_max", |c| c.commit_bytes_max = 4096),

@@ -131,6 +131,19 @@ pub enum Error {
         cause: Arc<Error>,
     },
 
+    /// The shard's segment files would pass `Config::wal_bytes_max` with a
+    /// new segment, and no reclaimed one can be recycled: live records pin
+    /// every segment (the cause of an [`Error::NoSpace`]).
+    #[error("shard {shard}'s WAL holds {wal_bytes} bytes of segments and a new one would pass Config::wal_bytes_max = {wal_bytes_max}; every segment holds live records — checkpoint the channels that pin the oldest segments (Engine::wal_usage names them), or raise the limit")]
+    WalFull {
+        /// The shard.
+        shard: ShardId,
+        /// Bytes of its segment files.
+        wal_bytes: u64,
+        /// The limit.
+        wal_bytes_max: u64,
+    },
+
     /// The WAL holds damage that is not a torn tail.
     #[error("WAL damage in shard {shard}, segment {segment}, byte {position}: {kind}{}; run `corewal verify` on the directory", remedy_text(remedy))]
     Corruption {
@@ -225,9 +238,14 @@ impl Error {
         matches!(self, Error::NoSpace { .. })
     }
 
-    /// Whether this is a full filesystem or an exhausted quota.
+    /// Whether this is a full filesystem, an exhausted quota or a WAL at
+    /// its space limit (`Error::WalFull`).
     pub fn is_no_space(&self) -> bool {
-        matches!(self.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        match self {
+            Error::WalFull { .. } => true,
+            Error::NoSpace { cause, .. } => cause.is_no_space(),
+            _ => matches!(self.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+        }
     }
 }
 

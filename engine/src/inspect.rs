@@ -14,9 +14,9 @@ use crate::io::fs::Fs;
 use crate::io::ring::Ring;
 use crate::io::wake::WakeFd;
 use crate::metrics::ShardMetrics;
-use crate::recovery::{recover_shard, Damage, RecoverContext};
+use crate::recovery::{recover_shard, Damage, RecoverContext, Recovered};
 use crate::store::{self, Meta};
-use crate::types::ShardId;
+use crate::types::{SegmentSeq, ShardId};
 use crate::wal::segment::list_segments;
 
 /// What one shard holds.
@@ -24,8 +24,11 @@ use crate::wal::segment::list_segments;
 pub struct ShardReport {
     /// The shard.
     pub shard: u16,
-    /// Its segment files: sequence number, path, bytes.
-    pub segments: Vec<(u64, PathBuf, u64)>,
+    /// Its segment files, in sequence order.
+    pub segments: Vec<SegmentReport>,
+    /// The oldest segment of its log (the manifest's log start, or the
+    /// oldest segment present), once replay got that far.
+    pub log_start: Option<u64>,
     /// Commits replayed.
     pub commits: u64,
     /// Channels, dropped ones included, in id order.
@@ -35,6 +38,58 @@ pub struct ShardReport {
     /// Where it could not be examined past a refusal: an entry that
     /// contradicts the log before it, or an I/O error.
     pub error: Option<Error>,
+}
+
+/// One segment file of a shard.
+#[derive(Debug, Clone)]
+pub struct SegmentReport {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// What it is to the log.
+    pub state: SegmentState,
+    /// The segment whose file was recycled into it, if any.
+    pub recycled_from: Option<u64>,
+    /// Live records it holds, and their payload bytes.
+    pub live_records: u64,
+    /// Payload bytes of those records.
+    pub live_bytes: u64,
+    /// Channels and dropped names it is the last to state whole.
+    pub anchors: u64,
+}
+
+/// What a segment file is to its shard's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentState {
+    /// It holds live records (or is the segment being written).
+    Live,
+    /// It holds no live record and comes before the first that does: the
+    /// next reclamation frees it (after carrying forward what it anchors).
+    Reclaimable,
+    /// It holds no live record, but a segment before it does: it waits,
+    /// since the log is reclaimed from its start.
+    Kept,
+    /// Before the log start: reclaimed, left by a crash before its removal
+    /// or recycling; never read, and recycled or removed at the next open.
+    Reclaimed,
+    /// Its shard could not be replayed that far.
+    Unknown,
+}
+
+impl SegmentState {
+    /// Its name, as the tools print it.
+    pub fn word(self) -> &'static str {
+        match self {
+            SegmentState::Live => "live",
+            SegmentState::Reclaimable => "reclaimable",
+            SegmentState::Kept => "kept",
+            SegmentState::Reclaimed => "reclaimed",
+            SegmentState::Unknown => "unknown",
+        }
+    }
 }
 
 /// One channel.
@@ -57,6 +112,8 @@ pub struct ChannelReport {
     pub bytes: u64,
     /// Offsets lost to damage.
     pub lost: u64,
+    /// The oldest segment holding one of its live records.
+    pub oldest_segment: Option<u64>,
 }
 
 /// The whole directory.
@@ -97,9 +154,15 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         let shard_dir = store::shard_dir(dir, shard);
         let segments = list_segments(&shard_dir, None)?
             .into_iter()
-            .map(|(seq, path)| {
-                let bytes = file::size_of(&path).unwrap_or(0);
-                (seq.0, path, bytes)
+            .map(|(seq, path)| SegmentReport {
+                seq: seq.0,
+                bytes: file::size_of(&path).unwrap_or(0),
+                path,
+                state: SegmentState::Unknown,
+                recycled_from: None,
+                live_records: 0,
+                live_bytes: 0,
+                anchors: 0,
             })
             .collect();
         let metrics = ShardMetrics::default();
@@ -118,6 +181,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         let mut report = ShardReport {
             shard,
             segments,
+            log_start: None,
             commits: 0,
             channels: Vec::new(),
             damage: Vec::new(),
@@ -126,10 +190,12 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         match recover_shard(&ctx, &mut io) {
             Ok(r) => {
                 report.commits = metrics.snapshot().recovery_commits;
+                segment_states(&mut report, &r);
                 report.damage = r.damage;
                 report.channels = r
                     .table
                     .channels()
+                    .into_iter()
                     .map(|c| ChannelReport {
                         id: c.id().0,
                         name: c.name().to_string(),
@@ -139,6 +205,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
                         records: c.held_records(),
                         bytes: c.held_bytes(),
                         lost: c.lost_offsets(),
+                        oldest_segment: c.oldest_record_segment().map(|s| s.0),
                     })
                     .collect();
             }
@@ -154,4 +221,33 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         meta,
         shards,
     })
+}
+
+/// Each segment's state, from what replay found.
+fn segment_states(report: &mut ShardReport, r: &Recovered) {
+    let pins = r.table.pins();
+    let first_held = pins.oldest_with_records();
+    let newest = r.log.last().map(|s| s.seq);
+    report.log_start = r.log.first().map(|s| s.seq.0);
+    for seg in &mut report.segments {
+        let seq = SegmentSeq(seg.seq);
+        let pin = pins.get(seq);
+        (seg.live_records, seg.live_bytes, seg.anchors) = (pin.records, pin.bytes, pin.anchors);
+        seg.recycled_from = r
+            .log
+            .iter()
+            .find(|s| s.seq == seq)
+            .and_then(|s| s.recycled_from.map(|f| f.0));
+        seg.state = if r.leftovers.iter().any(|(s, _)| *s == seq) {
+            SegmentState::Reclaimed
+        } else if !r.log.iter().any(|s| s.seq == seq) {
+            SegmentState::Unknown
+        } else if pin.records > 0 || Some(seq) == newest {
+            SegmentState::Live
+        } else if first_held.is_none_or(|f| seq < f) {
+            SegmentState::Reclaimable
+        } else {
+            SegmentState::Kept
+        };
+    }
 }

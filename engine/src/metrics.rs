@@ -30,6 +30,20 @@ pub struct ShardMetrics {
     pub syncs: AtomicU64,
     /// Segments created.
     pub segments_created: AtomicU64,
+    /// Bytes of the shard's segment files on disk: its log, the spare and
+    /// reclaimed files kept for recycling.
+    pub wal_bytes: AtomicU64,
+    /// Segments reclaimed (every record in them checkpointed, truncated or
+    /// dropped, their anchors carried forward).
+    pub segments_reclaimed: AtomicU64,
+    /// Segments made from reclaimed files (no zero-fill).
+    pub segments_recycled: AtomicU64,
+    /// State and retired entries written to carry channels forward before
+    /// the segments that stated them were reclaimed.
+    pub entries_carried: AtomicU64,
+    /// Live records written again so that the old segments holding them
+    /// could be reclaimed (past `Config::wal_bytes_max`).
+    pub records_relocated: AtomicU64,
     /// Sum over commits of the time from submission to the shard seeing the
     /// completion, in nanoseconds.
     pub commit_device_ns: AtomicU64,
@@ -37,6 +51,9 @@ pub struct ShardMetrics {
     pub recovery_bytes_total: AtomicU64,
     /// Bytes of segments read so far by recovery.
     pub recovery_bytes_read: AtomicU64,
+    /// Segment bytes recovery did not read: reclaimed before the open (the
+    /// manifest counts them), and files before the log start a crash left.
+    pub recovery_bytes_skipped: AtomicU64,
     /// Commits replayed.
     pub recovery_commits: AtomicU64,
     /// Channels found by recovery.
@@ -73,12 +90,24 @@ pub struct ShardMetricsSnapshot {
     pub syncs: u64,
     /// Segments created.
     pub segments_created: u64,
+    /// Bytes of segment files on disk (summed over shards: all of them).
+    pub wal_bytes: u64,
+    /// Segments reclaimed.
+    pub segments_reclaimed: u64,
+    /// Segments made from reclaimed files.
+    pub segments_recycled: u64,
+    /// State and retired entries written to carry channels forward.
+    pub entries_carried: u64,
+    /// Live records written again so that old segments could be reclaimed.
+    pub records_relocated: u64,
     /// Sum over commits of submission-to-completion time, in nanoseconds.
     pub commit_device_ns: u64,
     /// Bytes of segments found at open.
     pub recovery_bytes_total: u64,
     /// Bytes read by recovery.
     pub recovery_bytes_read: u64,
+    /// Segment bytes recovery did not read (reclaimed before the open).
+    pub recovery_bytes_skipped: u64,
     /// Commits replayed.
     pub recovery_commits: u64,
     /// Channels found by recovery.
@@ -106,9 +135,15 @@ impl ShardMetrics {
             commit_bytes: r(&self.commit_bytes),
             syncs: r(&self.syncs),
             segments_created: r(&self.segments_created),
+            wal_bytes: r(&self.wal_bytes),
+            segments_reclaimed: r(&self.segments_reclaimed),
+            segments_recycled: r(&self.segments_recycled),
+            entries_carried: r(&self.entries_carried),
+            records_relocated: r(&self.records_relocated),
             commit_device_ns: r(&self.commit_device_ns),
             recovery_bytes_total: r(&self.recovery_bytes_total),
             recovery_bytes_read: r(&self.recovery_bytes_read),
+            recovery_bytes_skipped: r(&self.recovery_bytes_skipped),
             recovery_commits: r(&self.recovery_commits),
             recovery_channels: r(&self.recovery_channels),
             recovery_ns: r(&self.recovery_ns),
@@ -156,9 +191,15 @@ impl std::ops::Add for ShardMetricsSnapshot {
             commit_bytes: self.commit_bytes + o.commit_bytes,
             syncs: self.syncs + o.syncs,
             segments_created: self.segments_created + o.segments_created,
+            wal_bytes: self.wal_bytes + o.wal_bytes,
+            segments_reclaimed: self.segments_reclaimed + o.segments_reclaimed,
+            segments_recycled: self.segments_recycled + o.segments_recycled,
+            entries_carried: self.entries_carried + o.entries_carried,
+            records_relocated: self.records_relocated + o.records_relocated,
             commit_device_ns: self.commit_device_ns + o.commit_device_ns,
             recovery_bytes_total: self.recovery_bytes_total + o.recovery_bytes_total,
             recovery_bytes_read: self.recovery_bytes_read + o.recovery_bytes_read,
+            recovery_bytes_skipped: self.recovery_bytes_skipped + o.recovery_bytes_skipped,
             recovery_commits: self.recovery_commits + o.recovery_commits,
             recovery_channels: self.recovery_channels + o.recovery_channels,
             recovery_ns: self.recovery_ns.max(o.recovery_ns),

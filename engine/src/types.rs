@@ -25,7 +25,7 @@ impl fmt::Display for ShardId {
 }
 
 /// A segment's sequence number within its shard; also its file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct SegmentSeq(pub u64);
 
 impl fmt::Display for SegmentSeq {
@@ -35,7 +35,7 @@ impl fmt::Display for SegmentSeq {
 }
 
 /// A commit's sequence number within its shard: one more than the commit before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct CommitSeq(pub u64);
 
 /// A channel's identity inside its shard. Assigned at registration, never reused.

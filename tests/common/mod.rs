@@ -24,11 +24,16 @@ pub fn test_dir() -> tempfile::TempDir {
 }
 
 /// A small configuration: 1 MiB segments so that tests cross segment
-/// boundaries, `shards` shards on whatever cores there are.
+/// boundaries, `shards` shards on whatever cores there are. No space limit
+/// a test would reach (the default, 64 segments, would stop the crash
+/// tests' writers, which never checkpoint most of their channels, within a
+/// few dozen cycles on the same store); `tests/reclaim.rs` and the
+/// simulator test the limit.
 pub fn small_config(dir: &Path, shards: usize, backend: Backend) -> Config {
     let mut c = Config::new(dir);
     c.shards = Some(shards);
     c.backend = backend;
+    c.wal_bytes_max = Some(1 << 40);
     c.segment_bytes = 1 << 20;
     c.commit_bytes_max = 256 << 10;
     c.record_bytes_max = 64 << 10;

@@ -9,26 +9,42 @@
 //! anything is assigned, then applies it ([`ChannelTable::register`],
 //! [`ChannelTable::assign`], [`ChannelTable::drop_channel`],
 //! [`ChannelTable::checkpoint`], [`ChannelTable::truncate`]); recovery hands
-//! it each logged entry ([`ChannelTable::replay`]), which must be exactly
-//! what those calls would have written, or it is a [`Contradiction`].
+//! it each logged entry ([`ChannelTable::replay`], in `replay.rs`), which
+//! must be exactly what those calls would have written, or it is a
+//! [`Contradiction`].
+//!
+//! The table also knows what each segment of the log holds that is still
+//! needed ([`SegmentPins`]): the live records, and the *anchors* — for each
+//! channel and each dropped name, the segment of the latest entry that
+//! states it whole (a registration, or a state or retired entry carried
+//! forward). The shard reclaims the segments before the first pinned one,
+//! after carrying the anchors in them forward ([`ChannelTable::anchored_before`],
+//! [`ChannelTable::state_entry`]) and, past the WAL space limit,
+//! relocating the few live records that pin the oldest
+//! ([`ChannelTable::records_before`]).
 //!
 //! Memory bound, today: every acknowledged record of every channel stays in
 //! memory until it is checkpointed, truncated or dropped, so the table holds
 //! the payload of every live record. Besides the records, the table keeps one
-//! small [`ChannelState`] (name, counters; about 150 bytes) per channel
-//! registration the shard's WAL holds, dropped ones included, and one entry
-//! per dropped name not registered again; both are bounded by the WAL's
-//! registrations and shrink only with segment reclamation (to come). Lost ranges
-//! (offsets or channel ids that `RecoveryMode::SkipDamaged` passed over) cost
-//! one entry per range, never one per missing offset or id.
+//! small [`ChannelState`] (name, counters; about 200 bytes) per channel
+//! registered since the engine opened or found live by recovery, dropped ones
+//! included (until the engine closes), and one entry per dropped name not
+//! registered again (carried forward with the log, so that its offsets never
+//! repeat). Lost ranges (offsets that `RecoveryMode::SkipDamaged` passed
+//! over) cost one entry per range, never one per missing offset.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use crate::types::Record;
-use crate::types::{ChannelId, CommitSeq, Offset};
+use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
+use crate::wal::format::{encode_state_payload, StatePayload};
+
+pub use super::channel::ChannelState;
+use super::pins::SegmentPins;
+use super::replay::Deferred;
+pub use super::replay::{Contradiction, EntryWord, Logged};
 
 /// The bound of offsets: a channel's next offset is at most this, so records
 /// have offsets below it. Appends stop there and larger offsets from the WAL
@@ -39,162 +55,6 @@ pub const OFFSET_MAX: u64 = (1 << 62) - 1;
 /// The largest channel id: ids from the WAL above it are damage, and a shard
 /// refuses registrations past it.
 pub const CHANNEL_ID_MAX: u32 = u32::MAX - 1;
-
-/// One channel's state in its shard; only the table changes it.
-#[derive(Debug)]
-pub struct ChannelState {
-    id: ChannelId,
-    name: Box<str>,
-    /// Offset of the channel's first live record (held or lost): everything
-    /// below it was checkpointed (or, for a dropped channel, dropped).
-    first_offset: Offset,
-    /// Next offset to assign (one past the last record queued for a commit).
-    next_offset: Offset,
-    /// Acknowledged records, in offset order, lost offsets left out.
-    records: VecDeque<Bytes>,
-    /// Commit that carries the channel's registration.
-    registered_in: CommitSeq,
-    /// The commit that carries the channel's drop, once one was accepted
-    /// (its name may since name another channel).
-    dropped_in: Option<CommitSeq>,
-    /// The commit that carries the channel's latest checkpoint or
-    /// truncation (its registration's when it has none): a checkpoint or
-    /// truncation that changes nothing is answered once this one is durable.
-    changed_in: CommitSeq,
-    /// Offsets whose records `RecoveryMode::SkipDamaged` passed over with a
-    /// damaged commit, as `[from, to)` ranges in offset order; `records`
-    /// holds nothing for them.
-    lost: Vec<(Offset, Offset)>,
-    /// How many offsets `lost` spans.
-    lost_count: u64,
-}
-
-impl ChannelState {
-    /// The channel's id.
-    pub fn id(&self) -> ChannelId {
-        self.id
-    }
-
-    /// The channel's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Offset of the channel's first live record: the first one not
-    /// checkpointed.
-    pub fn first_offset(&self) -> Offset {
-        self.first_offset
-    }
-
-    /// Next offset to assign.
-    pub fn next_offset(&self) -> Offset {
-        self.next_offset
-    }
-
-    /// One past the last acknowledged record.
-    pub fn durable_next_offset(&self) -> Offset {
-        Offset(self.first_offset.0 + self.records.len() as u64 + self.lost_count)
-    }
-
-    /// Commit that carries the channel's registration.
-    pub fn registered_in(&self) -> CommitSeq {
-        self.registered_in
-    }
-
-    /// Whether a drop of the channel was accepted.
-    pub fn dropped(&self) -> bool {
-        self.dropped_in.is_some()
-    }
-
-    /// Acknowledged records held.
-    pub fn held_records(&self) -> u64 {
-        self.records.len() as u64
-    }
-
-    /// Payload bytes of the records held.
-    pub fn held_bytes(&self) -> u64 {
-        self.records.iter().map(|r| r.len() as u64).sum()
-    }
-
-    /// Offsets lost with damaged commits.
-    pub fn lost_offsets(&self) -> u64 {
-        self.lost_count
-    }
-
-    /// Lets go of the records below `first`, which becomes the first
-    /// offset (at most the durable end).
-    fn trim_front(&mut self, first: Offset) {
-        debug_assert!(self.first_offset <= first && first <= self.durable_next_offset());
-        let mut lost_below = 0;
-        self.lost.retain_mut(|(from, to)| {
-            if *to <= first {
-                lost_below += to.0 - from.0;
-                false
-            } else {
-                if *from < first {
-                    lost_below += first.0 - from.0;
-                    *from = first;
-                }
-                true
-            }
-        });
-        let held_below = (first.0 - self.first_offset.0 - lost_below) as usize;
-        self.records.drain(..held_below);
-        self.lost_count -= lost_below;
-        self.first_offset = first;
-    }
-
-    /// Lets go of the records from `next` on (nothing is in flight), which
-    /// becomes the next offset.
-    fn trim_back(&mut self, next: Offset) {
-        debug_assert!(self.first_offset <= next && self.durable_next_offset() == self.next_offset);
-        let mut lost_above = 0;
-        self.lost.retain_mut(|(from, to)| {
-            if *from >= next {
-                lost_above += to.0 - from.0;
-                false
-            } else {
-                if *to > next {
-                    lost_above += to.0 - next.0;
-                    *to = next;
-                }
-                true
-            }
-        });
-        let held_above = (self.next_offset.0 - next.0 - lost_above) as usize;
-        self.records.truncate(self.records.len() - held_above);
-        self.lost_count -= lost_above;
-        self.next_offset = next;
-    }
-
-    /// The refusal of a checkpoint or truncation at `offset`.
-    fn out_of_range(
-        &self,
-        operation: &'static str,
-        offset: Offset,
-        reason: &'static str,
-    ) -> Refusal {
-        Refusal::OutOfRange {
-            operation,
-            name: self.name.clone(),
-            offset,
-            first: self.first_offset,
-            next: self.durable_next_offset(),
-            reason,
-        }
-    }
-
-    /// The contradiction of a logged checkpoint or truncation at `offset`.
-    fn contradicts(&self, entry: EntryWord, offset: Offset) -> Contradiction {
-        Contradiction::OutOfRange {
-            entry,
-            name: self.name.clone(),
-            offset,
-            first: self.first_offset,
-            next: self.next_offset,
-        }
-    }
-}
 
 /// Why the table refuses a request on a channel; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,224 +110,90 @@ pub enum Change {
     AfterInFlight,
 }
 
-/// A channel entry read back from the WAL.
-#[derive(Debug)]
-pub enum Logged<'a> {
-    /// Channel `channel` was registered as `name`, its offsets from `first`.
-    Register {
-        /// The id.
-        channel: ChannelId,
-        /// Its first offset.
-        first: Offset,
-        /// Its name.
-        name: &'a str,
-    },
-    /// A record at `offset`.
-    Append {
-        /// The channel.
-        channel: ChannelId,
-        /// The record's offset.
-        offset: Offset,
-        /// The payload (a slice of the commit's bytes).
-        record: Bytes,
-    },
-    /// Channel `channel` was dropped with `next` as its next offset.
-    Drop {
-        /// The channel.
-        channel: ChannelId,
-        /// Its next offset at the drop.
-        next: Offset,
-    },
-    /// The records of `channel` below `first` were checkpointed.
-    Checkpoint {
-        /// The channel.
-        channel: ChannelId,
-        /// Its first live offset from then on.
-        first: Offset,
-    },
-    /// The records of `channel` from `next` on were removed; its next
-    /// record gets `next`.
-    Truncate {
-        /// The channel.
-        channel: ChannelId,
-        /// Its next offset from then on.
-        next: Offset,
-    },
-}
-
-/// Which kind of entry names a channel it cannot (used in messages).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryWord {
-    /// An append.
-    Record,
-    /// A drop.
-    Drop,
-    /// A checkpoint.
-    Checkpoint,
-    /// A truncation.
-    Truncate,
-}
-
-impl EntryWord {
-    fn noun(self) -> &'static str {
-        match self {
-            EntryWord::Record => "record",
-            EntryWord::Drop => "drop",
-            EntryWord::Checkpoint => "checkpoint",
-            EntryWord::Truncate => "truncation",
-        }
-    }
-}
-
-/// A logged entry that the channel rules refuse: the WAL is damaged (or
-/// crafted). Its `Display` is the damage's description.
+/// A channel or a dropped name whose whole state an entry states: what a
+/// registration or a carried-forward entry anchors once it is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Contradiction {
-    /// A record at [`OFFSET_MAX`] or above, or a next offset above it.
-    OffsetBeyondMax {
-        /// The channel.
-        channel: ChannelId,
-        /// The offset.
-        offset: Offset,
-    },
-    /// A channel id above [`CHANNEL_ID_MAX`].
-    IdBeyondMax(ChannelId),
-    /// A registered name that corewal refuses.
-    InvalidName(String),
-    /// A registration with another id than the next.
-    IdOutOfOrder {
-        /// The id logged.
-        channel: ChannelId,
-        /// The id that was next.
-        next: u64,
-    },
-    /// A registration of a name that is registered.
-    RegisteredTwice(Box<str>),
-    /// A registration from another offset than where the name starts.
-    FirstOffset {
-        /// The name.
-        name: Box<str>,
-        /// The offset logged.
-        offset: Offset,
-        /// Where the name starts.
-        expected: Offset,
-    },
-    /// A record or drop of a channel that is not registered.
-    NoChannel {
-        /// Record or drop.
-        entry: EntryWord,
-        /// The id logged.
-        channel: ChannelId,
-    },
-    /// A checkpoint or truncation outside the channel's live records (a
-    /// checkpoint must move the first offset forward, no further than the
-    /// next offset; a truncation must keep the checkpointed records and
-    /// remove at least one record).
-    OutOfRange {
-        /// Checkpoint or truncation.
-        entry: EntryWord,
-        /// The channel's name.
-        name: Box<str>,
-        /// The offset logged.
-        offset: Offset,
-        /// The channel's first live offset.
-        first: Offset,
-        /// The channel's next offset.
-        next: Offset,
-    },
-    /// A record or drop at another offset than the channel's next.
-    OffsetOutOfOrder {
-        /// Record or drop.
-        entry: EntryWord,
-        /// The channel's name.
-        name: Box<str>,
-        /// The offset logged.
-        offset: Offset,
-        /// The channel's next offset.
-        expected: Offset,
-    },
+pub enum Anchor {
+    /// The channel (registered, or restated by a state entry).
+    Channel(ChannelId),
+    /// The dropped name, last held by the channel id (restated by a
+    /// retired entry).
+    Retired(Box<str>, ChannelId),
 }
 
-impl fmt::Display for Contradiction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Contradiction::OffsetBeyondMax { channel, offset } => write!(
-                f,
-                "offset {offset} of channel id {} is beyond what corewal assigns (records \
-                 below {OFFSET_MAX})",
-                channel.0
-            ),
-            Contradiction::IdBeyondMax(channel) => write!(
-                f,
-                "channel id {} is beyond the largest corewal assigns ({CHANNEL_ID_MAX})",
-                channel.0
-            ),
-            Contradiction::InvalidName(reason) => f.write_str(reason),
-            Contradiction::IdOutOfOrder { channel, next } => {
-                write!(
-                    f,
-                    "channel id {} registered where {next} was next",
-                    channel.0
-                )
-            }
-            Contradiction::RegisteredTwice(name) => write!(f, "channel {name:?} registered twice"),
-            Contradiction::FirstOffset {
-                name,
-                offset,
-                expected,
-            } => write!(
-                f,
-                "channel {name:?} registered from offset {offset} where {expected} was next"
-            ),
-            Contradiction::NoChannel { entry, channel } => write!(
-                f,
-                "{} for unregistered or dropped channel id {}",
-                entry.noun(),
-                channel.0
-            ),
-            Contradiction::OutOfRange {
-                entry,
-                name,
-                offset,
-                first,
-                next,
-            } => write!(
-                f,
-                "{} of channel {name:?} at offset {offset} outside what its live records \
-                 [{first}, {next}) allow",
-                entry.noun()
-            ),
-            Contradiction::OffsetOutOfOrder {
-                entry,
-                name,
-                offset,
-                expected,
-            } => write!(
-                f,
-                "{} at offset {offset} of channel {name:?} where offset {expected} was next",
-                entry.noun()
-            ),
-        }
-    }
+/// A dropped name not registered again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// The channel that last had the name.
+    pub id: ChannelId,
+    /// Where a registration of the name starts: the dropped channel's next
+    /// offset, so that offsets never collide with its.
+    pub next: Offset,
+    /// The commit that carries the drop (or the retired entry recovery
+    /// found).
+    pub dropped_in: CommitSeq,
+    /// The segment of the latest entry that states the name whole.
+    pub anchor: Option<SegmentSeq>,
+}
+
+/// Live records that sit in segments before a bound: a channel's held
+/// records at offsets `from..`, to be written again (relocated).
+#[derive(Debug, Clone)]
+pub struct Stragglers {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The offset of the first record.
+    pub from: Offset,
+    /// The records, at `from`, `from + 1`, … (lost offsets are never among
+    /// them: each run is a held stretch).
+    pub records: Vec<Bytes>,
+}
+
+/// One channel's hold on the log, for the report of who pins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelHold {
+    /// The channel's name.
+    pub name: Box<str>,
+    /// The oldest segment holding one of its live records.
+    pub oldest_segment: SegmentSeq,
+    /// Its live records.
+    pub records: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Its first live offset.
+    pub first_offset: Offset,
 }
 
 /// The table.
 #[derive(Debug, Default)]
 pub struct ChannelTable {
-    by_name: HashMap<Box<str>, ChannelId>,
-    /// Dropped names: the next offset a re-registration starts at (so that
-    /// offsets never collide with the dropped channel's), and the commit that
-    /// carries the drop.
-    retired: HashMap<Box<str>, (Offset, CommitSeq)>,
-    /// Channels in id order, lost ids left out.
-    channels: Vec<ChannelState>,
-    /// Channel ids whose registrations `RecoveryMode::SkipDamaged` passed
-    /// over, as `[from, to)` ranges in id order.
-    lost_ids: Vec<(u32, u32)>,
-    lost_id_count: u64,
+    pub(super) by_name: HashMap<Box<str>, ChannelId>,
+    /// Dropped names, by name.
+    pub(super) retired: HashMap<Box<str>, Retired>,
+    /// Every channel with state, dropped ones included.
+    pub(super) channels: HashMap<ChannelId, ChannelState>,
+    /// The id the next registration gets (may exceed [`CHANNEL_ID_MAX`]:
+    /// then no registration is possible).
+    pub(super) next_id: u64,
+    /// What each segment holds that is still needed.
+    pub(super) pins: SegmentPins,
+    /// Replay from a log start after reclamation: entries of channels whose
+    /// state is restated later in the log.
+    pub(super) deferred: Deferred,
 }
 
 impl ChannelTable {
+    /// A table for replaying a log that starts after reclaimed segments:
+    /// ids below `next_id` were handed out before the log start, and their
+    /// channels' entries wait for the state entries that restate them.
+    pub fn for_log_start(next_id: u64) -> ChannelTable {
+        ChannelTable {
+            next_id,
+            deferred: Deferred::below(next_id),
+            ..ChannelTable::default()
+        }
+    }
+
     /// The live (registered, not dropped) channel named `name`.
     pub fn live(&self, name: &str) -> Option<&ChannelState> {
         self.get(*self.by_name.get(name)?)
@@ -475,17 +201,26 @@ impl ChannelTable {
 
     /// Where a dropped `name` left off: its next offset and the commit of the drop.
     pub fn retired(&self, name: &str) -> Option<(Offset, CommitSeq)> {
-        self.retired.get(name).copied()
+        self.retired.get(name).map(|r| (r.next, r.dropped_in))
     }
 
     /// The channel `id`, dropped or not, if it has state.
     pub fn get(&self, id: ChannelId) -> Option<&ChannelState> {
-        self.channels.get(self.index(id)?)
+        self.channels.get(&id)
     }
 
     /// Every channel with state, dropped ones included, in id order.
-    pub fn channels(&self) -> impl Iterator<Item = &ChannelState> {
-        self.channels.iter()
+    pub fn channels(&self) -> Vec<&ChannelState> {
+        let mut all: Vec<&ChannelState> = self.channels.values().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Every dropped name not registered again, in name order.
+    pub fn retired_names(&self) -> Vec<(&str, &Retired)> {
+        let mut all: Vec<(&str, &Retired)> = self.retired.iter().map(|(n, r)| (&**n, r)).collect();
+        all.sort_by_key(|(n, _)| *n);
+        all
     }
 
     /// Number of live channels.
@@ -498,23 +233,34 @@ impl ChannelTable {
         self.by_name.is_empty()
     }
 
+    /// The id the next registration gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// What each segment holds that is still needed.
+    pub fn pins(&self) -> &SegmentPins {
+        &self.pins
+    }
+
     /// The id and first offset a registration of `name` (not live) gets: the
     /// next id, and offsets from where a dropped channel of the name stopped
     /// (so that its offsets never repeat), or 0.
     pub fn registration(&self, name: &str) -> Result<(ChannelId, Offset), Refusal> {
         debug_assert!(!self.by_name.contains_key(name), "{name:?} is live");
-        let id = u32::try_from(self.next_id())
+        let id = u32::try_from(self.next_id)
             .ok()
             .filter(|&i| i <= CHANNEL_ID_MAX)
             .ok_or(Refusal::IdsExhausted {
-                registrations: self.next_id(),
+                registrations: self.next_id,
             })?;
-        let first = self.retired(name).map_or(Offset(0), |(next, _)| next);
+        let first = self.retired.get(name).map_or(Offset(0), |r| r.next);
         Ok((ChannelId(id), first))
     }
 
     /// Registers `name` in commit `commit` as [`ChannelTable::registration`]
-    /// says; the caller asked it first.
+    /// says; the caller asked it first. The registration anchors the channel
+    /// once it is durable ([`ChannelTable::anchored`]).
     pub fn register(&mut self, name: &str, commit: CommitSeq) -> (ChannelId, Offset) {
         let (id, first) = self
             .registration(name)
@@ -538,7 +284,8 @@ impl ChannelTable {
     /// The caller asked [`ChannelTable::appendable`] first.
     pub fn assign(&mut self, id: ChannelId, count: u64) -> Offset {
         let ch = self
-            .state_mut(id)
+            .channels
+            .get_mut(&id)
             .expect("the caller asked whether the records are appendable");
         let first = ch.next_offset;
         assert!(
@@ -549,14 +296,15 @@ impl ChannelTable {
         first
     }
 
-    /// Keeps an acknowledged record at the channel's durable end. A channel
-    /// dropped while its commit was in flight keeps nothing.
-    pub fn acknowledge(&mut self, id: ChannelId, record: Bytes) {
-        let ch = self.state_mut(id).expect("a channel of this table");
+    /// Keeps an acknowledged record, written into segment `seq`, at the
+    /// channel's durable end. A channel dropped while its commit was in
+    /// flight keeps nothing.
+    pub fn acknowledge(&mut self, id: ChannelId, record: Bytes, seq: SegmentSeq) {
+        let ch = self.channels.get_mut(&id).expect("a channel of this table");
         if ch.dropped() {
             return;
         }
-        ch.records.push_back(record);
+        ch.push_record(record, seq, &mut self.pins);
         assert!(
             ch.durable_next_offset() <= ch.next_offset,
             "acknowledged past the assigned offsets"
@@ -565,21 +313,29 @@ impl ChannelTable {
 
     /// Drops the live channel `id` in commit `dropped_in`: frees its records
     /// and its name. Returns its next offset, where a later registration of
-    /// the name starts.
+    /// the name starts. The name stays anchored where the channel was.
     pub fn drop_channel(&mut self, id: ChannelId, dropped_in: CommitSeq) -> Offset {
-        let ch = self.state_mut(id).expect("a channel of this table");
+        let ch = self.channels.get_mut(&id).expect("a channel of this table");
         assert!(!ch.dropped(), "channel {:?} dropped twice", ch.name);
         ch.dropped_in = Some(dropped_in);
-        ch.records = VecDeque::new();
-        ch.lost = Vec::new();
+        ch.release_records(&mut self.pins);
         let next = ch.next_offset;
         // What stays of a dropped channel is its durable end, for the calls
         // that arrive before the drop is durable.
         ch.first_offset = next;
-        ch.lost_count = 0;
+        let anchor = ch.anchor.take();
         let name = ch.name.clone();
         self.by_name.remove(&name);
-        self.retired.insert(name, (next, dropped_in));
+        let retired = Retired {
+            id,
+            next,
+            dropped_in,
+            anchor,
+        };
+        assert!(
+            self.retired.insert(name, retired).is_none(),
+            "a live name was retired"
+        );
         next
     }
 
@@ -605,19 +361,20 @@ impl ChannelTable {
     /// Checkpoints `id` in commit `commit`: its records below `first` go.
     /// The caller asked [`ChannelTable::checkpointing`] first.
     pub fn checkpoint(&mut self, id: ChannelId, first: Offset, commit: CommitSeq) {
-        let ch = self.state_mut(id).expect("a channel of this table");
+        let ch = self.channels.get_mut(&id).expect("a channel of this table");
         assert!(
             !ch.dropped() && ch.first_offset < first && first <= ch.durable_next_offset(),
             "a checkpoint outside the live records"
         );
-        ch.trim_front(first);
+        ch.trim_front(first, &mut self.pins);
         ch.changed_in = commit;
     }
 
     /// What a truncation of `id` from `first_removed` on does: it moves the
     /// next offset back to `first_removed`, which must not be below the first
     /// live offset (checkpointed records stay gone) nor past the next
-    /// offset. Records of the channel still in flight make it wait.
+    /// offset. Records of the channel still in flight (or being relocated)
+    /// make it wait.
     pub fn truncating(&self, id: ChannelId, first_removed: Offset) -> Result<Change, Refusal> {
         let ch = self.open(id)?;
         if first_removed < ch.first_offset {
@@ -634,7 +391,7 @@ impl ChannelTable {
                 "nothing was written there: truncate at or below the next offset",
             ));
         }
-        if ch.durable_next_offset() < ch.next_offset {
+        if ch.durable_next_offset() < ch.next_offset || ch.relocating > 0 {
             return Ok(Change::AfterInFlight);
         }
         if first_removed == ch.next_offset {
@@ -647,15 +404,16 @@ impl ChannelTable {
     /// `next` is its next offset. The caller asked
     /// [`ChannelTable::truncating`] first.
     pub fn truncate(&mut self, id: ChannelId, next: Offset, commit: CommitSeq) {
-        let ch = self.state_mut(id).expect("a channel of this table");
+        let ch = self.channels.get_mut(&id).expect("a channel of this table");
         assert!(
             !ch.dropped()
                 && ch.first_offset <= next
                 && next < ch.next_offset
-                && ch.durable_next_offset() == ch.next_offset,
+                && ch.durable_next_offset() == ch.next_offset
+                && ch.relocating == 0,
             "a truncation outside the live records, or with records in flight"
         );
-        ch.trim_back(next);
+        ch.trim_back(next, &mut self.pins);
         ch.changed_in = commit;
     }
 
@@ -666,39 +424,7 @@ impl ChannelTable {
 
     /// Records of `id` with offsets in `from..to`, clamped to what is held.
     pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Result<Vec<Record>, Refusal> {
-        let ch = self.open(id)?;
-        let start = from.max(ch.first_offset);
-        let end = to.min(ch.durable_next_offset());
-        let mut out = Vec::new();
-        if start >= end {
-            return Ok(out);
-        }
-        // Walk the held stretches between lost ranges: `o` is the offset of
-        // `records[idx]`.
-        let (mut o, mut idx) = (ch.first_offset.0, 0usize);
-        let tail = (ch.durable_next_offset(), ch.durable_next_offset());
-        for &(lost_from, lost_to) in ch.lost.iter().chain(std::iter::once(&tail)) {
-            let (lo, hi) = (start.0.max(o), end.0.min(lost_from.0));
-            if lo < hi {
-                let first = idx + (lo - o) as usize;
-                let n = (hi - lo) as usize;
-                out.extend(
-                    ch.records
-                        .range(first..first + n)
-                        .enumerate()
-                        .map(|(i, data)| Record {
-                            offset: Offset(lo + i as u64),
-                            data: data.clone(),
-                        }),
-                );
-            }
-            idx += (lost_from.0 - o) as usize;
-            o = lost_to.0;
-            if o >= end.0 {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(self.open(id)?.read(from, to))
     }
 
     /// One past the last acknowledged record of `id`.
@@ -706,238 +432,185 @@ impl ChannelTable {
         Ok(self.open(id)?.durable_next_offset())
     }
 
-    /// Applies an entry replayed from commit `commit` of the WAL: it must be
-    /// what the calls above would have logged. `lenient` (after
-    /// `RecoveryMode::SkipDamaged` passed over a commit) accepts the gaps a
-    /// skipped commit leaves: ids and offsets that jump ahead, records and
-    /// drops of channels whose registration was lost. Returns the offsets
-    /// lost in such a gap.
-    pub fn replay(
-        &mut self,
-        entry: Logged<'_>,
-        commit: CommitSeq,
-        lenient: bool,
-    ) -> Result<u64, Contradiction> {
-        let (channel, offset) = match &entry {
-            Logged::Register { channel, first, .. } => (*channel, *first),
-            Logged::Append {
-                channel, offset, ..
-            } => (*channel, *offset),
-            Logged::Drop { channel, next } => (*channel, *next),
-            Logged::Checkpoint { channel, first } => (*channel, *first),
-            Logged::Truncate { channel, next } => (*channel, *next),
-        };
-        let record = matches!(entry, Logged::Append { .. });
-        if offset.0 > OFFSET_MAX || (record && offset.0 == OFFSET_MAX) {
-            return Err(Contradiction::OffsetBeyondMax { channel, offset });
-        }
-        if channel.0 > CHANNEL_ID_MAX {
-            return Err(Contradiction::IdBeyondMax(channel));
-        }
-        match entry {
-            Logged::Register { name, .. } => {
-                self.replay_register(channel, offset, name, commit, lenient)?;
-                Ok(0)
-            }
-            Logged::Append { record, .. } => {
-                if lenient && self.open(channel).is_err() {
-                    // The channel's registration was lost (or its drop
-                    // survived while a later registration was lost).
-                    return Ok(1);
-                }
-                let lost = self.replay_gap(EntryWord::Record, channel, offset, lenient)?;
-                self.assign(channel, 1);
-                self.acknowledge(channel, record);
-                Ok(lost)
-            }
-            Logged::Drop { .. } => {
-                if lenient && self.open(channel).is_err() {
-                    return Ok(0);
-                }
-                let lost = self.replay_gap(EntryWord::Drop, channel, offset, lenient)?;
-                self.drop_channel(channel, commit);
-                Ok(lost)
-            }
-            Logged::Checkpoint { .. } => self.replay_checkpoint(channel, offset, commit, lenient),
-            Logged::Truncate { .. } => {
-                if lenient && self.open(channel).is_err() {
-                    return Ok(0);
-                }
-                let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
-                    entry: EntryWord::Truncate,
-                    channel,
-                })?;
-                if lenient && offset >= ch.next_offset {
-                    // The records it removed were lost with a skipped commit.
-                    return self.replay_gap(EntryWord::Truncate, channel, offset, lenient);
-                }
-                if offset < ch.first_offset || offset >= ch.next_offset {
-                    return Err(ch.contradicts(EntryWord::Truncate, offset));
-                }
-                self.truncate(channel, offset, commit);
-                Ok(0)
-            }
-        }
-    }
-
-    /// A logged checkpoint moves the first offset forward, no further than
-    /// the next offset; `lenient` accepts one further (the records between
-    /// were lost with a skipped commit) and counts them lost.
-    fn replay_checkpoint(
-        &mut self,
-        channel: ChannelId,
-        first: Offset,
-        commit: CommitSeq,
-        lenient: bool,
-    ) -> Result<u64, Contradiction> {
-        if lenient && self.open(channel).is_err() {
-            return Ok(0);
-        }
-        let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
-            entry: EntryWord::Checkpoint,
-            channel,
-        })?;
-        if first <= ch.first_offset || (first > ch.next_offset && !lenient) {
-            return Err(ch.contradicts(EntryWord::Checkpoint, first));
-        }
-        let lost = if first > ch.next_offset {
-            self.replay_gap(EntryWord::Checkpoint, channel, first, lenient)?
-        } else {
-            0
-        };
-        self.checkpoint(channel, first, commit);
-        Ok(lost)
-    }
-
-    fn replay_register(
-        &mut self,
-        channel: ChannelId,
-        first: Offset,
-        name: &str,
-        commit: CommitSeq,
-        lenient: bool,
-    ) -> Result<(), Contradiction> {
-        crate::validate_channel_name(name)
-            .map_err(|err| Contradiction::InvalidName(err.to_string()))?;
-        if lenient {
-            self.skip_ids(channel);
-        }
-        if self.next_id() != u64::from(channel.0) {
-            return Err(Contradiction::IdOutOfOrder {
-                channel,
-                next: self.next_id(),
-            });
-        }
-        if self.by_name.contains_key(name) {
-            return Err(Contradiction::RegisteredTwice(name.into()));
-        }
-        let (id, expected) = self
-            .registration(name)
-            .expect("the id was checked against the bound");
-        if first != expected && !(lenient && first > expected) {
-            return Err(Contradiction::FirstOffset {
-                name: name.into(),
-                offset: first,
-                expected,
-            });
-        }
-        self.insert(name, id, first, commit);
-        Ok(())
-    }
-
-    /// Checks that a logged record or drop of `id` comes at its next offset;
-    /// `lenient` accepts a jump ahead, whose offsets are marked lost.
-    fn replay_gap(
-        &mut self,
-        entry: EntryWord,
-        id: ChannelId,
-        offset: Offset,
-        lenient: bool,
-    ) -> Result<u64, Contradiction> {
-        let ch = self
-            .open(id)
-            .map_err(|_| Contradiction::NoChannel { entry, channel: id })?;
-        let expected = ch.next_offset;
-        if expected == offset {
-            return Ok(0);
-        }
-        if !(lenient && expected < offset) {
-            return Err(Contradiction::OffsetOutOfOrder {
-                entry,
-                name: ch.name.clone(),
-                offset,
-                expected,
-            });
-        }
-        self.push_lost(id, offset);
-        Ok(offset.0 - expected.0)
-    }
-
-    /// The id the next registration gets (may exceed [`CHANNEL_ID_MAX`]:
-    /// then no registration is possible).
-    fn next_id(&self) -> u64 {
-        self.channels.len() as u64 + self.lost_id_count
-    }
-
-    fn insert(&mut self, name: &str, id: ChannelId, first_offset: Offset, commit: CommitSeq) {
-        assert_eq!(
-            u64::from(id.0),
-            self.next_id(),
-            "ids are handed out in order"
+    /// Channels and dropped names anchored in segments before `seq` (in id
+    /// order, then name order): what must be carried forward before those
+    /// segments can go.
+    pub fn anchored_before(&self, seq: SegmentSeq) -> Vec<Anchor> {
+        let below = |a: Option<SegmentSeq>| a.is_some_and(|a| a < seq);
+        let mut out: Vec<Anchor> = self
+            .channels()
+            .into_iter()
+            .filter(|c| !c.dropped() && below(c.anchor))
+            .map(|c| Anchor::Channel(c.id))
+            .collect();
+        out.extend(
+            self.retired_names()
+                .into_iter()
+                .filter(|(_, r)| below(r.anchor))
+                .map(|(name, r)| Anchor::Retired(name.into(), r.id)),
         );
+        out
+    }
+
+    /// The entry that states `anchor` whole as it stands now: its kind's
+    /// channel id, offset and payload (see `wal/format.rs`). `None` when the
+    /// channel was dropped or the name registered again since.
+    pub fn state_entry(&self, anchor: &Anchor) -> Option<(ChannelId, Offset, Vec<u8>)> {
+        match anchor {
+            Anchor::Channel(id) => {
+                let ch = self.open(*id).ok()?;
+                let payload = encode_state_payload(&StatePayload {
+                    next: ch.next_offset,
+                    lost: ch.lost.clone(),
+                    name: &ch.name,
+                });
+                Some((ch.id, ch.first_offset, payload))
+            }
+            Anchor::Retired(name, id) => {
+                let r = self.retired.get(name).filter(|r| r.id == *id)?;
+                Some((r.id, r.next, name.as_bytes().to_vec()))
+            }
+        }
+    }
+
+    /// An entry stating `anchor` whole was made durable in segment `seq`:
+    /// it is anchored there from now on (if it still stands as stated).
+    pub fn anchored(&mut self, anchor: &Anchor, seq: SegmentSeq) {
+        let slot = match anchor {
+            Anchor::Channel(id) => {
+                let Some(ch) = self.channels.get_mut(id) else {
+                    return;
+                };
+                match ch.dropped_in {
+                    None => &mut ch.anchor,
+                    // Dropped since: the name's retired entry took its anchor.
+                    Some(_) => match self.retired.get_mut(&ch.name) {
+                        Some(r) if r.id == *id => &mut r.anchor,
+                        _ => return,
+                    },
+                }
+            }
+            Anchor::Retired(name, id) => match self.retired.get_mut(name) {
+                Some(r) if r.id == *id => &mut r.anchor,
+                _ => return,
+            },
+        };
+        if let Some(old) = slot.replace(seq) {
+            self.pins.remove_anchor(old);
+        }
+        self.pins.add_anchor(seq);
+    }
+
+    /// Live records held by segments before `seq`, a held stretch of a
+    /// channel at a time, up to about `bytes_max` payload bytes (at least
+    /// one stretch, so that a large record cannot stall relocation).
+    pub fn records_before(&self, seq: SegmentSeq, bytes_max: u64) -> Vec<Stragglers> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for ch in self.channels() {
+            if ch.dropped() || ch.oldest_record_segment().is_none_or(|s| s >= seq) {
+                continue;
+            }
+            let mut index = 0u64;
+            for run in ch.runs.iter() {
+                let (from, to) = (index, index + run.records);
+                index = to;
+                if run.segment >= seq {
+                    continue;
+                }
+                if !out.is_empty() && bytes + run.bytes > bytes_max {
+                    return out;
+                }
+                bytes += run.bytes;
+                // A run lies within one held stretch? Not when lost ranges
+                // cut it: split it at each.
+                let mut i = from;
+                while i < to {
+                    let offset = ch.offset_of(i);
+                    let mut j = i + 1;
+                    while j < to && ch.offset_of(j).0 == offset.0 + (j - i) {
+                        j += 1;
+                    }
+                    out.push(Stragglers {
+                        channel: ch.id,
+                        from: offset,
+                        records: ch.records.range(i as usize..j as usize).cloned().collect(),
+                    });
+                    i = j;
+                }
+            }
+        }
+        out
+    }
+
+    /// `count` relocation entries of `id` were added to a commit: a
+    /// truncation of the channel waits until they are acknowledged.
+    pub fn relocating(&mut self, id: ChannelId, count: u64) {
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.relocating += count;
+        }
+    }
+
+    /// The relocation entries of `id` for offsets `from..to` were made
+    /// durable in segment `seq`: it holds those records from now on.
+    pub fn relocated(&mut self, id: ChannelId, from: Offset, to: Offset, seq: SegmentSeq) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        ch.relocating -= to.0 - from.0;
+        if !ch.dropped() {
+            ch.relocated(from, to, seq, &mut self.pins);
+        }
+    }
+
+    /// Live channels whose records pin segments before `before`, the
+    /// oldest first (ties by name), at most `max`.
+    pub fn holds_before(&self, before: SegmentSeq, max: usize) -> Vec<ChannelHold> {
+        let mut holds: Vec<ChannelHold> = self
+            .channels
+            .values()
+            .filter(|c| !c.dropped())
+            .filter_map(|c| {
+                let oldest = c.oldest_record_segment().filter(|&s| s < before)?;
+                Some(ChannelHold {
+                    name: c.name.clone(),
+                    oldest_segment: oldest,
+                    records: c.held_records(),
+                    bytes: c.held_bytes(),
+                    first_offset: c.first_offset,
+                })
+            })
+            .collect();
+        holds.sort_by(|a, b| (a.oldest_segment, &a.name).cmp(&(b.oldest_segment, &b.name)));
+        holds.truncate(max);
+        holds
+    }
+
+    pub(super) fn insert(
+        &mut self,
+        name: &str,
+        id: ChannelId,
+        first_offset: Offset,
+        commit: CommitSeq,
+    ) {
+        assert_eq!(u64::from(id.0), self.next_id, "ids are handed out in order");
         assert!(
             !self.by_name.contains_key(name),
             "channel {name:?} registered twice"
         );
         self.by_name.insert(name.into(), id);
-        self.channels.push(ChannelState {
-            id,
-            name: name.into(),
-            first_offset,
-            next_offset: first_offset,
-            records: VecDeque::new(),
-            registered_in: commit,
-            dropped_in: None,
-            changed_in: commit,
-            lost: Vec::new(),
-            lost_count: 0,
-        });
-        self.retired.remove(name);
-    }
-
-    /// Marks channel ids from `next_id()` up to `to` (exclusive) as taken by
-    /// channels whose registrations were lost with a damaged commit
-    /// (`RecoveryMode::SkipDamaged`): they have no state, and later ids stay
-    /// where the WAL has them. One entry for the whole range.
-    fn skip_ids(&mut self, to: ChannelId) {
-        let from = self.next_id();
-        if u64::from(to.0) <= from {
-            return;
+        self.channels
+            .insert(id, ChannelState::new(id, name, first_offset, commit));
+        self.next_id += 1;
+        if let Some(r) = self.retired.remove(name) {
+            if let Some(a) = r.anchor {
+                self.pins.remove_anchor(a);
+            }
         }
-        self.lost_ids.push((from as u32, to.0));
-        self.lost_id_count += u64::from(to.0) - from;
-    }
-
-    /// Marks the offsets from the channel's next offset up to `to` as lost
-    /// with a damaged commit (`RecoveryMode::SkipDamaged`).
-    fn push_lost(&mut self, id: ChannelId, to: Offset) {
-        let ch = self.state_mut(id).expect("a channel of this table");
-        let from = ch.next_offset;
-        assert!(from <= to, "lost offsets go backwards");
-        assert_eq!(
-            ch.durable_next_offset(),
-            from,
-            "lost offsets after queued ones"
-        );
-        if from < to {
-            ch.lost.push((from, to));
-            ch.lost_count += to.0 - from.0;
-        }
-        ch.next_offset = to;
     }
 
     /// The channel `id` if it is live.
-    fn open(&self, id: ChannelId) -> Result<&ChannelState, Refusal> {
+    pub(super) fn open(&self, id: ChannelId) -> Result<&ChannelState, Refusal> {
         let ch = self.get(id).ok_or(Refusal::Unknown(id))?;
         match ch.dropped_in {
             Some(dropped_in) => Err(Refusal::Dropped {
@@ -947,25 +620,24 @@ impl ChannelTable {
             None => Ok(ch),
         }
     }
+}
 
-    fn index(&self, id: ChannelId) -> Option<usize> {
-        let mut below = 0u64;
-        for &(a, b) in &self.lost_ids {
-            if id.0 < a {
-                break;
-            }
-            if id.0 < b {
-                return None;
-            }
-            below += u64::from(b - a);
+impl ChannelState {
+    /// The refusal of a checkpoint or truncation at `offset`.
+    fn out_of_range(
+        &self,
+        operation: &'static str,
+        offset: Offset,
+        reason: &'static str,
+    ) -> Refusal {
+        Refusal::OutOfRange {
+            operation,
+            name: self.name.clone(),
+            offset,
+            first: self.first_offset,
+            next: self.durable_next_offset(),
+            reason,
         }
-        let i = (u64::from(id.0) - below) as usize;
-        (i < self.channels.len()).then_some(i)
-    }
-
-    fn state_mut(&mut self, id: ChannelId) -> Option<&mut ChannelState> {
-        let i = self.index(id)?;
-        self.channels.get_mut(i)
     }
 }
 
@@ -985,7 +657,7 @@ mod tests {
     fn append(t: &mut ChannelTable, id: ChannelId, data: &'static [u8]) -> Offset {
         t.appendable(id, 1).expect("appendable");
         let o = t.assign(id, 1);
-        t.acknowledge(id, Bytes::from_static(data));
+        t.acknowledge(id, Bytes::from_static(data), SegmentSeq(1));
         o
     }
 
@@ -995,8 +667,8 @@ mod tests {
         let id = register(&mut t, "a", 1);
         t.appendable(id, 3).unwrap();
         assert_eq!(t.assign(id, 3), Offset(0));
-        t.acknowledge(id, Bytes::from_static(b"0"));
-        t.acknowledge(id, Bytes::from_static(b"1"));
+        t.acknowledge(id, Bytes::from_static(b"0"), SegmentSeq(1));
+        t.acknowledge(id, Bytes::from_static(b"1"), SegmentSeq(1));
         let r = t.read(id, Offset(1), Offset(100)).unwrap();
         assert_eq!(offsets_of(&r), [1]);
         assert_eq!(&r[0].data[..], b"1");
@@ -1048,10 +720,14 @@ mod tests {
 
         let mut replayed = ChannelTable::default();
         for (c, e) in log {
-            assert_eq!(replayed.replay(e, CommitSeq(c), false), Ok(0));
+            assert_eq!(
+                replayed.replay(e, CommitSeq(c), SegmentSeq(1), false),
+                Ok(0)
+            );
         }
         let view = |t: &ChannelTable| -> Vec<_> {
             t.channels()
+                .into_iter()
                 .map(|c| {
                     let read = t.read(c.id(), Offset(0), Offset(u64::MAX));
                     (
@@ -1103,7 +779,7 @@ mod tests {
             first: Offset(OFFSET_MAX - 1),
             name: "b",
         };
-        assert_eq!(t.replay(near, CommitSeq(3), true), Ok(0));
+        assert_eq!(t.replay(near, CommitSeq(3), SegmentSeq(1), true), Ok(0));
         let b = t.live("b").unwrap().id();
         let exhausted = Err(Refusal::OffsetsExhausted { name: "b".into() });
         assert_eq!(t.appendable(b, 2), exhausted);
@@ -1114,7 +790,7 @@ mod tests {
             first: Offset(0),
             name: "c",
         };
-        assert_eq!(t.replay(last, CommitSeq(4), true), Ok(0));
+        assert_eq!(t.replay(last, CommitSeq(4), SegmentSeq(1), true), Ok(0));
         let registrations = u64::from(CHANNEL_ID_MAX) + 1;
         assert_eq!(
             t.registration("d"),
@@ -1133,7 +809,7 @@ mod tests {
             record: Bytes::from_static(b"3"),
         };
         assert_eq!(
-            t.replay(jump, CommitSeq(3), true),
+            t.replay(jump, CommitSeq(3), SegmentSeq(1), true),
             Ok(2),
             "offsets 1 and 2 lost"
         );
@@ -1154,7 +830,7 @@ mod tests {
             first: Offset(0),
             name: "b",
         };
-        assert_eq!(t.replay(far, CommitSeq(4), true), Ok(0));
+        assert_eq!(t.replay(far, CommitSeq(4), SegmentSeq(1), true), Ok(0));
         assert!(t.get(ChannelId(5)).is_none());
         assert_eq!(t.get(ChannelId(1 << 30)).unwrap().name(), "b");
         assert_eq!(t.get(id).unwrap().name(), "a");
@@ -1165,7 +841,7 @@ mod tests {
             record: Bytes::new(),
         };
         assert_eq!(
-            t.replay(orphan, CommitSeq(5), true),
+            t.replay(orphan, CommitSeq(5), SegmentSeq(1), true),
             Ok(1),
             "its registration was lost"
         );
@@ -1304,7 +980,7 @@ mod tests {
         for (entry, expected) in rows {
             let shown = format!("{entry:?}");
             assert_eq!(
-                t.replay(entry, CommitSeq(3), false),
+                t.replay(entry, CommitSeq(3), SegmentSeq(1), false),
                 Err(expected),
                 "{shown}"
             );
@@ -1380,7 +1056,10 @@ mod tests {
 
         let mut replayed = ChannelTable::default();
         for (c, e) in log {
-            assert_eq!(replayed.replay(e, CommitSeq(c), false), Ok(0));
+            assert_eq!(
+                replayed.replay(e, CommitSeq(c), SegmentSeq(1), false),
+                Ok(0)
+            );
         }
         assert_eq!(replayed.read(a, Offset(0), Offset(9)), Ok(read));
         let ends = |t: &ChannelTable| {
@@ -1394,7 +1073,7 @@ mod tests {
         live.appendable(a, 1).unwrap();
         live.assign(a, 1);
         assert_eq!(live.truncating(a, Offset(3)), Ok(Change::AfterInFlight));
-        live.acknowledge(a, Bytes::from_static(b"5"));
+        live.acknowledge(a, Bytes::from_static(b"5"), SegmentSeq(1));
         assert_eq!(live.truncating(a, Offset(3)), Ok(Change::To(Offset(3))));
     }
 
@@ -1462,8 +1141,14 @@ mod tests {
             offset: Offset(offset),
             record: Bytes::from_static(data),
         };
-        assert_eq!(t.replay(at(3, b"3"), CommitSeq(2), true), Ok(2));
-        assert_eq!(t.replay(at(6, b"6"), CommitSeq(3), true), Ok(2));
+        assert_eq!(
+            t.replay(at(3, b"3"), CommitSeq(2), SegmentSeq(1), true),
+            Ok(2)
+        );
+        assert_eq!(
+            t.replay(at(6, b"6"), CommitSeq(3), SegmentSeq(1), true),
+            Ok(2)
+        );
         // Held 0, lost 1..3, held 3, lost 4..6, held 6.
         t.checkpoint(a, Offset(2), CommitSeq(4));
         let ch = t.get(a).unwrap();
@@ -1482,7 +1167,7 @@ mod tests {
             first: Offset(8),
         };
         assert_eq!(
-            t.replay(past, CommitSeq(6), true),
+            t.replay(past, CommitSeq(6), SegmentSeq(1), true),
             Ok(3),
             "offsets 5..8 lost"
         );

@@ -1,3 +1,7 @@
-//! Buffer tables: per shard, each channel's records since its last checkpoint.
+//! Buffer tables: per shard, each channel's records since its last
+//! checkpoint, and what each segment of the log holds that is still needed.
 
+pub mod channel;
 pub mod channels;
+pub mod pins;
+mod replay;

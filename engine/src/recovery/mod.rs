@@ -48,7 +48,7 @@ use crate::metrics::ShardMetrics;
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::manifest::{self, ManifestState};
 use crate::wal::reader::READ_CHUNK_BYTES;
-use crate::wal::segment::{list_segments, Segment};
+use crate::wal::segment::{list_segments, LogSegment, Segment};
 
 pub mod decision;
 mod keep_prefix;
@@ -92,6 +92,11 @@ pub struct Recovered {
     /// The segment holding the last replayed commit: it and every segment
     /// after it may hold writes a crashed process left unsynced.
     pub last_commit_segment: Option<SegmentSeq>,
+    /// The segments of the log, from its start, as replay found them.
+    pub log: Vec<LogSegment>,
+    /// Segment files before the log start: reclaimed, left by a crash
+    /// before their removal or recycling. Never read.
+    pub leftovers: Vec<(SegmentSeq, std::path::PathBuf)>,
 }
 
 /// A byte range of a segment file to zero before writing resumes.
@@ -219,28 +224,46 @@ pub(super) struct Torn {
     kind: DamageKind,
 }
 
-/// Replays every segment of the shard in order, reading through `io`.
+/// Replays every segment of the shard's log in order, from the log start
+/// the manifest records (or the oldest segment), reading through `io`.
 pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovered> {
-    let segments = list_segments(ctx.shard_dir, (!ctx.read_only).then_some(ctx.fs))?;
-    let total: u64 = segments
-        .iter()
-        .map(|(_, path)| file::size_of(path).unwrap_or(0))
-        .sum();
-    ctx.metrics
-        .recovery_bytes_total
-        .store(total, Ordering::Relaxed);
     assert!(
         !(ctx.read_only && ctx.mode == RecoveryMode::KeepPrefix),
         "KeepPrefix moves segments: not a read-only mode"
     );
+    let mut segments = list_segments(ctx.shard_dir, (!ctx.read_only).then_some(ctx.fs))?;
     let manifest = manifest::read(ctx.shard_dir, ctx.shard, ctx.store_id)?;
-    let mut replay = Replay::new(ctx, &segments);
+    let start = match &manifest {
+        ManifestState::Found(r) => r.log_start,
+        _ => None,
+    };
+    // Segments before the log start were reclaimed: a crash left them
+    // before their removal or recycling finished. Replay never reads them.
+    let first_kept = start.map_or(0, |s| segments.partition_point(|(seq, _)| *seq < s.segment));
+    let leftovers: Vec<_> = segments.drain(..first_kept).collect();
+    let size = |list: &[(SegmentSeq, std::path::PathBuf)]| -> u64 {
+        list.iter()
+            .map(|(_, path)| file::size_of(path).unwrap_or(0))
+            .sum()
+    };
+    let m = ctx.metrics;
+    m.recovery_bytes_total
+        .store(size(&segments), Ordering::Relaxed);
+    let reclaimed = match &manifest {
+        ManifestState::Found(r) => r.reclaimed_bytes,
+        _ => 0,
+    };
+    m.recovery_bytes_skipped
+        .store(reclaimed + size(&leftovers), Ordering::Relaxed);
+    let mut replay = Replay::new(ctx, &segments, start);
     for index in 0..segments.len() {
         if replay.segment(io, index)? == Flow::Stop {
             break;
         }
     }
-    replay.finish(manifest)
+    let mut recovered = replay.finish(manifest)?;
+    recovered.leftovers = leftovers;
+    Ok(recovered)
 }
 
 /// A torn tail, as the mode decides: refused, or reported and (unless

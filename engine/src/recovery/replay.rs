@@ -15,10 +15,12 @@ use crate::io::buffer::AlignedBuf;
 use crate::io::file::DiskFile;
 use crate::io::ring::Ring;
 use crate::types::{CommitSeq, SegmentSeq};
-use crate::wal::format::{CommitHeader, Entry, EntryIter, EntryKind, SEGMENT_HEADER_BYTES};
-use crate::wal::manifest::ManifestState;
+use crate::wal::format::{
+    decode_state_payload, CommitHeader, Entry, EntryIter, EntryKind, SEGMENT_HEADER_BYTES,
+};
+use crate::wal::manifest::{LogStart, ManifestState};
 use crate::wal::reader::{first_commit_header, SegmentReader};
-use crate::wal::segment::Segment;
+use crate::wal::segment::{LogSegment, Segment};
 
 use super::decision::{decide, Decision, Finding};
 use super::scan::{self, AfterEnd, ChainEnd, Identity, Later};
@@ -84,15 +86,25 @@ pub(super) struct Replay<'c, 'a> {
     /// Non-zero bytes without a commit in segments after a damaged chain
     /// end: zeroed with the torn tail if that is what it turns out to be.
     junk: Vec<Cut>,
+    /// The segments of the log so far, as the shard keeps them.
+    log: Vec<LogSegment>,
 }
 
 impl<'c, 'a> Replay<'c, 'a> {
-    pub fn new(ctx: &'c RecoverContext<'a>, segments: &'c [(SegmentSeq, PathBuf)]) -> Self {
+    /// A replay of `segments` (those from the log start on), with ids below
+    /// the log start's next channel id restated by the log itself.
+    pub fn new(
+        ctx: &'c RecoverContext<'a>,
+        segments: &'c [(SegmentSeq, PathBuf)],
+        start: Option<LogStart>,
+    ) -> Self {
         Replay {
             ctx,
             segments,
             skipping: decide(Finding::CommitAfterChainEnd, ctx.mode) == Decision::Skip,
-            table: ChannelTable::default(),
+            table: start.map_or_else(ChannelTable::default, |s| {
+                ChannelTable::for_log_start(s.next_channel_id)
+            }),
             next: None,
             buf: None,
             torn: None,
@@ -100,9 +112,12 @@ impl<'c, 'a> Replay<'c, 'a> {
             end_of_chain: None,
             stop: None,
             next_segment_seq: SegmentSeq(1),
-            previous: None,
+            // The log starts with its start segment: one missing there is
+            // missing like any other.
+            previous: start.map(|s| SegmentSeq(s.segment.0 - 1)),
             last_commit_segment: None,
             junk: Vec::new(),
+            log: Vec::new(),
         }
     }
 
@@ -138,18 +153,29 @@ impl<'c, 'a> Replay<'c, 'a> {
         let buf = self.buf.take();
         let mut reader = SegmentReader::new(io, path, f, buf, n, bytes_read, ctx.stop);
         reader.ensure(SEGMENT_HEADER_BYTES)?;
-        let id = Identity {
+        let mut id = Identity {
             store_id: ctx.store_id,
             shard: ctx.shard,
             segment: seq,
+            recycled: false,
+        };
+        let mut log = LogSegment {
+            seq,
+            bytes: size,
+            next_channel_id: self.table.next_id(),
+            recycled_from: None,
         };
         let header = match scan::segment_header(&id, reader.view(), n as u64) {
             Ok(h) => h,
             Err(kind) => {
                 self.buf = reader.finish();
+                self.log.push(log);
                 return self.skip_segment(seq, path, kind);
             }
         };
+        id.recycled = header.recycled_from.is_some();
+        log.recycled_from = header.recycled_from;
+        self.log.push(log);
         let seg = InSegment {
             index,
             id,
@@ -382,8 +408,8 @@ impl<'c, 'a> Replay<'c, 'a> {
             .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
         for e in EntryIter::verified(&owned, h.entry_count) {
             let e = e.expect("verified in the first pass");
-            let lost =
-                apply(&mut self.table, &e, &owned, h.commit_seq, after_skip).map_err(|kind| {
+            let lost = apply(&mut self.table, &e, &owned, (h.commit_seq, seq), after_skip)
+                .map_err(|kind| {
                     let d = decide(Finding::EntryContradicts, ctx.mode);
                     refuse(ctx, d, seq, position as u64, kind)
                 })?;
@@ -447,6 +473,7 @@ impl<'c, 'a> Replay<'c, 'a> {
                 store_id: self.ctx.store_id,
                 shard: self.ctx.shard,
                 segment: *seq,
+                recycled: false,
             };
             first_commit_header(path).is_some_and(|(block, h)| id.owns(&h, block))
         })
@@ -469,11 +496,13 @@ impl<'c, 'a> Replay<'c, 'a> {
             });
             self.torn = None;
             self.next_segment_seq = SegmentSeq(at.seq.0 + 1);
+            self.log.retain(|s| s.seq <= at.seq);
             self.end_of_chain = (at.block != 0).then_some(at);
         }
         if !kept {
             self.check_end(&manifest)?;
         }
+        self.finish_channels(kept)?;
         let mut cuts: Vec<Cut> = Vec::new();
         if let Some(t) = self.torn.take() {
             let d = settle_torn_tail(ctx, t, &mut self.junk, &mut cuts)?;
@@ -494,7 +523,33 @@ impl<'c, 'a> Replay<'c, 'a> {
             cuts,
             manifest,
             last_commit_segment: self.last_commit_segment,
+            log: self.log,
+            leftovers: Vec::new(),
         })
+    }
+
+    /// Channels registered before the log start must have been restated by
+    /// the end of the log; in a mode that accepted losses, their records
+    /// are lost instead.
+    fn finish_channels(&mut self, kept: bool) -> Result<()> {
+        let ctx = self.ctx;
+        let lenient = kept
+            || self
+                .damage
+                .iter()
+                .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
+        let lost = self.table.finish_replay(lenient).map_err(|c| {
+            let (segment, position) = self
+                .end_of_chain
+                .as_ref()
+                .map_or((SegmentSeq(0), 0), |p| (p.seq, p.position));
+            let d = decide(Finding::EntryContradicts, ctx.mode);
+            refuse(ctx, d, segment, position, DamageKind::Entry(c))
+        })?;
+        if lost > 0 {
+            count_lost(&mut self.damage, lost);
+        }
+        Ok(())
     }
 
     /// Whether the log ends where the shard manifest says it must.
@@ -545,6 +600,11 @@ impl<'c, 'a> Replay<'c, 'a> {
                 file: Arc::new(file),
                 path: p.path,
                 bytes: p.segment_bytes,
+                recycled_from: self
+                    .log
+                    .iter()
+                    .find(|s| s.seq == p.seq)
+                    .and_then(|s| s.recycled_from),
             },
             position: p.position,
             block: p.block,
@@ -583,13 +643,13 @@ fn count_lost(damage: &mut [Damage], lost: u64) {
     }
 }
 
-/// Replays entry `e` of commit `commit` into the table; returns the offsets
-/// lost in a gap (lenient only) or what is wrong with it.
+/// Replays entry `e` of commit `commit` (in segment `seq`) into the table;
+/// returns the offsets lost in a gap (lenient only) or what is wrong with it.
 fn apply(
     table: &mut ChannelTable,
     e: &Entry<'_>,
     commit_body: &Bytes,
-    commit: CommitSeq,
+    (commit, seq): (CommitSeq, SegmentSeq),
     lenient: bool,
 ) -> std::result::Result<u64, DamageKind> {
     let logged = match e.kind {
@@ -615,8 +675,28 @@ fn apply(
             channel: e.channel,
             next: e.offset,
         },
+        EntryKind::State => {
+            let p = decode_state_payload(e.payload).map_err(DamageKind::Commit)?;
+            Logged::State {
+                channel: e.channel,
+                name: p.name,
+                first: e.offset,
+                next: p.next,
+                lost: p.lost,
+            }
+        }
+        EntryKind::Retired => Logged::Retired {
+            channel: e.channel,
+            name: std::str::from_utf8(e.payload).map_err(|_| DamageKind::NameNotUtf8)?,
+            next: e.offset,
+        },
+        EntryKind::Relocate => Logged::Relocate {
+            channel: e.channel,
+            offset: e.offset,
+            record: commit_body.slice_ref(e.payload),
+        },
     };
     table
-        .replay(logged, commit, lenient)
+        .replay(logged, commit, seq, lenient)
         .map_err(DamageKind::Entry)
 }

@@ -4,8 +4,8 @@
 use crate::damage::DamageKind;
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::format::{
-    decode_commit_header, decode_segment_header, CommitHeader, DecodeError, EntryIter,
-    SegmentHeader, COMMIT_HEADER_BYTES,
+    claims_commit_of, decode_commit_header, decode_segment_header, CommitHeader, DecodeError,
+    EntryIter, SegmentHeader, COMMIT_HEADER_BYTES,
 };
 use crate::wal::manifest::{self, ManifestState};
 
@@ -19,6 +19,10 @@ pub(super) struct Identity {
     pub store_id: u64,
     pub shard: ShardId,
     pub segment: SegmentSeq,
+    /// The segment's file was recycled: after its chain of commits it holds
+    /// what its earlier life wrote, and only a block that claims to be a
+    /// commit of this segment can be a torn write (see [`Identity::stale`]).
+    pub recycled: bool,
 }
 
 impl Identity {
@@ -28,6 +32,15 @@ impl Identity {
             && h.shard == self.shard
             && h.segment_seq == self.segment
             && h.position == position as u64
+    }
+
+    /// Whether `block` is what an earlier life of a recycled segment's file
+    /// left: in a recycled segment, every block that does not claim to be a
+    /// commit of this segment (the commit magic with this store, shard and
+    /// segment, checksum or not). A fresh segment has no earlier life: zeros
+    /// are the only bytes that are not damage there.
+    pub fn stale(&self, block: &[u8]) -> bool {
+        self.recycled && !claims_commit_of(block, self.store_id, self.shard, self.segment)
     }
 }
 
@@ -88,6 +101,9 @@ pub(super) fn commit_header(
     block: usize,
     id: &Identity,
 ) -> Result<CommitHeader, ChainEnd> {
+    if id.stale(&data[position..position + block]) {
+        return Err(ChainEnd::Zeros);
+    }
     match decode_commit_header(&data[position..], block) {
         Ok(h) if id.owns(&h, position) => Ok(h),
         Ok(_) => Err(ChainEnd::Damaged(DamageKind::CommitMisplaced)),
@@ -153,7 +169,7 @@ pub(super) fn after_chain_end(
     let mut q = if live { chain_end + block } else { block };
     while q + block <= n && after.beyond.is_none() {
         let blk = &data[q..q + block];
-        if blk.iter().any(|&x| x != 0) {
+        if blk.iter().any(|&x| x != 0) && !id.stale(blk) {
             after.nonzero_end = q + block;
             if let Ok(h) = decode_commit_header(blk, block) {
                 if id.owns(&h, q) && h.commit_seq >= window_base {
@@ -175,7 +191,7 @@ pub(super) fn after_chain_end(
     // The block at a live chain end may itself hold bytes past a zero
     // header.
     let end_block = &data[chain_end.min(n)..(chain_end + block).min(n)];
-    if live && end_block.iter().any(|&x| x != 0) {
+    if live && end_block.iter().any(|&x| x != 0) && !id.stale(end_block) {
         after.nonzero_end = after.nonzero_end.max((chain_end + block).min(n));
     }
     after
@@ -239,6 +255,7 @@ mod tests {
         store_id: 7,
         shard: ShardId(1),
         segment: SegmentSeq(3),
+        recycled: false,
     };
 
     /// A segment image of `blocks` blocks with an empty one-block commit
@@ -291,6 +308,65 @@ mod tests {
             commit_header(&torn, BLOCK, BLOCK, &ID),
             Err(ChainEnd::Damaged(DamageKind::Commit(_)))
         ));
+    }
+
+    /// In a recycled segment, what an earlier life left ends the chain like
+    /// zeros; a block that claims to be this segment's commit is judged as
+    /// in a fresh one.
+    #[test]
+    fn a_recycled_segment_s_earlier_life_ends_its_chain() {
+        let recycled = Identity {
+            recycled: true,
+            ..ID
+        };
+        // Segment 2's commits, then garbage: the file's earlier life.
+        let earlier = Identity {
+            segment: SegmentSeq(2),
+            ..ID
+        };
+        let mut data = image(5, &[]);
+        let h = CommitHeader {
+            shard: earlier.shard,
+            entry_count: 0,
+            store_id: earlier.store_id,
+            segment_seq: earlier.segment,
+            commit_seq: CommitSeq(9),
+            position: BLOCK as u64,
+            entries_bytes: 0,
+            blocks: 1,
+            in_flight_max: 1,
+        };
+        encode_commit_header(&h, &mut data[BLOCK..]);
+        data[2 * BLOCK..3 * BLOCK].fill(0xA5);
+        for at in [BLOCK, 2 * BLOCK] {
+            assert!(matches!(
+                commit_header(&data, at, BLOCK, &recycled),
+                Err(ChainEnd::Zeros)
+            ));
+            // The same bytes in a fresh segment are damage.
+            assert!(matches!(
+                commit_header(&data, at, BLOCK, &ID),
+                Err(ChainEnd::Damaged(_))
+            ));
+        }
+        let a = after_chain_end(&data, BLOCK, BLOCK, &recycled, CommitSeq(1), true);
+        assert_eq!(a.nonzero_end, BLOCK, "stale bytes are not a torn write");
+        let fresh = after_chain_end(&data, BLOCK, BLOCK, &ID, CommitSeq(1), true);
+        assert_eq!(fresh.nonzero_end, 3 * BLOCK);
+        // A torn commit of the segment itself (its header names it, its
+        // checksum fails) is still told from the rest.
+        let mut torn = image(5, &[(1, 4, 1)]);
+        torn[BLOCK + 50] ^= 1;
+        assert!(matches!(
+            commit_header(&torn, BLOCK, BLOCK, &recycled),
+            Err(ChainEnd::Damaged(DamageKind::Commit(_)))
+        ));
+        let later = image(5, &[(3, 6, 1)]);
+        let a = after_chain_end(&later, BLOCK, BLOCK, &recycled, CommitSeq(5), true);
+        assert!(
+            a.beyond.is_some(),
+            "a later commit of its own is still seen"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::recovery::{apply_cuts, Damage, DamageAction, Recovered, Tail};
 use crate::types::{CommitSeq, SegmentSeq};
 use crate::wal::manifest::ManifestState;
 use crate::wal::preparer::SegmentPreparer;
-use crate::wal::segment::{segment_path, Segment};
+use crate::wal::segment::{segment_path, LogSegment, Segment};
 
 use super::run::Shard;
 
@@ -27,8 +27,7 @@ impl Shard {
     pub(super) fn ready_segment(&mut self) -> Result<()> {
         if !self.written {
             apply_cuts(&self.fs, &self.cuts, self.access)?;
-            self.manifest
-                .write(self.segment.seq, self.clock.durable_through())?;
+            self.manifest.write(self.manifest_record())?;
             self.cuts.clear();
             self.written = true;
         }
@@ -79,19 +78,33 @@ impl Shard {
         }
         let seq = self.next_segment_seq;
         let segment = self.preparer.take(seq)?;
+        // The channel id next before the commit that starts the segment
+        // (its registrations are the segment's).
+        let next_channel_id = self
+            .building
+            .registered_from
+            .unwrap_or(self.table.next_id());
+        self.log.push_back(LogSegment {
+            seq,
+            bytes: segment.bytes,
+            next_channel_id,
+            recycled_from: segment.recycled_from,
+        });
+        self.segment = segment;
         // Before the segment's first commit: from now on a listing without
         // it, or a chain that ends before what was durable, lost commits.
-        self.manifest.write(seq, self.clock.durable_through())?;
+        self.manifest.write(self.manifest_record())?;
         // The new segment is empty: say so before asking for the next one,
         // so that its fill is paced from the start.
-        self.preparer.report_fill(self.block as u64, segment.bytes);
+        self.preparer
+            .report_fill(self.block as u64, self.segment.bytes);
         self.preparer.request(SegmentSeq(seq.0 + 1));
         self.metrics
             .segments_created
             .fetch_add(1, Ordering::Relaxed);
-        self.segment = segment;
         self.write_position = self.block as u64;
         self.next_segment_seq = SegmentSeq(seq.0 + 1);
+        self.reclaim.due = true;
         Ok(())
     }
 
@@ -110,10 +123,7 @@ impl Shard {
         }) {
             return;
         }
-        if let Err(e) = self
-            .manifest
-            .write(self.segment.seq, self.clock.durable_through())
-        {
+        if let Err(e) = self.manifest.write(self.manifest_record()) {
             self.fail(e);
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::channels::{Change, Refusal, OFFSET_MAX};
+use crate::buffer::channels::{Anchor, Change, Refusal, OFFSET_MAX};
 use crate::config::Config;
 use crate::error::Error;
 use crate::shard::ack::Ack;
@@ -22,6 +22,18 @@ use super::waiters::{complete_waiter, Owed, Waiter};
 pub(super) enum Accepted {
     Done,
     Full(Request),
+}
+
+/// What a request does to the WAL's space: whether it may use the end of a
+/// segment kept for requests that free space ([`Config::reserve_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Need {
+    /// It grows what is live (appends, registrations): it may use the
+    /// reserve only with the next segment at hand.
+    Grows,
+    /// It frees space or lets it be freed (checkpoints, truncations, drops,
+    /// entries carried forward before a reclamation): the reserve is its.
+    Frees,
 }
 
 /// Whether a request's entries may join the commit being built.
@@ -123,36 +135,50 @@ impl Lifecycle {
 
 /// After the next segment could not be created for lack of space, requests
 /// that need it are refused at once for this long; the next one after it
-/// tries again.
+/// tries again (a reclamation that frees space ends it at once).
 pub(super) const NO_SPACE_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// The error for a request refused because the next segment cannot be had.
+fn no_space(shard: ShardId, cause: &Error) -> Error {
+    Error::NoSpace {
+        shard,
+        cause: Arc::new(cause.clone()),
+    }
+}
 
 impl Shard {
     /// Admission of `records` records with `bytes` entry bytes into the
     /// commit being built. A commit never runs past its segment's end: when
     /// it would, what is built goes first, and the request starts the next
     /// segment — admitted only once that segment exists, so that a full
-    /// filesystem refuses the request before it gets an offset, and never
-    /// stops the shard.
-    pub(super) fn admit(&mut self, records: usize, bytes: usize) -> Admit {
+    /// filesystem (or a WAL at its space limit) refuses the request before
+    /// it gets an offset, and never stops the shard. A request that grows
+    /// the WAL goes into the end of a segment kept for requests that free
+    /// space only while the next segment can be had, so that a checkpoint
+    /// always has room to be written.
+    pub(super) fn admit(&mut self, records: usize, bytes: usize, need: Need) -> Admit {
         let builder = &self.building.builder;
         if !builder.fits(records, bytes) {
             return Admit::Full;
         }
-        let sealed = builder.sealed_len_with(bytes) as u64;
-        if self.write_position.saturating_add(sealed) <= self.segment.bytes {
+        let end = self
+            .write_position
+            .saturating_add(builder.sealed_len_with(bytes) as u64);
+        let in_reserve = end > self.segment.bytes.saturating_sub(self.reserve_bytes);
+        if end <= self.segment.bytes && (need == Need::Frees || !in_reserve) {
+            return Admit::Yes;
+        }
+        // The next segment decides: it must exist to start it, or (growing
+        // into the reserve) to be sure there is somewhere to go after.
+        let seq = self.next_segment_seq;
+        let ready = self.preparer.is_ready(seq);
+        if ready && (end <= self.segment.bytes || builder.is_empty()) {
             return Admit::Yes;
         }
         if !builder.is_empty() {
+            // What is built goes first.
             return Admit::Full;
         }
-        let seq = self.next_segment_seq;
-        if self.preparer.is_ready(seq) {
-            return Admit::Yes;
-        }
-        let no_space = |shard: ShardId, cause: &Error| Error::NoSpace {
-            shard,
-            cause: Arc::new(cause.clone()),
-        };
         if let Some((at, cause)) = &self.no_space {
             if at.elapsed() < NO_SPACE_RETRY_AFTER {
                 return Admit::Refused(no_space(self.id, cause));
@@ -172,6 +198,8 @@ impl Shard {
                 self.metrics.no_space.fetch_add(1, Ordering::Relaxed);
                 let refused = no_space(self.id, &e);
                 self.no_space = Some((Instant::now(), e));
+                // Reclaiming may free (or relocate past) what holds the space.
+                self.reclaim.due = true;
                 Admit::Refused(refused)
             }
             Err(e) => {
@@ -237,6 +265,10 @@ impl Shard {
                 let change = self.table.truncating(channel, first_removed);
                 self.accept_change(Lifecycle::Truncate(first_removed), channel, change, ack)
             }
+            Request::WalUsage { ack } => {
+                ack.complete(Ok(self.wal_usage()));
+                Accepted::Done
+            }
             Request::Close => {
                 self.closing = true;
                 Accepted::Done
@@ -260,7 +292,7 @@ impl Shard {
             });
             return Accepted::Done;
         }
-        match self.admit(0, entry_bytes(name.len())) {
+        match self.admit(0, entry_bytes(name.len()), Need::Grows) {
             Admit::Yes => {}
             Admit::Full => return Accepted::Full(Request::Register { name, ack }),
             Admit::Refused(e) => {
@@ -270,10 +302,13 @@ impl Shard {
         }
         let commit = self.building.builder.commit_seq();
         let (id, first) = self.table.register(&name, commit);
-        self.building
+        let batch = &mut self.building;
+        batch
             .builder
             .push(EntryKind::Register, id, first, name.as_bytes());
-        self.building.waiters.push(Waiter::Channel(ack.into(), id));
+        batch.registered_from.get_or_insert(u64::from(id.0));
+        batch.anchors.push(Anchor::Channel(id));
+        batch.waiters.push(Waiter::Channel(ack.into(), id));
         Accepted::Done
     }
 
@@ -293,7 +328,7 @@ impl Shard {
             ack.complete(Err(e));
             return Accepted::Done;
         }
-        match self.admit(0, entry_bytes(0)) {
+        match self.admit(0, entry_bytes(0), Need::Frees) {
             Admit::Yes => {}
             Admit::Full => return Accepted::Full(Request::Unregister { name, ack }),
             Admit::Refused(e) => {
@@ -305,6 +340,7 @@ impl Shard {
             .table
             .drop_channel(id, self.building.builder.commit_seq());
         self.building.builder.push(EntryKind::Drop, id, next, &[]);
+        self.building.frees = true;
         self.building.waiters.push(Waiter::Unit(ack.into()));
         Accepted::Done
     }
@@ -338,7 +374,7 @@ impl Shard {
             ack.complete(Err(e));
             return Accepted::Done;
         }
-        match self.admit(0, entry_bytes(0)) {
+        match self.admit(0, entry_bytes(0), Need::Frees) {
             Admit::Yes => {}
             Admit::Full => return Accepted::Full(what.request(channel, ack)),
             Admit::Refused(e) => {
@@ -359,6 +395,7 @@ impl Shard {
         };
         self.building.builder.push(kind, channel, to, &[]);
         self.building.sync_now = true;
+        self.building.frees = true;
         self.building.waiters.push(Waiter::Unit(ack.into()));
         Accepted::Done
     }
@@ -384,7 +421,7 @@ impl Shard {
             self.refuse(r, ack, Waiter::DroppedOffset);
             return Accepted::Done;
         }
-        match self.admit(count, bytes) {
+        match self.admit(count, bytes, Need::Grows) {
             Admit::Yes => {}
             Admit::Full => return Accepted::Full(records.into_request(channel, ack)),
             Admit::Refused(e) => {

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::buffer::channels::Anchor;
 use crate::config::Config;
 use crate::error::Error;
 use crate::io::ring::{Completion, Refused};
 use crate::io::OpError;
 use crate::metrics::commit_records_bucket;
-use crate::types::{ChannelId, CommitSeq};
+use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
 use crate::wal::commit::CommitBuilder;
 
 use super::run::Shard;
@@ -27,6 +28,16 @@ pub(super) struct Batch {
     /// is acknowledged in every durability mode (in `Periodic`, it carries a
     /// data sync).
     pub(super) sync_now: bool,
+    /// Channels and dropped names the commit states whole (registrations,
+    /// entries carried forward): anchored in its segment once it is durable.
+    pub(super) anchors: Vec<Anchor>,
+    /// Relocated records of the commit: a channel, offsets `from..to`.
+    pub(super) relocations: Vec<(ChannelId, Offset, Offset)>,
+    /// The lowest channel id the commit registers: the next id before it.
+    pub(super) registered_from: Option<u64>,
+    /// The commit lets records go (a checkpoint, truncation or drop): the
+    /// oldest segments may be reclaimable once it completes.
+    pub(super) frees: bool,
 }
 
 impl Batch {
@@ -40,7 +51,21 @@ impl Batch {
             waiters: Vec::with_capacity(config.records_per_commit_max),
             records: Vec::with_capacity(config.records_per_commit_max),
             sync_now: false,
+            anchors: Vec::new(),
+            relocations: Vec::new(),
+            registered_from: None,
+            frees: false,
         }
+    }
+
+    /// Forgets what the commit carried (it completed, or it never will).
+    pub(super) fn clear(&mut self) {
+        self.records.clear();
+        self.anchors.clear();
+        self.relocations.clear();
+        self.registered_from = None;
+        self.sync_now = false;
+        self.frees = false;
     }
 
     /// The batch being built (its first commit numbered `next`) and one
@@ -60,6 +85,8 @@ pub(super) struct Flight {
     pub(super) id: u64,
     /// The commit, or `None` for a periodic data sync.
     pub(super) batch: Option<Batch>,
+    /// The segment the operation writes or syncs.
+    pub(super) segment: SegmentSeq,
     pub(super) payload_bytes: u64,
     /// Periodic mode: this commit was written with a data sync.
     pub(super) synced: bool,
@@ -129,7 +156,6 @@ impl Shard {
             .clock
             .plan_write(seq, self.flights.is_empty(), self.building.sync_now);
         let mut batch = std::mem::replace(&mut self.building, spare);
-        batch.sync_now = false;
         let position = self.write_position;
         // A power cut may leave a hole among the commits of the window,
         // followed by this commit; recovery cuts such a hole as a torn tail
@@ -163,6 +189,7 @@ impl Shard {
         let flight = Flight {
             id,
             batch: Some(batch),
+            segment: self.segment.seq,
             payload_bytes,
             synced: plan.synced,
             covers: CommitSeq(0),
@@ -186,6 +213,7 @@ impl Shard {
         let flight = Flight {
             id,
             batch: None,
+            segment: self.segment.seq,
             payload_bytes: 0,
             synced: false,
             covers: self.clock.completed(),
@@ -215,7 +243,7 @@ impl Shard {
     fn unstart_last(&mut self) {
         if let Some(f) = self.flights.pop_back() {
             if let Some(mut batch) = f.batch {
-                batch.records.clear();
+                batch.clear();
                 self.spare.push(batch);
             }
         }
@@ -261,9 +289,9 @@ impl Shard {
                 }
                 Some(mut batch) => {
                     if self.failed.is_none() {
-                        self.acknowledge(&mut batch, f.payload_bytes, f.synced);
+                        self.acknowledge(&mut batch, f.segment, f.payload_bytes, f.synced);
                     }
-                    batch.records.clear();
+                    batch.clear();
                     assert!(
                         batch.waiters.is_empty(),
                         "a finished commit still has waiters"
@@ -274,13 +302,28 @@ impl Shard {
         }
     }
 
-    /// Acknowledges a completed commit; `synced`: it carried the periodic
-    /// data sync.
-    pub(super) fn acknowledge(&mut self, batch: &mut Batch, payload_bytes: u64, synced: bool) {
+    /// Acknowledges a completed commit, written into `segment`; `synced`:
+    /// it carried the periodic data sync.
+    pub(super) fn acknowledge(
+        &mut self,
+        batch: &mut Batch,
+        segment: SegmentSeq,
+        payload_bytes: u64,
+        synced: bool,
+    ) {
         let seq = batch.builder.commit_seq();
         let records = batch.records.len() as u64;
         for (channel, record) in batch.records.drain(..) {
-            self.table.acknowledge(channel, record);
+            self.table.acknowledge(channel, record, segment);
+        }
+        for anchor in batch.anchors.drain(..) {
+            self.table.anchored(&anchor, segment);
+        }
+        for (channel, from, to) in batch.relocations.drain(..) {
+            self.table.relocated(channel, from, to, segment);
+        }
+        if batch.frees {
+            self.reclaim.due = true;
         }
         self.completed_waiters.append(&mut batch.waiters);
         let m = &self.metrics;
@@ -315,8 +358,7 @@ impl Shard {
         for w in waiters {
             complete_waiter(w, Err(err.clone()));
         }
-        self.building.records.clear();
-        self.building.sync_now = false;
+        self.building.clear();
         let next = self.building.builder.commit_seq();
         self.building.builder.reset(next);
         self.clock.stop();

@@ -17,6 +17,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::error::{Error, Result};
 use crate::io::wake::WakeFd;
 use crate::shard::ack::Ack;
+use crate::shard::usage::WalUsage;
 use crate::types::Record;
 use crate::types::{ChannelId, Offset};
 
@@ -99,6 +100,11 @@ pub enum Request {
         /// Answer.
         ack: Arc<Ack<()>>,
     },
+    /// What the shard's WAL holds on disk, and which channels hold it.
+    WalUsage {
+        /// Answer.
+        ack: Arc<Ack<WalUsage>>,
+    },
     /// Finish everything queued before this request, then stop.
     Close,
 }
@@ -113,6 +119,7 @@ impl Request {
             | Request::NextOffset { ack, .. }
             | Request::FirstOffset { ack, .. } => ack.complete(Err(error)),
             Request::Read { ack, .. } => ack.complete(Err(error)),
+            Request::WalUsage { ack } => ack.complete(Err(error)),
             Request::Unregister { ack, .. }
             | Request::Checkpoint { ack, .. }
             | Request::Truncate { ack, .. } => ack.complete(Err(error)),

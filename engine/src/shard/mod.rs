@@ -5,8 +5,9 @@
 //! its event loop; `admission` turns requests into entries of the commit being
 //! built; `group_commit` takes commits to the device and acknowledges them;
 //! `durability` is its clock (acknowledged, durable, sync due);
-//! `active_segment` rolls and syncs the segment being written; `waiters` is
-//! what the shard owes its callers.
+//! `active_segment` rolls and syncs the segment being written; `reclaim`
+//! lets the oldest segments go once nothing needs them; `waiters` is what
+//! the shard owes its callers.
 
 pub mod ack;
 mod active_segment;
@@ -14,8 +15,10 @@ mod admission;
 mod durability;
 mod group_commit;
 pub mod inbox;
+mod reclaim;
 mod run;
 mod thread;
+pub mod usage;
 mod waiters;
 
 pub use thread::{spawn_shard, ShardHandle, ShardSpec};

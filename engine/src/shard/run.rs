@@ -11,6 +11,7 @@
 //! it; only an idle shard announces sleep and is woken through its eventfd.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,21 +20,22 @@ use crate::buffer::channels::ChannelTable;
 use crate::config::Config;
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
-use crate::io::file::Access;
+use crate::io::file::{self, Access};
 use crate::io::fs::Fs;
 use crate::io::ring::Ring;
 use crate::metrics::ShardMetrics;
 use crate::recovery::{recover_shard, Cut, RecoverContext, Recovered};
 use crate::shard::inbox::{Inbox, Request};
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
-use crate::wal::manifest::Manifest;
+use crate::wal::manifest::{Manifest, ManifestState};
 use crate::wal::preparer::{PreparerSpec, SegmentPreparer};
-use crate::wal::segment::Segment;
+use crate::wal::segment::{LogSegment, Segment};
 
 use super::active_segment::{manifest_stale, sync_replayed, ActiveSegment};
 use super::admission::Accepted;
 use super::durability::DurabilityClock;
 use super::group_commit::{Batch, Flight};
+use super::reclaim::Reclaim;
 use super::thread::{Readiness, ShardSpec};
 use super::waiters::{complete_waiter, Waiter};
 
@@ -94,6 +96,17 @@ pub(super) struct Shard {
     /// Recovery accepted damage that the manifest still contradicts (a
     /// lenient mode): it is rewritten even if nothing is written.
     pub(super) manifest_stale: bool,
+    /// The shard's directory.
+    pub(super) dir: PathBuf,
+    /// The segments of the log, from its start to the one being written.
+    pub(super) log: VecDeque<LogSegment>,
+    /// Segment bytes reclaimed over the shard's life (the manifest keeps it).
+    pub(super) reclaimed_bytes: u64,
+    /// A reclamation on its way.
+    pub(super) reclaim: Reclaim,
+    /// The end of each segment kept for requests that free space
+    /// (`Config::reserve_bytes`).
+    pub(super) reserve_bytes: u64,
 }
 
 impl Shard {
@@ -157,6 +170,10 @@ impl Shard {
         let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
         let manifest_stale = manifest_stale(&recovered.damage);
         let fs = Fs::of(&config.backend);
+        let reclaimed_bytes = match &recovered.manifest {
+            ManifestState::Found(r) => r.reclaimed_bytes,
+            _ => 0,
+        };
         let manifest = Manifest::new(
             &fs,
             &spec.dir,
@@ -166,7 +183,20 @@ impl Shard {
             &recovered.manifest,
         );
         *ready.damage.lock().unwrap_or_else(|p| p.into_inner()) = recovered.damage;
-        let preparer = SegmentPreparer::spawn(preparer_spec(&spec, access, &fs))?;
+        let files = recovered.log.iter().map(|s| s.bytes).sum::<u64>()
+            + recovered
+                .leftovers
+                .iter()
+                .map(|(_, p)| file::size_of(p).unwrap_or(0))
+                .sum::<u64>();
+        metrics.wal_bytes.store(files, Ordering::Relaxed);
+        let preparer = SegmentPreparer::spawn(preparer_spec(&spec, access, &fs, &metrics))?;
+        // Files a crash left before the log start: recycled or removed.
+        for (seq, path) in recovered.leftovers {
+            let bytes = file::size_of(&path).unwrap_or(0);
+            preparer.reclaimed(seq, path, bytes, config.segment_bytes);
+        }
+        let mut log: VecDeque<LogSegment> = recovered.log.into_iter().collect();
         let active = ActiveSegment::resume(
             recovered.tail,
             recovered.next_segment_seq,
@@ -174,6 +204,14 @@ impl Shard {
             &preparer,
             &metrics,
         )?;
+        if log.back().is_none_or(|s| s.seq != active.segment.seq) {
+            log.push_back(LogSegment {
+                seq: active.segment.seq,
+                bytes: active.segment.bytes,
+                next_channel_id: recovered.table.next_id(),
+                recycled_from: active.segment.recycled_from,
+            });
+        }
         let in_flight_max = config.commits_in_flight_max;
         let (building, spare) = Batch::all(&config, spec.block, recovered.next_commit_seq);
         Ok(Shard {
@@ -209,9 +247,14 @@ impl Shard {
             preparer,
             spare_requested: active.spare_requested,
             completed_waiters: Vec::with_capacity(config.records_per_commit_max * in_flight_max),
+            reserve_bytes: config.reserve_bytes(spec.block),
             config,
             manifest,
             manifest_stale,
+            dir: spec.dir.clone(),
+            log,
+            reclaimed_bytes,
+            reclaim: Reclaim::due(),
         })
     }
 
@@ -229,6 +272,8 @@ impl Shard {
                 self.wake_completed();
                 std::thread::yield_now();
             }
+            self.reclaim_step();
+            self.admit_carry();
             self.admit_queued();
             if self.flights.len() < self.in_flight_max {
                 self.start_next();
@@ -236,6 +281,9 @@ impl Shard {
             self.wake_completed();
             let idle = self.flights.is_empty();
             if self.closing && idle && self.building.builder.is_empty() && self.deferred.is_none() {
+                // A reclamation whose entries are durable is published; one
+                // still carrying is left for the next open to plan again.
+                self.reclaim_step();
                 self.close_manifest();
                 break;
             }
@@ -403,7 +451,12 @@ impl Shard {
 }
 
 /// What the segment preparer of the shard `spec` describes needs.
-fn preparer_spec(spec: &ShardSpec, access: Access, fs: &Fs) -> PreparerSpec {
+fn preparer_spec(
+    spec: &ShardSpec,
+    access: Access,
+    fs: &Fs,
+    metrics: &Arc<ShardMetrics>,
+) -> PreparerSpec {
     PreparerSpec {
         shard: spec.id,
         shard_dir: spec.dir.clone(),
@@ -414,5 +467,7 @@ fn preparer_spec(spec: &ShardSpec, access: Access, fs: &Fs) -> PreparerSpec {
         file_mode: spec.config.file_mode,
         fs: fs.clone(),
         core: spec.core,
+        metrics: metrics.clone(),
+        wal_bytes_max: spec.config.wal_bytes_max(),
     }
 }

@@ -15,7 +15,9 @@
 //! 16 store_id u64                          16 store_id     u64
 //! 24 segment_seq u64                       24 segment_seq  u64
 //! 32 segment_bytes u64                     32 commit_seq   u64
-//! 40 reserved (zero) 24 bytes              40 position     u64  (byte of this header)              48 entries_bytes u32
+//! 40 recycled_from u64 (0: zero-filled;   40 position     u64  (byte of this header)
+//!    else the segment whose file this was) 48 entries_bytes u32
+//! 48 reserved (zero) 16 bytes
 //!                                          52 blocks       u32  (blocks spanned, with padding)
 //!                                          56 in_flight_max u16 (commits before
 //!                                             this one possibly not durable)
@@ -25,16 +27,24 @@
 //!  0 crc      u32 crc32c of (commit_seq as 8 bytes LE) ++ entry bytes 4..24+len
 //!  4 len      u32 payload bytes
 //!  8 kind     u8  1 = append, 2 = register, 3 = drop, 4 = checkpoint,
-//!                 5 = truncate
+//!                 5 = truncate, 6 = state, 7 = retired, 8 = relocate
 //!  9 flags    u8  zero
 //! 10 reserved u16 zero
 //! 12 channel  u32 shard-local channel id
 //! 16 offset   u64 append: the record's offset; register: the channel's first
 //!                 offset; drop: the channel's next offset when dropped;
 //!                 checkpoint: the channel's first live offset from then on;
-//!                 truncate: its next offset from then on
-//! 24 payload  append: the record; register: the channel name; others: empty
+//!                 truncate: its next offset from then on; state: its first
+//!                 live offset; retired: where the name's offsets go on;
+//!                 relocate: the record's offset
+//! 24 payload  append, relocate: the record; register, retired: the channel
+//!             name; state: see `StatePayload`; others: empty
 //! ```
+//!
+//! Entries of kinds 6–8 carry what the log holds forward, so that older
+//! segments can be reclaimed (`docs/format.md`, "Reclamation"): *state*
+//! restates a live channel whole, *retired* a dropped name's next offset,
+//! *relocate* a live record kept in an older segment.
 //!
 //! Identity: a commit header names its store, shard, segment, commit sequence
 //! and its own byte position, and every entry's CRC is seeded with the commit
@@ -82,6 +92,14 @@ pub enum EntryKind {
     Checkpoint = 4,
     /// A channel's records from the entry's offset on removed.
     Truncate = 5,
+    /// A live channel restated whole (name, first and next offsets, lost
+    /// ranges), carried forward before the segments that stated it go.
+    State = 6,
+    /// A dropped name restated: where a registration of it starts.
+    Retired = 7,
+    /// A live record written again, so that the older segment holding it
+    /// can go.
+    Relocate = 8,
 }
 
 impl EntryKind {
@@ -93,6 +111,9 @@ impl EntryKind {
             EntryKind::Drop => "drop",
             EntryKind::Checkpoint => "checkpoint",
             EntryKind::Truncate => "truncate",
+            EntryKind::State => "state",
+            EntryKind::Retired => "retired",
+            EntryKind::Relocate => "relocate",
         }
     }
 
@@ -103,6 +124,9 @@ impl EntryKind {
             3 => Some(EntryKind::Drop),
             4 => Some(EntryKind::Checkpoint),
             5 => Some(EntryKind::Truncate),
+            6 => Some(EntryKind::State),
+            7 => Some(EntryKind::Retired),
+            8 => Some(EntryKind::Relocate),
             _ => None,
         }
     }
@@ -121,6 +145,11 @@ pub struct SegmentHeader {
     pub segment_seq: SegmentSeq,
     /// File size at creation.
     pub segment_bytes: u64,
+    /// The segment whose file was recycled into this one (`None`: created
+    /// and zero-filled). After the chain of commits, a recycled segment holds
+    /// what its earlier life wrote: bytes that do not claim to be a commit
+    /// of this segment end its chain, as zeros end a fresh one.
+    pub recycled_from: Option<SegmentSeq>,
 }
 
 /// The decoded commit header.
@@ -234,6 +263,7 @@ pub fn encode_segment_header(h: &SegmentHeader, out: &mut [u8]) {
     put_u64(b, 16, h.store_id);
     put_u64(b, 24, h.segment_seq.0);
     put_u64(b, 32, h.segment_bytes);
+    put_u64(b, 40, h.recycled_from.map_or(0, |s| s.0));
     let crc = crc32c::crc32c(&b[8..]);
     put_u32(b, 4, crc);
 }
@@ -263,12 +293,23 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
     if !block_bytes.is_power_of_two() || !(512..=65536).contains(&block_bytes) {
         return Err(DecodeError::OutOfBounds("block_bytes"));
     }
+    let segment_seq = SegmentSeq(u64_at(b, 24));
+    let recycled_from = match u64_at(b, 40) {
+        0 => None,
+        // A file is recycled into a later segment only.
+        s if s >= segment_seq.0 => return Err(DecodeError::OutOfBounds("recycled_from")),
+        s => Some(SegmentSeq(s)),
+    };
+    if b[48..].iter().any(|&x| x != 0) {
+        return Err(DecodeError::OutOfBounds("segment header reserved bytes"));
+    }
     Ok(SegmentHeader {
         shard: ShardId(u16_at(b, 10)),
         block_bytes,
         store_id: u64_at(b, 16),
-        segment_seq: SegmentSeq(u64_at(b, 24)),
+        segment_seq,
         segment_bytes: u64_at(b, 32),
+        recycled_from,
     })
 }
 
@@ -341,6 +382,18 @@ pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader
     Ok(h)
 }
 
+/// Whether `block` claims to be a commit of segment `segment` of shard
+/// `shard` of store `store_id`: the commit magic and those identity fields,
+/// whatever its checksum says. In a recycled segment, a block that does not
+/// is what the file's earlier life left (`SegmentHeader::recycled_from`).
+pub fn claims_commit_of(block: &[u8], store_id: u64, shard: ShardId, segment: SegmentSeq) -> bool {
+    block.len() >= COMMIT_HEADER_BYTES
+        && u32_at(block, 0) == COMMIT_MAGIC
+        && u64_at(block, 16) == store_id
+        && u16_at(block, 10) == shard.0
+        && u64_at(block, 24) == segment.0
+}
+
 /// Encoded size of an entry with a payload of `len` bytes.
 pub const fn entry_bytes(len: usize) -> usize {
     ENTRY_HEADER_BYTES + len.div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
@@ -373,6 +426,74 @@ pub fn encode_entry(
     let crc = crc32c::crc32c_append(crc32c::crc32c(&commit_seq.0.to_le_bytes()), &b[4..]);
     put_u32(b, 0, crc);
     total
+}
+
+/// What a state entry's payload says besides its first offset: the
+/// channel's next offset, the `[from, to)` ranges of its live offsets whose
+/// records were lost (`RecoveryMode::SkipDamaged`), and its name.
+///
+/// ```text
+///  0 next          u64
+///  8 lost ranges   u32  (n)
+/// 12 reserved      u32  zero
+/// 16 n × (from u64, to u64)
+/// 16 + 16n name    the rest
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePayload<'a> {
+    /// The channel's next offset.
+    pub next: Offset,
+    /// Lost ranges, in offset order.
+    pub lost: Vec<(Offset, Offset)>,
+    /// The channel's name.
+    pub name: &'a str,
+}
+
+/// Bytes of a state payload before its lost ranges.
+const STATE_FIXED_BYTES: usize = 16;
+
+/// Encodes a state entry's payload.
+pub fn encode_state_payload(p: &StatePayload<'_>) -> Vec<u8> {
+    let mut b = vec![0u8; STATE_FIXED_BYTES + 16 * p.lost.len() + p.name.len()];
+    put_u64(&mut b, 0, p.next.0);
+    put_u32(
+        &mut b,
+        8,
+        u32::try_from(p.lost.len()).expect("lost ranges bounded by the commit size"),
+    );
+    for (i, (from, to)) in p.lost.iter().enumerate() {
+        put_u64(&mut b, STATE_FIXED_BYTES + 16 * i, from.0);
+        put_u64(&mut b, STATE_FIXED_BYTES + 16 * i + 8, to.0);
+    }
+    b[STATE_FIXED_BYTES + 16 * p.lost.len()..].copy_from_slice(p.name.as_bytes());
+    b
+}
+
+/// Decodes a state entry's payload; the count of lost ranges is bounded by
+/// the payload's length before anything is allocated for them.
+pub fn decode_state_payload(b: &[u8]) -> Result<StatePayload<'_>, DecodeError> {
+    if b.len() < STATE_FIXED_BYTES || u32_at(b, 12) != 0 {
+        return Err(DecodeError::OutOfBounds("state entry payload"));
+    }
+    let count = u32_at(b, 8) as usize;
+    let ranges_end = count
+        .checked_mul(16)
+        .and_then(|n| n.checked_add(STATE_FIXED_BYTES))
+        .filter(|&end| end <= b.len())
+        .ok_or(DecodeError::OutOfBounds("state entry lost ranges"))?;
+    let lost = (0..count)
+        .map(|i| {
+            let at = STATE_FIXED_BYTES + 16 * i;
+            (Offset(u64_at(b, at)), Offset(u64_at(b, at + 8)))
+        })
+        .collect();
+    let name = std::str::from_utf8(&b[ranges_end..])
+        .map_err(|_| DecodeError::OutOfBounds("state entry name"))?;
+    Ok(StatePayload {
+        next: Offset(u64_at(b, 0)),
+        lost,
+        name,
+    })
 }
 
 /// Iterates over the entries of a commit whose header decoded, checking each
@@ -580,6 +701,42 @@ mod tests {
         let n = entry_bytes(1);
         let r: Vec<_> = EntryIter::new(&buf[..n], CommitSeq(2), 1).collect();
         assert_eq!(r, vec![Err(DecodeError::BadEntryCrc { index: 0 })]);
+    }
+
+    #[test]
+    fn a_state_payload_round_trips_and_bounds_its_count() {
+        let p = StatePayload {
+            next: Offset(90),
+            lost: vec![(Offset(3), Offset(5)), (Offset(70), Offset(71))],
+            name: "dml_7",
+        };
+        let b = encode_state_payload(&p);
+        assert_eq!(decode_state_payload(&b), Ok(p));
+        let mut huge = b.clone();
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            decode_state_payload(&huge).is_err(),
+            "a count past the bytes"
+        );
+        assert!(decode_state_payload(&b[..10]).is_err());
+    }
+
+    #[test]
+    fn a_recycled_segment_header_names_an_earlier_segment() {
+        let mut h = SegmentHeader {
+            shard: ShardId(1),
+            block_bytes: 4096,
+            store_id: 5,
+            segment_seq: SegmentSeq(9),
+            segment_bytes: 1 << 20,
+            recycled_from: Some(SegmentSeq(3)),
+        };
+        let mut b = [0u8; 64];
+        encode_segment_header(&h, &mut b);
+        assert_eq!(decode_segment_header(&b), Ok(h));
+        h.recycled_from = Some(SegmentSeq(9));
+        encode_segment_header(&h, &mut b);
+        assert!(decode_segment_header(&b).is_err(), "not from itself");
     }
 
     #[test]

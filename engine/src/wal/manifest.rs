@@ -6,16 +6,28 @@
 //! shard-NNN/manifest   8192 bytes: two 4096-byte slots, generation g in slot g % 2
 //! ```
 //!
-//! A slot, little-endian: `0 magic u32 "CWSH"`, `4 crc32c of bytes 8..64`,
-//! `8 version u16`, `10 shard u16`, `12 reserved u32`, `16 store_id u64`,
-//! `24 generation u64`, `32 active_segment u64`, `40 durable_through u64`,
-//! zeros to byte 4096.
+//! A slot, little-endian: `0 magic u32 "CWSH"`, `4 crc32c of bytes 8..72`
+//! (version 1: `8..64`), `8 version u16` (2; 1 is read too), `10 shard
+//! u16`, `12 reserved u32`, `16 store_id u64`, `24 generation u64`,
+//! `32 active_segment u64`, `40 durable_through u64`, and from version 2:
+//! `48 log_start u64`, `56 log_start_next_id u64`, `64 reclaimed_bytes
+//! u64`; zeros to byte 4096.
 //!
 //! * `active_segment`: the newest segment the shard had begun to write
 //!   commits into; a listing whose newest segment is older lost segments.
 //! * `durable_through`: a commit every commit up to which was durable when
 //!   the slot was written; a chain that ends before it lost acknowledged
 //!   commits.
+//! * `log_start`: the oldest segment of the log (0: not recorded, the log
+//!   starts at the oldest segment present — a store that never reclaimed a
+//!   segment). Segments before it were reclaimed: replay never reads one,
+//!   and an open removes or recycles any that a crash left behind. A
+//!   listing that lacks it, or a segment after it, lost segments.
+//! * `log_start_next_id`: the channel id the shard would have handed out
+//!   next when `log_start` began: ids below it were registered before the
+//!   log start and are restated by state or retired entries in the log.
+//! * `reclaimed_bytes`: segment bytes reclaimed over the shard's life (what
+//!   replay no longer reads).
 //!
 //! The shard writes a new generation (write, then data sync, waited on
 //! before anything depends on it) before the first commit after an open,
@@ -40,13 +52,16 @@ use crate::types::{CommitSeq, SegmentSeq, ShardId};
 /// File name of a shard's manifest, in its directory.
 pub const MANIFEST_FILE: &str = "manifest";
 const MAGIC: u32 = u32::from_le_bytes(*b"CWSH");
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const SLOT_BYTES: usize = 4096;
 const FILE_BYTES: usize = 2 * SLOT_BYTES;
-const USED_BYTES: usize = 48;
+/// Bytes a slot of each version uses; its checksum covers `8..` them (the
+/// first version's covered `8..64` and used 48).
+const USED_BYTES_V1: usize = 48;
+const USED_BYTES: usize = 72;
 
 /// One generation of the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ManifestRecord {
     /// Counts the writes; the newest whole slot wins.
     pub generation: u64,
@@ -54,6 +69,20 @@ pub struct ManifestRecord {
     pub active_segment: SegmentSeq,
     /// Every commit up to this one was durable.
     pub durable_through: CommitSeq,
+    /// The oldest segment of the log, once segments were reclaimed.
+    pub log_start: Option<LogStart>,
+    /// Segment bytes reclaimed over the shard's life.
+    pub reclaimed_bytes: u64,
+}
+
+/// Where the log starts after reclamation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStart {
+    /// The oldest segment replay reads.
+    pub segment: SegmentSeq,
+    /// The channel id the shard would have handed out next when that
+    /// segment began.
+    pub next_channel_id: u64,
 }
 
 /// What the manifest file held at open.
@@ -82,16 +111,26 @@ fn encode(shard: ShardId, store_id: u64, r: &ManifestRecord) -> Vec<u8> {
     b[24..32].copy_from_slice(&r.generation.to_le_bytes());
     b[32..40].copy_from_slice(&r.active_segment.0.to_le_bytes());
     b[40..48].copy_from_slice(&r.durable_through.0.to_le_bytes());
-    let crc = crc32c::crc32c(&b[8..64]);
+    let (start, next_id) = r
+        .log_start
+        .map_or((0, 0), |s| (s.segment.0, s.next_channel_id));
+    b[48..56].copy_from_slice(&start.to_le_bytes());
+    b[56..64].copy_from_slice(&next_id.to_le_bytes());
+    b[64..72].copy_from_slice(&r.reclaimed_bytes.to_le_bytes());
+    let crc = crc32c::crc32c(&b[8..USED_BYTES]);
     b[4..8].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
 /// Whether a slot's checksum covers what it holds (a slot the power cut
-/// during its write fails this or its magic).
+/// during its write fails this or its magic), by the version it claims.
 fn checksum_holds(b: &[u8]) -> bool {
     let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
-    crc32c::crc32c(&b[8..64]) == crc && b[USED_BYTES..SLOT_BYTES].iter().all(|&x| x == 0)
+    let (covered, used) = match u16::from_le_bytes([b[8], b[9]]) {
+        1 => (64, USED_BYTES_V1),
+        _ => (USED_BYTES, USED_BYTES),
+    };
+    crc32c::crc32c(&b[8..covered]) == crc && b[used..SLOT_BYTES].iter().all(|&x| x == 0)
 }
 
 fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<ManifestRecord, String> {
@@ -106,16 +145,29 @@ fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<Manife
         return Err("checksum mismatch".into());
     }
     let version = u16::from_le_bytes([b[8], b[9]]);
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(format!("version {version} is not readable by this build"));
     }
     if u16::from_le_bytes([b[10], b[11]]) != shard.0 || u64_at(16) != store_id {
         return Err("belongs to another shard or store".into());
     }
+    let active_segment = SegmentSeq(u64_at(32));
+    let log_start = match u64_at(48) {
+        0 => None,
+        s if s > active_segment.0.max(1) => {
+            return Err(format!("log start {s} after the active segment"))
+        }
+        s => Some(LogStart {
+            segment: SegmentSeq(s),
+            next_channel_id: u64_at(56),
+        }),
+    };
     Ok(ManifestRecord {
         generation: u64_at(24),
-        active_segment: SegmentSeq(u64_at(32)),
+        active_segment,
         durable_through: CommitSeq(u64_at(40)),
+        log_start,
+        reclaimed_bytes: u64_at(64),
     })
 }
 
@@ -209,14 +261,14 @@ impl Manifest {
         self.last
     }
 
-    /// Makes a new generation durable: `active_segment` and
-    /// `durable_through`. Returns once it is on stable storage.
-    pub fn write(&mut self, active_segment: SegmentSeq, durable_through: CommitSeq) -> Result<()> {
+    /// Makes a new generation durable: what `record` says (its generation
+    /// is the next one, whatever it holds). Returns once it is on stable
+    /// storage.
+    pub fn write(&mut self, record: ManifestRecord) -> Result<()> {
         let generation = self.last.map_or(1, |r| r.generation + 1);
         let record = ManifestRecord {
             generation,
-            active_segment,
-            durable_through,
+            ..record
         };
         let slot = encode(self.shard, self.store_id, &record);
         if self.file.is_none() {
@@ -255,6 +307,42 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(active: u64, durable: u64) -> ManifestRecord {
+        ManifestRecord {
+            active_segment: SegmentSeq(active),
+            durable_through: CommitSeq(durable),
+            ..ManifestRecord::default()
+        }
+    }
+
+    /// A slot written by the first version (no log start) is read as one
+    /// that records none.
+    #[test]
+    fn a_first_version_slot_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, store) = (ShardId(1), 9u64);
+        let mut slot = vec![0u8; SLOT_BYTES];
+        slot[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        slot[8..10].copy_from_slice(&1u16.to_le_bytes());
+        slot[10..12].copy_from_slice(&shard.0.to_le_bytes());
+        slot[16..24].copy_from_slice(&store.to_le_bytes());
+        slot[24..32].copy_from_slice(&1u64.to_le_bytes());
+        slot[32..40].copy_from_slice(&3u64.to_le_bytes());
+        slot[40..48].copy_from_slice(&12u64.to_le_bytes());
+        let crc = crc32c::crc32c(&slot[8..64]);
+        slot[4..8].copy_from_slice(&crc.to_le_bytes());
+        let mut file = vec![0u8; FILE_BYTES];
+        file[SLOT_BYTES..].copy_from_slice(&slot);
+        std::fs::write(dir.path().join(MANIFEST_FILE), &file).unwrap();
+        assert_eq!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Found(ManifestRecord {
+                generation: 1,
+                ..record(3, 12)
+            })
+        );
+    }
 
     #[test]
     fn a_manifest_whose_first_generation_never_became_durable_reads_as_unwritten() {
@@ -303,8 +391,17 @@ mod tests {
             0o600,
             &ManifestState::Missing,
         );
-        m.write(SegmentSeq(1), CommitSeq(0)).unwrap();
-        m.write(SegmentSeq(2), CommitSeq(40)).unwrap();
+        m.write(record(1, 0)).unwrap();
+        let start = LogStart {
+            segment: SegmentSeq(2),
+            next_channel_id: 7,
+        };
+        m.write(ManifestRecord {
+            log_start: Some(start),
+            reclaimed_bytes: 1 << 20,
+            ..record(2, 40)
+        })
+        .unwrap();
         let found = read(dir.path(), shard, store).unwrap();
         let ManifestState::Found(r) = found else {
             panic!("{found:?}")
@@ -313,6 +410,7 @@ mod tests {
             (r.generation, r.active_segment, r.durable_through),
             (2, SegmentSeq(2), CommitSeq(40))
         );
+        assert_eq!((r.log_start, r.reclaimed_bytes), (Some(start), 1 << 20));
         // Tear the newest slot: the older generation is read.
         let path = dir.path().join(MANIFEST_FILE);
         let mut b = std::fs::read(&path).unwrap();
@@ -342,7 +440,7 @@ mod tests {
             0o600,
             &ManifestState::Missing,
         );
-        m.write(SegmentSeq(5), CommitSeq(9)).unwrap();
+        m.write(record(5, 9)).unwrap();
         assert!(matches!(
             read(dir.path(), ShardId(4), store).unwrap(),
             ManifestState::Damaged(_)

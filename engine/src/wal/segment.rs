@@ -2,6 +2,7 @@
 //! place), listing.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -32,6 +33,23 @@ pub struct Segment {
     pub file: Arc<DiskFile>,
     /// Its size.
     pub bytes: u64,
+    /// The segment whose file was recycled into it, if any.
+    pub recycled_from: Option<SegmentSeq>,
+}
+
+/// A segment of a shard's log as the shard keeps it: from the log start to
+/// the segment being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSegment {
+    /// Its sequence number.
+    pub seq: SegmentSeq,
+    /// Its file's size.
+    pub bytes: u64,
+    /// The channel id the shard would have handed out next when the
+    /// segment began (the manifest records it with a new log start).
+    pub next_channel_id: u64,
+    /// The segment whose file was recycled into it, if any.
+    pub recycled_from: Option<SegmentSeq>,
 }
 
 /// What a new segment is made of.
@@ -83,6 +101,86 @@ pub fn create_segment(
         file: Arc::new(file.renamed(&path)),
         path,
         bytes: h.segment_bytes,
+        recycled_from: h.recycled_from,
+    })
+}
+
+/// Makes the reclaimed segment file `old` (before the log start, so that
+/// replay never reads it) segment `spec.header.segment_seq`: renamed to the
+/// new segment's temporary name, its header block rewritten (naming the
+/// segment it was, `recycled_from`) and synced, renamed into place, and
+/// the directory synced. Nothing else of it is written: what its earlier
+/// life left after the header never decodes as a commit of the new segment
+/// (every commit header names its segment; `docs/format.md`), and its
+/// blocks stay allocated and written, so commits into it sync as into a
+/// zero-filled one. A crash at any point leaves the old file under its old
+/// name (before the log start: removed or recycled at the next open), or a
+/// `.creating` file (removed at open), or the whole new segment.
+///
+/// `zeros` is a zeroed buffer of at least one block, returned zeroed.
+pub fn recycle_segment(
+    spec: &SegmentSpec<'_>,
+    old: &Path,
+    zeros: &mut AlignedBuf,
+    wal_bytes: &AtomicU64,
+) -> Result<Segment> {
+    let h = &spec.header;
+    assert!(
+        h.recycled_from.is_some_and(|from| from < h.segment_seq),
+        "a recycled segment names the earlier segment it was"
+    );
+    let path = segment_path(spec.shard_dir, h.segment_seq);
+    let tmp = path.with_extension(CREATING_EXTENSION);
+    file::remove_leftover(spec.fs, &tmp);
+    file::rename_no_replace(spec.fs, old, &tmp)?;
+    // From here on a failure removes what the file became: it is no longer
+    // a segment of the log under any name.
+    let give_up = |at: &Path, e: Error| {
+        if let Ok(true) = file::remove(spec.fs, at, "remove reclaimed segment") {
+            wal_bytes.fetch_sub(h.segment_bytes, Ordering::Relaxed);
+        }
+        Err(e)
+    };
+    let file = match DiskFile::open_rw(spec.fs, &tmp, spec.access) {
+        Ok(f) => f,
+        Err(e) => return give_up(&tmp, e),
+    };
+    let size = file.len()?;
+    if size != h.segment_bytes {
+        drop(file);
+        let what = format!(
+            "a reclaimed segment of {size} bytes cannot become one of {}",
+            h.segment_bytes
+        );
+        let e = Error::Format {
+            path: old.into(),
+            what,
+        };
+        // Counted as a segment's size when it was handed over.
+        return give_up(&tmp, e);
+    }
+    let block = h.block_bytes as usize;
+    encode_segment_header(h, &mut zeros[..]);
+    let written = file.write_all_at(&zeros[..block], 0, "write segment header");
+    zeros[..block].fill(0);
+    if let Err(e) = written.and_then(|()| file.sync_data("sync recycled segment header")) {
+        drop(file);
+        return give_up(&tmp, e);
+    }
+    if let Err(e) = file::rename_no_replace(spec.fs, &tmp, &path) {
+        drop(file);
+        return give_up(&tmp, e);
+    }
+    if let Err(e) = file::sync_dir(spec.fs, spec.shard_dir) {
+        drop(file);
+        return give_up(&path, e);
+    }
+    Ok(Segment {
+        seq: h.segment_seq,
+        file: Arc::new(file.renamed(&path)),
+        path,
+        bytes: h.segment_bytes,
+        recycled_from: h.recycled_from,
     })
 }
 
@@ -200,5 +298,6 @@ pub fn new_header(
         store_id,
         segment_seq,
         segment_bytes,
+        recycled_from: None,
     }
 }

@@ -1,0 +1,308 @@
+//! Reclamation: the segments at the start of the log that replay no longer
+//! needs go back to the preparer, to be recycled as the next segments or
+//! removed.
+//!
+//! A segment is needed while it holds a live record (acknowledged, not
+//! checkpointed, truncated or dropped) or an *anchor* — the latest entry
+//! that states a channel or a dropped name whole (a registration, or a
+//! state or retired entry). Records go only when the service lets them
+//! go; anchors are moved by writing their channel's state again
+//! (*carrying it forward*) into the segment being written. So, in steps:
+//!
+//! 1. **Plan**: the new log start is the oldest segment holding a live
+//!    record (or the segment being written). Past `Config::wal_bytes_max`,
+//!    the live records of the oldest segments, up to a quarter segment, are
+//!    relocated — written again — so that the start can move past them.
+//! 2. **Carry**: the anchors before the new start, and the relocations,
+//!    become entries of the next commits, ahead of requests; the last
+//!    commit that carries them is made durable in every durability mode.
+//! 3. **Publish**: once it is durable, and nothing before the new start is
+//!    pinned any more, the shard manifest records the new log start (a
+//!    synced write), and only then do the files before it go to the
+//!    preparer. A crash before the manifest leaves the old start (the
+//!    carried entries restate what the log already says); after it, files
+//!    before the start are never read and the next open recycles or
+//!    removes them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use crate::buffer::channels::{Anchor, Stragglers};
+use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
+use crate::wal::format::{entry_bytes, EntryKind};
+use crate::wal::manifest::{LogStart, ManifestRecord};
+
+use super::admission::{Admit, Need};
+use super::run::Shard;
+
+/// An entry to carry forward.
+#[derive(Debug)]
+pub(super) enum Carry {
+    /// A channel's or a dropped name's state, written whole again.
+    State(Anchor),
+    /// Live records written again.
+    Relocate(Stragglers),
+}
+
+/// A reclamation on its way.
+#[derive(Debug, Default)]
+pub(super) struct Reclaim {
+    /// Entries not yet in a commit, in order.
+    carry: VecDeque<Carry>,
+    /// The log start the carried entries make possible.
+    target: Option<SegmentSeq>,
+    /// The last commit carrying them.
+    through: Option<CommitSeq>,
+    /// Something moved that may free the oldest segments (a checkpoint, a
+    /// truncation, a drop, a segment change): plan again.
+    pub(super) due: bool,
+}
+
+impl Reclaim {
+    /// Nothing on its way; a plan is due (after an open).
+    pub(super) fn due() -> Reclaim {
+        Reclaim {
+            due: true,
+            ..Reclaim::default()
+        }
+    }
+
+    /// Whether carried entries wait for a commit.
+    pub(super) fn has_carry(&self) -> bool {
+        !self.carry.is_empty()
+    }
+}
+
+impl Shard {
+    /// Plans a reclamation when one may be possible and none is on its way,
+    /// and publishes one whose carried entries are durable.
+    pub(super) fn reclaim_step(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.reclaim.target.is_some() {
+            self.publish_when_durable();
+        } else if self.reclaim.due && !self.closing {
+            self.reclaim.due = false;
+            self.plan_reclaim();
+        }
+    }
+
+    /// Step 1: where the log may start, what must be carried forward for
+    /// that, and (past the space limit) which records to relocate.
+    fn plan_reclaim(&mut self) {
+        let start = self.log_start();
+        let active = self.segment.seq;
+        let pins = self.table.pins();
+        let mut target = pins.oldest_with_records().unwrap_or(active).min(active);
+        let mut relocate = Vec::new();
+        if self.over_space_limit() && target < active {
+            // Stragglers: the few live records that keep the oldest
+            // segments, written again so that those can go.
+            let budget = self.config.segment_bytes / 4;
+            let mut bytes = 0u64;
+            let mut past = target;
+            for (seq, pin) in pins.iter() {
+                if seq >= active || (pin.records > 0 && bytes + pin.bytes > budget) {
+                    break;
+                }
+                bytes += pin.bytes;
+                past = SegmentSeq(seq.0 + 1);
+            }
+            if past > target {
+                let until = pins
+                    .iter()
+                    .find(|(s, p)| *s >= past && p.records > 0)
+                    .map_or(active, |(s, _)| s)
+                    .min(active);
+                relocate = self.table.records_before(past, budget);
+                target = until;
+            }
+        }
+        if target <= start {
+            return;
+        }
+        // Relocated records first: replay holds a channel's records back
+        // until the entry that states it, which must find them.
+        let mut carry: VecDeque<Carry> = relocate.into_iter().map(Carry::Relocate).collect();
+        carry.extend(
+            self.table
+                .anchored_before(target)
+                .into_iter()
+                .map(Carry::State),
+        );
+        self.reclaim.carry = carry;
+        self.reclaim.target = Some(target);
+        self.reclaim.through = None;
+        if !self.reclaim.has_carry() {
+            self.publish_when_durable();
+        }
+    }
+
+    /// Step 2: carried entries join the commit being built, ahead of the
+    /// requests waiting in the inbox, while they fit. Each is made from the
+    /// channel as it is now: what was dropped, checkpointed or truncated
+    /// since the plan is not carried.
+    pub(super) fn admit_carry(&mut self) {
+        while let Some(item) = self.reclaim.carry.front() {
+            let entries = match item {
+                Carry::State(anchor) => self.table.state_entry(anchor).map(|e| vec![e]),
+                Carry::Relocate(s) => {
+                    let to = Offset(s.from.0 + s.records.len() as u64);
+                    self.table.read(s.channel, s.from, to).ok().map(|held| {
+                        held.into_iter()
+                            .map(|r| (s.channel, r.offset, r.data.to_vec()))
+                            .collect()
+                    })
+                }
+            };
+            let Some(entries) = entries.filter(|e: &Vec<_>| !e.is_empty()) else {
+                // Dropped, let go or registered again since the plan.
+                self.reclaim.carry.pop_front();
+                continue;
+            };
+            let bytes: usize = entries.iter().map(|(_, _, p)| entry_bytes(p.len())).sum();
+            if !matches!(self.admit(0, bytes, Need::Frees), Admit::Yes) {
+                return;
+            }
+            let item = self.reclaim.carry.pop_front().expect("looked at above");
+            self.push_carry(item, entries);
+        }
+    }
+
+    /// Adds a carried entry (or relocated records) to the commit being
+    /// built.
+    fn push_carry(&mut self, item: Carry, entries: Vec<(ChannelId, Offset, Vec<u8>)>) {
+        let batch = &mut self.building;
+        let kind = match &item {
+            Carry::State(Anchor::Channel(_)) => EntryKind::State,
+            Carry::State(Anchor::Retired(..)) => EntryKind::Retired,
+            Carry::Relocate(_) => EntryKind::Relocate,
+        };
+        for (channel, offset, payload) in &entries {
+            batch.builder.push(kind, *channel, *offset, payload);
+        }
+        match item {
+            Carry::State(anchor) => {
+                batch.anchors.push(anchor);
+                self.metrics.entries_carried.fetch_add(1, Ordering::Relaxed);
+            }
+            Carry::Relocate(_) => {
+                // Consecutive offsets, one relocation each.
+                let mut i = 0;
+                while i < entries.len() {
+                    let (channel, from, _) = entries[i];
+                    let mut j = i + 1;
+                    while j < entries.len() && entries[j].1 .0 == from.0 + (j - i) as u64 {
+                        j += 1;
+                    }
+                    let count = (j - i) as u64;
+                    self.table.relocating(channel, count);
+                    batch
+                        .relocations
+                        .push((channel, from, Offset(from.0 + count)));
+                    i = j;
+                }
+                self.metrics
+                    .records_relocated
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            }
+        }
+        // Durable before the log start moves past what it restates, also
+        // in periodic mode.
+        batch.sync_now = true;
+        self.reclaim.through = Some(batch.builder.commit_seq());
+    }
+
+    /// Step 3: once the carried entries are durable and nothing before the
+    /// target is pinned, the manifest records the new log start, then the
+    /// files before it go to the preparer.
+    fn publish_when_durable(&mut self) {
+        let Some(target) = self.reclaim.target else {
+            return;
+        };
+        if self.reclaim.has_carry()
+            || self
+                .reclaim
+                .through
+                .is_some_and(|c| self.clock.durable_through() < c)
+        {
+            return;
+        }
+        self.reclaim.target = None;
+        self.reclaim.through = None;
+        let pins = self.table.pins();
+        let still_pinned = pins.anchors_before(target) > 0
+            || pins.oldest_with_records().is_some_and(|s| s < target);
+        if still_pinned {
+            // Something was carried that changed meanwhile (a channel
+            // registered again, a relocation of records since truncated):
+            // the next plan sees it as it is now.
+            self.reclaim.due = true;
+            return;
+        }
+        let gone: Vec<_> = self
+            .log
+            .iter()
+            .take_while(|s| s.seq < target)
+            .copied()
+            .collect();
+        let Some(new_start) = self.log.iter().find(|s| s.seq == target).copied() else {
+            return;
+        };
+        let freed: u64 = gone.iter().map(|s| s.bytes).sum();
+        let record = ManifestRecord {
+            log_start: Some(LogStart {
+                segment: new_start.seq,
+                next_channel_id: new_start.next_channel_id,
+            }),
+            reclaimed_bytes: self.reclaimed_bytes + freed,
+            ..self.manifest_record()
+        };
+        if let Err(e) = self.manifest.write(record) {
+            self.fail(e);
+            return;
+        }
+        self.reclaimed_bytes += freed;
+        for s in &gone {
+            self.log.pop_front();
+            let path = crate::wal::segment::segment_path(&self.dir, s.seq);
+            self.preparer
+                .reclaimed(s.seq, path, s.bytes, self.config.segment_bytes);
+        }
+        self.metrics
+            .segments_reclaimed
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        // Space came free: a request refused for lack of it may go now.
+        self.no_space = None;
+        self.preparer.retry_failed();
+    }
+
+    /// The oldest segment of the log.
+    pub(super) fn log_start(&self) -> SegmentSeq {
+        self.log.front().map_or(self.segment.seq, |s| s.seq)
+    }
+
+    /// Whether the shard's segment files leave no room for a new one
+    /// within `Config::wal_bytes_max`.
+    pub(super) fn over_space_limit(&self) -> bool {
+        let wal_bytes = self.metrics.wal_bytes.load(Ordering::Relaxed);
+        wal_bytes + self.config.segment_bytes > self.config.wal_bytes_max()
+            && self.preparer.recyclable() == 0
+    }
+
+    /// What the manifest records now: where the log ends and starts.
+    pub(super) fn manifest_record(&self) -> ManifestRecord {
+        let start = self.log.front();
+        ManifestRecord {
+            generation: 0,
+            active_segment: self.segment.seq,
+            durable_through: self.clock.durable_through(),
+            log_start: start.map(|s| LogStart {
+                segment: s.seq,
+                next_channel_id: s.next_channel_id,
+            }),
+            reclaimed_bytes: self.reclaimed_bytes,
+        }
+    }
+}
