@@ -11,8 +11,8 @@ use clap::Args;
 use corewal_engine::inspect::{examine, DirReport};
 use corewal_engine::recovery::{Damage, DamageAction};
 use corewal_engine::wal::format::{
-    decode_commit_header, decode_segment_header, DecodeError, EntryIter, EntryKind,
-    COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    claims_commit_of, decode_commit_header, decode_segment_header, DecodeError, EntryIter,
+    EntryKind, COMMIT_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use serde_json::json;
 
@@ -138,8 +138,11 @@ fn report_json(
         "sound": r.is_sound(torn_tail_ok),
         "shard_reports": r.shards.iter().map(|s| json!({
             "shard": s.shard,
-            "segments": s.segments.iter().map(|(seq, path, bytes)| json!({
-                "seq": seq, "path": path.display().to_string(), "bytes": bytes,
+            "log_start": s.log_start,
+            "segments": s.segments.iter().map(|g| json!({
+                "seq": g.seq, "path": g.path.display().to_string(), "bytes": g.bytes,
+                "state": g.state.word(), "recycled_from": g.recycled_from,
+                "live_records": g.live_records, "live_bytes": g.live_bytes, "anchors": g.anchors,
             })).collect::<Vec<_>>(),
             "commits": s.commits,
             "channels": s.channels.iter().filter(|c| !c.dropped).count(),
@@ -150,7 +153,7 @@ fn report_json(
                 .map(|c| json!({
                     "id": c.id, "name": c.name, "first_offset": c.first_offset,
                     "next_offset": c.next_offset, "records": c.records, "bytes": c.bytes,
-                    "lost": c.lost,
+                    "lost": c.lost, "oldest_segment": c.oldest_segment,
                 })).collect::<Vec<_>>()),
             "damage": s.damage.iter().map(damage_json).collect::<Vec<_>>(),
             "error": s.error.as_ref().map(|e| e.to_string()),
@@ -174,9 +177,9 @@ pub fn run_inspect(args: InspectArgs) -> Result<(), Box<dyn std::error::Error>> 
         let out = std::io::stdout().lock();
         let mut out = std::io::BufWriter::new(out);
         for s in &report.shards {
-            for (seq, path, _) in &s.segments {
-                if args.segment.is_none_or(|want| want == *seq) {
-                    dump_segment(&mut out, s.shard, *seq, path, args.hex, args.json)?;
+            for g in &s.segments {
+                if args.segment.is_none_or(|want| want == g.seq) {
+                    dump_segment(&mut out, s.shard, g.seq, &g.path, args.hex, args.json)?;
                 }
             }
         }
@@ -199,7 +202,7 @@ pub fn run_inspect(args: InspectArgs) -> Result<(), Box<dyn std::error::Error>> 
         m.shards
     );
     for s in &report.shards {
-        let bytes: u64 = s.segments.iter().map(|x| x.2).sum();
+        let bytes: u64 = s.segments.iter().map(|x| x.bytes).sum();
         let live: Vec<_> = s.channels.iter().filter(|c| !c.dropped).collect();
         println!(
             "shard {}: {} segments ({:.1} MiB), {} commits, {} channels ({} dropped), {} records, {} damaged places",
@@ -212,11 +215,21 @@ pub fn run_inspect(args: InspectArgs) -> Result<(), Box<dyn std::error::Error>> 
             live.iter().map(|c| c.records).sum::<u64>(),
             s.damage.len()
         );
-        for (seq, path, bytes) in &s.segments {
+        if let Some(start) = s.log_start {
+            println!("  log starts at segment {start}");
+        }
+        for g in &s.segments {
             println!(
-                "  segment {seq:>6}  {:>10} B  {}",
-                bytes,
-                path.file_name().unwrap_or_default().to_string_lossy()
+                "  segment {:>6}  {:>10} B  {}  {:<11} {} live records ({} B), {} anchors{}",
+                g.seq,
+                g.bytes,
+                g.path.file_name().unwrap_or_default().to_string_lossy(),
+                g.state.word(),
+                g.live_records,
+                g.live_bytes,
+                g.anchors,
+                g.recycled_from
+                    .map_or(String::new(), |f| format!(", recycled from segment {f}"))
             );
         }
         let max = if args.channels_max == 0 {
@@ -226,13 +239,16 @@ pub fn run_inspect(args: InspectArgs) -> Result<(), Box<dyn std::error::Error>> 
         };
         for c in live.iter().take(max) {
             println!(
-                "  channel {:?} (id {}): offsets {}..{}, {} records, {} B{}",
+                "  channel {:?} (id {}): offsets {}..{} (checkpointed below {}), {} records, {} B{}{}",
                 c.name,
                 c.id,
                 c.first_offset,
                 c.next_offset,
+                c.first_offset,
                 c.records,
                 c.bytes,
+                c.oldest_segment
+                    .map_or(String::new(), |s| format!(", oldest in segment {s}")),
                 if c.lost > 0 {
                     format!(", {} offsets lost to damage", c.lost)
                 } else {
@@ -378,10 +394,13 @@ fn dump_segment(
     } else {
         writeln!(
             out,
-            "shard {shard} segment {seq}: {} ({} B, block {block} B, store {:016x})",
+            "shard {shard} segment {seq}: {} ({} B, block {block} B, store {:016x}{})",
             path.display(),
             data.len(),
-            header.store_id
+            header.store_id,
+            header
+                .recycled_from
+                .map_or(String::new(), |f| format!(", recycled from segment {f}"))
         )?;
     }
     let mut pos = block.max(SEGMENT_HEADER_BYTES);
@@ -405,7 +424,38 @@ fn dump_segment(
             Ok(())
         }
     };
+    // A recycled segment: blocks that do not claim to be its commits are
+    // what the file's earlier life left, named once per stretch.
+    let mut earlier: Option<usize> = None;
+    let flush_earlier = |out: &mut dyn Write, earlier: &mut Option<usize>, end: usize| {
+        match earlier.take() {
+            Some(at) if as_json => writeln!(
+                out,
+                "{}",
+                json!({"type": "earlier_life", "shard": shard, "segment": seq, "position": at, "end": end, "recycled_from": header.recycled_from.map(|s| s.0)})
+            ),
+            Some(at) => writeln!(
+                out,
+                "  bytes {at}..{end}: left by the file's earlier life (segment {}), not commits of this one",
+                header.recycled_from.map_or(0, |s| s.0)
+            ),
+            None => Ok(()),
+        }
+    };
     while pos + block <= data.len() {
+        let claims = claims_commit_of(
+            &data[pos..pos + block],
+            header.store_id,
+            header.shard,
+            header.segment_seq,
+        );
+        if header.recycled_from.is_some() && !claims {
+            flush_bad(out, &mut bad, pos)?;
+            earlier.get_or_insert(pos);
+            pos += block;
+            continue;
+        }
+        flush_earlier(out, &mut earlier, pos)?;
         let h = match decode_commit_header(&data[pos..], block) {
             Ok(h) => h,
             Err(DecodeError::Empty) => {
@@ -506,5 +556,6 @@ fn dump_segment(
         pos += span;
     }
     flush_bad(out, &mut bad, data.len())?;
+    flush_earlier(out, &mut earlier, data.len())?;
     Ok(())
 }

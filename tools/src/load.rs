@@ -72,11 +72,21 @@ pub struct LoadArgs {
     records: Option<u64>,
     /// Checkpoint each channel after every N records appended to it, through the last
     /// record this writer got back (`Channel::checkpoint`: durable, one commit with a data
-    /// sync), as a service does that persisted them elsewhere. The writer's time in the
+    /// sync), as a service does that persisted them elsewhere: the records' memory is
+    /// freed and their segments are reclaimed and recycled. The writer's time in the
     /// checkpoint is charged to its throughput, not to append latency. Default: never.
-    /// (Segments are not yet reclaimed: checkpoints free memory, not disk.)
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Space limit of each shard's segment files (`Config::wal_bytes_max`; suffixes KiB,
+    /// MiB, GiB). Past it the engine relocates stragglers and, if what is live fills it,
+    /// refuses appends with a retryable `NoSpace` (the writer retries after 1 ms and the
+    /// summary counts the refusals). Default: the engine's, 64 segments.
+    #[arg(long, value_parser = parse_bytes)]
+    wal_bytes_max: Option<u64>,
+    /// Write one JSON object per --interval (throughput, latency, WAL bytes on disk, RSS)
+    /// to this file, one per line; `corewal plot` draws it. Default: none.
+    #[arg(long)]
+    report_file: Option<PathBuf>,
     /// Time before the measured window; its appends are not counted.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
@@ -125,9 +135,13 @@ pub struct LoadArgs {
     /// Default: no log.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
-    /// Length of a progress interval: a line on a terminal's stderr and an --hdr-log entry.
+    /// Length of an interval: a line on stderr (appends/s, latency, WAL bytes on disk,
+    /// RSS), an --hdr-log entry and a --report-file line.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
+    /// No interval lines on stderr (the summary, --report-file and --hdr-log are unchanged).
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Named workloads; the figures in docs/BENCHMARKS.md use these.
@@ -330,6 +344,20 @@ struct LoadResult {
     /// `--checkpoint-every`, and the checkpoints the writers made in the measured window.
     checkpoint_every: Option<u64>,
     checkpoints: u64,
+    /// Appends refused with a retryable `NoSpace` (and retried) in the measured window.
+    appends_refused: u64,
+    /// `--wal-bytes-max` (per shard), and the segment files' bytes (all shards) at the end
+    /// and at most over the run's intervals.
+    wal_bytes_max: u64,
+    wal_bytes_end: u64,
+    wal_bytes_peak: u64,
+    /// Segments reclaimed and recycled, and records relocated, in the measured window.
+    segments_reclaimed: u64,
+    segments_recycled: u64,
+    records_relocated: u64,
+    /// Resident memory of the process at the end and at most over the run's intervals.
+    rss_bytes_end: u64,
+    rss_bytes_peak: u64,
     /// Open loop: how far behind its schedule the latest writer was at the end.
     schedule_lag_end_ns: Option<u64>,
     /// Open loop: whether the engine kept up with the schedule (the lag at the
@@ -357,6 +385,7 @@ struct WriterPlan {
 struct Counted {
     appends: u64,
     checkpoints: u64,
+    refused: u64,
 }
 
 /// State shared by the writers and the main thread.
@@ -465,11 +494,24 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Err
             None => Instant::now(),
         };
         k += 1;
-        let first = if work.batch == 1 {
-            ch.append(&payload[..sizes[0]])?
+        let appended = if work.batch == 1 {
+            ch.append(&payload[..sizes[0]])
         } else {
             let batch: Vec<&[u8]> = sizes.iter().map(|&n| &payload[..n]).collect();
-            ch.append_batch(&batch)?
+            ch.append_batch(&batch)
+        };
+        let first = match appended {
+            Ok(first) => first,
+            // A WAL at its limit (or a full filesystem): nothing was written;
+            // retry, as a service would, and say so in the summary.
+            Err(e) if e.is_retryable() => {
+                if counting {
+                    counted.refused += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let ns = start.elapsed().as_nanos() as u64;
         shared.done.fetch_add(1, Ordering::Relaxed);
@@ -484,9 +526,15 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Err
             since_checkpoint[slot] += work.batch as u64;
             if since_checkpoint[slot] >= every {
                 since_checkpoint[slot] = 0;
-                ch.checkpoint(corewal::Offset(first.0 + work.batch as u64 - 1))?;
-                if counting && !shared.stop.load(Ordering::Relaxed) {
-                    counted.checkpoints += 1;
+                match ch.checkpoint(corewal::Offset(first.0 + work.batch as u64 - 1)) {
+                    Ok(()) => {
+                        if counting && !shared.stop.load(Ordering::Relaxed) {
+                            counted.checkpoints += 1;
+                        }
+                    }
+                    // No room even for the checkpoint: the next one covers it.
+                    Err(e) if e.is_retryable() => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -508,17 +556,25 @@ fn collect(shared: &Shared) -> Histogram<u64> {
 pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let work = Workload::resolve(&args);
     check_args(&args, &work)?;
-    // Open the log before any work, so that a bad path fails at once.
-    let mut hdr_log = match &args.hdr_log {
-        Some(p) => {
-            Some(std::fs::File::create(p).map_err(|e| format!("--hdr-log {}: {e}", p.display()))?)
-        }
-        None => None,
+    // Open the logs before any work, so that a bad path fails at once.
+    let create = |p: &PathBuf, flag: &str| {
+        std::fs::File::create(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
     };
+    let mut hdr_log = args
+        .hdr_log
+        .as_ref()
+        .map(|p| create(p, "--hdr-log"))
+        .transpose()?;
+    let report = args
+        .report_file
+        .as_ref()
+        .map(|p| create(p, "--report-file").map(std::io::BufWriter::new))
+        .transpose()?;
     let data = DataDir::new(args.dir.as_deref(), "corewal-load-", args.keep)?;
     let dir = data.path.clone();
-
-    let engine = Engine::open(engine_config(&args, &dir, &work)?)?;
+    let config = engine_config(&args, &dir, &work)?;
+    let wal_bytes_max = config.wal_bytes_max();
+    let engine = Engine::open(config)?;
 
     let channels: Vec<corewal::Channel> = (0..work.channels)
         .map(|c| engine.register(&format!("load-{c}")))
@@ -536,15 +592,108 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         barrier: Barrier::new(work.writers + 1),
         epoch: Mutex::new(None),
     });
-    let record_limit = args.records;
-    let handles: Vec<_> = (0..work.writers)
+    let handles = spawn_writers(&args, work, &shared);
+
+    // With --records every record counts: the window opens before the
+    // writers start. Otherwise it opens after the warm-up.
+    let warmup = if args.records.is_some() {
+        Duration::ZERO
+    } else {
+        args.warmup
+    };
+    // The progress bar only on a terminal (and with --records); interval
+    // lines on stderr otherwise, wherever it goes, unless --quiet.
+    let terminal = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+    let bar = (terminal && !args.json)
+        .then_some(args.records)
+        .flatten()
+        .map(progress_bar);
+    let mut serializer = hdrhistogram::serialization::V2Serializer::new();
+    let log_writer = match hdr_log.as_mut() {
+        Some(f) => Some(
+            hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder::new()
+                .add_comment("corewal load: append latency in nanoseconds")
+                .with_start_time(std::time::SystemTime::now())
+                .with_max_value_divisor(1e6)
+                .begin_log_with(f, &mut serializer)?,
+        ),
+        None => None,
+    };
+    let mut window = Window::open(&engine, &shared, warmup);
+    let mut ticks = Ticks {
+        lines: bar.is_none() && !args.quiet,
+        bar,
+        log: log_writer,
+        report,
+        last_done: 0,
+        wal_bytes_peak: 0,
+        rss_bytes_peak: 0,
+    };
+    window.run(&args, &engine, &shared, &handles, &mut ticks)?;
+    let end = Measured::take(&engine, &window, &shared);
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut counted = Counted::default();
+    for h in handles {
+        let c = h.join().map_err(|_| "writer thread panicked")??;
+        counted.appends += c.appends;
+        counted.checkpoints += c.checkpoints;
+        counted.refused += c.refused;
+    }
+    let rest = collect(&shared);
+    window.total.add(&rest)?;
+    ticks.finish(&rest, window.started)?;
+    let rss_bytes_end = rss_bytes();
+    let wal_bytes_end = engine.metrics().wal_bytes;
+    let block_bytes = engine.block_bytes();
+    let shards = engine.shard_count();
+    let cores = engine.cores().to_vec();
+    drop(shared);
+    engine.close()?;
+
+    let result = summarize(
+        &args,
+        &work,
+        &window,
+        &end,
+        &counted,
+        Setup {
+            host: fingerprint(&dir),
+            dir: dir.display().to_string(),
+            block_bytes,
+            shards,
+            cores,
+            warmup,
+            wal_bytes_max,
+        },
+        (
+            wal_bytes_end,
+            ticks.wal_bytes_peak.max(wal_bytes_end),
+            rss_bytes_end,
+            ticks.rss_bytes_peak.max(rss_bytes_end),
+        ),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print_table(&result, data.is_removed());
+    }
+    Ok(())
+}
+
+/// Starts the writer threads; they wait at the barrier.
+fn spawn_writers(
+    args: &LoadArgs,
+    work: Workload,
+    shared: &Arc<Shared>,
+) -> Vec<std::thread::JoinHandle<Result<Counted, corewal::Error>>> {
+    (0..work.writers)
         .map(|w| {
             let plan = WriterPlan {
                 w,
                 work,
                 rate: args.rate,
                 seed: args.seed,
-                record_limit,
+                record_limit: args.records,
                 pin: args.writer_cores.as_ref().map(|c| c[w % c.len()]),
                 checkpoint_every: args.checkpoint_every,
             };
@@ -554,160 +703,285 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .spawn(move || writer(plan, shared))
                 .expect("spawn writer thread")
         })
-        .collect();
+        .collect()
+}
 
-    // With --records every record counts: the window opens before the
-    // writers start. Otherwise it opens after the warm-up.
-    let warmup = if record_limit.is_some() {
-        Duration::ZERO
-    } else {
-        args.warmup
-    };
-    // Progress only on a terminal: stderr is where it goes, and nothing
-    // interactive happens when stdout (the results) is redirected.
-    let terminal = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
-    let bar = (terminal && !args.json)
-        .then_some(record_limit)
-        .flatten()
-        .map(progress_bar);
-    let mut log_writer = None;
-    let mut serializer = hdrhistogram::serialization::V2Serializer::new();
-    if let Some(f) = hdr_log.as_mut() {
-        log_writer = Some(
-            hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder::new()
-                .add_comment("corewal load: append latency in nanoseconds")
-                .with_start_time(std::time::SystemTime::now())
-                .with_max_value_divisor(1e6)
-                .begin_log_with(f, &mut serializer)?,
-        );
-    }
+/// The run's clock: when it started, when the measured window opened, and
+/// the counters at that moment.
+struct Window {
+    started: Instant,
+    t0: Instant,
+    end_of_warmup: Instant,
+    measuring: bool,
+    m0: corewal::Metrics,
+    cpu0: f64,
+    total: Histogram<u64>,
+}
 
-    let started = Instant::now();
-    *shared.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
-    if record_limit.is_some() {
-        shared.measuring.store(true, Ordering::SeqCst);
-    }
-    shared.barrier.wait();
-    let mut m0 = engine.metrics();
-    let mut cpu0 = cpu_seconds();
-    let mut t0 = Instant::now();
-    let mut total = new_histogram();
-    let mut measuring = record_limit.is_some();
-    let end_of_warmup = t0 + warmup;
-    let mut last_tick = t0;
-    let mut last_done = 0u64;
-    loop {
-        let now = Instant::now();
-        let finished = if record_limit.is_some() {
-            handles.iter().all(|h| h.is_finished())
-        } else {
-            measuring && now >= t0 + args.duration
-        };
-        if finished {
-            break;
-        }
-        if !measuring && now >= end_of_warmup {
-            m0 = engine.metrics();
-            cpu0 = cpu_seconds();
-            t0 = Instant::now();
-            shared.measuring.store(true, Ordering::SeqCst);
-            measuring = true;
-            last_tick = t0;
-            continue;
-        }
-        // Sleep to the next tick, the end of the warm-up or of the window.
-        let next_tick = last_tick + args.interval;
-        let wake = if !measuring {
-            next_tick.min(end_of_warmup)
-        } else if record_limit.is_none() {
-            next_tick.min(t0 + args.duration)
-        } else {
-            next_tick.min(now + Duration::from_millis(5))
-        };
-        if wake > now {
-            std::thread::sleep(wake - now);
-        }
-        if let Some(b) = &bar {
-            b.set_position(
-                shared
-                    .issued
-                    .load(Ordering::Relaxed)
-                    .min(b.length().unwrap_or(0)),
-            );
-        }
-        if Instant::now() < next_tick {
-            continue;
-        }
-        // A tick: the interval's latencies go into the total, the log and the progress line.
-        let h = collect(&shared);
-        let done = shared.done.load(Ordering::Relaxed);
-        let span = last_tick.elapsed();
+impl Window {
+    /// Opens the barrier: the writers start.
+    fn open(engine: &Engine, shared: &Shared, warmup: Duration) -> Window {
+        let started = Instant::now();
+        *shared.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        let measuring = warmup.is_zero();
         if measuring {
-            total.add(&h)?;
-            if let Some(lw) = log_writer.as_mut() {
-                lw.write_histogram(&h, last_tick - started, span, None)?;
-            }
+            shared.measuring.store(true, Ordering::SeqCst);
         }
-        if terminal && bar.is_none() && !args.json {
+        shared.barrier.wait();
+        let t0 = Instant::now();
+        Window {
+            started,
+            t0,
+            end_of_warmup: t0 + warmup,
+            measuring,
+            m0: engine.metrics(),
+            cpu0: cpu_seconds(),
+            total: new_histogram(),
+        }
+    }
+
+    /// Ticks every --interval until the run is over: the measured window
+    /// opens after the warm-up and lasts --duration (or, with --records,
+    /// until every writer is done).
+    fn run(
+        &mut self,
+        args: &LoadArgs,
+        engine: &Engine,
+        shared: &Shared,
+        handles: &[std::thread::JoinHandle<Result<Counted, corewal::Error>>],
+        ticks: &mut Ticks<'_>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut last_tick = self.t0;
+        loop {
+            let now = Instant::now();
+            let finished = if args.records.is_some() {
+                handles.iter().all(|h| h.is_finished())
+            } else {
+                self.measuring && now >= self.t0 + args.duration
+            };
+            if finished {
+                return Ok(());
+            }
+            if !self.measuring && now >= self.end_of_warmup {
+                self.m0 = engine.metrics();
+                self.cpu0 = cpu_seconds();
+                self.t0 = Instant::now();
+                shared.measuring.store(true, Ordering::SeqCst);
+                self.measuring = true;
+                last_tick = self.t0;
+                continue;
+            }
+            // Sleep to the next tick, the end of the warm-up or of the window.
+            let next_tick = last_tick + args.interval;
+            let wake = if !self.measuring {
+                next_tick.min(self.end_of_warmup)
+            } else if args.records.is_none() {
+                next_tick.min(self.t0 + args.duration)
+            } else {
+                next_tick.min(now + Duration::from_millis(5))
+            };
+            if wake > now {
+                std::thread::sleep(wake - now);
+            }
+            if let Some(b) = &ticks.bar {
+                let issued = shared.issued.load(Ordering::Relaxed);
+                b.set_position(issued.min(b.length().unwrap_or(0)));
+            }
+            if Instant::now() < next_tick {
+                continue;
+            }
+            let h = collect(shared);
+            if self.measuring {
+                self.total.add(&h)?;
+            }
+            let done = shared.done.load(Ordering::Relaxed);
+            ticks.tick(&h, done, (self.started, last_tick), self.measuring, engine)?;
+            last_tick = Instant::now();
+        }
+    }
+}
+
+/// Where each interval goes: a line on stderr, the HdrHistogram log, the
+/// report file; and the largest WAL and RSS seen.
+struct Ticks<'a> {
+    lines: bool,
+    bar: Option<indicatif::ProgressBar>,
+    log: Option<
+        hdrhistogram::serialization::interval_log::IntervalLogWriter<
+            'a,
+            'a,
+            std::fs::File,
+            hdrhistogram::serialization::V2Serializer,
+        >,
+    >,
+    report: Option<std::io::BufWriter<std::fs::File>>,
+    last_done: u64,
+    wal_bytes_peak: u64,
+    rss_bytes_peak: u64,
+}
+
+/// One interval of a run, as `--report-file` holds it (one JSON object a
+/// line) and `corewal plot` reads it.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct Interval {
+    /// Seconds since the writers started, at the end of the interval.
+    pub t_s: f64,
+    /// Whether the interval is before the measured window.
+    pub warmup: bool,
+    pub appends_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// Bytes of the segment files of every shard.
+    pub wal_bytes: u64,
+    /// Resident memory of the process.
+    pub rss_bytes: u64,
+}
+
+impl Ticks<'_> {
+    /// One interval, from `last` to now, with the latencies `h`.
+    fn tick(
+        &mut self,
+        h: &Histogram<u64>,
+        done: u64,
+        (started, last): (Instant, Instant),
+        measuring: bool,
+        engine: &Engine,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let span = last.elapsed();
+        if let (Some(lw), true) = (self.log.as_mut(), measuring) {
+            lw.write_histogram(h, last - started, span, None)?;
+        }
+        let at = Interval {
+            t_s: started.elapsed().as_secs_f64(),
+            warmup: !measuring,
+            appends_per_s: (done - self.last_done) as f64 / span.as_secs_f64(),
+            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+            max_us: h.max() as f64 / 1e3,
+            wal_bytes: engine.metrics().wal_bytes,
+            rss_bytes: rss_bytes(),
+        };
+        self.last_done = done;
+        self.wal_bytes_peak = self.wal_bytes_peak.max(at.wal_bytes);
+        self.rss_bytes_peak = self.rss_bytes_peak.max(at.rss_bytes);
+        if self.lines {
             eprintln!(
-                "[{:>7.1}s]{} {:>10.0} appends/s  p50 {:>9.1} us  p99 {:>9.1} us  max {:>9.1} us",
-                started.elapsed().as_secs_f64(),
-                if measuring {
-                    "          "
-                } else {
-                    " (warm-up)"
-                },
-                (done - last_done) as f64 / span.as_secs_f64(),
-                h.value_at_quantile(0.5) as f64 / 1e3,
-                h.value_at_quantile(0.99) as f64 / 1e3,
-                h.max() as f64 / 1e3,
+                "[{:>7.1}s]{} {:>10.0} appends/s  p50 {:>9.1} us  p99 {:>9.1} us  max {:>9.1} us  WAL {:>8.1} MiB  RSS {:>7.1} MiB",
+                at.t_s,
+                if measuring { "          " } else { " (warm-up)" },
+                at.appends_per_s,
+                at.p50_us,
+                at.p99_us,
+                at.max_us,
+                at.wal_bytes as f64 / MIB,
+                at.rss_bytes as f64 / MIB,
             );
         }
-        last_done = done;
-        last_tick = Instant::now();
+        if let Some(r) = self.report.as_mut() {
+            use std::io::Write;
+            serde_json::to_writer(&mut *r, &at)?;
+            r.write_all(b"\n")?;
+        }
+        Ok(())
     }
-    let measured = t0.elapsed();
-    let lag_end_ns = shared
-        .lag_ns
-        .iter()
-        .map(|l| l.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0);
-    let cpu1 = cpu_seconds();
-    let m1 = engine.metrics();
-    shared.stop.store(true, Ordering::SeqCst);
-    let mut appends = 0u64;
-    let mut checkpoints = 0u64;
-    for h in handles {
-        let c = h.join().map_err(|_| "writer thread panicked")??;
-        appends += c.appends;
-        checkpoints += c.checkpoints;
-    }
-    let rest = collect(&shared);
-    total.add(&rest)?;
-    if let Some(lw) = log_writer.as_mut() {
-        lw.write_histogram(&rest, last_tick - started, last_tick.elapsed(), None)?;
-    }
-    drop(log_writer);
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let block_bytes = engine.block_bytes();
-    let shards = engine.shard_count();
-    let cores = engine.cores().to_vec();
-    drop(shared);
-    engine.close()?;
 
-    let secs = measured.as_secs_f64();
+    /// The latencies after the last tick go to the log; the report and the
+    /// progress bar are closed.
+    fn finish(
+        &mut self,
+        rest: &Histogram<u64>,
+        started: Instant,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        if let Some(lw) = self.log.as_mut() {
+            lw.write_histogram(rest, started.elapsed(), Duration::ZERO, None)?;
+        }
+        self.log = None;
+        if let Some(mut r) = self.report.take() {
+            use std::io::Write;
+            r.flush()?;
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// The resident memory of this process (`VmRSS`), 0 where it cannot be read.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The counters at the end of the measured window.
+struct Measured {
+    elapsed: Duration,
+    lag_end_ns: u64,
+    cpu1: f64,
+    m1: corewal::Metrics,
+}
+
+impl Measured {
+    fn take(engine: &Engine, window: &Window, shared: &Shared) -> Measured {
+        Measured {
+            elapsed: window.t0.elapsed(),
+            lag_end_ns: shared
+                .lag_ns
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0),
+            cpu1: cpu_seconds(),
+            m1: engine.metrics(),
+        }
+    }
+}
+
+/// What a result says about the machine and the engine it ran on.
+struct Setup {
+    host: Host,
+    dir: String,
+    block_bytes: usize,
+    shards: usize,
+    cores: Vec<usize>,
+    warmup: Duration,
+    wal_bytes_max: u64,
+}
+
+/// The result of a run from its counters.
+fn summarize(
+    args: &LoadArgs,
+    work: &Workload,
+    window: &Window,
+    end: &Measured,
+    counted: &Counted,
+    setup: Setup,
+    (wal_bytes_end, wal_bytes_peak, rss_bytes_end, rss_bytes_peak): (u64, u64, u64, u64),
+) -> LoadResult {
+    let (m0, m1) = (&window.m0, &end.m1);
+    let total = &window.total;
+    let secs = end.elapsed.as_secs_f64();
+    let appends = counted.appends;
     let records = appends * work.batch as u64;
     let payload = (m1.payload_bytes - m0.payload_bytes) as f64;
     let commits = m1.commits - m0.commits;
-    let cpu = cpu1 - cpu0;
+    let cpu = end.cpu1 - window.cpu0;
+    let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let mut percentile = std::collections::BTreeMap::new();
     for q in [50.0, 90.0, 99.0, 99.9, 99.99] {
         percentile.insert(format!("{q:.6}"), total.value_at_quantile(q / 100.0));
     }
-    let result = LoadResult {
+    LoadResult {
         tool: "corewal load",
         mode: if args.rate.is_some() {
             "open-loop"
@@ -715,11 +989,11 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             "closed-loop"
         },
         preset: args.preset.map(|p| format!("{p:?}")),
-        host: fingerprint(&dir),
-        dir: dir.display().to_string(),
-        block_bytes,
-        shards,
-        cores,
+        host: setup.host,
+        dir: setup.dir,
+        block_bytes: setup.block_bytes,
+        shards: setup.shards,
+        cores: setup.cores,
         backend: format!("{:?}", args.backend),
         durability: format!("{:?}", args.durability),
         sync_method: format!("{:?}", args.sync_method),
@@ -730,7 +1004,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         batch: work.batch,
         seed: args.seed,
         rate_target: args.rate,
-        warmup_s: warmup.as_secs_f64(),
+        warmup_s: setup.warmup.as_secs_f64(),
         measured_s: secs,
         appends,
         records,
@@ -744,41 +1018,32 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             percentile,
         },
         cpu_s: cpu,
-        cpu_s_per_gb: if payload > 0.0 {
-            cpu / (payload / 1e9)
-        } else {
-            0.0
-        },
+        cpu_s_per_gb: per(cpu, payload / 1e9),
         commits,
-        records_per_commit_mean: if commits > 0 {
-            (m1.records - m0.records) as f64 / commits as f64
-        } else {
-            0.0
-        },
-        records_per_commit_p99_le: m1.commit_records_quantile_le(&m0, 0.99),
-        commit_device_us_mean: if commits > 0 {
-            (m1.commit_device_ns - m0.commit_device_ns) as f64 / commits as f64 / 1e3
-        } else {
-            0.0
-        },
-        device_bytes_per_payload_byte: if m1.payload_bytes > m0.payload_bytes {
-            (m1.commit_bytes - m0.commit_bytes) as f64
-                / (m1.payload_bytes - m0.payload_bytes) as f64
-        } else {
-            0.0
-        },
+        records_per_commit_mean: per((m1.records - m0.records) as f64, commits as f64),
+        records_per_commit_p99_le: m1.commit_records_quantile_le(m0, 0.99),
+        commit_device_us_mean: per(
+            (m1.commit_device_ns - m0.commit_device_ns) as f64 / 1e3,
+            commits as f64,
+        ),
+        device_bytes_per_payload_byte: per((m1.commit_bytes - m0.commit_bytes) as f64, payload),
         wakeups_missed: m1.wakeups_missed - m0.wakeups_missed,
         checkpoint_every: args.checkpoint_every,
-        checkpoints,
-        schedule_lag_end_ns: args.rate.map(|_| lag_end_ns),
-        rate_sustained: args.rate.map(|_| (lag_end_ns as f64) < secs * 1e9 / 10.0),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print_table(&result, data.is_removed());
+        checkpoints: counted.checkpoints,
+        appends_refused: counted.refused,
+        wal_bytes_max: setup.wal_bytes_max,
+        wal_bytes_end,
+        wal_bytes_peak,
+        segments_reclaimed: m1.segments_reclaimed - m0.segments_reclaimed,
+        segments_recycled: m1.segments_recycled - m0.segments_recycled,
+        records_relocated: m1.records_relocated - m0.records_relocated,
+        rss_bytes_end,
+        rss_bytes_peak,
+        schedule_lag_end_ns: args.rate.map(|_| end.lag_end_ns),
+        rate_sustained: args
+            .rate
+            .map(|_| (end.lag_end_ns as f64) < secs * 1e9 / 10.0),
     }
-    Ok(())
 }
 
 /// Refuses a workload or option out of range, naming the flag.
@@ -843,6 +1108,7 @@ fn engine_config(
     config.records_per_commit_max = args.records_per_commit_max;
     config.commits_in_flight_max = args.commits_in_flight_max;
     config.record_bytes_max = config.record_bytes_max.max(work.record.max);
+    config.wal_bytes_max = args.wal_bytes_max;
     Ok(config)
 }
 
@@ -955,6 +1221,29 @@ fn print_table(r: &LoadResult, removed: bool) {
             r.checkpoints
         );
     }
+    if r.appends_refused > 0 {
+        println!(
+            "  appends refused     {:>12} (retryable NoSpace: the WAL at its limit or a full disk; retried)",
+            r.appends_refused
+        );
+    }
+    println!(
+        "  WAL on disk         {:>12.1} MiB at the end, {:.1} MiB at most (limit {:.1} MiB per shard)",
+        r.wal_bytes_end as f64 / MIB,
+        r.wal_bytes_peak as f64 / MIB,
+        r.wal_bytes_max as f64 / MIB
+    );
+    if r.segments_reclaimed > 0 || r.records_relocated > 0 {
+        println!(
+            "  segments reclaimed  {:>12} ({} recycled, {} records relocated)",
+            r.segments_reclaimed, r.segments_recycled, r.records_relocated
+        );
+    }
+    println!(
+        "  RSS                 {:>12.1} MiB at the end, {:.1} MiB at most",
+        r.rss_bytes_end as f64 / MIB,
+        r.rss_bytes_peak as f64 / MIB
+    );
     if r.wakeups_missed > 0 {
         println!(
             "  missed wake-ups     {:>12} (idle sleeps to the 1 s bound with requests queued)",

@@ -6,6 +6,7 @@ mod data_dir;
 mod host;
 mod inspect;
 mod load;
+mod plot;
 mod probe;
 mod recover_bench;
 
@@ -35,6 +36,9 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Print two `load --json` results side by side with ratios.
     Compare(compare::CompareArgs),
+    /// Draw `load --report-file` reports (throughput, latency, WAL bytes on disk, RSS
+    /// over time) as an SVG picture.
+    Plot(plot::PlotArgs),
     /// Read-only summary of a data directory: shards, segments, channels,
     /// damage; or, with --dump, every commit and entry.
     Inspect(inspect::InspectArgs),
@@ -51,6 +55,7 @@ fn main() {
         Command::RecoverBench(args) => recover_bench::run(args).map(|()| 0),
         Command::Probe(args) => probe::run(args).map(|()| 0),
         Command::Compare(args) => compare::run(args).map(|()| 0),
+        Command::Plot(args) => plot::run(args).map(|()| 0),
         Command::Inspect(args) => inspect::run_inspect(args).map(|()| 0),
         Command::Verify(args) => inspect::run_verify(args),
     };
