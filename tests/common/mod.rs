@@ -133,14 +133,18 @@ pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// The chain of valid commit headers at the start of a segment file.
+/// The chain of valid commit headers at the start of a segment file (of
+/// this segment: in a recycled one, what its earlier life left follows).
 pub fn commits(path: &Path, block: usize) -> Vec<CommitPlace> {
     let data = std::fs::read(path).unwrap();
+    let Ok(segment) = corewal_engine::wal::format::decode_segment_header(&data) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     let mut pos = block;
     while pos + block <= data.len() {
         match corewal_engine::wal::format::decode_commit_header(&data[pos..], block) {
-            Ok(h) if h.position == pos as u64 => {
+            Ok(h) if h.position == pos as u64 && h.segment_seq == segment.segment_seq => {
                 let span = h.blocks as usize * block;
                 out.push(CommitPlace {
                     pos,
