@@ -35,6 +35,12 @@ pub struct RecoverBenchArgs {
     /// Shards (default: one per allowed core).
     #[arg(long)]
     shards: Option<usize>,
+    /// After writing, checkpoint each channel so that this fraction of its
+    /// records stays live (its newest), and let the engine reclaim the
+    /// segments that frees before the reopen: a restart after checkpoints.
+    /// 0..=1; default 1 (no checkpoint: every record is replayed).
+    #[arg(long, default_value_t = 1.0)]
+    live_fraction: f64,
     /// Data directory (default: a fresh directory under /var/tmp, removed afterwards).
     /// With --reuse, an existing data set to reopen.
     #[arg(long)]
@@ -63,6 +69,9 @@ struct Reopen {
     open_returned_ms: f64,
     all_shards_ready_ms: f64,
     replayed_bytes: u64,
+    /// Segment bytes the reopen did not read: reclaimed after checkpoints.
+    #[serde(default)]
+    skipped_bytes: u64,
     replay_gb_per_s: f64,
     channels_found: u64,
     first_registration_ms: f64,
@@ -81,6 +90,7 @@ struct RecoverResult {
     dir: String,
     shards: usize,
     data_payload_bytes: u64,
+    live_fraction: f64,
     channels: usize,
     record_bytes: usize,
     page_cache_dropped: bool,
@@ -143,6 +153,7 @@ fn reopen(dir: &Path, channels: usize) -> Result<Reopen, Box<dyn std::error::Err
         open_returned_ms: open_returned.as_secs_f64() * 1e3,
         all_shards_ready_ms: ready.as_secs_f64() * 1e3,
         replayed_bytes: m.recovery_bytes_read,
+        skipped_bytes: m.recovery_bytes_skipped,
         replay_gb_per_s: m.recovery_bytes_read as f64 / ready.as_secs_f64() / 1e9,
         channels_found: m.recovery_channels,
         first_registration_ms: first.as_secs_f64() * 1e3,
@@ -226,7 +237,34 @@ fn write_data_set(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std
         }
         Ok(())
     })?;
+    if args.live_fraction < 1.0 {
+        checkpoint_all_but(&engine, &channels, args.live_fraction)?;
+    }
     engine.close()?;
+    Ok(())
+}
+
+/// Checkpoints each channel so that `live` of its records stay live, then
+/// waits (at most a minute) until the segments that frees are reclaimed.
+fn checkpoint_all_but(
+    engine: &Engine,
+    channels: &[corewal::Channel],
+    live: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for ch in channels {
+        let next = ch.next_offset()?.0;
+        let keep = (next as f64 * live).ceil() as u64;
+        if keep < next {
+            ch.checkpoint(corewal::Offset(next - keep - 1))?;
+        }
+    }
+    let started = Instant::now();
+    while engine.wal_usage()?.iter().any(|u| u.reclaimable_bytes > 0) {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("checkpointed segments were not reclaimed within a minute".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 
@@ -295,6 +333,9 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.reuse && args.dir.is_none() {
         return Err("--reuse needs --dir".into());
     }
+    if !(0.0..=1.0).contains(&args.live_fraction) {
+        return Err("--live-fraction must be 0..=1".into());
+    }
     if !args.reuse && args.bytes < args.record_bytes as u64 {
         return Err("--bytes must hold at least one record of --record-bytes".into());
     }
@@ -323,6 +364,7 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         dir: dir.display().to_string(),
         shards: reopen.shards,
         data_payload_bytes: if args.reuse { 0 } else { args.bytes },
+        live_fraction: args.live_fraction,
         channels: args.channels,
         record_bytes: args.record_bytes,
         page_cache_dropped: dropped,
@@ -333,8 +375,17 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        let r = &result.reopen;
-        println!(
+        print_result(&result, args.reuse);
+    }
+    drop(data);
+    Ok(())
+}
+
+/// The table of a result.
+fn print_result(result: &RecoverResult, reuse: bool) {
+    let r = &result.reopen;
+    let dropped = result.page_cache_dropped;
+    println!(
             "corewal recover-bench: {} B of payload over {} channels, {} B records, {} shards; page cache {}",
             result.data_payload_bytes,
             result.channels,
@@ -342,60 +393,64 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             result.shards,
             if dropped { "dropped" } else { "NOT dropped" }
         );
+    println!(
+        "host: {} | {} cores | kernel {} | {} on {}",
+        result.host.cpu_model,
+        result.host.cores_online,
+        result.host.kernel,
+        result.host.filesystem,
+        result.host.device
+    );
+    println!();
+    println!("  open returned          {:>10.1} ms", r.open_returned_ms);
+    println!(
+        "  all shards recovered   {:>10.1} ms",
+        r.all_shards_ready_ms
+    );
+    println!(
+        "  segment bytes read     {:>10.1} MB (whole segments, spares and zero tails included)",
+        r.replayed_bytes as f64 / 1e6
+    );
+    println!(
+        "  replay                 {:>10.3} GB/s of segment bytes",
+        r.replay_gb_per_s
+    );
+    if r.skipped_bytes > 0 || result.live_fraction < 1.0 {
         println!(
-            "host: {} | {} cores | kernel {} | {} on {}",
-            result.host.cpu_model,
-            result.host.cores_online,
-            result.host.kernel,
-            result.host.filesystem,
-            result.host.device
-        );
-        println!();
-        println!("  open returned          {:>10.1} ms", r.open_returned_ms);
+                "  segment bytes skipped  {:>10.1} MB (reclaimed after checkpoints; {:.0}% of each channel left live)",
+                r.skipped_bytes as f64 / 1e6,
+                result.live_fraction * 100.0
+            );
+    }
+    if !reuse {
         println!(
-            "  all shards recovered   {:>10.1} ms",
+            "  payload recovered      {:>10.3} GB/s ({} B in {:.1} ms)",
+            result.data_payload_bytes as f64 / (r.all_shards_ready_ms / 1e3) / 1e9,
+            result.data_payload_bytes,
             r.all_shards_ready_ms
         );
-        println!(
-            "  segment bytes read     {:>10.1} MB (whole segments, spares and zero tails included)",
-            r.replayed_bytes as f64 / 1e6
-        );
-        println!(
-            "  replay                 {:>10.3} GB/s of segment bytes",
-            r.replay_gb_per_s
-        );
-        if !args.reuse {
-            println!(
-                "  payload recovered      {:>10.3} GB/s ({} B in {:.1} ms)",
-                result.data_payload_bytes as f64 / (r.all_shards_ready_ms / 1e3) / 1e9,
-                result.data_payload_bytes,
-                r.all_shards_ready_ms
-            );
+    }
+    match (result.fio_read_gb_per_s, result.replay_to_fio_ratio) {
+        (Some(f), Some(q)) => {
+            println!("  fio seq read (1M, qd8) {f:>10.3} GB/s  (replay / fio = {q:.2})")
         }
-        match (result.fio_read_gb_per_s, result.replay_to_fio_ratio) {
-            (Some(f), Some(q)) => {
-                println!("  fio seq read (1M, qd8) {f:>10.3} GB/s  (replay / fio = {q:.2})")
-            }
-            _ => println!("  fio seq read           not measured (fio not installed)"),
-        }
-        println!("  channels found         {:>10}", r.channels_found);
-        println!(
-            "  first registration     {:>10.1} ms after open",
-            r.first_registration_ms
-        );
-        println!(
+        _ => println!("  fio seq read           not measured (fio not installed)"),
+    }
+    println!("  channels found         {:>10}", r.channels_found);
+    println!(
+        "  first registration     {:>10.1} ms after open",
+        r.first_registration_ms
+    );
+    println!(
             "  registration latency   p50 {:.1} us, p99 {:.1} us, max {:.1} ms ({} registrations during recovery)",
             r.registration_ns_p50 as f64 / 1e3,
             r.registration_ns_p99 as f64 / 1e3,
             r.registration_ns_max as f64 / 1e6,
             r.registrations
         );
-        println!(
-            "  peak RSS               {:>10.1} MB (after recovery {:.1} MB)",
-            r.peak_rss_bytes as f64 / 1e6,
-            r.rss_after_bytes as f64 / 1e6
-        );
-    }
-    drop(data);
-    Ok(())
+    println!(
+        "  peak RSS               {:>10.1} MB (after recovery {:.1} MB)",
+        r.peak_rss_bytes as f64 / 1e6,
+        r.rss_after_bytes as f64 / 1e6
+    );
 }

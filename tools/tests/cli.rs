@@ -547,3 +547,135 @@ fn inspect_dump_names_an_oversized_segment_without_reading_it() {
         .unwrap_or_else(|| panic!("the oversized segment is not named: {text}"));
     assert!(line.contains("larger than"), "{line}");
 }
+
+#[test]
+fn a_reclaiming_load_reports_each_interval_plots_it_and_inspect_shows_segment_states() {
+    let dir = test_dir();
+    let store = dir.path().join("store");
+    let report = dir.path().join("run.jsonl");
+    // One shard, 1 MiB segments, a 4 MiB limit: 2,400 records of 4 KiB are
+    // more than twice the limit, checkpointed every 100.
+    let out = corewal()
+        .args([
+            "load",
+            "--shards",
+            "1",
+            "--records",
+            "2400",
+            "--writers",
+            "2",
+            "--channels",
+            "2",
+            "--record-bytes",
+            "4KiB",
+            "--checkpoint-every",
+            "100",
+            "--segment-bytes",
+            "1MiB",
+            "--commit-bytes-max",
+            "256KiB",
+            "--wal-bytes-max",
+            "4MiB",
+            "--interval",
+            "50ms",
+            "--json",
+            "--keep",
+            "--report-file",
+        ])
+        .arg(&report)
+        .arg("--dir")
+        .arg(&store)
+        .output()
+        .unwrap();
+    let v = json_ok(&out);
+    assert_eq!(v["wal_bytes_max"].as_u64(), Some(4 << 20));
+    assert!(v["wal_bytes_peak"].as_u64().unwrap() <= 4 << 20, "{v}");
+    assert!(v["segments_reclaimed"].as_u64().unwrap() >= 4, "{v}");
+    assert!(v["segments_recycled"].as_u64().unwrap() >= 2, "{v}");
+    assert!(v["rss_bytes_peak"].as_u64().unwrap() > 0);
+    // Interval lines on stderr although it is not a terminal.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WAL") && stderr.contains("RSS"), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l["wal_bytes"].as_u64().unwrap() <= 4 << 20, "{l}");
+        assert!(l["t_s"].as_f64().unwrap() > 0.0 && l["rss_bytes"].as_u64().unwrap() > 0);
+    }
+    let svg = dir.path().join("run.svg");
+    let out = corewal()
+        .arg("plot")
+        .arg(&report)
+        .arg(&report)
+        .arg("--out")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("WAL bytes on disk"));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"t_s\": 1}\n").unwrap();
+    let out = corewal()
+        .arg("plot")
+        .arg(&bad)
+        .arg("--out")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    failed_with(
+        &out,
+        "bad.jsonl line 1: not an interval",
+        &"plot of a bad report",
+    );
+
+    let out = corewal()
+        .args(["inspect", "--json", "--channels-max", "0"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let v = json_ok(&out);
+    let shard = &v["shard_reports"][0];
+    assert!(shard["log_start"].as_u64().unwrap() > 1, "{shard}");
+    let segments = shard["segments"].as_array().unwrap();
+    assert!(segments.len() <= 4, "{shard}");
+    assert!(
+        segments.iter().any(|g| g["recycled_from"].is_u64()),
+        "{shard}"
+    );
+    for g in segments {
+        let state = g["state"].as_str().unwrap();
+        assert!(
+            ["live", "reclaimable", "kept", "reclaimed"].contains(&state),
+            "{g}"
+        );
+        if state == "live" {
+            assert!(g["seq"].as_u64() >= shard["log_start"].as_u64(), "{g}");
+        }
+    }
+    for c in shard["channel_list"].as_array().unwrap() {
+        let first = c["first_offset"].as_u64().unwrap();
+        assert_eq!(first % 100, 0, "{c}");
+    }
+    // The dump names what a recycled segment's earlier life left, as such.
+    let out = corewal()
+        .args(["inspect", "--dump", "--json"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("\"earlier_life\""), "no earlier life named");
+    assert!(
+        !dump.contains("\"damage\""),
+        "a recycled segment read as damaged"
+    );
+}
