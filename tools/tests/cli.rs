@@ -77,7 +77,7 @@ fn an_engine_config_error_names_the_field() {
             "--records",
             "10",
             "--commit-bytes-max",
-            "4KiB",
+            "128MiB",
             "--dir",
         ])
         .arg(dir.path())
@@ -85,6 +85,12 @@ fn an_engine_config_error_names_the_field() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("commit_bytes_max"));
+    let out = corewal()
+        .args(["load", "--records", "10", "--wal-bytes-max", "1MiB", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    failed_with(&out, "wal_bytes_max", &"a limit below four segments");
 }
 
 #[test]
