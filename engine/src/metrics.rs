@@ -51,8 +51,9 @@ pub struct ShardMetrics {
     pub recovery_bytes_total: AtomicU64,
     /// Bytes of segments read so far by recovery.
     pub recovery_bytes_read: AtomicU64,
-    /// Segment bytes recovery did not read: reclaimed before the open (the
-    /// manifest counts them), and files before the log start a crash left.
+    /// Segment bytes recovery did not read: every segment reclaimed before
+    /// the open (the shard manifest counts them), files before the log
+    /// start that a crash left included.
     pub recovery_bytes_skipped: AtomicU64,
     /// Commits replayed.
     pub recovery_commits: AtomicU64,

@@ -179,13 +179,14 @@ fn draw(
             for (name, value) in panel.series {
                 let style = Palette99::pick(color).stroke_width(2);
                 color += 1;
-                // The warm-up records no latencies: its intervals are left
-                // out of the latency panel rather than drawn as zeros.
+                // The warm-up records no latencies, nor does an interval in
+                // which no append returned: those are left out of the
+                // latency panel rather than drawn as zeros.
                 let latency = panel.unit == "µs";
                 let points = r
                     .intervals
                     .iter()
-                    .filter(|i| !(latency && i.warmup))
+                    .filter(|i| !(latency && (i.warmup || i.appends_per_s == 0.0)))
                     .map(|i| (i.t_s, value(i)));
                 let label = if reports.len() > 1 {
                     format!("{} {name}", r.name)

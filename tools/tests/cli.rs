@@ -86,7 +86,14 @@ fn an_engine_config_error_names_the_field() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("commit_bytes_max"));
     let out = corewal()
-        .args(["load", "--records", "10", "--wal-bytes-max", "1MiB", "--dir"])
+        .args([
+            "load",
+            "--records",
+            "10",
+            "--wal-bytes-max",
+            "1MiB",
+            "--dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -253,8 +253,9 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         ManifestState::Found(r) => r.reclaimed_bytes,
         _ => 0,
     };
-    m.recovery_bytes_skipped
-        .store(reclaimed + size(&leftovers), Ordering::Relaxed);
+    // Files a crash left before the log start were counted when the log
+    // start moved past them.
+    m.recovery_bytes_skipped.store(reclaimed, Ordering::Relaxed);
     let mut replay = Replay::new(ctx, &segments, start);
     for index in 0..segments.len() {
         if replay.segment(io, index)? == Flow::Stop {
