@@ -26,6 +26,9 @@ use super::{payload, report, small_config, Rng};
 
 /// Largest payload the writer appends.
 pub const RECORD_BYTES_MAX: usize = 2000;
+/// Largest payload of the owner thread in a reclaiming writer (see
+/// [`spawn_writer`]): records large enough to fill segments quickly.
+pub const RECLAIM_RECORD_BYTES_MAX: usize = 30_000;
 
 /// The child's body: six threads registering channels now and then and
 /// appending to them, reporting every answer, until killed.
@@ -37,11 +40,20 @@ pub fn child_writer_main() {
         Ok("portable") => Backend::Portable,
         _ => Backend::IoUring,
     };
-    let engine = Engine::open(small_config(dir.as_ref(), 2, backend.clone())).unwrap();
+    // A reclaiming writer: only the owner thread, which checkpoints its
+    // channels through their last record often, with the smallest space
+    // limit, so that segments are reclaimed and recycled (and the kill
+    // lands in the middle of that) every few dozen records.
+    let reclaim = std::env::var_os("COREWAL_CHILD_RECLAIM").is_some();
+    let mut config = small_config(dir.as_ref(), 2, backend.clone());
+    if reclaim {
+        config.wal_bytes_max = Some(4 << 20);
+    }
+    let engine = Engine::open(config).unwrap();
     let say = |line: String| report(&line);
     say("ready".into());
     std::thread::scope(|s| {
-        for t in 0..6u64 {
+        for t in 0..if reclaim { 0 } else { 6u64 } {
             let (engine, say) = (&engine, &say);
             s.spawn(move || {
                 let mut rng = Rng(seed ^ ((t + 1) * 0x9E37));
@@ -67,7 +79,7 @@ pub fn child_writer_main() {
                 }
             });
         }
-        s.spawn(|| owner_thread(&engine, seed, &say));
+        s.spawn(|| owner_thread(&engine, seed, reclaim, &say));
     });
 }
 
@@ -75,8 +87,9 @@ pub fn child_writer_main() {
 const OWNED: [&str; 2] = ["own-0", "own-1"];
 
 /// Appends to, checkpoints and truncates the owned channels, saying before
-/// and after each change (see the module docs).
-fn owner_thread(engine: &Engine, seed: u64, say: &impl Fn(String)) {
+/// and after each change (see the module docs). `reclaim`: larger records,
+/// and a checkpoint through the last record one time in eight.
+fn owner_thread(engine: &Engine, seed: u64, reclaim: bool, say: &impl Fn(String)) {
     let mut rng = Rng(seed ^ 0x0DD5);
     let channels: Vec<_> = OWNED.iter().map(|n| engine.register(n).unwrap()).collect();
     // Keys unique across the writer processes of a store: the seed differs
@@ -85,14 +98,23 @@ fn owner_thread(engine: &Engine, seed: u64, say: &impl Fn(String)) {
     loop {
         let ch = &channels[rng.below(2) as usize];
         let (first, next) = (ch.first_offset().unwrap().0, ch.next_offset().unwrap().0);
-        match rng.below(24) {
+        let max = if reclaim {
+            RECLAIM_RECORD_BYTES_MAX
+        } else {
+            RECORD_BYTES_MAX
+        };
+        match rng.below(if reclaim { 8 } else { 24 }) {
             0 if next > first => {
-                let through = first + rng.below(next - first);
+                let through = if reclaim {
+                    next - 1
+                } else {
+                    first + rng.below(next - first)
+                };
                 say(format!("ckpt? {} {through}", ch.name()));
                 ch.checkpoint(Offset(through)).unwrap();
                 say(format!("ckpt {} {through}", ch.name()));
             }
-            1 => {
+            1 if !reclaim || rng.below(3) == 0 => {
                 // Up to the last 8 records.
                 let from = next - rng.below((next - first).min(8) + 1);
                 say(format!("trunc? {} {from}", ch.name()));
@@ -102,9 +124,7 @@ fn owner_thread(engine: &Engine, seed: u64, say: &impl Fn(String)) {
             _ => {
                 key += 1;
                 say(format!("put? {} {next} {key}", ch.name()));
-                let off = ch
-                    .append(&payload(ch.name(), key, RECORD_BYTES_MAX))
-                    .unwrap();
+                let off = ch.append(&payload(ch.name(), key, max)).unwrap();
                 assert_eq!(off.0, next, "the owner is the channel's only writer");
                 say(format!("put {} {next} {key}", ch.name()));
             }
@@ -170,6 +190,18 @@ pub struct Model {
     pub owned: HashMap<String, Owned>,
     /// Checkpoints and truncations that returned before any cut.
     pub changes: usize,
+    /// The owned channels' largest payload (0: `RECORD_BYTES_MAX`).
+    pub owned_record_max: usize,
+}
+
+impl Model {
+    /// The model of a reclaiming writer (see [`spawn_writer`]).
+    pub fn reclaiming() -> Model {
+        Model {
+            owned_record_max: RECLAIM_RECORD_BYTES_MAX,
+            ..Model::default()
+        }
+    }
 }
 
 /// A running writer child and its report lines.
@@ -179,8 +211,14 @@ pub struct Writer {
 }
 
 /// Starts the writer child on `dir` and waits until its engine is open.
-pub fn spawn_writer(dir: &Path, backend: Backend, seed: u64) -> Writer {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// `reclaim`: only the owner thread, checkpointing often under the smallest
+/// space limit, so that segments are reclaimed and recycled as it runs.
+pub fn spawn_writer(dir: &Path, backend: Backend, seed: u64, reclaim: bool) -> Writer {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if reclaim {
+        command.env("COREWAL_CHILD_RECLAIM", "1");
+    }
+    let mut child = command
         .args([
             "--exact",
             "child_writer",
@@ -256,6 +294,7 @@ pub fn read_reports(writer: &mut Writer, model: &mut Model, after_cut: impl Fn()
                 }
                 let certain = !after_cut();
                 model.changes += usize::from(certain && matches!(*what, "ckpt" | "trunc"));
+                acks += usize::from(*what == "put");
                 model
                     .owned
                     .entry(name.to_string())
@@ -322,8 +361,12 @@ pub fn verify(dir: &Path, backend: Backend, model: &mut Model) -> Indeterminate 
             }
         }
     }
+    let record_max = match model.owned_record_max {
+        0 => RECORD_BYTES_MAX,
+        n => n,
+    };
     for (name, owned) in &mut model.owned {
-        verify_owned(&engine, name, owned);
+        verify_owned(&engine, name, owned, record_max);
     }
     engine.close().unwrap();
     // What survived now must survive every later cut; what did not is gone
@@ -339,7 +382,7 @@ pub fn verify(dir: &Path, backend: Backend, model: &mut Model) -> Indeterminate 
 /// checkpoints allow, every acknowledged record above it, and nothing that
 /// was not written there (a truncated record that came back is caught: its
 /// key is in neither map). Then adopts what was found.
-fn verify_owned(engine: &Engine, name: &str, owned: &mut Owned) {
+fn verify_owned(engine: &Engine, name: &str, owned: &mut Owned, record_max: usize) {
     let ch = engine.register(name).unwrap();
     let first = ch.first_offset().unwrap().0;
     assert!(
@@ -357,7 +400,7 @@ fn verify_owned(engine: &Engine, name: &str, owned: &mut Owned) {
             first + k as u64,
             "{name}: offsets are dense from the first"
         );
-        let is = |key: &u64| r.data[..] == payload(name, *key, RECORD_BYTES_MAX)[..];
+        let is = |key: &u64| r.data[..] == payload(name, *key, record_max)[..];
         let key = owned
             .acked
             .get(&o)
