@@ -216,9 +216,15 @@ pub fn check(image: &Image, mutations: &[Mutation], mode: RecoveryMode, scratch:
 /// loop; whatever decodes must be within its header's span.
 pub fn decode_segment_bytes(data: &[u8], block: usize) -> usize {
     use corewal_engine::wal::format::{
-        decode_commit_header, decode_segment_header, EntryIter, COMMIT_HEADER_BYTES,
+        decode_commit_header, decode_segment_header, decode_state_payload, EntryIter,
+        COMMIT_HEADER_BYTES,
     };
     let mut decoded = usize::from(decode_segment_header(data).is_ok());
+    // A state entry's payload decoder, over the raw bytes too: its count of
+    // lost ranges is bounded by the bytes before anything is allocated.
+    if let Ok(p) = decode_state_payload(data) {
+        assert!(p.lost.len() * 16 <= data.len());
+    }
     let mut pos = 0;
     while pos < data.len() {
         if let Ok(h) = decode_commit_header(&data[pos..], block) {
@@ -240,6 +246,9 @@ pub fn decode_segment_bytes(data: &[u8], block: usize) -> usize {
                 match e {
                     Ok(e) => {
                         assert!(e.payload.len() <= body.len());
+                        if let Ok(p) = decode_state_payload(e.payload) {
+                            assert!(p.lost.len() * 16 <= e.payload.len());
+                        }
                         decoded += 1;
                     }
                     Err(_) => break,
