@@ -256,3 +256,33 @@ fn wal_usage_names_the_channels_that_hold_the_oldest_segments() {
     }
     engine.close().unwrap();
 }
+
+#[test]
+fn a_large_straggler_is_relocated_a_piece_at_a_time() {
+    // The straggler holds about 600 KB in the first segment: more than a
+    // commit (256 KiB here) and more than a quarter segment, the most a
+    // relocation moves at once. It is still worth moving (it frees that
+    // segment and the empty ones after it), so it moves in pieces.
+    let dir = test_dir();
+    let config = tight(dir.path(), Backend::IoUring);
+    {
+        let engine = Engine::open(config.clone()).unwrap();
+        let slow = engine.register("slow").unwrap();
+        for i in 0..20u8 {
+            slow.append(&[i; 30_000]).unwrap();
+        }
+        run(&engine, &["fast"], 6_000, 100);
+        let m = engine.metrics();
+        assert!(m.records_relocated >= 20, "{m:?}");
+        assert!(wal_bytes_on_disk(dir.path()) <= 8 << 20);
+        engine.close().unwrap();
+    }
+    let engine = Engine::open(config).unwrap();
+    let slow = engine.register("slow").unwrap();
+    let got = slow.read(..).unwrap();
+    assert_eq!(got.len(), 20);
+    for r in got {
+        assert_eq!(&r.data[..], &[r.offset.0 as u8; 30_000][..]);
+    }
+    engine.close().unwrap();
+}

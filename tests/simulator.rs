@@ -1267,88 +1267,143 @@ fn a_power_cut_in_any_operation_of_a_store_s_first_session_loses_nothing_acknowl
     }
 }
 
+/// The reclaiming session of the two every-operation tests below: one
+/// client appends 32 KiB records to two channels and checkpoints each
+/// through its last record every 8, with the smallest space limit, while a
+/// third channel holds one record it never checkpoints. The session
+/// reclaims segments (state carried forward, the manifest's log start
+/// moved, files handed back), recycles them as new segments (renamed,
+/// header rewritten) and relocates the straggler's record.
+const RECLAIMING: Shape = Shape {
+    shards: 1,
+    sync: SyncMethod::DsyncWrite,
+    in_flight: 1,
+    per_commit: None,
+    periodic: None,
+    tight_wal: true,
+    checkpoint_often: false,
+};
+const RECLAIMING_NAMES: [&str; 2] = ["a", "b"];
+
+fn reclaiming_record(name: &str, i: u64) -> Vec<u8> {
+    let mut r = vec![i as u8; 32 << 10];
+    r[..name.len()].copy_from_slice(name.as_bytes());
+    r
+}
+
+/// What a reclaiming session was told, per channel: acknowledged through,
+/// a checkpoint returned through, a checkpoint begun through; and whether
+/// the straggler's record was acknowledged.
+#[derive(Default, Clone, Copy)]
+struct Told {
+    acked: [Option<u64>; 2],
+    ckpt: [Option<u64>; 2],
+    asked: [Option<u64>; 2],
+    straggler: bool,
+}
+
+/// Runs the reclaiming session until it ends or a fault stops it; returns
+/// what it was told and, when it ran to its end, its metrics.
+fn reclaiming_session(dir: &Path, disk: &SimDisk) -> (Told, Option<corewal::Metrics>) {
+    let mut told = Told::default();
+    let Ok(engine) = Engine::open(config(dir, RECLAIMING, disk)) else {
+        return (told, None);
+    };
+    if let Ok(s) = engine.register("straggler") {
+        told.straggler = s.append(b"never checkpointed").is_ok();
+    }
+    let Ok(chans) = RECLAIMING_NAMES
+        .iter()
+        .map(|n| engine.register(n))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return (told, None);
+    };
+    for i in 0..120u64 {
+        for (c, ch) in chans.iter().enumerate() {
+            match ch.append(&reclaiming_record(RECLAIMING_NAMES[c], i)) {
+                Ok(o) => told.acked[c] = Some(o.0),
+                Err(Error::NoSpace { .. }) => continue,
+                Err(_) => return (told, None),
+            }
+            if i % 8 == 7 {
+                let through = told.acked[c].expect("appended above");
+                told.asked[c] = Some(through);
+                match ch.checkpoint(Offset(through)) {
+                    Ok(()) => told.ckpt[c] = Some(through),
+                    Err(Error::NoSpace { .. }) => {}
+                    Err(_) => return (told, None),
+                }
+            }
+        }
+    }
+    let metrics = engine.metrics();
+    drop(chans);
+    let _ = engine.close();
+    (told, Some(metrics))
+}
+
+/// Opens the store after a reclaiming session and checks every promise
+/// against what the session was told; then appends one record to each
+/// channel (and closes). Returns what is now acknowledged.
+fn check_reclaiming(dir: &Path, disk: &SimDisk, told: &Told, what: &str) -> Told {
+    let engine = Engine::open(config(dir, RECLAIMING, disk))
+        .unwrap_or_else(|e| panic!("{what}: the open failed: {e}"));
+    let mut now = *told;
+    for (c, name) in RECLAIMING_NAMES.iter().enumerate() {
+        let ch = engine.register(name).unwrap();
+        let first = ch.first_offset().unwrap().0;
+        let next = ch.next_offset().unwrap().0;
+        let returned = told.ckpt[c].map_or(0, |t| t + 1);
+        let at_most = told.asked[c].map_or(0, |t| t + 1).max(returned);
+        assert!(
+            (returned..=at_most).contains(&first),
+            "{what}: {name} starts at {first}, checkpointed through {returned}..={at_most}"
+        );
+        let must = told.acked[c].map_or(0, |a| a + 1);
+        assert!(next >= must, "{what}: {name} next {next} < {must}");
+        let got = ch.read(..).unwrap();
+        assert_eq!(got.len() as u64, next - first, "{what}: {name}");
+        for r in &got {
+            assert_eq!(
+                &r.data[..],
+                &reclaiming_record(name, r.offset.0)[..],
+                "{what}: {name} at {}",
+                r.offset
+            );
+        }
+        let on = ch.append(&reclaiming_record(name, next)).unwrap().0;
+        assert_eq!(on, next, "{what}: {name}");
+        // What this open found is what the next one must find.
+        now.acked[c] = Some(on);
+        now.ckpt[c] = Some(first.saturating_sub(1)).filter(|_| first > 0);
+        now.asked[c] = now.ckpt[c];
+    }
+    let s = engine.register("straggler").unwrap().read(..).unwrap();
+    if told.straggler {
+        assert_eq!(s.len(), 1, "{what}: the straggler's record");
+        assert_eq!(&s[0].data[..], b"never checkpointed");
+    }
+    now.straggler = !s.is_empty();
+    engine.close().unwrap();
+    now
+}
+
 #[test]
 fn a_power_cut_in_any_operation_of_a_reclaiming_session_keeps_every_promise() {
-    // One client appends 32 KiB records to two channels and checkpoints each
-    // through its last record every 8, with the smallest space limit: the
-    // session reclaims segments (state carried forward, the manifest's log
-    // start moved, files handed back), recycles them as new segments
-    // (renamed, header rewritten) and relocates the record of a third
-    // channel that never checkpoints. The power goes in its k-th operation,
-    // for every k: the next open must succeed, keep every acknowledged record
-    // above the last returned checkpoint, bring back nothing checkpointed,
-    // and go on at the next offset.
-    let shape = Shape {
-        shards: 1,
-        sync: SyncMethod::DsyncWrite,
-        in_flight: 1,
-        per_commit: None,
-        periodic: None,
-        tight_wal: true,
-        checkpoint_often: false,
-    };
-    let names = ["a", "b"];
-    let rounds = 120u64;
-    let record = |name: &str, i: u64| {
-        let mut r = vec![i as u8; 32 << 10];
-        r[..name.len()].copy_from_slice(name.as_bytes());
-        r
-    };
+    // The power goes in the reclaiming session's k-th operation, for every
+    // k: the next open must succeed, keep every acknowledged record above
+    // the last returned checkpoint, bring back nothing checkpointed, and go
+    // on at the next offset.
     let mut cuts_in_fs = [0u64; 6];
-    let mut reclaimed = 0;
-    let mut recycled = 0;
-    let mut relocated = 0;
+    let whole;
     // `COREWAL_SIM_CUT_FROM=K` starts at the K-th operation (to replay one).
     let mut k = cycles("COREWAL_SIM_CUT_FROM", 1);
     loop {
         let dir = sim_dir();
         let disk = SimDisk::new(k);
         disk.plan(k, SimFault::PowerCut);
-        // Per channel: acknowledged through, returned checkpoint through,
-        // checkpoint asked (maybe durable) through.
-        let mut acked = [None::<u64>; 2];
-        let mut ckpt = [None::<u64>; 2];
-        let mut asked = [None::<u64>; 2];
-        let mut straggler_acked = false;
-        'session: {
-            let Ok(engine) = Engine::open(config(dir.path(), shape, &disk)) else {
-                break 'session;
-            };
-            if let Ok(s) = engine.register("straggler") {
-                straggler_acked = s.append(b"never checkpointed").is_ok();
-            }
-            let Ok(chans) = names
-                .iter()
-                .map(|n| engine.register(n))
-                .collect::<Result<Vec<_>, _>>()
-            else {
-                break 'session;
-            };
-            for i in 0..rounds {
-                for (c, ch) in chans.iter().enumerate() {
-                    match ch.append(&record(names[c], i)) {
-                        Ok(o) => acked[c] = Some(o.0),
-                        Err(Error::NoSpace { .. }) => continue,
-                        Err(_) => break 'session,
-                    }
-                    if i % 8 == 7 {
-                        let through = acked[c].expect("appended above");
-                        asked[c] = Some(through);
-                        match ch.checkpoint(Offset(through)) {
-                            Ok(()) => ckpt[c] = Some(through),
-                            Err(Error::NoSpace { .. }) => {}
-                            Err(_) => break 'session,
-                        }
-                    }
-                }
-            }
-            // The session that ran to its end (no cut) says what one does.
-            let m = engine.metrics();
-            reclaimed = m.segments_reclaimed;
-            recycled = m.segments_recycled;
-            relocated = m.records_relocated;
-            let _ = engine.close();
-        }
+        let (told, metrics) = reclaiming_session(dir.path(), &disk);
         let stats = disk.stats();
         let cut_happened = stats.ops >= k;
         disk.clear_plans();
@@ -1356,70 +1411,22 @@ fn a_power_cut_in_any_operation_of_a_reclaiming_session_keeps_every_promise() {
             *t += n;
         }
         disk.power_cut().unwrap();
-        let engine = match Engine::open(config(dir.path(), shape, &disk)) {
-            Ok(e) => e,
-            Err(e) => {
-                if let Some(keep) = std::env::var_os("COREWAL_SIM_KEEP") {
-                    let _ = std::process::Command::new("cp")
-                        .arg("-r")
-                        .arg(dir.path())
-                        .arg(&keep)
-                        .status();
-                }
-                panic!("cut in operation {k}: the next open failed: {e}")
-            }
-        };
-        for (c, name) in names.iter().enumerate() {
-            let ch = engine.register(name).unwrap();
-            let first = ch.first_offset().unwrap().0;
-            let next = ch.next_offset().unwrap().0;
-            let returned = ckpt[c].map_or(0, |t| t + 1);
-            let at_most = asked[c].map_or(0, |t| t + 1);
-            assert!(
-                (returned..=at_most).contains(&first),
-                "cut in operation {k}: {name} starts at {first}, checkpointed through {returned}..={at_most}"
-            );
-            let must = acked[c].map_or(0, |a| a + 1);
-            assert!(
-                next >= must,
-                "cut in operation {k}: {name} next {next} < {must}"
-            );
-            let got = ch.read(..).unwrap();
-            assert_eq!(
-                got.len() as u64,
-                next - first,
-                "cut in operation {k}: {name}"
-            );
-            for r in &got {
-                assert_eq!(
-                    &r.data[..],
-                    &record(name, r.offset.0)[..],
-                    "cut in operation {k}: {name} at {}",
-                    r.offset
-                );
-            }
-            assert_eq!(
-                ch.append(b"on").unwrap().0,
-                next,
-                "cut in operation {k}: {name}"
-            );
-        }
-        let s = engine.register("straggler").unwrap().read(..).unwrap();
-        if straggler_acked {
-            assert_eq!(s.len(), 1, "cut in operation {k}: the straggler's record");
-            assert_eq!(&s[0].data[..], b"never checkpointed");
-        }
-        engine.close().unwrap();
+        check_reclaiming(dir.path(), &disk, &told, &format!("cut in operation {k}"));
         if !cut_happened {
+            whole = metrics;
             break;
         }
         k += 1;
     }
+    let m = whole.expect("the last session ran to its end");
     say(&format!(
         "power cut in each of the {} operations of a reclaiming session: nothing acknowledged \
-         lost, nothing checkpointed back; the whole session reclaims {reclaimed} segments, \
-         recycles {recycled} and relocates {relocated} records; in filesystem operations: {}",
+         lost, nothing checkpointed back; the whole session reclaims {} segments, recycles {} \
+         and relocates {} records; in filesystem operations: {}",
         k - 1,
+        m.segments_reclaimed,
+        m.segments_recycled,
+        m.records_relocated,
         FsOp::ALL
             .iter()
             .zip(cuts_in_fs)
@@ -1427,7 +1434,57 @@ fn a_power_cut_in_any_operation_of_a_reclaiming_session_keeps_every_promise() {
             .collect::<Vec<_>>()
             .join(", "),
     ));
-    assert!(reclaimed > 0 && recycled > 0 && relocated > 0);
+    assert!(m.segments_reclaimed > 0 && m.segments_recycled > 0 && m.records_relocated > 0);
+}
+
+#[test]
+fn a_crash_in_any_operation_of_a_reclaiming_session_then_a_power_cut_keeps_every_promise() {
+    // The process dies in the reclaiming session's k-th operation (what it
+    // left unsynced stays in the page cache: a manifest generation written
+    // but not synced, say); the next session recovers — recycling or
+    // removing files before the log start it read — appends and closes;
+    // then the power goes. Every promise must hold after both opens.
+    let mut k = cycles("COREWAL_SIM_CUT_FROM", 1);
+    loop {
+        let dir = sim_dir();
+        let disk = SimDisk::new(k);
+        disk.plan(k, SimFault::PowerCut);
+        let (told, _) = reclaiming_session(dir.path(), &disk);
+        let cut_happened = disk.stats().ops >= k;
+        disk.clear_plans();
+        disk.process_crash();
+        let what = format!("crash in operation {k}");
+        // A session that only opens — it recycles or removes files before
+        // the log start it read, and makes the next spare — and closes
+        // without writing; then the power goes.
+        if let Ok(engine) = Engine::open(config(dir.path(), RECLAIMING, &disk)) {
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = engine.close();
+        }
+        disk.power_cut().unwrap();
+        let now = check_reclaiming(
+            dir.path(),
+            &disk,
+            &told,
+            &format!("{what}, a reopen, a cut"),
+        );
+        disk.power_cut().unwrap();
+        check_reclaiming(
+            dir.path(),
+            &disk,
+            &now,
+            &format!("{what}, then a power cut"),
+        );
+        if !cut_happened {
+            break;
+        }
+        k += 1;
+    }
+    say(&format!(
+        "a crash in each of the {} operations of a reclaiming session, then a power cut after \
+         the next session: every promise held",
+        k - 1
+    ));
 }
 
 #[test]
@@ -1572,4 +1629,84 @@ fn checkpoints_and_truncations_are_durable_when_they_return_in_every_durability_
             }
         }
     }
+}
+
+#[test]
+fn a_reclamation_waits_for_the_drop_that_let_its_segments_go() {
+    // Periodic mode (no periodic sync within the test): a drop is
+    // acknowledged before it is durable. Channel x holds records in segment
+    // 2 and is stated whole (carried forward) in segment 3; busy holds
+    // records from segment 3 on. Dropping x lets segment 2 go with nothing
+    // left to carry — but only once the drop is durable: a power cut before
+    // that brings x back, with the records it had in segment 2.
+    let dir = common::test_dir();
+    let disk = SimDisk::new(7);
+    let shape = Shape {
+        shards: 1,
+        sync: SyncMethod::DsyncWrite,
+        in_flight: 1,
+        per_commit: None,
+        periodic: Some(Duration::from_secs(60)),
+        tight_wal: false,
+        checkpoint_often: false,
+    };
+    let c = config(dir.path(), shape, &disk);
+    let record = |name: &str, i: u64| {
+        let mut r = vec![i as u8; 32 << 10];
+        r[..name.len()].copy_from_slice(name.as_bytes());
+        r
+    };
+    {
+        let engine = Engine::open(c.clone()).unwrap();
+        let active = || engine.wal_usage().unwrap()[0].active_segment.0;
+        let start = || engine.wal_usage().unwrap()[0].log_start.0;
+        let busy = engine.register("busy").unwrap();
+        let x = engine.register("x").unwrap();
+        // x: 28 records fill segment 1 (with the registrations), 12 more
+        // start segment 2.
+        for i in 0..40 {
+            x.append(&record("x", i)).unwrap();
+        }
+        let mut b = 0;
+        while active() < 3 {
+            busy.append(&record("busy", b)).unwrap();
+            b += 1;
+        }
+        busy.checkpoint(Offset(b - 1)).unwrap();
+        // Segment 1 holds no live record: x and busy are carried forward
+        // into segment 3, and the log starts at 2.
+        x.checkpoint(Offset(27)).unwrap();
+        let started = std::time::Instant::now();
+        while start() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "segment 1 never went"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(active(), 3);
+        for _ in 0..3 {
+            busy.append(&record("busy", b)).unwrap();
+            b += 1;
+        }
+        engine.unregister("x").unwrap();
+        // Give a reclamation that would not wait for the drop the time to
+        // publish a log start past segment 2.
+        std::thread::sleep(Duration::from_millis(300));
+        disk.plan(disk.stats().ops + 1, SimFault::PowerCut);
+        let _ = busy.append(b"cut");
+        drop((busy, x));
+        let _ = engine.close();
+    }
+    disk.power_cut().unwrap();
+    let engine = Engine::open(c).unwrap_or_else(|e| panic!("the reopen failed: {e}"));
+    // The drop was not durable: x is back, with every record it held.
+    let x = engine.register("x").unwrap();
+    assert_eq!(x.first_offset().unwrap(), Offset(28));
+    let got = x.read(..).unwrap();
+    assert_eq!(got.len(), 12);
+    for r in got {
+        assert_eq!(&r.data[..], &record("x", r.offset.0)[..]);
+    }
+    engine.close().unwrap();
 }

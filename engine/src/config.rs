@@ -84,9 +84,9 @@ pub struct Config {
     /// Segments whose records are all checkpointed, truncated or dropped
     /// are reclaimed and recycled as the shard writes on, so a service that
     /// checkpoints keeps its WAL near what is live. Past the limit, the
-    /// shard moves the few live records that pin its oldest segments
-    /// forward (at most a quarter segment at each segment change) and, if
-    /// what is live still fills the limit, refuses appends and
+    /// shard moves the live records that pin its oldest segment forward (a
+    /// quarter segment at a time, when that writes at most half of what it
+    /// frees) and, if what is live still fills the limit, refuses appends and
     /// registrations that need a new segment with `Error::NoSpace` (cause
     /// `Error::WalFull`, retryable) until checkpoints free some: checkpoints,
     /// truncations and drops always have room (the last

@@ -425,7 +425,7 @@ impl ChannelTable {
                 ..
             } => self.replay_state_of_known(channel, name, (first, next, &lost), seq, lenient),
             Logged::Retired { name, next, .. } => {
-                self.replay_retired(channel, name, next, commit, seq)?;
+                self.replay_retired(channel, name, next, (commit, seq), lenient)?;
                 Ok(0)
             }
             Logged::Relocate { record, .. } => {
@@ -532,7 +532,7 @@ impl ChannelTable {
             }),
             Logged::Retired { name, next, .. } => {
                 // Refused, it changes nothing.
-                self.replay_retired(channel, name, next, commit, seq)?;
+                self.replay_retired(channel, name, next, (commit, seq), lenient)?;
                 self.deferred.records.remove(&channel);
                 self.deferred.ended.insert(channel);
                 Ok(0)
@@ -567,31 +567,40 @@ impl ChannelTable {
         let mut held = self.deferred.records.remove(&channel).unwrap_or_default();
         let mut ch = ChannelState::new(channel, name, first, commit);
         ch.next_offset = next;
+        // Walk the held records and the lost ranges, not every offset: a
+        // crafted state entry may span 2^62 offsets. What lies between them
+        // is a hole (module docs).
         let mut holes: Vec<(Offset, Offset)> = Vec::new();
-        let mut o = first.0;
+        let mut at = first.0;
+        let mut mark_hole = |ch: &mut ChannelState, from: u64, to: u64| {
+            if from < to {
+                ch.push_lost(Offset(from), Offset(to));
+                holes.push((Offset(from), Offset(to)));
+            }
+        };
         let mut ranges = lost.iter().copied().peekable();
-        while o < next.0 {
-            if let Some(&(from, to)) = ranges.peek() {
-                if o == from.0 {
-                    ch.push_lost(from, to);
-                    o = to.0;
-                    ranges.next();
-                    continue;
-                }
+        for (o, (record, seg)) in held.range(first.0..next.0) {
+            while let Some(&(from, to)) = ranges.peek().filter(|(f, _)| f.0 <= *o) {
+                mark_hole(&mut ch, at, from.0);
+                ch.push_lost(from, to);
+                at = to.0;
+                ranges.next();
             }
-            match held.remove(&o) {
-                Some((record, at)) => ch.push_record(record, at, &mut self.pins),
-                None => {
-                    // A hole: let go since, relocated later, or gone.
-                    ch.push_lost(Offset(o), Offset(o + 1));
-                    match holes.last_mut() {
-                        Some((_, to)) if to.0 == o => to.0 += 1,
-                        _ => holes.push((Offset(o), Offset(o + 1))),
-                    }
-                }
+            if *o < at {
+                // Inside a lost range the entry names: not the channel's.
+                continue;
             }
-            o += 1;
+            mark_hole(&mut ch, at, *o);
+            ch.push_record(record.clone(), *seg, &mut self.pins);
+            at = o + 1;
         }
+        for (from, to) in ranges {
+            mark_hole(&mut ch, at, from.0);
+            ch.push_lost(from, to);
+            at = to.0;
+        }
+        mark_hole(&mut ch, at, next.0);
+        held.clear();
         if !holes.is_empty() {
             self.deferred.holes.insert(channel, holes);
         }
@@ -661,6 +670,12 @@ impl ChannelTable {
         // the entry names records, and are settled at the end of the log.
         let _ = lost;
         let same = *ch.name == *name && ch.first_offset == first && ch.next_offset == next;
+        if !same && lenient && *ch.name == *name {
+            // A commit skipped as damaged held what moved the channel
+            // there (records, a checkpoint, a truncation): the state entry
+            // says where it stands, and what is missing is lost.
+            return Ok(self.reconcile(channel, first, next, seq));
+        }
         if !same {
             return Err(Contradiction::StateDiffers {
                 name: name.into(),
@@ -675,6 +690,35 @@ impl ChannelTable {
         Ok(0)
     }
 
+    /// `RecoveryMode::SkipDamaged`: moves a known channel to the offsets a
+    /// later state entry gives it — checkpointed up to `first`, truncated or
+    /// extended (the offsets between lost) to `next`. Returns the offsets
+    /// counted lost.
+    fn reconcile(
+        &mut self,
+        channel: ChannelId,
+        first: Offset,
+        next: Offset,
+        seq: SegmentSeq,
+    ) -> u64 {
+        let ch = self.channels.get_mut(&channel).expect("open above");
+        let mut lost = 0;
+        if next < ch.next_offset && next >= ch.first_offset {
+            ch.trim_back(next, &mut self.pins);
+        } else if next > ch.next_offset {
+            // Counted lost: those still live after the checkpoint below.
+            lost += next.0 - ch.next_offset.max(first).0.min(next.0);
+            let from = ch.next_offset;
+            ch.push_lost(from, next);
+            ch.next_offset = next;
+        }
+        if first > ch.first_offset && first <= ch.durable_next_offset() {
+            ch.trim_front(first, &mut self.pins);
+        }
+        self.anchored(&super::channels::Anchor::Channel(channel), seq);
+        lost
+    }
+
     /// A retired entry: the dropped name `name` starts at `next`. A name
     /// already known retired must agree; a live one contradicts it.
     fn replay_retired(
@@ -682,8 +726,8 @@ impl ChannelTable {
         channel: ChannelId,
         name: &str,
         next: Offset,
-        commit: CommitSeq,
-        seq: SegmentSeq,
+        (commit, seq): (CommitSeq, SegmentSeq),
+        lenient: bool,
     ) -> Result<(), Contradiction> {
         crate::validate_channel_name(name)
             .map_err(|err| Contradiction::InvalidName(err.to_string()))?;
@@ -695,11 +739,20 @@ impl ChannelTable {
         if u64::from(channel.0) >= self.next_id {
             return Err(differs(format!("ids below {}", self.next_id)));
         }
-        if self.by_name.contains_key(name) {
+        let live = self.by_name.get(name).copied();
+        if lenient && live == Some(channel) {
+            // Its drop was in a commit skipped as damaged.
+            self.drop_channel(channel, commit);
+        } else if live.is_some() {
             return Err(differs("live".into()));
         }
+        if lenient {
+            if let Some(r) = self.retired.get_mut(name).filter(|r| r.id == channel) {
+                r.next = r.next.max(next);
+            }
+        }
         match self.retired.get(name) {
-            Some(r) if r.next != next || r.id != channel => {
+            Some(r) if !lenient && (r.next != next || r.id != channel) => {
                 return Err(differs(format!(
                     "dropped at offset {} (id {})",
                     r.next, r.id.0
@@ -1121,5 +1174,58 @@ mod tests {
             [Anchor::Channel(ChannelId(2)), a],
             "what a reclamation would carry forward"
         );
+    }
+
+    /// A crafted state entry naming 2^61 live offsets costs one range, not
+    /// one step per offset, and is damage at the end.
+    #[test]
+    fn a_crafted_state_entry_costs_its_ranges_not_its_offsets() {
+        let mut t = ChannelTable::for_log_start(1);
+        let huge = state(0, "a", 0, 1 << 61);
+        let started = std::time::Instant::now();
+        assert_eq!(replay(&mut t, rec(0, 5, b"5")), Ok(0));
+        assert_eq!(replay(&mut t, huge), Ok(0));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let a = t.live("a").unwrap();
+        assert_eq!((a.held_records(), a.lost_ranges().len()), (1, 2));
+        assert_eq!(
+            t.finish_replay(false),
+            Err(Contradiction::RecordMissing {
+                name: "a".into(),
+                offset: Offset(0)
+            })
+        );
+    }
+
+    /// `SkipDamaged`: a commit skipped as damaged held what moved a channel
+    /// (its records, its drop); the carried entries after it say where the
+    /// channel stands, and what is missing is lost, not refused.
+    #[test]
+    fn a_lenient_replay_follows_carried_entries_past_a_skipped_commit() {
+        let mut t = ChannelTable::default();
+        let reg = |channel, name| Logged::Register {
+            channel: ChannelId(channel),
+            first: Offset(0),
+            name,
+        };
+        let lenient = |t: &mut ChannelTable, e| t.replay(e, CommitSeq(9), S, true);
+        assert_eq!(lenient(&mut t, reg(0, "a")), Ok(0));
+        assert_eq!(lenient(&mut t, rec(0, 0, b"0")), Ok(0));
+        // Records 1..4 and a checkpoint to 2 were in the skipped commit.
+        assert_eq!(lenient(&mut t, state(0, "a", 2, 4)), Ok(2));
+        let a = t.live("a").unwrap();
+        assert_eq!((a.first_offset(), a.next_offset()), (Offset(2), Offset(4)));
+        assert_eq!(lenient(&mut t, rec(0, 4, b"4")), Ok(0));
+        // b's drop was in the skipped commit; its retired entry follows.
+        assert_eq!(lenient(&mut t, reg(1, "b")), Ok(0));
+        let retired = Logged::Retired {
+            channel: ChannelId(1),
+            name: "b",
+            next: Offset(3),
+        };
+        assert_eq!(lenient(&mut t, retired), Ok(0));
+        assert!(t.live("b").is_none());
+        assert_eq!(t.retired("b").map(|r| r.0), Some(Offset(3)));
+        assert_eq!(t.finish_replay(true), Ok(0));
     }
 }

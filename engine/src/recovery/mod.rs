@@ -263,6 +263,18 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         }
     }
     let mut recovered = replay.finish(manifest)?;
+    // A log whose segments are all gone (a lenient mode went on without
+    // them) starts its next segment after the log start and after every
+    // file a crash left before it, never on one of their numbers.
+    let after_files = leftovers.last().map_or(0, |(s, _)| s.0 + 1);
+    let after_start = start.map_or(0, |s| s.segment.0);
+    recovered.next_segment_seq = SegmentSeq(
+        recovered
+            .next_segment_seq
+            .0
+            .max(after_files)
+            .max(after_start),
+    );
     recovered.leftovers = leftovers;
     Ok(recovered)
 }

@@ -206,7 +206,9 @@ impl ActiveSegment {
 /// It may also have died between naming a file (a spare segment, the
 /// manifest) and syncing the directory: the shard directory is synced
 /// whatever the manifest says, so that no commit is written into a segment
-/// whose name a power cut could still take back.
+/// whose name a power cut could still take back; and between writing a
+/// manifest generation and syncing it: the manifest is synced, so that the
+/// log start this open acts on cannot be taken back.
 pub(super) fn sync_replayed(
     fs: &Fs,
     shard_dir: &Path,
@@ -214,6 +216,13 @@ pub(super) fn sync_replayed(
     io: &mut Ring,
 ) -> Result<CommitSeq> {
     file::sync_dir(fs, shard_dir)?;
+    // The manifest too: the open acts on the log start it read (files
+    // before it are recycled or removed), which a crashed process may have
+    // written without syncing.
+    let manifest = shard_dir.join(crate::wal::manifest::MANIFEST_FILE);
+    if file::exists(&manifest) {
+        sync_file_through(io, &manifest)?;
+    }
     let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
     let all_durable = matches!(
         &recovered.manifest,

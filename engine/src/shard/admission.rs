@@ -356,6 +356,12 @@ impl Shard {
         change: Result<Change, Refusal>,
         ack: Arc<Ack<()>>,
     ) -> Accepted {
+        if let (Some(e), Ok(Change::To(_) | Change::AfterInFlight)) = (self.shard_failed(), &change)
+        {
+            // Nothing can be written, and nothing it waits for will complete.
+            ack.complete(Err(e));
+            return Accepted::Done;
+        }
         let to = match change {
             Ok(Change::To(to)) => to,
             Ok(Change::Unchanged(commit)) => {
@@ -370,10 +376,6 @@ impl Shard {
                 return Accepted::Done;
             }
         };
-        if let Some(e) = self.shard_failed() {
-            ack.complete(Err(e));
-            return Accepted::Done;
-        }
         match self.admit(0, entry_bytes(0), Need::Frees) {
             Admit::Yes => {}
             Admit::Full => return Accepted::Full(what.request(channel, ack)),

@@ -51,8 +51,12 @@ pub(super) struct Reclaim {
     carry: VecDeque<Carry>,
     /// The log start the carried entries make possible.
     target: Option<SegmentSeq>,
-    /// The last commit carrying them.
+    /// The last commit carrying them, or holding a request the plan
+    /// counted on: the log start moves only once it is durable.
     through: Option<CommitSeq>,
+    /// The plan relocates records: the next plan goes on (past the space
+    /// limit, a quarter segment at a time) once this one is done.
+    relocating: bool,
     /// Something moved that may free the oldest segments (a checkpoint, a
     /// truncation, a drop, a segment change): plan again.
     pub(super) due: bool,
@@ -70,6 +74,14 @@ impl Reclaim {
     /// Whether carried entries wait for a commit.
     pub(super) fn has_carry(&self) -> bool {
         !self.carry.is_empty()
+    }
+
+    /// Drops the plan on its way.
+    fn abandon(&mut self) {
+        self.carry.clear();
+        self.target = None;
+        self.through = None;
+        self.relocating = false;
     }
 }
 
@@ -93,49 +105,134 @@ impl Shard {
     fn plan_reclaim(&mut self) {
         let start = self.log_start();
         let active = self.segment.seq;
-        let pins = self.table.pins();
-        let mut target = pins.oldest_with_records().unwrap_or(active).min(active);
-        let mut relocate = Vec::new();
-        if self.over_space_limit() && target < active {
-            // Stragglers: the few live records that keep the oldest
-            // segments, written again so that those can go.
-            let budget = self.config.segment_bytes / 4;
-            let mut bytes = 0u64;
-            let mut past = target;
-            for (seq, pin) in pins.iter() {
-                if seq >= active || (pin.records > 0 && bytes + pin.bytes > budget) {
-                    break;
-                }
-                bytes += pin.bytes;
-                past = SegmentSeq(seq.0 + 1);
-            }
-            if past > target {
-                let until = pins
-                    .iter()
-                    .find(|(s, p)| *s >= past && p.records > 0)
-                    .map_or(active, |(s, _)| s)
-                    .min(active);
-                relocate = self.table.records_before(past, budget);
-                target = until;
+        let oldest = self
+            .table
+            .pins()
+            .oldest_with_records()
+            .unwrap_or(active)
+            .min(active);
+        let mut target = oldest;
+        let relocate = self.stragglers(oldest, active);
+        if let Some((_, all)) = &relocate {
+            if *all {
+                target = self.next_held_after(oldest, active);
             }
         }
-        if target <= start {
+        let relocate = relocate.map(|(r, _)| r).unwrap_or_default();
+        if target <= start && relocate.is_empty() {
             return;
         }
         // Relocated records first: replay holds a channel's records back
         // until the entry that states it, which must find them.
-        let mut carry: VecDeque<Carry> = relocate.into_iter().map(Carry::Relocate).collect();
+        let mut carry: VecDeque<Carry> = self.chunks(relocate).map(Carry::Relocate).collect();
         carry.extend(
             self.table
                 .anchored_before(target)
                 .into_iter()
                 .map(Carry::State),
         );
+        self.reclaim.relocating = !carry.iter().all(|c| matches!(c, Carry::State(_)));
         self.reclaim.carry = carry;
         self.reclaim.target = Some(target);
-        self.reclaim.through = None;
+        // The plan counted on every checkpoint, truncation, drop and
+        // registration accepted so far: the log start moves only once they
+        // are durable, also in periodic mode.
+        self.reclaim.through = Some(self.last_accepted());
+        if !self.building.builder.is_empty() {
+            self.building.sync_now = true;
+        }
         if !self.reclaim.has_carry() {
             self.publish_when_durable();
+        }
+    }
+
+    /// Past the space limit: the live records of the oldest segment that
+    /// holds some, relocated when writing them again costs at most half of
+    /// what it frees — the segment and the empty ones up to the next that
+    /// holds records — a quarter segment at a time. Returns them, and
+    /// whether they are all of that segment's.
+    fn stragglers(
+        &self,
+        oldest: SegmentSeq,
+        active: SegmentSeq,
+    ) -> Option<(Vec<Stragglers>, bool)> {
+        if !self.over_space_limit() || oldest >= active {
+            return None;
+        }
+        let next = self.next_held_after(oldest, active);
+        let frees: u64 = self
+            .log
+            .iter()
+            .filter(|s| s.seq >= oldest && s.seq < next)
+            .map(|s| s.bytes)
+            .sum();
+        let cost = self.table.pins().get(oldest).bytes;
+        if cost.saturating_mul(2) > frees {
+            // Live records fill the WAL: moving them frees nothing.
+            return None;
+        }
+        let budget = self.config.segment_bytes / 4;
+        let found = self.table.records_before(SegmentSeq(oldest.0 + 1), budget);
+        let moved: u64 = found
+            .iter()
+            .flat_map(|s| s.records.iter())
+            .map(|r| r.len() as u64)
+            .sum();
+        Some((found, moved >= cost))
+    }
+
+    /// The first segment after `seq` holding a live record, or `active`.
+    fn next_held_after(&self, seq: SegmentSeq, active: SegmentSeq) -> SegmentSeq {
+        self.table
+            .pins()
+            .iter()
+            .find(|(s, p)| *s > seq && p.records > 0)
+            .map_or(active, |(s, _)| s)
+            .min(active)
+    }
+
+    /// Relocated stretches cut into pieces that each fit a commit.
+    fn chunks(&self, found: Vec<Stragglers>) -> impl Iterator<Item = Stragglers> {
+        let most = self.config.commit_bytes_max / 2;
+        found.into_iter().flat_map(move |s| {
+            let mut pieces = Vec::new();
+            let mut piece = Stragglers {
+                channel: s.channel,
+                from: s.from,
+                records: Vec::new(),
+            };
+            let mut bytes = 0usize;
+            for (i, r) in s.records.into_iter().enumerate() {
+                let n = entry_bytes(r.len());
+                if !piece.records.is_empty() && bytes + n > most {
+                    let next = Offset(s.from.0 + i as u64);
+                    let full = std::mem::replace(
+                        &mut piece,
+                        Stragglers {
+                            channel: s.channel,
+                            from: next,
+                            records: Vec::new(),
+                        },
+                    );
+                    pieces.push(full);
+                    bytes = 0;
+                }
+                bytes += n;
+                piece.records.push(r);
+            }
+            pieces.push(piece);
+            pieces
+        })
+    }
+
+    /// The newest commit holding an accepted request: the one being built
+    /// if it holds any, else the last one started.
+    fn last_accepted(&self) -> CommitSeq {
+        let building = self.building.builder.commit_seq();
+        if self.building.builder.is_empty() {
+            CommitSeq(building.0.saturating_sub(1))
+        } else {
+            building
         }
     }
 
@@ -162,6 +259,13 @@ impl Shard {
                 continue;
             };
             let bytes: usize = entries.iter().map(|(_, _, p)| entry_bytes(p.len())).sum();
+            if !self.building.builder.could_fit(0, bytes) {
+                // A state entry larger than a commit (a channel with more
+                // lost ranges than one holds): this plan cannot be carried.
+                // The next segment change plans again.
+                self.reclaim.abandon();
+                return;
+            }
             if !matches!(self.admit(0, bytes, Need::Frees), Admit::Yes) {
                 return;
             }
@@ -211,7 +315,8 @@ impl Shard {
         // Durable before the log start moves past what it restates, also
         // in periodic mode.
         batch.sync_now = true;
-        self.reclaim.through = Some(batch.builder.commit_seq());
+        let commit = batch.builder.commit_seq();
+        self.reclaim.through = Some(self.reclaim.through.map_or(commit, |c| c.max(commit)));
     }
 
     /// Step 3: once the carried entries are durable and nothing before the
@@ -229,8 +334,8 @@ impl Shard {
         {
             return;
         }
-        self.reclaim.target = None;
-        self.reclaim.through = None;
+        let relocated = self.reclaim.relocating;
+        self.reclaim.abandon();
         let pins = self.table.pins();
         let still_pinned = pins.anchors_before(target) > 0
             || pins.oldest_with_records().is_some_and(|s| s < target);
@@ -247,6 +352,11 @@ impl Shard {
             .take_while(|s| s.seq < target)
             .copied()
             .collect();
+        if gone.is_empty() {
+            // Part of a segment's records relocated: the next plan goes on.
+            self.reclaim.due = relocated;
+            return;
+        }
         let Some(new_start) = self.log.iter().find(|s| s.seq == target).copied() else {
             return;
         };
@@ -276,6 +386,8 @@ impl Shard {
         // Space came free: a request refused for lack of it may go now.
         self.no_space = None;
         self.preparer.retry_failed();
+        // Still past the limit: what more can go, or be relocated.
+        self.reclaim.due = relocated || self.over_space_limit();
     }
 
     /// The oldest segment of the log.

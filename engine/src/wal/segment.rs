@@ -145,7 +145,13 @@ pub fn recycle_segment(
         Ok(f) => f,
         Err(e) => return give_up(&tmp, e),
     };
-    let size = file.len()?;
+    let size = match file.len() {
+        Ok(n) => n,
+        Err(e) => {
+            drop(file);
+            return give_up(&tmp, e);
+        }
+    };
     if size != h.segment_bytes {
         drop(file);
         let what = format!(
