@@ -66,6 +66,12 @@ enum Ending {
 fn build() -> Built {
     let dir = test_dir();
     let engine = Engine::open(small_config(dir.path(), 1, Backend::IoUring)).unwrap();
+    append_matrix_records(dir, engine)
+}
+
+/// Appends the `RECORDS` records of the matrix to channel "m" of `engine`,
+/// one commit each, and closes it: the store of [`build`] from there on.
+fn append_matrix_records(dir: tempfile::TempDir, engine: Engine) -> Built {
     let ch = engine.register("m").unwrap();
     let crashed = common::snapshot_manifest(dir.path(), 0);
     let mut records = Vec::new();
@@ -74,6 +80,7 @@ fn build() -> Built {
         ch.append(&r).unwrap();
         records.push(r);
     }
+    drop(ch);
     let block = engine.block_bytes();
     engine.close().unwrap();
     let closed = common::snapshot_manifest(dir.path(), 0);
@@ -406,20 +413,8 @@ fn build_recycled() -> (Built, u64) {
         }
         assert!(off.0 < 2000, "no segment was recycled");
     };
-    let crashed = common::snapshot_manifest(dir.path(), 0);
-    let mut records = Vec::new();
-    for i in 0..RECORDS {
-        let r: Vec<u8> = (0..(100 + i * 97 % 3000)).map(|k| (k ^ i) as u8).collect();
-        ch.append(&r).unwrap();
-        records.push(r);
-    }
-    let block = engine.block_bytes();
-    engine.close().unwrap();
-    let closed = common::snapshot_manifest(dir.path(), 0);
-    let (seg, places) = tail_segment(dir.path(), block);
-    let commits = places.iter().map(|c| (c.pos, c.used)).collect();
-    let built = (dir, seg, commits, records, Manifests { crashed, closed });
-    (built, base)
+    drop(ch);
+    (append_matrix_records(dir, engine), base)
 }
 
 /// Checks a recycled store's channel: `n` records from `base`, byte for

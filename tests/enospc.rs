@@ -10,53 +10,80 @@ mod common;
 
 use common::loopfs::{can_mount, run, Mounted};
 use common::{say, small_config, test_dir};
-use corewal::{Backend, Engine, Error, Offset};
+use corewal::{Backend, Channel, Engine, Error, Offset};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-#[test]
-fn running_out_of_space_refuses_with_a_retryable_error_and_loses_nothing() {
+/// A small ext4 mounted under `work` with all but `room` bytes taken by a
+/// file (returned as its path); `None` (the test prints SKIPPED) without
+/// the rights to mount.
+fn nearly_full_filesystem(work: &Path, room: u64) -> Option<(Mounted, PathBuf)> {
     if let Err(why) = can_mount() {
         say(&format!("enospc: SKIPPED: {why}"));
-        return;
+        return None;
     }
-    let work = test_dir();
     let m = Mounted::new(
-        &work.path().join("image"),
-        &work.path().join("mnt"),
+        &work.join("image"),
+        &work.join("mnt"),
         "ext4",
         4096,
         64 << 20,
     )
     .unwrap();
-    let dir = m.mountpoint.join("store");
-    // Leave about 3 MiB: room for the first segments of 1 MiB, not for many.
     let free = nix::sys::statvfs::statvfs(&m.mountpoint).unwrap();
     let avail = free.blocks_available() * free.fragment_size();
     let filler = m.mountpoint.join("filler");
     run(
         "fallocate",
-        &[
-            "-l",
-            &(avail - (3 << 20)).to_string(),
-            filler.to_str().unwrap(),
-        ],
+        &["-l", &(avail - room).to_string(), filler.to_str().unwrap()],
     )
     .unwrap();
+    Some((m, filler))
+}
 
-    let config = small_config(&dir, 1, Backend::IoUring);
-    let engine = Engine::open(config.clone()).unwrap();
-    let ch = engine.register("c").unwrap();
-    let record = vec![0x42u8; 3000];
+/// Appends `record` until a request is refused: the number acknowledged
+/// (at offsets 0, 1, …) and the refusal.
+fn append_until_refused(ch: &Channel, record: &[u8]) -> (u64, Error) {
     let mut acked = 0u64;
-    let refused = loop {
-        match ch.append(&record) {
+    loop {
+        match ch.append(record) {
             Ok(off) => {
                 assert_eq!(off, Offset(acked));
                 acked += 1;
                 assert!(acked < 100_000, "the filesystem never filled");
             }
-            Err(e) => break e,
+            Err(e) => return (acked, e),
         }
+    }
+}
+
+/// Appends `record` once, retrying retryable refusals for up to 10 s.
+fn append_once_space_returns(ch: &Channel, record: &[u8]) -> Offset {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ch.append(record) {
+            Ok(off) => return off,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("after space was freed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn running_out_of_space_refuses_with_a_retryable_error_and_loses_nothing() {
+    let work = test_dir();
+    // Leave about 3 MiB: room for the first segments of 1 MiB, not for many.
+    let Some((m, filler)) = nearly_full_filesystem(work.path(), 3 << 20) else {
+        return;
     };
+    let dir = m.mountpoint.join("store");
+    let config = small_config(&dir, 1, Backend::IoUring);
+    let engine = Engine::open(config.clone()).unwrap();
+    let ch = engine.register("c").unwrap();
+    let record = vec![0x42u8; 3000];
+    let (acked, refused) = append_until_refused(&ch, &record);
     assert!(
         matches!(refused, Error::NoSpace { .. }) && refused.is_retryable(),
         "{refused}"
@@ -76,16 +103,7 @@ fn running_out_of_space_refuses_with_a_retryable_error_and_loses_nothing() {
 
     // Space freed: the same engine writes again, at the next offset.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let resumed = loop {
-        match ch.append(&record) {
-            Ok(off) => break off,
-            Err(Error::NoSpace { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("after space was freed: {e}"),
-        }
-    };
+    let resumed = append_once_space_returns(&ch, &record);
     assert_eq!(resumed, Offset(acked), "a refused request used an offset");
     let mut total = acked + 1;
     for _ in 0..200 {
@@ -117,62 +135,22 @@ fn running_out_of_space_refuses_with_a_retryable_error_and_loses_nothing() {
 /// is needed — and a restart on the still-full disk succeeds.
 #[test]
 fn checkpoints_free_a_full_filesystem_without_a_restart() {
-    if let Err(why) = can_mount() {
-        say(&format!("enospc: SKIPPED: {why}"));
-        return;
-    }
     let work = test_dir();
-    let m = Mounted::new(
-        &work.path().join("image"),
-        &work.path().join("mnt"),
-        "ext4",
-        4096,
-        64 << 20,
-    )
-    .unwrap();
-    let dir = m.mountpoint.join("store");
     // Room for about 8 segments of 1 MiB, never freed by the test.
-    let free = nix::sys::statvfs::statvfs(&m.mountpoint).unwrap();
-    let avail = free.blocks_available() * free.fragment_size();
-    let filler = m.mountpoint.join("filler");
-    run(
-        "fallocate",
-        &[
-            "-l",
-            &(avail - (8 << 20)).to_string(),
-            filler.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let Some((m, _filler)) = nearly_full_filesystem(work.path(), 8 << 20) else {
+        return;
+    };
+    let dir = m.mountpoint.join("store");
     let config = small_config(&dir, 1, Backend::IoUring);
     let engine = Engine::open(config.clone()).unwrap();
     let ch = engine.register("c").unwrap();
     let record = vec![0x42u8; 3000];
-    let mut next = 0u64;
-    let refused = loop {
-        match ch.append(&record) {
-            Ok(off) => {
-                assert_eq!(off, Offset(next));
-                next += 1;
-                assert!(next < 100_000, "the filesystem never filled");
-            }
-            Err(e) => break e,
-        }
-    };
+    let (mut next, refused) = append_until_refused(&ch, &record);
     assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
     // Checkpoint everything: it needs no new segment (the end of each
     // segment is kept for such requests), and it frees the old ones.
     ch.checkpoint(Offset(next - 1)).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let resumed = loop {
-        match ch.append(&record) {
-            Ok(off) => break off,
-            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("after the checkpoint: {e}"),
-        }
-    };
+    let resumed = append_once_space_returns(&ch, &record);
     assert_eq!(resumed, Offset(next), "a refused request used an offset");
     next += 1;
     // Steady state on the full disk: write, checkpoint, write on.

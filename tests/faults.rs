@@ -203,7 +203,33 @@ fn enospc_is_reported_with_its_cause() {
 
 #[test]
 fn a_fault_before_anything_is_acknowledged_still_answers_everyone() {
-    fail_stop_case(libc::EIO, SyncMethod::DsyncWrite, 1, false);
+    // Operation 1 is the open's sync of the manifest (the store was opened
+    // and closed once); operation 2 is the first commit's write.
+    fail_stop_case(libc::EIO, SyncMethod::DsyncWrite, 2, false);
+}
+
+#[test]
+fn a_failed_sync_at_open_fails_the_open_with_its_cause() {
+    // The open syncs the manifest whose log start it acts on; when that
+    // sync fails the open fails, naming the file, and nothing is lost.
+    let dir = test_dir();
+    let mut config = store_with_records(dir.path(), 10);
+    let mut plan = FaultPlan::new(1, libc::EIO);
+    plan.shard = Some(ShardId(0));
+    config.backend = Backend::faulty(Backend::IoUring, plan);
+    match common::within(HANG, {
+        let config = config.clone();
+        move || Engine::open(config).map(|e| e.close())
+    })
+    .expect("the open hangs after a failed sync")
+    {
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+            assert!(e.to_string().contains("manifest"), "{e}");
+        }
+        Ok(closed) => panic!("the open succeeded over a failed sync (close: {closed:?})"),
+    }
+    assert_eq!(records_after_reopen(&config, "c"), 10);
 }
 
 /// Counts a name's records after a reopen with the default backend.
