@@ -200,6 +200,22 @@ struct Shape {
     checkpoint_often: bool,
 }
 
+impl Shape {
+    /// One shard, one commit in flight, `Periodic` syncs too rare to
+    /// happen by themselves: the shape of the deterministic tests.
+    fn one_periodic_shard() -> Shape {
+        Shape {
+            shards: 1,
+            sync: SyncMethod::DsyncWrite,
+            in_flight: 1,
+            per_commit: None,
+            periodic: Some(Duration::from_secs(60)),
+            tight_wal: false,
+            checkpoint_often: false,
+        }
+    }
+}
+
 fn config(dir: &Path, shape: Shape, disk: &SimDisk) -> Config {
     let mut c = Config::new(dir);
     c.shards = Some(shape.shards);
@@ -1028,15 +1044,7 @@ fn what_recovery_replays_is_durable_before_anything_is_acknowledged_on_top_of_it
         let dir = common::test_dir();
         let disk = SimDisk::new(seed);
         let written: u64;
-        let shape = Shape {
-            shards: 1,
-            sync: SyncMethod::DsyncWrite,
-            in_flight: 1,
-            per_commit: None,
-            periodic: Some(Duration::from_secs(60)),
-            tight_wal: false,
-            checkpoint_often: false,
-        };
+        let shape = Shape::one_periodic_shard();
         {
             let engine = Engine::open(config(dir.path(), shape, &disk)).unwrap();
             let ch = engine.register("a").unwrap();
@@ -1104,13 +1112,8 @@ fn periodic_mode_syncs_before_its_unsynced_window_outgrows_its_header_field() {
     let mut c = config(
         dir.path(),
         Shape {
-            shards: 1,
-            sync: SyncMethod::DsyncWrite,
-            in_flight: 1,
             per_commit: Some(1),
-            periodic: Some(Duration::from_secs(60)),
-            tight_wal: false,
-            checkpoint_often: false,
+            ..Shape::one_periodic_shard()
         },
         &disk,
     );
@@ -1641,15 +1644,7 @@ fn a_reclamation_waits_for_the_drop_that_let_its_segments_go() {
     // that brings x back, with the records it had in segment 2.
     let dir = common::test_dir();
     let disk = SimDisk::new(7);
-    let shape = Shape {
-        shards: 1,
-        sync: SyncMethod::DsyncWrite,
-        in_flight: 1,
-        per_commit: None,
-        periodic: Some(Duration::from_secs(60)),
-        tight_wal: false,
-        checkpoint_often: false,
-    };
+    let shape = Shape::one_periodic_shard();
     let c = config(dir.path(), shape, &disk);
     let record = |name: &str, i: u64| {
         let mut r = vec![i as u8; 32 << 10];

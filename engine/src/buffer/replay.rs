@@ -397,9 +397,10 @@ impl ChannelTable {
                 Ok(0)
             }
             Logged::Append { record, .. } => {
-                if lenient && self.open(channel).is_err() {
-                    // The channel's registration was lost (or its drop
-                    // survived while a later registration was lost).
+                if self
+                    .replayed_channel(channel, EntryWord::Record, lenient)?
+                    .is_none()
+                {
                     return Ok(1);
                 }
                 let lost = self.replay_gap(EntryWord::Record, channel, offset, lenient)?;
@@ -408,7 +409,10 @@ impl ChannelTable {
                 Ok(lost)
             }
             Logged::Drop { .. } => {
-                if lenient && self.open(channel).is_err() {
+                if self
+                    .replayed_channel(channel, EntryWord::Drop, lenient)?
+                    .is_none()
+                {
                     return Ok(0);
                 }
                 let lost = self.replay_gap(EntryWord::Drop, channel, offset, lenient)?;
@@ -429,13 +433,9 @@ impl ChannelTable {
                 Ok(0)
             }
             Logged::Relocate { record, .. } => {
-                if lenient && self.open(channel).is_err() {
+                let Some(ch) = self.replayed_channel(channel, EntryWord::Relocate, lenient)? else {
                     return Ok(0);
-                }
-                let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
-                    entry: EntryWord::Relocate,
-                    channel,
-                })?;
+                };
                 if ch.index_of(offset).is_none() {
                     if self.fill_hole(channel, offset, record, seq) {
                         return Ok(0);
@@ -775,6 +775,23 @@ impl ChannelTable {
         Ok(())
     }
 
+    /// The open channel a logged entry names. Not open: a contradiction, or
+    /// with `lenient` `None` — the entry is passed over (the channel's
+    /// registration was lost with a skipped commit, or its drop survived
+    /// while a later registration was lost).
+    fn replayed_channel(
+        &self,
+        channel: ChannelId,
+        entry: EntryWord,
+        lenient: bool,
+    ) -> Result<Option<&ChannelState>, Contradiction> {
+        match self.open(channel) {
+            Ok(ch) => Ok(Some(ch)),
+            Err(_) if lenient => Ok(None),
+            Err(_) => Err(Contradiction::NoChannel { entry, channel }),
+        }
+    }
+
     /// A logged truncation moves the next offset back, no further than the
     /// first live offset; `lenient` accepts one at or past the next offset
     /// (the records it removed were lost with a skipped commit).
@@ -785,13 +802,9 @@ impl ChannelTable {
         commit: CommitSeq,
         lenient: bool,
     ) -> Result<u64, Contradiction> {
-        if lenient && self.open(channel).is_err() {
+        let Some(ch) = self.replayed_channel(channel, EntryWord::Truncate, lenient)? else {
             return Ok(0);
-        }
-        let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
-            entry: EntryWord::Truncate,
-            channel,
-        })?;
+        };
         if lenient && next >= ch.next_offset {
             return self.replay_gap(EntryWord::Truncate, channel, next, lenient);
         }
@@ -812,13 +825,9 @@ impl ChannelTable {
         commit: CommitSeq,
         lenient: bool,
     ) -> Result<u64, Contradiction> {
-        if lenient && self.open(channel).is_err() {
+        let Some(ch) = self.replayed_channel(channel, EntryWord::Checkpoint, lenient)? else {
             return Ok(0);
-        }
-        let ch = self.open(channel).map_err(|_| Contradiction::NoChannel {
-            entry: EntryWord::Checkpoint,
-            channel,
-        })?;
+        };
         if first <= ch.first_offset || (first > ch.next_offset && !lenient) {
             return Err(ch.contradicts(EntryWord::Checkpoint, first));
         }

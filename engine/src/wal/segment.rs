@@ -37,6 +37,19 @@ pub struct Segment {
     pub recycled_from: Option<SegmentSeq>,
 }
 
+impl Segment {
+    /// The segment of header `h` whose `file` now has its name `path`.
+    fn named(h: &SegmentHeader, file: DiskFile, path: PathBuf) -> Segment {
+        Segment {
+            seq: h.segment_seq,
+            file: Arc::new(file.renamed(&path)),
+            path,
+            bytes: h.segment_bytes,
+            recycled_from: h.recycled_from,
+        }
+    }
+}
+
 /// A segment of a shard's log as the shard keeps it: from the log start to
 /// the segment being written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,13 +109,7 @@ pub fn create_segment(
         file::remove_leftover(spec.fs, &tmp);
         return Err(e);
     }
-    Ok(Segment {
-        seq: h.segment_seq,
-        file: Arc::new(file.renamed(&path)),
-        path,
-        bytes: h.segment_bytes,
-        recycled_from: h.recycled_from,
-    })
+    Ok(Segment::named(h, file, path))
 }
 
 /// Makes the reclaimed segment file `old` (before the log start, so that
@@ -181,13 +188,7 @@ pub fn recycle_segment(
         drop(file);
         return give_up(&path, e);
     }
-    Ok(Segment {
-        seq: h.segment_seq,
-        file: Arc::new(file.renamed(&path)),
-        path,
-        bytes: h.segment_bytes,
-        recycled_from: h.recycled_from,
-    })
+    Ok(Segment::named(h, file, path))
 }
 
 /// Writes the header and zeros of the new segment file `tmp`, then gives it
