@@ -4,6 +4,7 @@
 //! request to a shard and of its answer back (with the shard's sleep and
 //! eventfd wake-up). Run with `cargo bench --bench hot_paths`.
 
+use corewal_engine::buffer::channels::Loc;
 use corewal_engine::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 use corewal_engine::wal::commit::CommitBuilder;
 use corewal_engine::wal::format::{
@@ -110,6 +111,8 @@ fn buffer_table_bench(c: &mut Criterion) {
     // each checkpointed every 1,000 records (so that memory stays bounded
     // and the per-segment pins move both ways).
     let mut t = ChannelTable::default();
+    // A cache smaller than the records kept: evictions are part of it.
+    t.set_cache_budget(1 << 20);
     let ids: Vec<_> = (0..16)
         .map(|i| t.register(&format!("c{i}"), CommitSeq(1)).0)
         .collect();
@@ -124,7 +127,12 @@ fn buffer_table_bench(c: &mut Criterion) {
                 let id = ids[k % ids.len()];
                 t.appendable(id, 1).expect("appendable");
                 let offset = t.assign(id, 1);
-                t.acknowledge(id, record.clone(), SegmentSeq(seq / 64));
+                let at = Loc {
+                    commit: CommitSeq(seq),
+                    position: (k * 320) as u32,
+                    len: record.len() as u32,
+                };
+                t.acknowledge(id, at, SegmentSeq(seq / 64), || record.clone());
                 if (offset.0 + 1) % 1000 == 0 {
                     t.checkpoint(id, Offset(offset.0 + 1), CommitSeq(seq));
                 }

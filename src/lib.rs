@@ -493,7 +493,18 @@ impl Channel {
         })
     }
 
-    /// The acknowledged records with offsets in `range`, in order.
+    /// The acknowledged records with offsets in `range`, in order, all of
+    /// them: their payloads from memory, or read back from the WAL by the
+    /// channel's shard when the memory budget
+    /// ([`Config::buffer_bytes_max`]) let them go. A range over many
+    /// records takes as much memory as they hold: use
+    /// [`Channel::read_limited`] to bound what one call returns.
+    ///
+    /// A read sees what was acknowledged when its shard took the request,
+    /// never a record still on its way to the device, nor one checkpointed
+    /// or truncated away. Records below [`Channel::first_offset`] are gone:
+    /// a range that starts below it starts there (each record carries its
+    /// offset, so a caller sees the gap).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -511,10 +522,60 @@ impl Channel {
     ///   queued behind a drop not yet durable waits for it);
     /// * `Error::ShardFailed` when the channel's shard failed before a
     ///   pending drop became durable, or never started;
+    /// * `Error::Io` when a payload could not be read back from the WAL,
+    ///   and `Error::Corruption` when what was read back is not the record
+    ///   (the call fails; the engine goes on);
     /// * `Error::InvalidConfig { field: "channel" }` for a handle of another
     ///   engine instance;
     /// * `Error::Closed` after close.
     pub fn read(&self, range: impl RangeBounds<Offset>) -> Result<Vec<Record>> {
+        self.read_async(range).wait()
+    }
+
+    /// [`Channel::read`] as a future.
+    pub fn read_async(&self, range: impl RangeBounds<Offset>) -> ReadFuture {
+        self.read_limited_async(range, u64::MAX)
+    }
+
+    /// The first acknowledged records with offsets in `range`, in order,
+    /// up to `max_bytes` payload bytes — at least one record when the range
+    /// holds any, however large, so that a reader always moves on. To read
+    /// on, ask again from one past the last offset returned; an empty
+    /// answer means the range holds no more records.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let engine = corewal::Engine::open(corewal::Config::new(dir.path()))?;
+    /// # let ch = engine.register("log")?;
+    /// use corewal::Offset;
+    /// for _ in 0..10 { ch.append(&[0u8; 100][..])?; }
+    /// let mut from = Offset(0);
+    /// loop {
+    ///     let page = ch.read_limited(from.., 250)?;
+    ///     let Some(last) = page.last() else { break };
+    ///     assert!(page.len() <= 2);
+    ///     from = Offset(last.offset.0 + 1);
+    /// }
+    /// assert_eq!(from, Offset(10));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Channel::read`].
+    pub fn read_limited(
+        &self,
+        range: impl RangeBounds<Offset>,
+        max_bytes: u64,
+    ) -> Result<Vec<Record>> {
+        self.read_limited_async(range, max_bytes).wait()
+    }
+
+    /// [`Channel::read_limited`] as a future.
+    pub fn read_limited_async(
+        &self,
+        range: impl RangeBounds<Offset>,
+        max_bytes: u64,
+    ) -> ReadFuture {
         let from = match range.start_bound() {
             Bound::Included(o) => *o,
             Bound::Excluded(o) => Offset(o.0.saturating_add(1)),
@@ -525,13 +586,15 @@ impl Channel {
             Bound::Excluded(o) => *o,
             Bound::Unbounded => Offset(u64::MAX),
         };
-        Submit::to(&self.inner.inbox, |ack| Request::Read {
-            channel: self.inner.id,
-            from,
-            to,
-            ack,
-        })
-        .wait()
+        ReadFuture {
+            submit: Submit::to(&self.inner.inbox, |ack| Request::Read {
+                channel: self.inner.id,
+                from,
+                to,
+                bytes_max: max_bytes,
+                ack,
+            }),
+        }
     }
 
     /// One past the offset of the last acknowledged record: the offset the
@@ -760,6 +823,32 @@ impl UnregisterFuture {
 
 impl Future for UnregisterFuture {
     type Output = Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().submit.poll(cx)
+    }
+}
+
+/// The future of [`Channel::read_async`] and
+/// [`Channel::read_limited_async`]. Sent when first polled (or waited on);
+/// dropping it changes nothing (a read on its way is finished by the shard
+/// and its answer dropped).
+#[must_use = "the read is sent when the future is polled or waited on"]
+pub struct ReadFuture {
+    submit: Submit<Vec<Record>>,
+}
+
+impl ReadFuture {
+    /// Blocks the calling thread for the records.
+    ///
+    /// # Errors
+    /// As [`Channel::read`].
+    pub fn wait(self) -> Result<Vec<Record>> {
+        self.submit.wait()
+    }
+}
+
+impl Future for ReadFuture {
+    type Output = Result<Vec<Record>>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().submit.poll(cx)
     }

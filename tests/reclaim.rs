@@ -9,10 +9,12 @@ use common::{payload, segments, small_config, test_dir, BACKENDS};
 use corewal::{Backend, Config, Engine, Error, Offset};
 
 /// One shard, 1 MiB segments and an 8 MiB limit: reclamation and recycling
-/// happen every few hundred records.
+/// happen every few hundred records. A 64 KiB payload budget: the records
+/// relocated are long gone from memory and read back from the WAL.
 fn tight(dir: &std::path::Path, backend: Backend) -> Config {
     let mut c = small_config(dir, 1, backend);
     c.wal_bytes_max = Some(8 << 20);
+    c.buffer_bytes_max = 64 << 10;
     c
 }
 
@@ -274,6 +276,8 @@ fn a_large_straggler_is_relocated_a_piece_at_a_time() {
         run(&engine, &["fast"], 6_000, 100);
         let m = engine.metrics();
         assert!(m.records_relocated >= 20, "{m:?}");
+        assert!(m.wal_reads > 0, "relocated from the WAL: {m:?}");
+        assert_eq!(m.relocation_reads_failed, 0, "{m:?}");
         assert!(wal_bytes_on_disk(dir.path()) <= 8 << 20);
         engine.close().unwrap();
     }

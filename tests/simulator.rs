@@ -163,6 +163,10 @@ struct Totals {
     recycled: u64,
     relocated: u64,
     carried: u64,
+    /// Reads checked while sessions ran, and the reads of the WAL the
+    /// sessions made (payloads not in memory).
+    reads: u64,
+    wal_reads: u64,
 }
 
 /// A temporary directory: tmpfs when there is one (the simulated disk writes
@@ -198,6 +202,9 @@ struct Shape {
     /// Checkpoints through each channel's last acknowledged record often,
     /// so that whole segments come free.
     checkpoint_often: bool,
+    /// `Config::buffer_bytes_max`, when not the default: small budgets send
+    /// reads (and relocations) to the WAL.
+    payload_budget: Option<u64>,
 }
 
 impl Shape {
@@ -212,6 +219,7 @@ impl Shape {
             periodic: Some(Duration::from_secs(60)),
             tight_wal: false,
             checkpoint_often: false,
+            payload_budget: None,
         }
     }
 }
@@ -233,6 +241,9 @@ fn config(dir: &Path, shape: Shape, disk: &SimDisk) -> Config {
     c.record_bytes_max = 64 << 10;
     if shape.tight_wal {
         c.wal_bytes_max = Some(4 << 20);
+    }
+    if let Some(budget) = shape.payload_budget {
+        c.buffer_bytes_max = budget;
     }
     c
 }
@@ -590,6 +601,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         periodic: (rng.below(4) == 0).then(|| Duration::from_millis(1 + rng.below(10))),
         tight_wal: rng.below(2) == 0,
         checkpoint_often: rng.below(2) == 0,
+        payload_budget: [None, Some(0), Some(48 << 10)][rng.below(3) as usize],
     };
     // A tight WAL's seeds write large records and checkpoint often, so that
     // their sessions fill, reclaim and recycle segments before their fault.
@@ -746,7 +758,9 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         continue;
                     }
                     let from = m.base + rng.below(m.acked.len() as u64 + 1);
-                    match ch.truncate_from(Offset(from)) {
+                    let result = ch.truncate_from(Offset(from));
+                    trace(|| format!("{name}: truncate from {from}: {result:?}"));
+                    match result {
                         Ok(()) => {
                             totals.truncations += 1;
                             m.truncated(from);
@@ -803,6 +817,45 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                             // Refused before it got an offset: the shard goes on.
                             Err(Error::NoSpace { .. }) => totals.no_space += 1,
                             Err(_) => m.failed([data]),
+                        }
+                    }
+                }
+                46..=49 => {
+                    // A read while the session runs: exactly what was
+                    // acknowledged and not checkpointed or truncated, from
+                    // memory or the WAL — never a record still in flight.
+                    let Some(ch) = handles.get(name) else {
+                        continue;
+                    };
+                    if m.unsure || m.loose || !m.lost.is_empty() || m.maybe_first.is_some() {
+                        continue;
+                    }
+                    let from = m.base + rng.below(m.acked.len() as u64 + 1);
+                    let got = match ch.read_limited(Offset(from).., 1 + rng.below(64 << 10)) {
+                        Ok(got) => got,
+                        // A planned fault may fail the read, or the shard.
+                        Err(_) if fault.is_some() => continue,
+                        Err(e) => return Err(format!("{name}: read from {from}: {e}")),
+                    };
+                    totals.reads += 1;
+                    if got.is_empty() && from < m.next() {
+                        return Err(format!("{name}: read from {from} returned nothing"));
+                    }
+                    // After a failure, what may stand after the acknowledged
+                    // records: those of a failed truncation, never those of
+                    // a failed append (not acknowledged, so never readable).
+                    let all: Vec<&Vec<u8>> = m.acked.iter().chain(&m.pending).collect();
+                    for (i, r) in got.iter().enumerate() {
+                        let o = from + i as u64;
+                        let want = all.get((o - m.base) as usize);
+                        if r.offset.0 != o || want.is_none_or(|w| w[..] != r.data[..]) {
+                            return Err(format!(
+                                "{name}: read from {from}: offset {} with {} bytes, expected \
+                                 offset {o} with {:?} bytes",
+                                r.offset.0,
+                                r.data.len(),
+                                want.map(|w| w.len())
+                            ));
                         }
                     }
                 }
@@ -864,6 +917,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         totals.reclaimed += metrics.segments_reclaimed;
         totals.recycled += metrics.segments_recycled;
         totals.relocated += metrics.records_relocated;
+        totals.wal_reads += metrics.wal_reads;
         totals.carried += metrics.entries_carried;
         let _ = engine.close();
         disk.clear_plans();
@@ -997,7 +1051,8 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
          {} process crashes (nothing acknowledged lost), {} crash → reopen → acknowledge → power cut sequences; \
          {} seeds in Periodic mode: {} channels that lost acknowledged records unsynced at a power cut (allowed there); \
          {} filesystem operations, power cuts during them: {}; {} creations, renames or removals taken back; \
-         {} segments reclaimed, {} recycled, {} state entries carried forward, {} records relocated; {:.1} s",
+         {} segments reclaimed, {} recycled, {} state entries carried forward, {} records relocated; \
+         {} reads checked while sessions ran ({} reads of the WAL); {:.1} s",
         totals.sessions,
         totals.acked,
         totals.checked,
@@ -1028,6 +1083,8 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
         totals.recycled,
         totals.carried,
         totals.relocated,
+        totals.reads,
+        totals.wal_reads,
         started.elapsed().as_secs_f64()
     ));
 }
@@ -1196,6 +1253,7 @@ fn a_power_cut_in_any_operation_of_a_store_s_first_session_loses_nothing_acknowl
         periodic: None,
         tight_wal: false,
         checkpoint_often: false,
+        payload_budget: None,
     };
     let records = 40u64;
     let record = |i: u64| vec![i as u8; 32 << 10];
@@ -1285,6 +1343,7 @@ const RECLAIMING: Shape = Shape {
     periodic: None,
     tight_wal: true,
     checkpoint_often: false,
+    payload_budget: None,
 };
 const RECLAIMING_NAMES: [&str; 2] = ["a", "b"];
 
@@ -1509,6 +1568,7 @@ fn a_crash_in_any_operation_then_a_power_cut_loses_nothing_the_next_session_ackn
         periodic: None,
         tight_wal: false,
         checkpoint_often: false,
+        payload_budget: None,
     };
     let records = 40u64;
     let after = 1u64;
@@ -1590,6 +1650,7 @@ fn checkpoints_and_truncations_are_durable_when_they_return_in_every_durability_
                 periodic,
                 tight_wal: false,
                 checkpoint_often: false,
+                payload_budget: None,
             };
             let c = config(dir.path(), shape, &disk);
             let old = |i: u64| format!("old {i}").into_bytes();

@@ -104,8 +104,19 @@ pub struct Config {
     /// hides device latency; a crash may then tear up to this many commits
     /// at the tail (none of them acknowledged). Default 1: on the virtio disk
     /// measured here, more in flight split the batches and raised latency
-    /// (docs/BENCHMARKS.md); devices with deep parallel queues may gain. 1..=16.
+    /// (docs/BENCHMARKS.md); devices with deep parallel queues may gain.
+    /// 1..=12 (the shard's ring also keeps up to 4 reads of the WAL in
+    /// flight).
     pub commits_in_flight_max: usize,
+    /// Memory for record payloads, for the whole engine: each shard keeps
+    /// the payloads of its newest acknowledged records within its share
+    /// (this divided by the shard count), charged their length plus 48
+    /// bytes each, and reads older ones back from the WAL (`O_DIRECT`,
+    /// through its ring) when asked. Default [`BUFFER_BYTES_MAX_DEFAULT`]
+    /// (256 MiB). 0 keeps no payload in memory: every read goes to the
+    /// WAL. Beside it every live record costs 16 bytes of index and every
+    /// channel its state (docs/BENCHMARKS.md measures both).
+    pub buffer_bytes_max: u64,
     /// Largest record payload. Default 512 KiB; must fit in one commit with
     /// its headers.
     pub record_bytes_max: usize,
@@ -138,8 +149,12 @@ pub use crate::wal::format::COMMIT_BYTES_LIMIT;
 /// Upper bound of `segment_bytes`. Recovery reads a segment whole into one
 /// buffer per shard, so this also bounds recovery's memory per shard.
 pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
-/// Upper bound of `commits_in_flight_max`: what a backend holds in flight.
-pub const COMMITS_IN_FLIGHT_LIMIT: usize = crate::io::OPS_IN_FLIGHT_MAX;
+/// Upper bound of `commits_in_flight_max`: what a backend holds in flight,
+/// less the shard's reads of the WAL.
+pub const COMMITS_IN_FLIGHT_LIMIT: usize =
+    crate::io::OPS_IN_FLIGHT_MAX - crate::shard::READS_IN_FLIGHT_MAX;
+/// Default `buffer_bytes_max`.
+pub const BUFFER_BYTES_MAX_DEFAULT: u64 = 256 << 20;
 /// Upper bound of the shard count.
 pub const SHARDS_LIMIT: usize = 1024;
 /// Segments per shard the default `wal_bytes_max` allows.
@@ -164,6 +179,7 @@ impl Config {
             commit_bytes_max: COMMIT_BYTES_MAX_DEFAULT,
             records_per_commit_max: 4096,
             commits_in_flight_max: 1,
+            buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
             record_bytes_max: 512 << 10,
             inbox_capacity: 4096,
             block_bytes: None,
@@ -178,6 +194,11 @@ impl Config {
     pub fn wal_bytes_max(&self) -> u64 {
         self.wal_bytes_max
             .unwrap_or(WAL_SEGMENTS_DEFAULT.saturating_mul(self.segment_bytes))
+    }
+
+    /// Each shard's share of `buffer_bytes_max`.
+    pub fn buffer_bytes_per_shard(&self, shards: usize) -> u64 {
+        self.buffer_bytes_max / shards.max(1) as u64
     }
 
     /// The end of each segment kept for requests that free space

@@ -168,6 +168,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
         let metrics = ShardMetrics::default();
         let mut io = Ring::portable(wake.fd());
         let ctx = RecoverContext {
+            cache_budget: 0,
             fs: &Fs::Real,
             shard_dir: &shard_dir,
             shard: ShardId(shard),

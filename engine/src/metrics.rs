@@ -44,6 +44,15 @@ pub struct ShardMetrics {
     /// Live records written again so that the old segments holding them
     /// could be reclaimed (past `Config::wal_bytes_max`).
     pub records_relocated: AtomicU64,
+    /// Reads of record payloads from the WAL (each a block-aligned span of
+    /// one segment, up to 1 MiB).
+    pub wal_reads: AtomicU64,
+    /// Relocations given up because the payloads could not be read back
+    /// (the records stay where they are; the next plan tries again).
+    pub relocation_reads_failed: AtomicU64,
+    /// Payload bytes the shard keeps in memory, as charged against its
+    /// share of `Config::buffer_bytes_max`.
+    pub cached_bytes: AtomicU64,
     /// Sum over commits of the time from submission to the shard seeing the
     /// completion, in nanoseconds.
     pub commit_device_ns: AtomicU64,
@@ -101,6 +110,12 @@ pub struct ShardMetricsSnapshot {
     pub entries_carried: u64,
     /// Live records written again so that old segments could be reclaimed.
     pub records_relocated: u64,
+    /// Reads of record payloads from the WAL.
+    pub wal_reads: u64,
+    /// Relocations given up because payloads could not be read back.
+    pub relocation_reads_failed: u64,
+    /// Payload bytes kept in memory (summed over shards).
+    pub cached_bytes: u64,
     /// Sum over commits of submission-to-completion time, in nanoseconds.
     pub commit_device_ns: u64,
     /// Bytes of segments found at open.
@@ -141,6 +156,9 @@ impl ShardMetrics {
             segments_recycled: r(&self.segments_recycled),
             entries_carried: r(&self.entries_carried),
             records_relocated: r(&self.records_relocated),
+            wal_reads: r(&self.wal_reads),
+            relocation_reads_failed: r(&self.relocation_reads_failed),
+            cached_bytes: r(&self.cached_bytes),
             commit_device_ns: r(&self.commit_device_ns),
             recovery_bytes_total: r(&self.recovery_bytes_total),
             recovery_bytes_read: r(&self.recovery_bytes_read),
@@ -197,6 +215,9 @@ impl std::ops::Add for ShardMetricsSnapshot {
             segments_recycled: self.segments_recycled + o.segments_recycled,
             entries_carried: self.entries_carried + o.entries_carried,
             records_relocated: self.records_relocated + o.records_relocated,
+            wal_reads: self.wal_reads + o.wal_reads,
+            relocation_reads_failed: self.relocation_reads_failed + o.relocation_reads_failed,
+            cached_bytes: self.cached_bytes + o.cached_bytes,
             commit_device_ns: self.commit_device_ns + o.commit_device_ns,
             recovery_bytes_total: self.recovery_bytes_total + o.recovery_bytes_total,
             recovery_bytes_read: self.recovery_bytes_read + o.recovery_bytes_read,

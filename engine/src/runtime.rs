@@ -49,6 +49,7 @@ impl Runtime {
                 dir: store::shard_dir(&config.dir, s),
                 store_id: meta.store_id,
                 block,
+                cache_budget: config.buffer_bytes_per_shard(meta.shards as usize),
                 config: config.clone(),
             };
             match spawn_shard(spec) {

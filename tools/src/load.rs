@@ -83,6 +83,17 @@ pub struct LoadArgs {
     /// summary counts the refusals). Default: the engine's, 64 segments.
     #[arg(long, value_parser = parse_bytes)]
     wal_bytes_max: Option<u64>,
+    /// Memory for record payloads (`Config::buffer_bytes_max`, the whole
+    /// engine's; suffixes KiB, MiB, GiB). Default: the engine's (256 MiB).
+    /// Records beyond it are read back from the WAL.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Reader threads beside the writers: each alternates reads of a random
+    /// channel's newest records and of a random live offset, up to 64 KiB
+    /// each, and the summary reports both kinds' latency, the read
+    /// throughput and the engine's reads of the WAL. Default 0.
+    #[arg(long, default_value_t = 0)]
+    readers: usize,
     /// Write one JSON object per --interval (throughput, latency, WAL bytes on disk, RSS)
     /// to this file, one per line; `corewal plot` draws it. Default: none.
     #[arg(long)]
@@ -358,6 +369,13 @@ struct LoadResult {
     /// Resident memory of the process at the end and at most over the run's intervals.
     rss_bytes_end: u64,
     rss_bytes_peak: u64,
+    /// `Config::buffer_bytes_max`, and the payload bytes kept in memory at
+    /// the end.
+    memory_budget_bytes: u64,
+    cached_bytes_end: u64,
+    /// With --readers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reads: Option<crate::readers::ReadFigures>,
     /// Open loop: how far behind its schedule the latest writer was at the end.
     schedule_lag_end_ns: Option<u64>,
     /// Open loop: whether the engine kept up with the schedule (the lag at the
@@ -593,6 +611,8 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         epoch: Mutex::new(None),
     });
     let handles = spawn_writers(&args, work, &shared);
+    let readers = crate::readers::Readers::new();
+    let reader_handles = readers.spawn(args.readers, &shared.channels, args.seed);
 
     // With --records every record counts: the window opens before the
     // writers start. Otherwise it opens after the warm-up.
@@ -628,10 +648,19 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         last_done: 0,
         wal_bytes_peak: 0,
         rss_bytes_peak: 0,
+        readers: readers.clone(),
     };
+    if window.measuring {
+        readers.measure(true);
+    }
     window.run(&args, &engine, &shared, &handles, &mut ticks)?;
     let end = Measured::take(&engine, &window, &shared);
+    readers.measure(false);
     shared.stop.store(true, Ordering::SeqCst);
+    readers.stop();
+    for h in reader_handles {
+        h.join().map_err(|_| "reader thread panicked")??;
+    }
     let mut counted = Counted::default();
     for h in handles {
         let c = h.join().map_err(|_| "writer thread panicked")??;
@@ -644,6 +673,14 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     ticks.finish(&rest, window.started)?;
     let rss_bytes_end = rss_bytes();
     let wal_bytes_end = engine.metrics().wal_bytes;
+    let memory = (
+        engine.config().buffer_bytes_max,
+        engine.metrics().cached_bytes,
+    );
+    let reads = (args.readers > 0).then(|| {
+        let wal_reads = end.m1.wal_reads - window.m0.wal_reads;
+        readers.figures(args.readers, end.elapsed.as_secs_f64(), wal_reads)
+    });
     let block_bytes = engine.block_bytes();
     let shards = engine.shard_count();
     let cores = engine.cores().to_vec();
@@ -665,12 +702,15 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             warmup,
             wal_bytes_max,
         },
-        (
+        AtEnd {
             wal_bytes_end,
-            ticks.wal_bytes_peak.max(wal_bytes_end),
+            wal_bytes_peak: ticks.wal_bytes_peak.max(wal_bytes_end),
             rss_bytes_end,
-            ticks.rss_bytes_peak.max(rss_bytes_end),
-        ),
+            rss_bytes_peak: ticks.rss_bytes_peak.max(rss_bytes_end),
+            memory_budget_bytes: memory.0,
+            cached_bytes_end: memory.1,
+            reads,
+        },
     );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -763,6 +803,7 @@ impl Window {
                 return Ok(());
             }
             if !self.measuring && now >= self.end_of_warmup {
+                ticks.readers.measure(true);
                 self.m0 = engine.metrics();
                 self.cpu0 = cpu_seconds();
                 self.t0 = Instant::now();
@@ -818,6 +859,8 @@ struct Ticks<'a> {
     last_done: u64,
     wal_bytes_peak: u64,
     rss_bytes_peak: u64,
+    /// The readers (--readers), told when the measured window opens.
+    readers: Arc<crate::readers::Readers>,
 }
 
 /// One interval of a run, as `--report-file` holds it (one JSON object a
@@ -959,6 +1002,18 @@ struct Setup {
 }
 
 /// The result of a run from its counters.
+/// What the run left: the WAL and the resident memory at the end and at
+/// most, the payloads in memory, and the readers' figures.
+struct AtEnd {
+    wal_bytes_end: u64,
+    wal_bytes_peak: u64,
+    rss_bytes_end: u64,
+    rss_bytes_peak: u64,
+    memory_budget_bytes: u64,
+    cached_bytes_end: u64,
+    reads: Option<crate::readers::ReadFigures>,
+}
+
 fn summarize(
     args: &LoadArgs,
     work: &Workload,
@@ -966,8 +1021,17 @@ fn summarize(
     end: &Measured,
     counted: &Counted,
     setup: Setup,
-    (wal_bytes_end, wal_bytes_peak, rss_bytes_end, rss_bytes_peak): (u64, u64, u64, u64),
+    at_end: AtEnd,
 ) -> LoadResult {
+    let AtEnd {
+        wal_bytes_end,
+        wal_bytes_peak,
+        rss_bytes_end,
+        rss_bytes_peak,
+        memory_budget_bytes,
+        cached_bytes_end,
+        reads,
+    } = at_end;
     let (m0, m1) = (&window.m0, &end.m1);
     let total = &window.total;
     let secs = end.elapsed.as_secs_f64();
@@ -1039,6 +1103,9 @@ fn summarize(
         records_relocated: m1.records_relocated - m0.records_relocated,
         rss_bytes_end,
         rss_bytes_peak,
+        memory_budget_bytes,
+        cached_bytes_end,
+        reads,
         schedule_lag_end_ns: args.rate.map(|_| end.lag_end_ns),
         rate_sustained: args
             .rate
@@ -1111,6 +1178,9 @@ fn engine_config(
     // than the default record bound would otherwise be refused).
     config.record_bytes_max = work.record.max;
     config.wal_bytes_max = args.wal_bytes_max;
+    if let Some(b) = args.memory_budget {
+        config.buffer_bytes_max = b;
+    }
     Ok(config)
 }
 
@@ -1246,6 +1316,14 @@ fn print_table(r: &LoadResult, removed: bool) {
         r.rss_bytes_end as f64 / MIB,
         r.rss_bytes_peak as f64 / MIB
     );
+    println!(
+        "  payloads in memory  {:>12.1} MiB at the end, budget {:.1} MiB",
+        r.cached_bytes_end as f64 / MIB,
+        r.memory_budget_bytes as f64 / MIB
+    );
+    if let Some(reads) = &r.reads {
+        crate::readers::print(reads);
+    }
     if r.wakeups_missed > 0 {
         println!(
             "  missed wake-ups     {:>12} (idle sleeps to the 1 s bound with requests queued)",

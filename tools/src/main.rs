@@ -3,11 +3,13 @@
 
 mod compare;
 mod data_dir;
+mod footprint;
 mod host;
 mod inspect;
 mod load;
 mod plot;
 mod probe;
+mod readers;
 mod recover_bench;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,9 @@ enum Command {
     /// Write a data set, drop the page cache, reopen it and report recovery speed,
     /// registration latency during recovery and memory.
     RecoverBench(recover_bench::RecoverBenchArgs),
+    /// Measure the memory an idle channel and a live record's index cost
+    /// (registers a million channels by default).
+    Footprint(footprint::FootprintArgs),
     /// Measure the device under a directory the way the engine uses it and print the
     /// configuration it suggests.
     Probe(probe::ProbeArgs),
@@ -53,6 +58,7 @@ fn main() {
     let result = match cli.command {
         Command::Load(args) => load::run(*args).map(|()| 0),
         Command::RecoverBench(args) => recover_bench::run(args).map(|()| 0),
+        Command::Footprint(args) => footprint::run(args).map(|()| 0),
         Command::Probe(args) => probe::run(args).map(|()| 0),
         Command::Compare(args) => compare::run(args).map(|()| 0),
         Command::Plot(args) => plot::run(args).map(|()| 0),

@@ -1,8 +1,10 @@
-//! One channel's state in its shard: its name and offsets, its held
-//! records and which segment holds each, and the segment that last stated
-//! it whole. Only the channel table changes it.
+//! One channel's state in its shard: its name and offsets, where each of
+//! its held records lies in the WAL and which segment holds it, the payloads
+//! of its newest records that the cache keeps, and the segment that last
+//! stated it whole. Only the channel table changes it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -10,20 +12,87 @@ use crate::types::{ChannelId, CommitSeq, Offset, Record, SegmentSeq};
 
 use super::pins::{Runs, SegmentPins};
 
+/// Where a held record's entry lies in the WAL: 16 bytes per live record.
+/// The segment comes from the channel's runs; the commit sequence number
+/// seeds the entry's checksum, so a read back verifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// The commit that holds the entry.
+    pub commit: CommitSeq,
+    /// The entry's byte position in its segment (segments are at most
+    /// 1 GiB).
+    pub position: u32,
+    /// The record's payload length.
+    pub len: u32,
+}
+
+impl Loc {
+    /// A record of `len` bytes placed nowhere in particular (unit tests of
+    /// the table, which never read the WAL).
+    #[cfg(test)]
+    pub(crate) fn unplaced(len: usize) -> Loc {
+        Loc {
+            commit: CommitSeq(0),
+            position: 0,
+            len: len as u32,
+        }
+    }
+}
+
+/// A held record as a read finds it: its payload in memory, or where to
+/// read it from.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// The payload is cached.
+    Cached(Record),
+    /// The payload is only in the WAL.
+    InWal {
+        /// The record's offset.
+        offset: Offset,
+        /// The segment holding it.
+        segment: SegmentSeq,
+        /// Where in it.
+        loc: Loc,
+    },
+}
+
+impl Found {
+    /// The record's offset.
+    pub fn offset(&self) -> Offset {
+        match self {
+            Found::Cached(r) => r.offset,
+            Found::InWal { offset, .. } => *offset,
+        }
+    }
+
+    /// The record's payload length.
+    pub fn len(&self) -> usize {
+        match self {
+            Found::Cached(r) => r.data.len(),
+            Found::InWal { loc, .. } => loc.len as usize,
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One channel's state in its shard; only the table changes it.
 #[derive(Debug)]
 pub struct ChannelState {
     pub(super) id: ChannelId,
-    pub(super) name: Box<str>,
+    /// Its name, shared with the table's index of live names.
+    pub(super) name: Arc<str>,
     /// Offset of the channel's first live record (held or lost): everything
     /// below it was checkpointed (or, for a dropped channel, dropped).
     pub(super) first_offset: Offset,
     /// Next offset to assign (one past the last record queued for a commit).
     pub(super) next_offset: Offset,
-    /// Acknowledged records, in offset order, lost offsets left out.
-    pub(super) records: VecDeque<Bytes>,
-    /// Which segment holds each of `records`.
-    pub(super) runs: Runs,
+    /// Its records and lost offsets; `None` while it has neither (an idle
+    /// channel costs 8 bytes here).
+    pub(super) held: Option<Box<Held>>,
     /// Commit that carries the channel's registration.
     pub(super) registered_in: CommitSeq,
     /// The commit that carries the channel's drop, once one was accepted
@@ -33,12 +102,6 @@ pub struct ChannelState {
     /// truncation (its registration's when it has none): a checkpoint or
     /// truncation that changes nothing is answered once this one is durable.
     pub(super) changed_in: CommitSeq,
-    /// Offsets whose records `RecoveryMode::SkipDamaged` passed over with a
-    /// damaged commit, as `[from, to)` ranges in offset order; `records`
-    /// holds nothing for them.
-    pub(super) lost: Vec<(Offset, Offset)>,
-    /// How many offsets `lost` spans.
-    pub(super) lost_count: u64,
     /// The segment holding the latest entry that states the channel whole
     /// (its registration, or a state entry carried forward): replay needs it
     /// and everything after it. `None` until that entry is durable.
@@ -48,20 +111,79 @@ pub struct ChannelState {
     pub(super) relocating: u64,
 }
 
+/// A channel's records and lost offsets: boxed apart from its state, so
+/// that an idle channel (nothing live) does not carry them.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    /// Where each acknowledged record lies, in offset order, lost offsets
+    /// left out.
+    pub(super) records: VecDeque<Loc>,
+    /// The payloads of the last `cached.len()` of `records` (a suffix: the
+    /// newest records), as the shard's [`PayloadCache`](super::cache::PayloadCache)
+    /// allows.
+    pub(super) cached: VecDeque<Bytes>,
+    /// Which segment holds each of `records`.
+    pub(super) runs: Runs,
+    /// Offsets whose records `RecoveryMode::SkipDamaged` passed over with a
+    /// damaged commit, as `[from, to)` ranges in offset order; `records`
+    /// holds nothing for them.
+    pub(super) lost: Vec<(Offset, Offset)>,
+    /// How many offsets `lost` spans.
+    pub(super) lost_count: u64,
+}
+
+impl Held {
+    const EMPTY: Held = Held {
+        records: VecDeque::new(),
+        cached: VecDeque::new(),
+        runs: Runs::EMPTY,
+        lost: Vec::new(),
+        lost_count: 0,
+    };
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// What an idle channel's records are.
+static NOTHING_HELD: Held = Held::EMPTY;
+
 impl ChannelState {
-    pub(super) fn new(id: ChannelId, name: &str, first_offset: Offset, commit: CommitSeq) -> Self {
+    /// Its records and lost offsets (none while idle).
+    pub(super) fn h(&self) -> &Held {
+        self.held.as_deref().unwrap_or(&NOTHING_HELD)
+    }
+
+    /// Its records and lost offsets, to change.
+    pub(super) fn hm(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the records' box once nothing is held.
+    fn shrink(&mut self) {
+        if self.held.as_ref().is_some_and(|h| h.is_empty()) {
+            self.held = None;
+        }
+    }
+}
+
+impl ChannelState {
+    pub(super) fn new(
+        id: ChannelId,
+        name: Arc<str>,
+        first_offset: Offset,
+        commit: CommitSeq,
+    ) -> Self {
         ChannelState {
             id,
-            name: name.into(),
+            name,
             first_offset,
             next_offset: first_offset,
-            records: VecDeque::new(),
-            runs: Runs::default(),
+            held: None,
             registered_in: commit,
             dropped_in: None,
             changed_in: commit,
-            lost: Vec::new(),
-            lost_count: 0,
             anchor: None,
             relocating: 0,
         }
@@ -90,7 +212,7 @@ impl ChannelState {
 
     /// One past the last acknowledged record.
     pub fn durable_next_offset(&self) -> Offset {
-        Offset(self.first_offset.0 + self.records.len() as u64 + self.lost_count)
+        Offset(self.first_offset.0 + self.h().records.len() as u64 + self.h().lost_count)
     }
 
     /// Commit that carries the channel's registration.
@@ -105,22 +227,22 @@ impl ChannelState {
 
     /// Acknowledged records held.
     pub fn held_records(&self) -> u64 {
-        self.records.len() as u64
+        self.h().records.len() as u64
     }
 
     /// Payload bytes of the records held.
     pub fn held_bytes(&self) -> u64 {
-        self.runs.iter().map(|r| r.bytes).sum()
+        self.h().runs.iter().map(|r| r.bytes).sum()
     }
 
     /// Offsets lost with damaged commits.
     pub fn lost_offsets(&self) -> u64 {
-        self.lost_count
+        self.h().lost_count
     }
 
     /// The lost ranges, `[from, to)` in offset order.
     pub fn lost_ranges(&self) -> &[(Offset, Offset)] {
-        &self.lost
+        &self.h().lost
     }
 
     /// The segment that last stated the channel whole, once durable.
@@ -130,21 +252,60 @@ impl ChannelState {
 
     /// The oldest segment holding one of its live records.
     pub fn oldest_record_segment(&self) -> Option<SegmentSeq> {
-        self.runs.oldest()
+        self.h().runs.oldest()
     }
 
-    /// Keeps an acknowledged record, held by segment `seq`, at the end.
-    pub(super) fn push_record(&mut self, record: Bytes, seq: SegmentSeq, pins: &mut SegmentPins) {
-        self.runs.push_back(seq, record.len() as u64, pins);
-        self.records.push_back(record);
+    /// Keeps an acknowledged record, held by segment `seq` at `loc`, at the
+    /// end, with its payload when the cache takes it (`None`: the cached
+    /// suffix ends before it, so the cache lets go of it all, returned).
+    pub(super) fn push_record(
+        &mut self,
+        loc: Loc,
+        payload: Option<Bytes>,
+        seq: SegmentSeq,
+        pins: &mut SegmentPins,
+    ) -> Released {
+        self.hm().runs.push_back(seq, u64::from(loc.len), pins);
+        self.hm().records.push_back(loc);
+        match payload {
+            Some(p) => {
+                self.hm().cached.push_back(p);
+                Released::default()
+            }
+            None => {
+                let n = self.h().cached.len();
+                self.uncache_front(n)
+            }
+        }
+    }
+
+    /// Lets the oldest `n` cached payloads go (the records stay held).
+    pub(super) fn uncache_front(&mut self, n: usize) -> Released {
+        let mut r = Released::default();
+        for _ in 0..n {
+            let p = self.hm().cached.pop_front().expect("n cached payloads");
+            r.add(p.len());
+        }
+        r
+    }
+
+    /// The offset of the oldest cached payload's record.
+    pub(super) fn first_cached_offset(&self) -> Option<Offset> {
+        let first = self.h().records.len().checked_sub(self.h().cached.len())?;
+        (!self.h().cached.is_empty()).then(|| self.offset_of(first as u64))
+    }
+
+    /// The index in `records` of the first one whose payload is cached.
+    fn first_cached_index(&self) -> usize {
+        self.h().records.len() - self.h().cached.len()
     }
 
     /// Lets go of the records below `first`, which becomes the first
     /// offset (at most the durable end).
-    pub(super) fn trim_front(&mut self, first: Offset, pins: &mut SegmentPins) {
+    pub(super) fn trim_front(&mut self, first: Offset, pins: &mut SegmentPins) -> Released {
         debug_assert!(self.first_offset <= first && first <= self.durable_next_offset());
         let mut lost_below = 0;
-        self.lost.retain_mut(|(from, to)| {
+        self.hm().lost.retain_mut(|(from, to)| {
             if *to <= first {
                 lost_below += to.0 - from.0;
                 false
@@ -157,20 +318,30 @@ impl ChannelState {
             }
         });
         let held_below = first.0 - self.first_offset.0 - lost_below;
+        let mut released = Released::default();
         for _ in 0..held_below {
-            let r = self.records.pop_front().expect("held below the new first");
-            self.runs.pop_front(r.len() as u64, pins);
+            if self.hm().cached.len() == self.hm().records.len() {
+                released.add(self.hm().cached.pop_front().expect("cached").len());
+            }
+            let r = self
+                .hm()
+                .records
+                .pop_front()
+                .expect("held below the new first");
+            self.hm().runs.pop_front(u64::from(r.len), pins);
         }
-        self.lost_count -= lost_below;
+        self.hm().lost_count -= lost_below;
         self.first_offset = first;
+        self.shrink();
+        released
     }
 
     /// Lets go of the records from `next` on (nothing is in flight), which
     /// becomes the next offset.
-    pub(super) fn trim_back(&mut self, next: Offset, pins: &mut SegmentPins) {
+    pub(super) fn trim_back(&mut self, next: Offset, pins: &mut SegmentPins) -> Released {
         debug_assert!(self.first_offset <= next && self.durable_next_offset() == self.next_offset);
         let mut lost_above = 0;
-        self.lost.retain_mut(|(from, to)| {
+        self.hm().lost.retain_mut(|(from, to)| {
             if *from >= next {
                 lost_above += to.0 - from.0;
                 false
@@ -183,20 +354,31 @@ impl ChannelState {
             }
         });
         let held_above = self.next_offset.0 - next.0 - lost_above;
+        let mut released = Released::default();
         for _ in 0..held_above {
-            let r = self.records.pop_back().expect("held above the new next");
-            self.runs.pop_back(r.len() as u64, pins);
+            if let Some(p) = self.hm().cached.pop_back() {
+                released.add(p.len());
+            }
+            let r = self
+                .hm()
+                .records
+                .pop_back()
+                .expect("held above the new next");
+            self.hm().runs.pop_back(u64::from(r.len), pins);
         }
-        self.lost_count -= lost_above;
+        self.hm().lost_count -= lost_above;
         self.next_offset = next;
+        self.shrink();
+        released
     }
 
     /// Lets go of every record (the channel was dropped).
-    pub(super) fn release_records(&mut self, pins: &mut SegmentPins) {
-        self.runs.clear(pins);
-        self.records = VecDeque::new();
-        self.lost = Vec::new();
-        self.lost_count = 0;
+    pub(super) fn release_records(&mut self, pins: &mut SegmentPins) -> Released {
+        let released = self.uncache_front(self.h().cached.len());
+        if let Some(mut h) = self.held.take() {
+            h.runs.clear(pins);
+        }
+        released
     }
 
     /// The index in `records` of the held record at `offset`, if it is held.
@@ -205,7 +387,7 @@ impl ChannelState {
             return None;
         }
         let mut lost_below = 0;
-        for &(from, to) in &self.lost {
+        for &(from, to) in &self.h().lost {
             if offset < from {
                 break;
             }
@@ -217,16 +399,23 @@ impl ChannelState {
         Some(offset.0 - self.first_offset.0 - lost_below)
     }
 
-    /// The held records at offsets `from..to` were written again into
-    /// segment `seq` (a relocation): it holds them from now on. Offsets no
-    /// longer held (checkpointed since) are passed over.
+    /// The held records at offsets `from..` were written again into
+    /// segment `seq` at `locs` (a relocation): it holds them from now on.
+    /// Offsets no longer held (checkpointed since) are passed over.
     pub(super) fn relocated(
         &mut self,
         from: Offset,
-        to: Offset,
+        locs: &[Loc],
         seq: SegmentSeq,
         pins: &mut SegmentPins,
     ) {
+        let all = from.0..from.0 + locs.len() as u64;
+        for (o, loc) in all.zip(locs) {
+            if let Some(i) = self.index_of(Offset(o)) {
+                self.hm().records[i as usize] = *loc;
+            }
+        }
+        let to = Offset(from.0 + locs.len() as u64);
         let from = from.max(self.first_offset);
         let to = to.min(self.durable_next_offset());
         let mut o = from;
@@ -241,37 +430,53 @@ impl ChannelState {
                 end_offset = Offset(end_offset.0 + 1);
             }
             let end = start + (end_offset.0 - o.0);
-            self.runs.move_range(start, end, &self.records, seq, pins);
+            let h = self.hm();
+            h.runs.move_range(start, end, &h.records, seq, pins);
             o = end_offset;
         }
     }
 
-    /// The held records with offsets in `from..to`.
-    pub(super) fn read(&self, from: Offset, to: Offset) -> Vec<Record> {
+    /// The held records with offsets in `from..to`, their payloads in
+    /// memory or where to read them, as many as fit `bytes_max` payload
+    /// bytes (at least one, so that a large record is never out of reach).
+    pub(super) fn read(&self, from: Offset, to: Offset, bytes_max: u64) -> Vec<Found> {
         let start = from.max(self.first_offset);
         let end = to.min(self.durable_next_offset());
         let mut out = Vec::new();
         if start >= end {
             return out;
         }
+        let mut bytes = 0u64;
+        let cached_from = self.first_cached_index();
+        let mut runs = RunCursor::new(&self.h().runs);
         // Walk the held stretches between lost ranges: `o` is the offset of
         // `records[idx]`.
         let (mut o, mut idx) = (self.first_offset.0, 0usize);
         let tail = (self.durable_next_offset(), self.durable_next_offset());
-        for &(lost_from, lost_to) in self.lost.iter().chain(std::iter::once(&tail)) {
+        for &(lost_from, lost_to) in self.h().lost.iter().chain(std::iter::once(&tail)) {
             let (lo, hi) = (start.0.max(o), end.0.min(lost_from.0));
             if lo < hi {
                 let first = idx + (lo - o) as usize;
-                let n = (hi - lo) as usize;
-                out.extend(
-                    self.records
-                        .range(first..first + n)
-                        .enumerate()
-                        .map(|(i, data)| Record {
-                            offset: Offset(lo + i as u64),
-                            data: data.clone(),
-                        }),
-                );
+                for i in first..first + (hi - lo) as usize {
+                    let loc = self.h().records[i];
+                    if !out.is_empty() && bytes + u64::from(loc.len) > bytes_max {
+                        return out;
+                    }
+                    bytes += u64::from(loc.len);
+                    let offset = Offset(lo + (i - first) as u64);
+                    out.push(if i >= cached_from {
+                        Found::Cached(Record {
+                            offset,
+                            data: self.h().cached[i - cached_from].clone(),
+                        })
+                    } else {
+                        Found::InWal {
+                            offset,
+                            segment: runs.segment_of(i as u64),
+                            loc,
+                        }
+                    });
+                }
             }
             idx += (lost_from.0 - o) as usize;
             o = lost_to.0;
@@ -287,62 +492,124 @@ impl ChannelState {
     /// Marks `from..to`, at the channel's end, as lost (no records held).
     pub(super) fn push_lost(&mut self, from: Offset, to: Offset) {
         debug_assert!(from < to && from >= self.durable_next_offset());
-        match self.lost.last_mut() {
+        match self.hm().lost.last_mut() {
             Some((_, end)) if *end == from => *end = to,
-            _ => self.lost.push((from, to)),
+            _ => self.hm().lost.push((from, to)),
         }
-        self.lost_count += to.0 - from.0;
+        self.hm().lost_count += to.0 - from.0;
     }
 
-    /// Holds `record` at the lost `offset` from now on (a relocation found
-    /// it again). Returns false, changing nothing, when `offset` is not lost.
+    /// Holds the record at `loc` at the lost `offset` from now on (a
+    /// relocation found it again), its payload not cached. Returns `None`,
+    /// changing nothing, when `offset` is not lost; else what the cache let
+    /// go (the cached payloads before it, so that they stay a suffix).
     pub(super) fn fill(
         &mut self,
         offset: Offset,
-        record: Bytes,
+        loc: Loc,
         seq: SegmentSeq,
         pins: &mut SegmentPins,
-    ) -> bool {
-        let Some(i) = self
+    ) -> Option<Released> {
+        let i = self
+            .h()
             .lost
             .iter()
-            .position(|&(f, t)| f <= offset && offset < t)
-        else {
-            return false;
-        };
+            .position(|&(f, t)| f <= offset && offset < t)?;
         if offset < self.first_offset {
-            return false;
+            return None;
         }
         // Its index among the held records: the offsets before it, less the
         // lost ones (of its own range, those before it).
-        let lost_below: u64 = self.lost[..i].iter().map(|(f, t)| t.0 - f.0).sum::<u64>()
-            + (offset.0 - self.lost[i].0 .0);
+        let lost_below: u64 = self.hm().lost[..i]
+            .iter()
+            .map(|(f, t)| t.0 - f.0)
+            .sum::<u64>()
+            + (offset.0 - self.hm().lost[i].0 .0);
         let index = offset.0 - self.first_offset.0 - lost_below;
-        let (from, to) = self.lost.remove(i);
+        let (from, to) = self.hm().lost.remove(i);
         let mut at = i;
         for piece in [(from, offset), (Offset(offset.0 + 1), to)] {
             if piece.0 < piece.1 {
-                self.lost.insert(at, piece);
+                self.hm().lost.insert(at, piece);
                 at += 1;
             }
         }
-        self.lost_count -= 1;
-        self.runs
-            .insert(index, record.len() as u64, seq, &self.records, pins);
-        self.records.insert(index as usize, record);
+        self.hm().lost_count -= 1;
+        // Cached payloads at or before the new record go: the rest stay
+        // the suffix after it.
+        let cached_from = self.first_cached_index() as u64;
+        let released = if cached_from <= index {
+            self.uncache_front((index - cached_from) as usize)
+        } else {
+            Released::default()
+        };
+        let h = self.hm();
+        h.runs
+            .insert(index, u64::from(loc.len), seq, &h.records, pins);
+        self.hm().records.insert(index as usize, loc);
         debug_assert_eq!(self.index_of(offset), Some(index));
-        true
+        Some(released)
     }
 
     /// The offset of the held record at `index` in `records`.
     pub(super) fn offset_of(&self, index: u64) -> Offset {
         let mut o = self.first_offset.0 + index;
-        for &(from, to) in &self.lost {
+        for &(from, to) in &self.h().lost {
             if from.0 > o {
                 break;
             }
             o += to.0 - from.0;
         }
         Offset(o)
+    }
+}
+
+/// Cached payloads a change let go: the cache's accounting follows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Released {
+    /// Records whose payload went.
+    pub records: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+}
+
+impl Released {
+    fn add(&mut self, len: usize) {
+        self.records += 1;
+        self.bytes += len as u64;
+    }
+}
+
+/// Finds the segment of held records by index, walking the runs forward
+/// (reads ask in increasing index order).
+struct RunCursor<'a> {
+    runs: std::collections::vec_deque::Iter<'a, super::pins::Run>,
+    current: Option<&'a super::pins::Run>,
+    /// Index of the current run's first record.
+    start: u64,
+}
+
+impl<'a> RunCursor<'a> {
+    fn new(runs: &'a Runs) -> RunCursor<'a> {
+        let mut it = runs.deque().iter();
+        let current = it.next();
+        RunCursor {
+            runs: it,
+            current,
+            start: 0,
+        }
+    }
+
+    /// The segment of the record at `index` (at or after the last asked).
+    fn segment_of(&mut self, index: u64) -> SegmentSeq {
+        loop {
+            let run = self.current.expect("a run for every held record");
+            if index < self.start + run.records {
+                return run.segment;
+            }
+            self.start += run.records;
+            self.current = self.runs.next();
+        }
     }
 }

@@ -23,9 +23,11 @@
 //! relocating the few live records that pin the oldest
 //! ([`ChannelTable::records_before`]).
 //!
-//! Memory bound, today: every acknowledged record of every channel stays in
-//! memory until it is checkpointed, truncated or dropped, so the table holds
-//! the payload of every live record. Besides the records, the table keeps one
+//! Memory: every live record (acknowledged, not checkpointed, truncated or
+//! dropped) has a 16-byte index entry ([`Loc`]: where its entry lies in the
+//! WAL); the payloads of the newest ones stay in memory within the shard's
+//! share of `Config::buffer_bytes_max` ([`PayloadCache`]), and the rest are
+//! read back from the WAL by the shard ([`Found::InWal`]). Besides, the table keeps one
 //! small [`ChannelState`] (name, counters; about 200 bytes) per channel
 //! registered since the engine opened or found live by recovery, dropped ones
 //! included (until the engine closes), and one entry per dropped name not
@@ -34,17 +36,19 @@
 //! over) cost one entry per range, never one per missing offset.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::types::Record;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
 use crate::wal::format::{encode_state_payload, StatePayload};
 
-pub use super::channel::ChannelState;
+use super::cache::PayloadCache;
+pub use super::channel::{ChannelState, Found, Loc, Released};
 use super::pins::SegmentPins;
 use super::replay::Deferred;
 pub use super::replay::{Contradiction, EntryWord, Logged};
+use super::slots::Slots;
 
 /// The bound of offsets: a channel's next offset is at most this, so records
 /// have offsets below it. Appends stop there and larger offsets from the WAL
@@ -145,8 +149,8 @@ pub struct Stragglers {
     /// The offset of the first record.
     pub from: Offset,
     /// The records, at `from`, `from + 1`, … (lost offsets are never among
-    /// them: each run is a held stretch).
-    pub records: Vec<Bytes>,
+    /// them: each run is a held stretch), cached or to be read.
+    pub records: Vec<Found>,
 }
 
 /// One channel's hold on the log, for the report of who pins it.
@@ -165,13 +169,14 @@ pub struct ChannelHold {
 }
 
 /// The table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChannelTable {
-    pub(super) by_name: HashMap<Box<str>, ChannelId>,
+    /// Live channels by name (the name shared with the channel's state).
+    pub(super) by_name: HashMap<Arc<str>, ChannelId>,
     /// Dropped names, by name.
     pub(super) retired: HashMap<Box<str>, Retired>,
     /// Every channel with state, dropped ones included.
-    pub(super) channels: HashMap<ChannelId, ChannelState>,
+    pub(super) channels: Slots,
     /// The id the next registration gets (may exceed [`CHANNEL_ID_MAX`]:
     /// then no registration is possible).
     pub(super) next_id: u64,
@@ -180,9 +185,37 @@ pub struct ChannelTable {
     /// Replay from a log start after reclamation: entries of channels whose
     /// state is restated later in the log.
     pub(super) deferred: Deferred,
+    /// Which payloads stay in memory (unbounded unless set).
+    pub(super) cache: PayloadCache,
+}
+
+impl Default for ChannelTable {
+    fn default() -> ChannelTable {
+        ChannelTable {
+            by_name: HashMap::new(),
+            retired: HashMap::new(),
+            channels: Slots::default(),
+            next_id: 0,
+            pins: SegmentPins::default(),
+            deferred: Deferred::default(),
+            cache: PayloadCache::new(u64::MAX),
+        }
+    }
 }
 
 impl ChannelTable {
+    /// Keeps payloads in memory within `budget` bytes from now on (see
+    /// [`PayloadCache`]), letting the oldest go at once if over it.
+    pub fn set_cache_budget(&mut self, budget: u64) {
+        self.cache.budget = budget;
+        self.evict();
+    }
+
+    /// The payload cache's accounting.
+    pub fn cache(&self) -> &PayloadCache {
+        &self.cache
+    }
+
     /// A table for replaying a log that starts after reclaimed segments:
     /// ids below `next_id` were handed out before the log start, and their
     /// channels' entries wait for the state entries that restate them.
@@ -274,7 +307,7 @@ impl ChannelTable {
         let ch = self.open(id)?;
         if ch.next_offset.0.saturating_add(count) > OFFSET_MAX {
             return Err(Refusal::OffsetsExhausted {
-                name: ch.name.clone(),
+                name: ch.name[..].into(),
             });
         }
         Ok(ch.next_offset)
@@ -296,19 +329,68 @@ impl ChannelTable {
         first
     }
 
-    /// Keeps an acknowledged record, written into segment `seq`, at the
-    /// channel's durable end. A channel dropped while its commit was in
-    /// flight keeps nothing.
-    pub fn acknowledge(&mut self, id: ChannelId, record: Bytes, seq: SegmentSeq) {
+    /// Keeps an acknowledged record, written into segment `seq` at `loc`,
+    /// at the channel's durable end, its payload (`payload()`) in memory if
+    /// the cache takes it. A channel dropped while its commit was in flight
+    /// keeps nothing.
+    pub fn acknowledge(
+        &mut self,
+        id: ChannelId,
+        loc: Loc,
+        seq: SegmentSeq,
+        payload: impl FnOnce() -> Bytes,
+    ) {
         let ch = self.channels.get_mut(&id).expect("a channel of this table");
         if ch.dropped() {
             return;
         }
-        ch.push_record(record, seq, &mut self.pins);
+        let offset = ch.durable_next_offset();
+        let keep = self.cache.admits(loc.len as usize);
+        let released = ch.push_record(loc, keep.then(payload), seq, &mut self.pins);
         assert!(
             ch.durable_next_offset() <= ch.next_offset,
             "acknowledged past the assigned offsets"
         );
+        self.release(released);
+        if keep {
+            self.cache.cached(id, offset, loc.len as usize);
+            self.evict();
+        }
+    }
+
+    /// The cache's accounting follows payloads a change let go.
+    pub(super) fn release(&mut self, r: Released) {
+        if r.records > 0 {
+            self.cache.released(r.records, r.bytes);
+        }
+    }
+
+    /// Lets the oldest cached payloads go while the cache is over its
+    /// budget (see [`PayloadCache`]).
+    pub(super) fn evict(&mut self) {
+        while self.cache.over() {
+            let Some((id, offset)) = self.cache.order.pop_front() else {
+                debug_assert_eq!(self.cache.records, 0, "cached records without an entry");
+                break;
+            };
+            let Some(ch) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            if ch.first_cached_offset() == Some(offset) {
+                let r = ch.uncache_front(1);
+                self.release(r);
+            }
+        }
+        if self.cache.needs_compaction() {
+            let channels = &self.channels;
+            self.cache.order.retain(|(id, offset)| {
+                channels.get(id).is_some_and(|ch| {
+                    ch.first_cached_offset().is_some_and(|f| f <= *offset)
+                        && *offset < ch.durable_next_offset()
+                })
+            });
+            self.cache.compacted();
+        }
     }
 
     /// Drops the live channel `id` in commit `dropped_in`: frees its records
@@ -318,13 +400,14 @@ impl ChannelTable {
         let ch = self.channels.get_mut(&id).expect("a channel of this table");
         assert!(!ch.dropped(), "channel {:?} dropped twice", ch.name);
         ch.dropped_in = Some(dropped_in);
-        ch.release_records(&mut self.pins);
+        let released = ch.release_records(&mut self.pins);
         let next = ch.next_offset;
         // What stays of a dropped channel is its durable end, for the calls
         // that arrive before the drop is durable.
         ch.first_offset = next;
         let anchor = ch.anchor.take();
         let name = ch.name.clone();
+        self.release(released);
         self.by_name.remove(&name);
         let retired = Retired {
             id,
@@ -333,7 +416,7 @@ impl ChannelTable {
             anchor,
         };
         assert!(
-            self.retired.insert(name, retired).is_none(),
+            self.retired.insert(name[..].into(), retired).is_none(),
             "a live name was retired"
         );
         next
@@ -366,8 +449,9 @@ impl ChannelTable {
             !ch.dropped() && ch.first_offset < first && first <= ch.durable_next_offset(),
             "a checkpoint outside the live records"
         );
-        ch.trim_front(first, &mut self.pins);
+        let released = ch.trim_front(first, &mut self.pins);
         ch.changed_in = commit;
+        self.release(released);
     }
 
     /// What a truncation of `id` from `first_removed` on does: it moves the
@@ -413,8 +497,9 @@ impl ChannelTable {
                 && ch.relocating == 0,
             "a truncation outside the live records, or with records in flight"
         );
-        ch.trim_back(next, &mut self.pins);
+        let released = ch.trim_back(next, &mut self.pins);
         ch.changed_in = commit;
+        self.release(released);
     }
 
     /// The first live offset of `id`.
@@ -422,9 +507,17 @@ impl ChannelTable {
         Ok(self.open(id)?.first_offset)
     }
 
-    /// Records of `id` with offsets in `from..to`, clamped to what is held.
-    pub fn read(&self, id: ChannelId, from: Offset, to: Offset) -> Result<Vec<Record>, Refusal> {
-        Ok(self.open(id)?.read(from, to))
+    /// Records of `id` with offsets in `from..to`, clamped to what is
+    /// held, up to `bytes_max` payload bytes (at least one record): their
+    /// payloads, or where to read them.
+    pub fn read(
+        &self,
+        id: ChannelId,
+        from: Offset,
+        to: Offset,
+        bytes_max: u64,
+    ) -> Result<Vec<Found>, Refusal> {
+        Ok(self.open(id)?.read(from, to, bytes_max))
     }
 
     /// One past the last acknowledged record of `id`.
@@ -461,7 +554,7 @@ impl ChannelTable {
                 let ch = self.open(*id).ok()?;
                 let payload = encode_state_payload(&StatePayload {
                     next: ch.next_offset,
-                    lost: ch.lost.clone(),
+                    lost: ch.h().lost.clone(),
                     name: &ch.name,
                 });
                 Some((ch.id, ch.first_offset, payload))
@@ -484,7 +577,7 @@ impl ChannelTable {
                 match ch.dropped_in {
                     None => &mut ch.anchor,
                     // Dropped since: the name's retired entry took its anchor.
-                    Some(_) => match self.retired.get_mut(&ch.name) {
+                    Some(_) => match self.retired.get_mut(&ch.name[..]) {
                         Some(r) if r.id == *id => &mut r.anchor,
                         _ => return,
                     },
@@ -512,7 +605,7 @@ impl ChannelTable {
                 continue;
             }
             let mut index = 0u64;
-            for run in ch.runs.iter() {
+            for run in ch.h().runs.iter() {
                 let (from, to) = (index, index + run.records);
                 index = to;
                 if run.segment >= seq {
@@ -531,10 +624,11 @@ impl ChannelTable {
                     while j < to && ch.offset_of(j).0 == offset.0 + (j - i) {
                         j += 1;
                     }
+                    let to = Offset(offset.0 + (j - i));
                     out.push(Stragglers {
                         channel: ch.id,
                         from: offset,
-                        records: ch.records.range(i as usize..j as usize).cloned().collect(),
+                        records: ch.read(offset, to, u64::MAX),
                     });
                     i = j;
                 }
@@ -551,15 +645,16 @@ impl ChannelTable {
         }
     }
 
-    /// The relocation entries of `id` for offsets `from..to` were made
-    /// durable in segment `seq`: it holds those records from now on.
-    pub fn relocated(&mut self, id: ChannelId, from: Offset, to: Offset, seq: SegmentSeq) {
+    /// The relocation entries of `id` for offsets `from..` were made
+    /// durable in segment `seq` at `locs`: it holds those records from now
+    /// on.
+    pub fn relocated(&mut self, id: ChannelId, from: Offset, locs: &[Loc], seq: SegmentSeq) {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        ch.relocating -= to.0 - from.0;
+        ch.relocating -= locs.len() as u64;
         if !ch.dropped() {
-            ch.relocated(from, to, seq, &mut self.pins);
+            ch.relocated(from, locs, seq, &mut self.pins);
         }
     }
 
@@ -573,7 +668,7 @@ impl ChannelTable {
             .filter_map(|c| {
                 let oldest = c.oldest_record_segment().filter(|&s| s < before)?;
                 Some(ChannelHold {
-                    name: c.name.clone(),
+                    name: c.name[..].into(),
                     oldest_segment: oldest,
                     records: c.held_records(),
                     bytes: c.held_bytes(),
@@ -598,9 +693,10 @@ impl ChannelTable {
             !self.by_name.contains_key(name),
             "channel {name:?} registered twice"
         );
-        self.by_name.insert(name.into(), id);
+        let shared: Arc<str> = name.into();
+        self.by_name.insert(shared.clone(), id);
         self.channels
-            .insert(id, ChannelState::new(id, name, first_offset, commit));
+            .insert(id, ChannelState::new(id, shared, first_offset, commit));
         self.next_id += 1;
         if let Some(r) = self.retired.remove(name) {
             if let Some(a) = r.anchor {
@@ -614,7 +710,7 @@ impl ChannelTable {
         let ch = self.get(id).ok_or(Refusal::Unknown(id))?;
         match ch.dropped_in {
             Some(dropped_in) => Err(Refusal::Dropped {
-                name: ch.name.clone(),
+                name: ch.name[..].into(),
                 dropped_in,
             }),
             None => Ok(ch),
@@ -632,7 +728,7 @@ impl ChannelState {
     ) -> Refusal {
         Refusal::OutOfRange {
             operation,
-            name: self.name.clone(),
+            name: self.name[..].into(),
             offset,
             first: self.first_offset,
             next: self.durable_next_offset(),
@@ -644,6 +740,23 @@ impl ChannelState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Record;
+
+    /// The table's read, every payload cached (tables here cache all).
+    fn read(
+        t: &ChannelTable,
+        id: ChannelId,
+        from: Offset,
+        to: Offset,
+    ) -> Result<Vec<Record>, Refusal> {
+        Ok(t.read(id, from, to, u64::MAX)?
+            .into_iter()
+            .map(|f| match f {
+                Found::Cached(r) => r,
+                Found::InWal { .. } => panic!("an unbounded cache holds every payload"),
+            })
+            .collect())
+    }
 
     fn offsets_of(r: &[Record]) -> Vec<u64> {
         r.iter().map(|r| r.offset.0).collect()
@@ -657,7 +770,9 @@ mod tests {
     fn append(t: &mut ChannelTable, id: ChannelId, data: &'static [u8]) -> Offset {
         t.appendable(id, 1).expect("appendable");
         let o = t.assign(id, 1);
-        t.acknowledge(id, Bytes::from_static(data), SegmentSeq(1));
+        t.acknowledge(id, Loc::unplaced(data.len()), SegmentSeq(1), || {
+            Bytes::from_static(data)
+        });
         o
     }
 
@@ -667,12 +782,16 @@ mod tests {
         let id = register(&mut t, "a", 1);
         t.appendable(id, 3).unwrap();
         assert_eq!(t.assign(id, 3), Offset(0));
-        t.acknowledge(id, Bytes::from_static(b"0"), SegmentSeq(1));
-        t.acknowledge(id, Bytes::from_static(b"1"), SegmentSeq(1));
-        let r = t.read(id, Offset(1), Offset(100)).unwrap();
+        t.acknowledge(id, Loc::unplaced(b"0".len()), SegmentSeq(1), || {
+            Bytes::from_static(b"0")
+        });
+        t.acknowledge(id, Loc::unplaced(b"1".len()), SegmentSeq(1), || {
+            Bytes::from_static(b"1")
+        });
+        let r = read(&t, id, Offset(1), Offset(100)).unwrap();
         assert_eq!(offsets_of(&r), [1]);
         assert_eq!(&r[0].data[..], b"1");
-        assert!(t.read(id, Offset(5), Offset(2)).unwrap().is_empty());
+        assert!(read(&t, id, Offset(5), Offset(2)).unwrap().is_empty());
         assert_eq!(t.live("a").map(ChannelState::id), Some(id));
         assert_eq!(t.durable_next_offset(id), Ok(Offset(2)));
     }
@@ -705,7 +824,8 @@ mod tests {
                 Logged::Append {
                     channel: id,
                     offset,
-                    record: Bytes::from_static(data),
+                    record: data,
+                    at: Loc::unplaced(data.len()),
                 },
             ));
         }
@@ -729,7 +849,7 @@ mod tests {
             t.channels()
                 .into_iter()
                 .map(|c| {
-                    let read = t.read(c.id(), Offset(0), Offset(u64::MAX));
+                    let read = read(t, c.id(), Offset(0), Offset(u64::MAX));
                     (
                         (
                             c.id(),
@@ -767,7 +887,7 @@ mod tests {
         });
         assert_eq!(t.appendable(a, 1), dropped.clone().map(|_: ()| Offset(0)));
         assert_eq!(
-            t.read(a, Offset(0), Offset(1)),
+            read(&t, a, Offset(0), Offset(1)),
             dropped.clone().map(|_: ()| vec![])
         );
         assert_eq!(t.durable_next_offset(a), dropped.map(|_: ()| Offset(0)));
@@ -806,14 +926,15 @@ mod tests {
         let jump = Logged::Append {
             channel: id,
             offset: Offset(3),
-            record: Bytes::from_static(b"3"),
+            record: b"3",
+            at: Loc::unplaced(b"3".len()),
         };
         assert_eq!(
             t.replay(jump, CommitSeq(3), SegmentSeq(1), true),
             Ok(2),
             "offsets 1 and 2 lost"
         );
-        let r = t.read(id, Offset(0), Offset(10)).unwrap();
+        let r = read(&t, id, Offset(0), Offset(10)).unwrap();
         assert_eq!(offsets_of(&r), [0, 3]);
         assert_eq!(&r[1].data[..], b"3");
         let ch = t.get(id).unwrap();
@@ -823,7 +944,10 @@ mod tests {
             (2, 2),
             "no placeholders"
         );
-        assert_eq!(offsets_of(&t.read(id, Offset(1), Offset(4)).unwrap()), [3]);
+        assert_eq!(
+            offsets_of(&read(&t, id, Offset(1), Offset(4)).unwrap()),
+            [3]
+        );
 
         let far = Logged::Register {
             channel: ChannelId(1 << 30),
@@ -838,7 +962,8 @@ mod tests {
         let orphan = Logged::Append {
             channel: ChannelId(9),
             offset: Offset(0),
-            record: Bytes::new(),
+            record: &[],
+            at: Loc::unplaced(0),
         };
         assert_eq!(
             t.replay(orphan, CommitSeq(5), SegmentSeq(1), true),
@@ -858,7 +983,8 @@ mod tests {
         let rec = |channel, offset| Logged::Append {
             channel,
             offset: Offset(offset),
-            record: Bytes::new(),
+            record: &[],
+            at: Loc::unplaced(0),
         };
         let reg = |channel, first, name| Logged::Register {
             channel: ChannelId(channel),
@@ -986,7 +1112,7 @@ mod tests {
             );
         }
         assert_eq!(t.get(a).unwrap().next_offset(), Offset(1), "nothing moved");
-        assert_eq!(t.read(a, Offset(0), Offset(9)).unwrap().len(), 1);
+        assert_eq!(read(&t, a, Offset(0), Offset(9)).unwrap().len(), 1);
     }
 
     /// Checkpoints and truncations: what the shard asks, what it applies,
@@ -1010,7 +1136,8 @@ mod tests {
                 Logged::Append {
                     channel: a,
                     offset,
-                    record: Bytes::from_static(data),
+                    record: data,
+                    at: Loc::unplaced(data.len()),
                 },
             ));
         };
@@ -1046,10 +1173,10 @@ mod tests {
             Ok(Change::Unchanged(CommitSeq(4)))
         );
         put(&mut live, &mut log, b"4 again");
-        let read = live.read(a, Offset(0), Offset(9)).unwrap();
-        assert_eq!(offsets_of(&read), [2, 3, 4]);
+        let got = read(&live, a, Offset(0), Offset(9)).unwrap();
+        assert_eq!(offsets_of(&got), [2, 3, 4]);
         assert_eq!(
-            &read[2].data[..],
+            &got[2].data[..],
             b"4 again",
             "offset 4 names its second record"
         );
@@ -1061,7 +1188,7 @@ mod tests {
                 Ok(0)
             );
         }
-        assert_eq!(replayed.read(a, Offset(0), Offset(9)), Ok(read));
+        assert_eq!(read(&replayed, a, Offset(0), Offset(9)), Ok(got));
         let ends = |t: &ChannelTable| {
             let c = t.get(a).unwrap();
             (c.first_offset(), c.next_offset(), c.durable_next_offset())
@@ -1073,7 +1200,9 @@ mod tests {
         live.appendable(a, 1).unwrap();
         live.assign(a, 1);
         assert_eq!(live.truncating(a, Offset(3)), Ok(Change::AfterInFlight));
-        live.acknowledge(a, Bytes::from_static(b"5"), SegmentSeq(1));
+        live.acknowledge(a, Loc::unplaced(b"5".len()), SegmentSeq(1), || {
+            Bytes::from_static(b"5")
+        });
         assert_eq!(live.truncating(a, Offset(3)), Ok(Change::To(Offset(3))));
     }
 
@@ -1139,7 +1268,8 @@ mod tests {
         let at = |offset: u64, data: &'static [u8]| Logged::Append {
             channel: a,
             offset: Offset(offset),
-            record: Bytes::from_static(data),
+            record: data,
+            at: Loc::unplaced(data.len()),
         };
         assert_eq!(
             t.replay(at(3, b"3"), CommitSeq(2), SegmentSeq(1), true),
@@ -1154,14 +1284,14 @@ mod tests {
         let ch = t.get(a).unwrap();
         assert_eq!((ch.held_records(), ch.lost_offsets()), (2, 3));
         assert_eq!(
-            offsets_of(&t.read(a, Offset(0), Offset(9)).unwrap()),
+            offsets_of(&read(&t, a, Offset(0), Offset(9)).unwrap()),
             [3, 6]
         );
         t.truncate(a, Offset(5), CommitSeq(5));
         let ch = t.get(a).unwrap();
         assert_eq!((ch.held_records(), ch.lost_offsets()), (1, 2));
         assert_eq!(ch.durable_next_offset(), Offset(5));
-        assert_eq!(offsets_of(&t.read(a, Offset(0), Offset(9)).unwrap()), [3]);
+        assert_eq!(offsets_of(&read(&t, a, Offset(0), Offset(9)).unwrap()), [3]);
         let past = Logged::Checkpoint {
             channel: a,
             first: Offset(8),

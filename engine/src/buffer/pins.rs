@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
-
 use crate::types::SegmentSeq;
+
+use super::channel::Loc;
 
 /// What one segment holds that is still needed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,9 +127,19 @@ pub struct Runs {
 }
 
 impl Runs {
+    /// No runs.
+    pub(super) const EMPTY: Runs = Runs {
+        runs: VecDeque::new(),
+    };
+
     /// The runs, in offset order.
     pub fn iter(&self) -> impl Iterator<Item = &Run> {
         self.runs.iter()
+    }
+
+    /// The runs, in offset order, as stored.
+    pub(super) fn deque(&self) -> &VecDeque<Run> {
+        &self.runs
     }
 
     /// The oldest segment holding one of the records.
@@ -189,11 +199,11 @@ impl Runs {
         &mut self,
         from: u64,
         to: u64,
-        records: &VecDeque<Bytes>,
+        records: &VecDeque<Loc>,
         seq: SegmentSeq,
         pins: &mut SegmentPins,
     ) {
-        let len = |i: u64| records[i as usize].len() as u64;
+        let len = |i: u64| u64::from(records[i as usize].len);
         let mut index = from;
         while index < to {
             // The run holding `index`, and where it starts.
@@ -248,7 +258,7 @@ impl Runs {
         index: u64,
         bytes: u64,
         seq: SegmentSeq,
-        records: &VecDeque<Bytes>,
+        records: &VecDeque<Loc>,
         pins: &mut SegmentPins,
     ) {
         pins.add_records(seq, 1, bytes);
@@ -266,7 +276,9 @@ impl Runs {
             self.runs.insert(i, new);
         } else {
             let old = self.runs[i];
-            let before_bytes: u64 = (at..index).map(|k| records[k as usize].len() as u64).sum();
+            let before_bytes: u64 = (at..index)
+                .map(|k| u64::from(records[k as usize].len))
+                .sum();
             let left = Run {
                 segment: old.segment,
                 records: index - at,
@@ -303,6 +315,15 @@ impl Runs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::CommitSeq;
+
+    fn loc(len: u64) -> Loc {
+        Loc {
+            commit: CommitSeq(1),
+            position: 0,
+            len: len as u32,
+        }
+    }
 
     /// Random pushes, checkpoints, truncations, relocations and inserts:
     /// the runs and the pins always agree with each record's own segment.
@@ -317,25 +338,25 @@ mod tests {
         };
         let mut pins = SegmentPins::default();
         let mut runs = Runs::default();
-        let mut records: VecDeque<Bytes> = VecDeque::new();
+        let mut records: VecDeque<Loc> = VecDeque::new();
         let mut segs: VecDeque<SegmentSeq> = VecDeque::new();
         for step in 0..5_000 {
             match next(10) {
                 0..=3 => {
                     let seq = SegmentSeq(1 + step / 500);
-                    let r = Bytes::from(vec![0u8; next(100) as usize]);
-                    runs.push_back(seq, r.len() as u64, &mut pins);
+                    let r = loc(next(100));
+                    runs.push_back(seq, u64::from(r.len), &mut pins);
                     records.push_back(r);
                     segs.push_back(seq);
                 }
                 4 if !records.is_empty() => {
                     let r = records.pop_front().unwrap();
-                    runs.pop_front(r.len() as u64, &mut pins);
+                    runs.pop_front(u64::from(r.len), &mut pins);
                     segs.pop_front();
                 }
                 5 if !records.is_empty() => {
                     let r = records.pop_back().unwrap();
-                    runs.pop_back(r.len() as u64, &mut pins);
+                    runs.pop_back(u64::from(r.len), &mut pins);
                     segs.pop_back();
                 }
                 6 | 7 if !records.is_empty() => {
@@ -350,8 +371,8 @@ mod tests {
                 _ => {
                     let at = next(records.len() as u64 + 1);
                     let seq = SegmentSeq(30 + next(2));
-                    let r = Bytes::from(vec![1u8; next(50) as usize]);
-                    runs.insert(at, r.len() as u64, seq, &records, &mut pins);
+                    let r = loc(next(50));
+                    runs.insert(at, u64::from(r.len), seq, &records, &mut pins);
                     records.insert(at as usize, r);
                     segs.insert(at as usize, seq);
                 }
@@ -360,7 +381,7 @@ mod tests {
             for (r, s) in records.iter().zip(&segs) {
                 let e = want.entry(*s).or_default();
                 e.0 += 1;
-                e.1 += r.len() as u64;
+                e.1 += u64::from(r.len);
             }
             let got: std::collections::BTreeMap<_, _> = pins
                 .iter()

@@ -27,7 +27,7 @@ use bytes::Bytes;
 
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
 
-use super::channel::ChannelState;
+use super::channel::{ChannelState, Loc, Released};
 use super::channels::{ChannelTable, Retired, CHANNEL_ID_MAX, OFFSET_MAX};
 
 /// A channel entry read back from the WAL.
@@ -49,7 +49,9 @@ pub enum Logged<'a> {
         /// The record's offset.
         offset: Offset,
         /// The payload (a slice of the commit's bytes).
-        record: Bytes,
+        record: &'a [u8],
+        /// Where the entry lies in the WAL.
+        at: Loc,
     },
     /// Channel `channel` was dropped with `next` as its next offset.
     Drop {
@@ -103,7 +105,9 @@ pub enum Logged<'a> {
         /// The record's offset.
         offset: Offset,
         /// The payload (a slice of the commit's bytes).
-        record: Bytes,
+        record: &'a [u8],
+        /// Where the entry lies in the WAL.
+        at: Loc,
     },
 }
 
@@ -333,6 +337,10 @@ impl fmt::Display for Contradiction {
     }
 }
 
+/// A record held back: where it lies, its payload while the cache could
+/// take it, and its segment.
+type HeldBack = (Loc, Option<Bytes>, SegmentSeq);
+
 /// Entries held back during a replay that starts after reclaimed segments
 /// (see the module docs).
 #[derive(Debug, Default)]
@@ -342,7 +350,9 @@ pub(crate) struct Deferred {
     below: u64,
     /// Held-back records of each such channel: by offset, the latest entry
     /// of each offset, and the segment holding it.
-    records: HashMap<ChannelId, BTreeMap<u64, (Bytes, SegmentSeq)>>,
+    /// (Their payloads too while the cache could take them; they are
+    /// charged to it when the state entry adopts them.)
+    records: HashMap<ChannelId, BTreeMap<u64, HeldBack>>,
     /// Such channels whose drop came before any state entry.
     ended: HashSet<ChannelId>,
     /// Offsets such channels' state entries named live without a record in
@@ -396,7 +406,7 @@ impl ChannelTable {
                 self.anchored(&super::channels::Anchor::Channel(channel), seq);
                 Ok(0)
             }
-            Logged::Append { record, .. } => {
+            Logged::Append { record, at, .. } => {
                 if self
                     .replayed_channel(channel, EntryWord::Record, lenient)?
                     .is_none()
@@ -405,7 +415,7 @@ impl ChannelTable {
                 }
                 let lost = self.replay_gap(EntryWord::Record, channel, offset, lenient)?;
                 self.assign(channel, 1);
-                self.acknowledge(channel, record, seq);
+                self.acknowledge(channel, at, seq, || Bytes::copy_from_slice(record));
                 Ok(lost)
             }
             Logged::Drop { .. } => {
@@ -432,12 +442,12 @@ impl ChannelTable {
                 self.replay_retired(channel, name, next, (commit, seq), lenient)?;
                 Ok(0)
             }
-            Logged::Relocate { record, .. } => {
+            Logged::Relocate { at, .. } => {
                 let Some(ch) = self.replayed_channel(channel, EntryWord::Relocate, lenient)? else {
                     return Ok(0);
                 };
                 if ch.index_of(offset).is_none() {
-                    if self.fill_hole(channel, offset, record, seq) {
+                    if self.fill_hole(channel, offset, at, seq) {
                         return Ok(0);
                     }
                     if lenient {
@@ -448,7 +458,7 @@ impl ChannelTable {
                 }
                 // As the shard does: the entry is on its way, then durable.
                 self.relocating(channel, 1);
-                self.relocated(channel, offset, Offset(offset.0 + 1), seq);
+                self.relocated(channel, offset, &[at], seq);
                 Ok(0)
             }
         }
@@ -472,14 +482,14 @@ impl ChannelTable {
             // truncation may have removed it and appends filled its offsets
             // anew) is missing.
             for (from, to) in ranges {
-                for &(lost_from, lost_to) in &ch.lost {
+                for &(lost_from, lost_to) in &ch.h().lost {
                     let (f, t) = (from.max(lost_from), to.min(lost_to));
                     if f >= t {
                         continue;
                     }
                     if !lenient {
                         return Err(Contradiction::RecordMissing {
-                            name: ch.name.clone(),
+                            name: ch.name[..].into(),
                             offset: f,
                         });
                     }
@@ -513,9 +523,18 @@ impl ChannelTable {
     ) -> Result<u64, Contradiction> {
         let (channel, _) = entry.channel_and_offset();
         match entry {
-            Logged::Append { offset, record, .. } | Logged::Relocate { offset, record, .. } => {
+            Logged::Append {
+                offset, at, record, ..
+            }
+            | Logged::Relocate {
+                offset, at, record, ..
+            } => {
+                let payload = self
+                    .cache
+                    .admits(record.len())
+                    .then(|| Bytes::copy_from_slice(record));
                 let held = self.deferred.records.entry(channel).or_default();
-                held.insert(offset.0, (record, seq));
+                held.insert(offset.0, (at, payload, seq));
                 Ok(0)
             }
             // The state entry to come says where the channel stands after
@@ -565,7 +584,8 @@ impl ChannelTable {
             return Err(Contradiction::RegisteredTwice(name.into()));
         }
         let mut held = self.deferred.records.remove(&channel).unwrap_or_default();
-        let mut ch = ChannelState::new(channel, name, first, commit);
+        let shared_name: std::sync::Arc<str> = name.into();
+        let mut ch = ChannelState::new(channel, shared_name.clone(), first, commit);
         ch.next_offset = next;
         // Walk the held records and the lost ranges, not every offset: a
         // crafted state entry may span 2^62 offsets. What lies between them
@@ -579,7 +599,10 @@ impl ChannelTable {
             }
         };
         let mut ranges = lost.iter().copied().peekable();
-        for (o, (record, seg)) in held.range(first.0..next.0) {
+        // The payloads held back, charged to the cache once adopted (those
+        // still cached then: a record without one ends the cached suffix).
+        let mut cached: Vec<(Offset, usize)> = Vec::new();
+        for (o, (at_loc, payload, seg)) in held.range_mut(first.0..next.0) {
             while let Some(&(from, to)) = ranges.peek().filter(|(f, _)| f.0 <= *o) {
                 mark_hole(&mut ch, at, from.0);
                 ch.push_lost(from, to);
@@ -591,7 +614,14 @@ impl ChannelTable {
                 continue;
             }
             mark_hole(&mut ch, at, *o);
-            ch.push_record(record.clone(), *seg, &mut self.pins);
+            let payload = payload.take();
+            if payload.is_some() {
+                cached.push((Offset(*o), at_loc.len as usize));
+            } else {
+                cached.clear();
+            }
+            // Not charged yet, so nothing to release.
+            let _ = ch.push_record(*at_loc, payload, *seg, &mut self.pins);
             at = o + 1;
         }
         for (from, to) in ranges {
@@ -604,13 +634,17 @@ impl ChannelTable {
         if !holes.is_empty() {
             self.deferred.holes.insert(channel, holes);
         }
-        self.by_name.insert(name.into(), channel);
+        self.by_name.insert(shared_name, channel);
         if let Some(r) = self.retired.remove(name) {
             if let Some(a) = r.anchor {
                 self.pins.remove_anchor(a);
             }
         }
         self.channels.insert(channel, ch);
+        for (offset, len) in cached {
+            self.cache.cached(channel, offset, len);
+        }
+        self.evict();
         self.anchored(&super::channels::Anchor::Channel(channel), seq);
         let _ = lenient;
         Ok(0)
@@ -619,13 +653,7 @@ impl ChannelTable {
     /// A relocation of an offset that a state entry named live without a
     /// record (a hole): the record is found again. Returns whether it was
     /// such an offset.
-    fn fill_hole(
-        &mut self,
-        channel: ChannelId,
-        offset: Offset,
-        record: Bytes,
-        seq: SegmentSeq,
-    ) -> bool {
+    fn fill_hole(&mut self, channel: ChannelId, offset: Offset, at: Loc, seq: SegmentSeq) -> bool {
         let Some(ranges) = self.deferred.holes.get_mut(&channel) else {
             return false;
         };
@@ -643,7 +671,13 @@ impl ChannelTable {
             .channels
             .get_mut(&channel)
             .expect("a hole of a known channel");
-        ch.fill(offset, record, seq, &mut self.pins)
+        match ch.fill(offset, at, seq, &mut self.pins) {
+            Some(released) => {
+                self.release(released);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The state entry of a channel the log already stated: it must say
@@ -703,8 +737,9 @@ impl ChannelTable {
     ) -> u64 {
         let ch = self.channels.get_mut(&channel).expect("open above");
         let mut lost = 0;
+        let mut released = Released::default();
         if next < ch.next_offset && next >= ch.first_offset {
-            ch.trim_back(next, &mut self.pins);
+            released = ch.trim_back(next, &mut self.pins);
         } else if next > ch.next_offset {
             // Counted lost: those still live after the checkpoint below.
             lost += next.0 - ch.next_offset.max(first).0.min(next.0);
@@ -713,8 +748,11 @@ impl ChannelTable {
             ch.next_offset = next;
         }
         if first > ch.first_offset && first <= ch.durable_next_offset() {
-            ch.trim_front(first, &mut self.pins);
+            let r = ch.trim_front(first, &mut self.pins);
+            released.records += r.records;
+            released.bytes += r.bytes;
         }
+        self.release(released);
         self.anchored(&super::channels::Anchor::Channel(channel), seq);
         lost
     }
@@ -901,7 +939,7 @@ impl ChannelTable {
         if !(lenient && expected < offset) {
             return Err(Contradiction::OffsetOutOfOrder {
                 entry,
-                name: ch.name.clone(),
+                name: ch.name[..].into(),
                 offset,
                 expected,
             });
@@ -922,8 +960,8 @@ impl ChannelTable {
             "lost offsets after queued ones"
         );
         if from < to {
-            ch.lost.push((from, to));
-            ch.lost_count += to.0 - from.0;
+            ch.hm().lost.push((from, to));
+            ch.hm().lost_count += to.0 - from.0;
         }
         ch.next_offset = to;
     }
@@ -961,7 +999,7 @@ impl ChannelState {
     pub(super) fn contradicts(&self, entry: EntryWord, offset: Offset) -> Contradiction {
         Contradiction::OutOfRange {
             entry,
-            name: self.name.clone(),
+            name: self.name[..].into(),
             offset,
             first: self.first_offset,
             next: self.next_offset,
@@ -972,6 +1010,7 @@ impl ChannelState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::channel::Found;
     use crate::buffer::channels::Anchor;
 
     const S: SegmentSeq = SegmentSeq(7);
@@ -980,7 +1019,8 @@ mod tests {
         Logged::Append {
             channel: ChannelId(channel),
             offset: Offset(offset),
-            record: Bytes::from_static(data),
+            record: data,
+            at: Loc::unplaced(data.len()),
         }
     }
 
@@ -988,7 +1028,8 @@ mod tests {
         Logged::Relocate {
             channel: ChannelId(channel),
             offset: Offset(offset),
-            record: Bytes::from_static(data),
+            record: data,
+            at: Loc::unplaced(data.len()),
         }
     }
 
@@ -1007,10 +1048,14 @@ mod tests {
     }
 
     fn offsets(t: &ChannelTable, id: u32) -> Vec<(u64, Vec<u8>)> {
-        t.read(ChannelId(id), Offset(0), Offset(u64::MAX))
+        t.read(ChannelId(id), Offset(0), Offset(u64::MAX), u64::MAX)
             .unwrap()
             .into_iter()
-            .map(|r| (r.offset.0, r.data.to_vec()))
+            .map(|r| match r {
+                Found::Cached(r) => (r.offset.0, r.data.to_vec()),
+                // A relocation that fills a hole is not cached.
+                Found::InWal { offset, .. } => (offset.0, b"(in the WAL)".to_vec()),
+            })
             .collect()
     }
 

@@ -201,6 +201,9 @@ pub struct RecoverContext<'a> {
     /// segment for writing. Requires a mode that changes nothing but a
     /// torn tail (`TolerateTornTail`, `FailOnAnyDamage`, `SkipDamaged`).
     pub read_only: bool,
+    /// Bytes of payloads replay keeps in memory (the newest records'; see
+    /// `buffer/cache.rs`). Examining tools keep none.
+    pub cache_budget: u64,
     /// Set when the engine closes: replay stops at the next read and
     /// recovery returns `Error::Closed`, having changed nothing.
     pub stop: Option<&'a AtomicBool>,

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::buffer::channels::{ChannelTable, Logged};
+use crate::buffer::channels::{ChannelTable, Loc, Logged};
 use crate::damage::DamageKind;
 use crate::error::Result;
 use crate::io::buffer::AlignedBuf;
@@ -16,7 +14,8 @@ use crate::io::file::DiskFile;
 use crate::io::ring::Ring;
 use crate::types::{CommitSeq, SegmentSeq};
 use crate::wal::format::{
-    decode_state_payload, CommitHeader, Entry, EntryIter, EntryKind, SEGMENT_HEADER_BYTES,
+    decode_state_payload, CommitHeader, Entry, EntryIter, EntryKind, COMMIT_HEADER_BYTES,
+    ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::wal::manifest::{LogStart, ManifestState};
 use crate::wal::reader::{first_commit_header, SegmentReader};
@@ -102,9 +101,13 @@ impl<'c, 'a> Replay<'c, 'a> {
             ctx,
             segments,
             skipping: decide(Finding::CommitAfterChainEnd, ctx.mode) == Decision::Skip,
-            table: start.map_or_else(ChannelTable::default, |s| {
-                ChannelTable::for_log_start(s.next_channel_id)
-            }),
+            table: {
+                let mut t = start.map_or_else(ChannelTable::default, |s| {
+                    ChannelTable::for_log_start(s.next_channel_id)
+                });
+                t.set_cache_budget(ctx.cache_budget);
+                t
+            },
             next: None,
             buf: None,
             torn: None,
@@ -396,9 +399,6 @@ impl<'c, 'a> Replay<'c, 'a> {
         body: &[u8],
     ) -> Result<()> {
         let ctx = self.ctx;
-        // One copy and one allocation per commit; records are slices of it
-        // (they keep the commit's bytes alive).
-        let owned = Bytes::copy_from_slice(body);
         // Gaps are expected only after something was skipped (only a mode
         // that skips does); before that, an entry that contradicts the log
         // is refused in every mode.
@@ -406,13 +406,23 @@ impl<'c, 'a> Replay<'c, 'a> {
             .damage
             .iter()
             .any(|d| matches!(d.action, DamageAction::Skipped { .. }));
-        for e in EntryIter::verified(&owned, h.entry_count) {
+        let body_at = position + COMMIT_HEADER_BYTES;
+        for e in EntryIter::verified(body, h.entry_count) {
             let e = e.expect("verified in the first pass");
-            let lost = apply(&mut self.table, &e, &owned, (h.commit_seq, seq), after_skip)
-                .map_err(|kind| {
+            // The entry's place in the segment: its payload's place in the
+            // body, less its header.
+            let in_body = e.payload.as_ptr() as usize - body.as_ptr() as usize;
+            let at = Loc {
+                commit: h.commit_seq,
+                position: (body_at + in_body - ENTRY_HEADER_BYTES) as u32,
+                len: e.payload.len() as u32,
+            };
+            let lost = apply(&mut self.table, &e, at, (h.commit_seq, seq), after_skip).map_err(
+                |kind| {
                     let d = decide(Finding::EntryContradicts, ctx.mode);
                     refuse(ctx, d, seq, position as u64, kind)
-                })?;
+                },
+            )?;
             if lost > 0 {
                 count_lost(&mut self.damage, lost);
             }
@@ -648,7 +658,7 @@ fn count_lost(damage: &mut [Damage], lost: u64) {
 fn apply(
     table: &mut ChannelTable,
     e: &Entry<'_>,
-    commit_body: &Bytes,
+    at: Loc,
     (commit, seq): (CommitSeq, SegmentSeq),
     lenient: bool,
 ) -> std::result::Result<u64, DamageKind> {
@@ -661,7 +671,8 @@ fn apply(
         EntryKind::Append => Logged::Append {
             channel: e.channel,
             offset: e.offset,
-            record: commit_body.slice_ref(e.payload),
+            record: e.payload,
+            at,
         },
         EntryKind::Drop => Logged::Drop {
             channel: e.channel,
@@ -693,7 +704,8 @@ fn apply(
         EntryKind::Relocate => Logged::Relocate {
             channel: e.channel,
             offset: e.offset,
-            record: commit_body.slice_ref(e.payload),
+            record: e.payload,
+            at,
         },
     };
     table

@@ -17,6 +17,7 @@ use crate::wal::manifest::ManifestState;
 use crate::wal::preparer::SegmentPreparer;
 use crate::wal::segment::{segment_path, LogSegment, Segment};
 
+use super::reads::READ_OP;
 use super::run::Shard;
 
 impl Shard {
@@ -44,9 +45,10 @@ impl Shard {
             > self.segment.bytes
     }
 
-    /// A data sync of the current segment through the ring, with nothing
-    /// else in flight: waits for its completion. If the ring fails meanwhile
-    /// the shard has stopped using it (the sync may still complete there).
+    /// A data sync of the current segment through the ring, with no commit
+    /// in flight: waits for its completion (reads of the WAL that complete
+    /// meanwhile are answered). If the ring fails meanwhile the shard has
+    /// stopped using it (the sync may still complete there).
     pub(super) fn sync_segment(&mut self) -> Result<()> {
         debug_assert!(self.flights.is_empty());
         let id = self.next_op_id();
@@ -55,7 +57,11 @@ impl Shard {
             .map_err(|e| self.op_error(e))?;
         loop {
             if let Some(c) = self.io.poll() {
-                debug_assert_eq!(c.id, id, "the only operation in flight");
+                if c.id != id {
+                    debug_assert!(c.id & READ_OP != 0, "only reads beside the sync");
+                    self.complete(c);
+                    continue;
+                }
                 return c.outcome.map_err(|e| self.op_error(e));
             }
             if let Err(e) = self.io.wait(None) {

@@ -16,6 +16,7 @@ use crate::shard::inbox::Request;
 use crate::types::{ChannelId, CommitSeq, Offset, ShardId};
 use crate::wal::format::{entry_bytes, EntryKind};
 
+use super::reads::Purpose;
 use super::run::Shard;
 use super::waiters::{complete_waiter, Owed, Waiter};
 
@@ -227,10 +228,13 @@ impl Shard {
                 channel,
                 from,
                 to,
+                bytes_max,
                 ack,
             } => {
-                match self.table.read(channel, from, to) {
-                    Ok(records) => ack.complete(Ok(records)),
+                match self.table.read(channel, from, to, bytes_max) {
+                    Ok(found) => {
+                        self.read_found(channel, found, Purpose::Caller(ack));
+                    }
                     Err(r) => self.refuse(r, ack, Waiter::DroppedRead),
                 }
                 Accepted::Done
@@ -339,7 +343,7 @@ impl Shard {
         let next = self
             .table
             .drop_channel(id, self.building.builder.commit_seq());
-        self.building.builder.push(EntryKind::Drop, id, next, &[]);
+        let _ = self.building.builder.push(EntryKind::Drop, id, next, &[]);
         self.building.frees = true;
         self.building.waiters.push(Waiter::Unit(ack.into()));
         Accepted::Done
@@ -395,7 +399,7 @@ impl Shard {
                 EntryKind::Truncate
             }
         };
-        self.building.builder.push(kind, channel, to, &[]);
+        let _ = self.building.builder.push(kind, channel, to, &[]);
         self.building.sync_now = true;
         self.building.frees = true;
         self.building.waiters.push(Waiter::Unit(ack.into()));
@@ -435,10 +439,10 @@ impl Shard {
         let batch = &mut self.building;
         records.for_each(|i, record| {
             let offset = Offset(first.0 + i as u64);
-            batch
+            let at = batch
                 .builder
                 .push(EntryKind::Append, channel, offset, &record);
-            batch.records.push((channel, record));
+            batch.records.push((channel, record, at));
         });
         batch.waiters.push(Waiter::Offset(ack.into(), first));
         Accepted::Done

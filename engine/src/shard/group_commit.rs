@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::buffer::channels::Anchor;
+use crate::buffer::channels::{Anchor, Loc};
 use crate::config::Config;
 use crate::error::Error;
 use crate::io::ring::{Completion, Refused};
@@ -16,6 +16,7 @@ use crate::metrics::commit_records_bucket;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
 use crate::wal::commit::CommitBuilder;
 
+use super::reads::READ_OP;
 use super::run::Shard;
 use super::waiters::{complete_waiter, Waiter};
 
@@ -23,7 +24,9 @@ use super::waiters::{complete_waiter, Waiter};
 pub(super) struct Batch {
     pub(super) builder: CommitBuilder,
     pub(super) waiters: Vec<Waiter>,
-    pub(super) records: Vec<(ChannelId, Bytes)>,
+    /// Appended records: the channel, the payload, and the entry's byte
+    /// position in the commit.
+    pub(super) records: Vec<(ChannelId, Bytes, u32)>,
     /// The commit holds a checkpoint or truncation: it is durable before it
     /// is acknowledged in every durability mode (in `Periodic`, it carries a
     /// data sync).
@@ -33,6 +36,9 @@ pub(super) struct Batch {
     pub(super) anchors: Vec<Anchor>,
     /// Relocated records of the commit: a channel, offsets `from..to`.
     pub(super) relocations: Vec<(ChannelId, Offset, Offset)>,
+    /// Each relocated record's entry, in the order of `relocations`: its
+    /// byte position in the commit and its payload length.
+    pub(super) relocated_at: Vec<(u32, u32)>,
     /// The lowest channel id the commit registers: the next id before it.
     pub(super) registered_from: Option<u64>,
     /// The commit lets records go (a checkpoint, truncation or drop): the
@@ -53,6 +59,7 @@ impl Batch {
             sync_now: false,
             anchors: Vec::new(),
             relocations: Vec::new(),
+            relocated_at: Vec::new(),
             registered_from: None,
             frees: false,
         }
@@ -63,6 +70,7 @@ impl Batch {
         self.records.clear();
         self.anchors.clear();
         self.relocations.clear();
+        self.relocated_at.clear();
         self.registered_from = None;
         self.sync_now = false;
         self.frees = false;
@@ -87,6 +95,8 @@ pub(super) struct Flight {
     pub(super) batch: Option<Batch>,
     /// The segment the operation writes or syncs.
     pub(super) segment: SegmentSeq,
+    /// The commit's byte position in the segment (0 for a data sync).
+    pub(super) position: u64,
     pub(super) payload_bytes: u64,
     /// Periodic mode: this commit was written with a data sync.
     pub(super) synced: bool,
@@ -175,7 +185,7 @@ impl Shard {
         );
         let next = CommitSeq(batch.builder.commit_seq().0 + 1);
         self.building.builder.reset(next);
-        let payload_bytes = batch.records.iter().map(|(_, r)| r.len() as u64).sum();
+        let payload_bytes = batch.records.iter().map(|(_, r, _)| r.len() as u64).sum();
         let id = self.next_op_id();
         let started = self
             .io
@@ -190,6 +200,7 @@ impl Shard {
             id,
             batch: Some(batch),
             segment: self.segment.seq,
+            position,
             payload_bytes,
             synced: plan.synced,
             covers: CommitSeq(0),
@@ -214,6 +225,7 @@ impl Shard {
             id,
             batch: None,
             segment: self.segment.seq,
+            position: 0,
             payload_bytes: 0,
             synced: false,
             covers: self.clock.completed(),
@@ -252,6 +264,10 @@ impl Shard {
     /// Records operation `id`'s outcome, then acknowledges finished
     /// operations from the oldest on, stopping at the first unfinished one.
     pub(super) fn complete(&mut self, c: Completion) {
+        if c.id & READ_OP != 0 {
+            self.read_completed(c);
+            return;
+        }
         let Completion { id, outcome, buf } = c;
         // Flights are in start order and ids only grow, so the table is
         // sorted by id.
@@ -289,7 +305,12 @@ impl Shard {
                 }
                 Some(mut batch) => {
                     if self.failed.is_none() {
-                        self.acknowledge(&mut batch, f.segment, f.payload_bytes, f.synced);
+                        self.acknowledge(
+                            &mut batch,
+                            (f.segment, f.position),
+                            f.payload_bytes,
+                            f.synced,
+                        );
                     }
                     batch.clear();
                     assert!(
@@ -302,25 +323,40 @@ impl Shard {
         }
     }
 
-    /// Acknowledges a completed commit, written into `segment`; `synced`:
-    /// it carried the periodic data sync.
+    /// Acknowledges a completed commit, written into `segment` at
+    /// `position`; `synced`: it carried the periodic data sync.
     pub(super) fn acknowledge(
         &mut self,
         batch: &mut Batch,
-        segment: SegmentSeq,
+        (segment, position): (SegmentSeq, u64),
         payload_bytes: u64,
         synced: bool,
     ) {
         let seq = batch.builder.commit_seq();
         let records = batch.records.len() as u64;
-        for (channel, record) in batch.records.drain(..) {
-            self.table.acknowledge(channel, record, segment);
+        let loc = |at: u32, len: usize| Loc {
+            commit: seq,
+            position: (position + u64::from(at)) as u32,
+            len: len as u32,
+        };
+        for (channel, record, at) in batch.records.drain(..) {
+            self.table
+                .acknowledge(channel, loc(at, record.len()), segment, || record);
         }
         for anchor in batch.anchors.drain(..) {
             self.table.anchored(&anchor, segment);
         }
+        let mut placed = batch.relocated_at.iter();
+        let mut locs = Vec::new();
         for (channel, from, to) in batch.relocations.drain(..) {
-            self.table.relocated(channel, from, to, segment);
+            locs.clear();
+            locs.extend(
+                placed
+                    .by_ref()
+                    .take((to.0 - from.0) as usize)
+                    .map(|&(at, len)| loc(at, len as usize)),
+            );
+            self.table.relocated(channel, from, &locs, segment);
         }
         if batch.frees {
             self.reclaim.due = true;

@@ -63,6 +63,8 @@ pub enum Request {
         from: Offset,
         /// One past the last offset wanted.
         to: Offset,
+        /// Most payload bytes to return (at least one record is).
+        bytes_max: u64,
         /// Answer.
         ack: Arc<Ack<Vec<Record>>>,
     },

@@ -15,6 +15,8 @@ mod admission;
 mod durability;
 mod group_commit;
 pub mod inbox;
+mod reads;
+pub use reads::READS_IN_FLIGHT_MAX;
 mod reclaim;
 mod run;
 mod thread;

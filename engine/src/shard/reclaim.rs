@@ -24,16 +24,23 @@
 //!    before the start are never read and the next open recycles or
 //!    removes them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
-use crate::buffer::channels::{Anchor, Stragglers};
+use bytes::Bytes;
+
+use crate::buffer::channels::{Anchor, Found, Loc, Stragglers};
+use crate::error::Result;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
 use crate::wal::format::{entry_bytes, EntryKind};
 use crate::wal::manifest::{LogStart, ManifestRecord};
 
 use super::admission::{Admit, Need};
+use super::reads::Purpose;
 use super::run::Shard;
+
+/// Payloads of records to relocate are on their way from the WAL.
+struct Waiting;
 
 /// An entry to carry forward.
 #[derive(Debug)]
@@ -60,6 +67,11 @@ pub(super) struct Reclaim {
     /// Something moved that may free the oldest segments (a checkpoint, a
     /// truncation, a drop, a segment change): plan again.
     pub(super) due: bool,
+    /// Payloads of records to relocate are being read from the WAL.
+    fetching: bool,
+    /// Payloads read for relocation: by channel and offset, with where
+    /// they were read (a record written again since is not this one).
+    fetched: HashMap<(ChannelId, u64), (Loc, Bytes)>,
 }
 
 impl Reclaim {
@@ -82,6 +94,7 @@ impl Reclaim {
         self.target = None;
         self.through = None;
         self.relocating = false;
+        self.fetched.clear();
     }
 }
 
@@ -178,6 +191,7 @@ impl Shard {
             .flat_map(|s| s.records.iter())
             .map(|r| r.len() as u64)
             .sum();
+        // `found` says where each is; admit_carry reads those not cached.
         Some((found, moved >= cost))
     }
 
@@ -245,12 +259,12 @@ impl Shard {
             let entries = match item {
                 Carry::State(anchor) => self.table.state_entry(anchor).map(|e| vec![e]),
                 Carry::Relocate(s) => {
-                    let to = Offset(s.from.0 + s.records.len() as u64);
-                    self.table.read(s.channel, s.from, to).ok().map(|held| {
-                        held.into_iter()
-                            .map(|r| (s.channel, r.offset, r.data.to_vec()))
-                            .collect()
-                    })
+                    let (channel, from, count) = (s.channel, s.from, s.records.len());
+                    match self.relocation_payloads(channel, from, count) {
+                        Ok(entries) => entries,
+                        // Their payloads are on their way from the WAL.
+                        Err(Waiting) => return,
+                    }
                 }
             };
             let Some(entries) = entries.filter(|e: &Vec<_>| !e.is_empty()) else {
@@ -284,7 +298,10 @@ impl Shard {
             Carry::Relocate(_) => EntryKind::Relocate,
         };
         for (channel, offset, payload) in &entries {
-            batch.builder.push(kind, *channel, *offset, payload);
+            let at = batch.builder.push(kind, *channel, *offset, payload);
+            if kind == EntryKind::Relocate {
+                batch.relocated_at.push((at, payload.len() as u32));
+            }
         }
         match item {
             Carry::State(anchor) => {
@@ -334,6 +351,11 @@ impl Shard {
         {
             return;
         }
+        if self.reads.touches_before(target) {
+            // A read of a segment about to go is on its way: its file stays
+            // until it is done.
+            return;
+        }
         let relocated = self.reclaim.relocating;
         self.reclaim.abandon();
         let pins = self.table.pins();
@@ -374,6 +396,7 @@ impl Shard {
             return;
         }
         self.reclaimed_bytes += freed;
+        self.reads.forget_files();
         for s in &gone {
             self.log.pop_front();
             let path = crate::wal::segment::segment_path(&self.dir, s.seq);
@@ -388,6 +411,101 @@ impl Shard {
         self.preparer.retry_failed();
         // Still past the limit: what more can go, or be relocated.
         self.reclaim.due = relocated || self.over_space_limit();
+    }
+
+    /// The entries relocating the records of `channel` at `from..` (`count`
+    /// offsets) that it still holds as the plan found them, their payloads
+    /// cached or read; `None` when none is held any more. `Err` while
+    /// payloads are read from the WAL (started here when needed).
+    #[allow(clippy::type_complexity)]
+    fn relocation_payloads(
+        &mut self,
+        channel: ChannelId,
+        from: Offset,
+        count: usize,
+    ) -> std::result::Result<Option<Vec<(ChannelId, Offset, Vec<u8>)>>, Waiting> {
+        if self.reclaim.fetching {
+            return Err(Waiting);
+        }
+        let to = Offset(from.0 + count as u64);
+        let Ok(held) = self.table.read(channel, from, to, u64::MAX) else {
+            return Ok(None);
+        };
+        let missing: Vec<Found> = held
+            .iter()
+            .filter(|f| match f {
+                Found::Cached(_) => false,
+                Found::InWal { offset, loc, .. } => self
+                    .reclaim
+                    .fetched
+                    .get(&(channel, offset.0))
+                    .is_none_or(|(at, _)| at != loc),
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            self.reclaim.fetching = true;
+            self.read_found(channel, missing, Purpose::Relocation);
+            return Err(Waiting);
+        }
+        let entries = held
+            .into_iter()
+            .map(|f| match f {
+                Found::Cached(r) => (channel, r.offset, r.data.to_vec()),
+                Found::InWal { offset, .. } => {
+                    let (_, data) = self
+                        .reclaim
+                        .fetched
+                        .remove(&(channel, offset.0))
+                        .expect("fetched above");
+                    (channel, offset, data.to_vec())
+                }
+            })
+            .collect();
+        Ok(Some(entries))
+    }
+
+    /// Payloads of records to relocate arrived from the WAL (see
+    /// `reads.rs`). A failed read abandons the plan: the records stay
+    /// where they are and the next plan tries again.
+    pub(super) fn relocation_fetched(
+        &mut self,
+        channel: ChannelId,
+        result: Result<Vec<crate::types::Record>>,
+    ) {
+        self.reclaim.fetching = false;
+        match result {
+            Ok(records) => {
+                // Where each was read: the table's place for it now (the
+                // job answered as of when it started; a record moved or
+                // written again since is read again).
+                let to = records.last().map_or(Offset(0), |r| Offset(r.offset.0 + 1));
+                let from = records.first().map_or(Offset(0), |r| r.offset);
+                let places: HashMap<u64, Loc> = self
+                    .table
+                    .read(channel, from, to, u64::MAX)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|f| match f {
+                        Found::InWal { offset, loc, .. } => Some((offset.0, loc)),
+                        Found::Cached(_) => None,
+                    })
+                    .collect();
+                for r in records {
+                    if let Some(loc) = places.get(&r.offset.0) {
+                        self.reclaim
+                            .fetched
+                            .insert((channel, r.offset.0), (*loc, r.data));
+                    }
+                }
+            }
+            Err(_) => {
+                self.metrics
+                    .relocation_reads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.reclaim.abandon();
+            }
+        }
     }
 
     /// The oldest segment of the log.

@@ -35,6 +35,7 @@ use super::active_segment::{manifest_stale, sync_replayed, ActiveSegment};
 use super::admission::Accepted;
 use super::durability::DurabilityClock;
 use super::group_commit::{Batch, Flight};
+use super::reads::Reads;
 use super::reclaim::Reclaim;
 use super::thread::{Readiness, ShardSpec};
 use super::waiters::{complete_waiter, Waiter};
@@ -104,6 +105,8 @@ pub(super) struct Shard {
     pub(super) reclaimed_bytes: u64,
     /// A reclamation on its way.
     pub(super) reclaim: Reclaim,
+    /// Reads of payloads from the WAL on their way.
+    pub(super) reads: Reads,
     /// The end of each segment kept for requests that free space
     /// (`Config::reserve_bytes`).
     pub(super) reserve_bytes: u64,
@@ -134,6 +137,7 @@ impl Shard {
         let fs = Fs::of(&config.backend);
         let recovered = recover_shard(
             &RecoverContext {
+                cache_budget: spec.cache_budget,
                 fs: &fs,
                 shard_dir: &spec.dir,
                 shard: spec.id,
@@ -255,6 +259,7 @@ impl Shard {
             log,
             reclaimed_bytes,
             reclaim: Reclaim::due(),
+            reads: Reads::default(),
         })
     }
 
@@ -263,6 +268,9 @@ impl Shard {
             while let Some(c) = self.io.poll() {
                 self.complete(c);
             }
+            self.metrics
+                .cached_bytes
+                .store(self.table.cache().bytes(), Ordering::Relaxed);
             // Wake the callers of completed commits first, then give up the
             // core once: in a closed loop they append again at once, and on a
             // machine with few cores they run on this one. Measured with 16
@@ -280,7 +288,12 @@ impl Shard {
             }
             self.wake_completed();
             let idle = self.flights.is_empty();
-            if self.closing && idle && self.building.builder.is_empty() && self.deferred.is_none() {
+            if self.closing
+                && idle
+                && self.reads.is_idle()
+                && self.building.builder.is_empty()
+                && self.deferred.is_none()
+            {
                 // A reclamation whose entries are durable is published; one
                 // still carrying is left for the next open to plan again.
                 self.reclaim_step();
@@ -427,6 +440,8 @@ impl Shard {
     /// eventfd from now on.
     pub(super) fn abandon_io(&mut self) {
         self.io.abandon();
+        let e = self.shard_failed().unwrap_or(Error::Closed);
+        self.abandon_reads(&e);
         // Their buffers were leaked with the ring; the flights only name
         // their waiters, answered by `fail`.
         self.flights.clear();

@@ -31,6 +31,8 @@ pub struct ShardSpec {
     pub block: usize,
     /// Engine configuration.
     pub config: Arc<Config>,
+    /// The shard's share of `Config::buffer_bytes_max`.
+    pub cache_budget: u64,
 }
 
 /// The state of a shard's start-up.

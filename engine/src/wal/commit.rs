@@ -68,8 +68,15 @@ impl CommitBuilder {
             && round_up(COMMIT_HEADER_BYTES + entry_bytes_total, self.block) <= self.bytes_max
     }
 
-    /// Adds an entry. The caller checked [`CommitBuilder::fits`].
-    pub fn push(&mut self, kind: EntryKind, channel: ChannelId, offset: Offset, payload: &[u8]) {
+    /// Adds an entry; returns its byte position in the commit. The caller
+    /// checked [`CommitBuilder::fits`].
+    pub fn push(
+        &mut self,
+        kind: EntryKind,
+        channel: ChannelId,
+        offset: Offset,
+        payload: &[u8],
+    ) -> u32 {
         let n = entry_bytes(payload.len());
         assert!(
             self.used + n <= self.bytes_max,
@@ -89,6 +96,7 @@ impl CommitBuilder {
         if kind == EntryKind::Append {
             self.records += 1;
         }
+        used as u32
     }
 
     /// Bytes the sealed commit takes on disk.
