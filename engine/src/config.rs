@@ -110,8 +110,9 @@ pub struct Config {
     pub commits_in_flight_max: usize,
     /// Memory for record payloads, for the whole engine: each shard keeps
     /// the payloads of its newest acknowledged records within its share
-    /// (this divided by the shard count), charged their length plus 48
-    /// bytes each, and reads older ones back from the WAL (`O_DIRECT`,
+    /// (this divided by the shard count), each charged its allocation
+    /// (length plus 16, in 16-byte granules) plus 48 bytes of handles, and
+    /// reads older ones back from the WAL (`O_DIRECT`,
     /// through its ring) when asked. Default [`BUFFER_BYTES_MAX_DEFAULT`]
     /// (256 MiB). 0 keeps no payload in memory: every read goes to the
     /// WAL. Beside it every live record costs 16 bytes of index and every

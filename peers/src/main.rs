@@ -37,8 +37,28 @@ struct Args {
     #[arg(long, value_enum)]
     system: System,
     /// The workload (same values as `corewal load --preset`).
+    #[arg(long, value_enum, required_unless_present = "recover")]
+    preset: Option<Preset>,
+    /// raft-engine only, the recovery benchmark beside `corewal
+    /// recover-bench`: `write` fills --data with --bytes of --record-bytes
+    /// records over --channels raft groups (64 per batch, 8 writer threads,
+    /// each batch synced); `open` reopens it and prints the open time (the
+    /// engine is usable when `open` returns: that is also its time to a
+    /// first handle) and the peak resident set.
     #[arg(long, value_enum)]
-    preset: Preset,
+    recover: Option<Recover>,
+    /// The data directory of --recover.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// --recover write: payload bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// --recover write: raft groups.
+    #[arg(long, default_value_t = 1000)]
+    channels: u64,
+    /// --recover write: payload bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
     /// Measured window, seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -48,6 +68,12 @@ struct Args {
     /// Directory under which a fresh data directory is made (local disk).
     #[arg(long, default_value = "/var/tmp")]
     dir: std::path::PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Recover {
+    Write,
+    Open,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -207,9 +233,94 @@ fn cpu_seconds() -> f64 {
     t(u.user_time()) + t(u.system_time())
 }
 
+/// raft-engine's configuration for the recovery benchmark's directory.
+fn raft_engine_config(dir: &Path) -> raft_engine::Config {
+    raft_engine::Config {
+        dir: dir.to_str().expect("UTF-8 path").to_string(),
+        batch_compression_threshold: raft_engine::ReadableSize(0),
+        ..Default::default()
+    }
+}
+
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with(key))?.to_string();
+            l.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// `--recover write|open` (raft-engine).
+fn recover(args: &Args, mode: Recover) {
+    assert_eq!(args.system, System::RaftEngine, "--recover is for raft-engine");
+    let dir = args.data.as_ref().expect("--recover needs --data");
+    match mode {
+        Recover::Write => {
+            std::fs::create_dir_all(dir).expect("create --data");
+            let engine = Arc::new(
+                raft_engine::Engine::open(raft_engine_config(dir)).expect("raft-engine open"),
+            );
+            let per_batch = 64u64;
+            let batches = args.bytes.div_ceil(per_batch * args.record_bytes as u64);
+            let writers = 8u64;
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let engine = engine.clone();
+                    let (channels, record_bytes) = (args.channels, args.record_bytes);
+                    std::thread::spawn(move || {
+                        let record = vec![0x5Au8; record_bytes];
+                        let mut next = vec![0u64; channels as usize];
+                        let mut b = w;
+                        while b < batches {
+                            let g = b % channels;
+                            let mut batch = raft_engine::LogBatch::default();
+                            for _ in 0..per_batch {
+                                let key = next[g as usize].to_be_bytes().to_vec();
+                                next[g as usize] += 1;
+                                batch.put(g + 1, key, record.clone()).expect("put");
+                            }
+                            engine.write(&mut batch, true).expect("raft-engine write");
+                            b += writers;
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("writer thread");
+            }
+        }
+        Recover::Open => {
+            let t0 = Instant::now();
+            let engine =
+                raft_engine::Engine::open(raft_engine_config(dir)).expect("raft-engine open");
+            let open_s = t0.elapsed().as_secs_f64();
+            let rss_after = status_kib("VmRSS:") * 1024;
+            let groups = engine.raft_groups().len();
+            let v = json!({
+                "tool": "corewal-peers",
+                "system": "RaftEngine",
+                "recover": "open",
+                "open_ms": open_s * 1e3,
+                "raft_groups": groups,
+                "peak_rss_bytes": status_kib("VmHWM:") * 1024,
+                "rss_after_bytes": rss_after,
+            });
+            drop(engine);
+            println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
-    let (writers, channels, record_bytes, batch) = args.preset.shape();
+    if let Some(mode) = args.recover {
+        recover(&args, mode);
+        return;
+    }
+    let preset = args.preset.expect("--preset");
+    let (writers, channels, record_bytes, batch) = preset.shape();
     let data = tempfile::Builder::new()
         .prefix("corewal-peers-")
         .tempdir_in(&args.dir)
@@ -276,7 +387,7 @@ fn main() {
     let v = json!({
         "tool": "corewal-peers",
         "system": format!("{:?}", args.system),
-        "preset": format!("{:?}", args.preset),
+        "preset": format!("{preset:?}"),
         "mode": "closed-loop",
         "writers": writers,
         "channels": channels,

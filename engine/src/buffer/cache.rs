@@ -18,13 +18,15 @@ use std::collections::VecDeque;
 
 use crate::types::{ChannelId, Offset};
 
-/// Bytes charged for a cached record beside its payload: its `Bytes`
-/// handle (32) and its queue entry (16).
+/// Bytes charged for a cached record beside its payload's allocation: its
+/// `Bytes` handle (32) and its queue entry (16).
 pub const CACHED_RECORD_OVERHEAD: u64 = 48;
 
-/// The charge of a cached payload of `len` bytes.
+/// The charge of a cached payload of `len` bytes: its allocation as the
+/// allocator rounds it (a 16-byte header, 16-byte granules) and the
+/// overhead.
 pub fn charge(len: usize) -> u64 {
-    len as u64 + CACHED_RECORD_OVERHEAD
+    (len as u64 + 16).div_ceil(16) * 16 + CACHED_RECORD_OVERHEAD
 }
 
 /// The cache's accounting and eviction order.
@@ -64,10 +66,11 @@ impl PayloadCache {
         self.order.push_back((channel, offset));
     }
 
-    /// Cached records of `bytes` payload bytes in all let go (any way).
-    pub(super) fn released(&mut self, records: u64, bytes: u64) {
+    /// Cached records of `charged` bytes in all (their [`charge`]s) let
+    /// go (any way).
+    pub(super) fn released(&mut self, records: u64, charged: u64) {
         self.records -= records;
-        self.bytes -= bytes + records * CACHED_RECORD_OVERHEAD;
+        self.bytes -= charged;
     }
 
     /// Whether the cached records are charged more than the budget.

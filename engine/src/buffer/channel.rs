@@ -570,14 +570,14 @@ impl ChannelState {
 pub struct Released {
     /// Records whose payload went.
     pub records: u64,
-    /// Their payload bytes.
+    /// What they were charged (see `cache::charge`).
     pub bytes: u64,
 }
 
 impl Released {
     fn add(&mut self, len: usize) {
         self.records += 1;
-        self.bytes += len as u64;
+        self.bytes += super::cache::charge(len);
     }
 }
 

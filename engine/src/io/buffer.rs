@@ -28,6 +28,23 @@ impl AlignedBuf {
         let len = round_up(len.max(1), align);
         let layout =
             Layout::from_size_align(len, align).expect("aligned buffer layout within isize");
+        if len >= LAZY_ZERO_BYTES
+            && page_bytes().is_multiple_of(align)
+            && len.is_multiple_of(page_bytes())
+        {
+            // SAFETY: the layout has a non-zero size.
+            let raw = unsafe { alloc::alloc(layout) };
+            let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+            let mut b = AlignedBuf { ptr, layout };
+            // Whole pages, zeroed by the kernel as they are first touched,
+            // instead of written with zeros now: a large buffer takes
+            // memory only where data lands in it.
+            if !b.release_pages(0, len) {
+                // SAFETY: ptr is valid for len bytes, owned here.
+                unsafe { std::ptr::write_bytes(b.ptr.as_ptr(), 0, len) };
+            }
+            return b;
+        }
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
@@ -58,6 +75,55 @@ impl AlignedBuf {
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
+
+    /// Hands the memory pages wholly inside `from..to` back to the kernel:
+    /// they read as zeros from now on and take no memory until written
+    /// again (a replay buffer's bytes already replayed). Parts of a page at
+    /// either end are left as they are.
+    pub fn release(&mut self, from: usize, to: usize) {
+        assert!(
+            from <= to && to <= self.len(),
+            "release {from}..{to} of {self:?}"
+        );
+        let page = page_bytes();
+        let (start, end) = (round_up(from, page), to / page * page);
+        if start < end {
+            // A failure only leaves the pages resident.
+            let _ = self.release_pages(start, end);
+        }
+    }
+
+    /// `MADV_DONTNEED` of the page-aligned `start..end`; whether it took.
+    fn release_pages(&mut self, start: usize, end: usize) -> bool {
+        debug_assert!(
+            start.is_multiple_of(page_bytes())
+                && end.is_multiple_of(page_bytes())
+                && end <= self.len()
+        );
+        // SAFETY: `start..end` lies inside this buffer's allocation, which
+        // it owns, and `&mut self` means no slice of it is alive. The
+        // memory comes from the global allocator, private and anonymous:
+        // MADV_DONTNEED makes its pages read as zeros, bytes a zeroed
+        // buffer may hold, so the buffer stays valid.
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(start).cast::<libc::c_void>(),
+                end - start,
+                libc::MADV_DONTNEED,
+            )
+        };
+        r == 0
+    }
+}
+
+/// Buffers from this size on are zeroed lazily, by the kernel.
+const LAZY_ZERO_BYTES: usize = 2 << 20;
+
+/// The memory page size.
+fn page_bytes() -> usize {
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
 impl std::fmt::Debug for AlignedBuf {
@@ -108,5 +174,18 @@ mod tests {
         assert_eq!(b.len(), 8192);
         assert_eq!(b.as_ptr() as usize % 4096, 0);
         assert!(b.iter().all(|&x| x == 0));
+    }
+
+    /// A large buffer is zero however it is made, and released pages read
+    /// as zeros again while the rest keeps its bytes.
+    #[test]
+    fn large_and_released_buffers_read_as_zeros() {
+        let mut b = AlignedBuf::new(8 << 20, 4096);
+        assert!(b.iter().all(|&x| x == 0));
+        b.fill(7);
+        b.release(4096 + 1, 3 << 20);
+        assert_eq!(b[4096 + 1], 7, "a partial page stays");
+        assert!(b[2 * 4096..3 << 20].iter().all(|&x| x == 0));
+        assert!(b[3 << 20..].iter().all(|&x| x == 7));
     }
 }

@@ -23,6 +23,12 @@ pub struct ReadAhead<'a> {
     arrived: Vec<bool>,
     prefix: usize,
     in_flight: usize,
+    /// Bytes before this were handed back to the kernel (read as zeros).
+    released: usize,
+    /// The furthest byte asked for: reads go at most `depth` chunks
+    /// beyond it, so that a device faster than the caller does not fill
+    /// the whole buffer ahead of it.
+    wanted: usize,
 }
 
 impl<'a> ReadAhead<'a> {
@@ -60,6 +66,8 @@ impl<'a> ReadAhead<'a> {
             arrived: vec![false; size.div_ceil(chunk)],
             prefix: 0,
             in_flight: 0,
+            released: 0,
+            wanted: 0,
         }
     }
 
@@ -77,6 +85,7 @@ impl<'a> ReadAhead<'a> {
         stop: &dyn Fn() -> bool,
     ) -> std::result::Result<(), OpError> {
         let upto = upto.min(self.size);
+        self.wanted = self.wanted.max(upto);
         loop {
             if stop() {
                 return Ok(());
@@ -110,7 +119,8 @@ impl<'a> ReadAhead<'a> {
     /// Starts reads until `depth` are in flight or the file is covered.
     fn issue(&mut self) -> std::result::Result<(), OpError> {
         let buf = self.buf.as_mut().expect("reading into a leaked buffer");
-        while self.in_flight < self.depth && self.issued < self.size {
+        let ahead = self.wanted.saturating_add(self.depth * self.chunk);
+        while self.in_flight < self.depth && self.issued < self.size && self.issued < ahead {
             let chunk = self.issued / self.chunk;
             let expect = self.chunk.min(self.size - self.issued);
             let op = Op::Read {
@@ -133,7 +143,23 @@ impl<'a> ReadAhead<'a> {
         Ok(())
     }
 
-    /// The bytes that have arrived.
+    /// The caller is done with the bytes before `upto`: their memory goes
+    /// back to the kernel, a few chunks at a time, so that a reader going
+    /// through a large file holds about its read-ahead, not the whole file.
+    /// They read as zeros from now on.
+    pub fn release_before(&mut self, upto: usize) {
+        let upto = upto.min(self.prefix) / self.chunk * self.chunk;
+        if upto < self.released + 4 * self.chunk {
+            return;
+        }
+        if let Some(b) = self.buf.as_mut() {
+            b.release(self.released, upto);
+        }
+        self.released = upto;
+    }
+
+    /// The bytes that have arrived (those before a
+    /// [`ReadAhead::release_before`] read as zeros).
     pub fn arrived(&self) -> &[u8] {
         match &self.buf {
             // SAFETY: bytes 0..prefix were written by completed reads and no

@@ -28,6 +28,9 @@ use super::{
     Recovered, Tail, Torn,
 };
 
+/// Bytes the scan after a chain end asks to have arrived at a time.
+const AFTER_END_WINDOW: usize = 8 << 20;
+
 /// Whether replay goes on to the next segment.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Flow {
@@ -251,14 +254,22 @@ impl<'c, 'a> Replay<'c, 'a> {
             if live {
                 self.end_of_chain = Some(seg.place(pos));
             }
-            reader.ensure(seg.n)?;
             // Whatever ended the chain, no commit may follow it — except, in
             // this segment, commits that were in flight with the one that is
             // missing: none of them was acknowledged, since
-            // acknowledgements go in order.
+            // acknowledgements go in order. The rest of the segment (often
+            // a zero tail, or a whole spare segment) is scanned a few
+            // megabytes at a time, letting go of what was scanned.
             let window_base = self.next.unwrap_or(CommitSeq(1));
-            let data = reader.view();
-            let mut after = scan::after_chain_end(data, pos, seg.block, &seg.id, window_base, live);
+            reader.ensure(pos + 2 * seg.block)?;
+            let mut scan =
+                scan::AfterEndScan::new(reader.view(), pos, seg.block, &seg.id, window_base, live);
+            while !scan.done() && scan.position() + seg.block <= seg.n {
+                reader.ensure(scan.position() + AFTER_END_WINDOW)?;
+                scan.scan(reader.view(), &seg.id);
+                reader.release_before(scan.keep_from());
+            }
+            let mut after = scan.finish();
             // A mode that skips: commits in flight with a damaged one are only
             // unacknowledged if nothing follows; when a later segment holds
             // a commit, every commit here was acknowledged (segments change
@@ -378,6 +389,9 @@ impl<'c, 'a> Replay<'c, 'a> {
             };
             self.commit(seq, *pos, &h, body)?;
             *pos += span;
+            // Nothing before the chain's end is looked at again: replay
+            // holds about its read-ahead of each segment, not the segment.
+            reader.release_before(*pos);
             let Some(after) = h.commit_seq.0.checked_add(1) else {
                 let d = decide(Finding::SequenceExhausted, ctx.mode);
                 let kind = DamageKind::CommitSeqExhausted;

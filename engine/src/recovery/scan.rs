@@ -152,6 +152,7 @@ pub(super) fn commit_body<'d>(
 /// say how many could be); otherwise (the chain ended in an earlier
 /// segment) it starts at the first block, and every commit is beyond.
 /// The scan stops at the first commit beyond.
+#[cfg(test)]
 pub(super) fn after_chain_end(
     data: &[u8],
     chain_end: usize,
@@ -160,41 +161,106 @@ pub(super) fn after_chain_end(
     window_base: CommitSeq,
     live: bool,
 ) -> AfterEnd {
-    let n = data.len();
-    let mut after = AfterEnd {
-        first_later: None,
-        beyond: None,
-        nonzero_end: chain_end,
-    };
-    let mut q = if live { chain_end + block } else { block };
-    while q + block <= n && after.beyond.is_none() {
-        let blk = &data[q..q + block];
-        if blk.iter().any(|&x| x != 0) && !id.stale(blk) {
-            after.nonzero_end = q + block;
-            if let Ok(h) = decode_commit_header(blk, block) {
-                if id.owns(&h, q) && h.commit_seq >= window_base {
-                    let later = Later {
-                        position: q,
-                        commit_seq: h.commit_seq,
-                    };
-                    let in_window =
-                        h.commit_seq.0 < window_base.0.saturating_add(h.in_flight_max as u64);
-                    if !(live && in_window) {
-                        after.beyond = Some(later);
+    let mut scan = AfterEndScan::new(data, chain_end, block, id, window_base, live);
+    scan.scan(data, id);
+    scan.finish()
+}
+
+/// [`after_chain_end`] a window at a time, so that a reader can let go of
+/// the bytes scanned (replay reads a segment's zero tail this way): feed
+/// it the segment's bytes as they arrive, then finish.
+pub(super) struct AfterEndScan {
+    after: AfterEnd,
+    /// The next block to look at.
+    q: usize,
+    block: usize,
+    window_base: CommitSeq,
+    live: bool,
+}
+
+impl AfterEndScan {
+    /// A scan after the chain end at `chain_end`; `data` holds at least
+    /// the segment's bytes up to the end of the chain end's block (or the
+    /// whole segment when shorter).
+    pub(super) fn new(
+        data: &[u8],
+        chain_end: usize,
+        block: usize,
+        id: &Identity,
+        window_base: CommitSeq,
+        live: bool,
+    ) -> AfterEndScan {
+        let n = data.len();
+        let mut after = AfterEnd {
+            first_later: None,
+            beyond: None,
+            nonzero_end: chain_end,
+        };
+        // The block at a live chain end may itself hold bytes past a zero
+        // header.
+        let end_block = &data[chain_end.min(n)..(chain_end + block).min(n)];
+        if live && end_block.iter().any(|&x| x != 0) && !id.stale(end_block) {
+            after.nonzero_end = (chain_end + block).min(n);
+        }
+        AfterEndScan {
+            after,
+            q: if live { chain_end + block } else { block },
+            block,
+            window_base,
+            live,
+        }
+    }
+
+    /// The next byte the scan needs.
+    pub(super) fn position(&self) -> usize {
+        self.q
+    }
+
+    /// The first byte a replay may still need: that of the first commit
+    /// found after the chain end (replay may resume there), else the next
+    /// block to scan.
+    pub(super) fn keep_from(&self) -> usize {
+        self.after.first_later.map_or(self.q, |l| l.position)
+    }
+
+    /// Whether the scan found a commit beyond the window (it looks no
+    /// further).
+    pub(super) fn done(&self) -> bool {
+        self.after.beyond.is_some()
+    }
+
+    /// Scans the whole blocks of `data` not yet scanned.
+    pub(super) fn scan(&mut self, data: &[u8], id: &Identity) {
+        let (block, window_base) = (self.block, self.window_base);
+        let after = &mut self.after;
+        while self.q + block <= data.len() && after.beyond.is_none() {
+            let q = self.q;
+            let blk = &data[q..q + block];
+            if blk.iter().any(|&x| x != 0) && !id.stale(blk) {
+                after.nonzero_end = after.nonzero_end.max(q + block);
+                if let Ok(h) = decode_commit_header(blk, block) {
+                    if id.owns(&h, q) && h.commit_seq >= window_base {
+                        let later = Later {
+                            position: q,
+                            commit_seq: h.commit_seq,
+                        };
+                        let in_window =
+                            h.commit_seq.0 < window_base.0.saturating_add(h.in_flight_max as u64);
+                        if !(self.live && in_window) {
+                            after.beyond = Some(later);
+                        }
+                        after.first_later.get_or_insert(later);
                     }
-                    after.first_later.get_or_insert(later);
                 }
             }
+            self.q += block;
         }
-        q += block;
     }
-    // The block at a live chain end may itself hold bytes past a zero
-    // header.
-    let end_block = &data[chain_end.min(n)..(chain_end + block).min(n)];
-    if live && end_block.iter().any(|&x| x != 0) && !id.stale(end_block) {
-        after.nonzero_end = after.nonzero_end.max((chain_end + block).min(n));
+
+    /// What the scan found.
+    pub(super) fn finish(self) -> AfterEnd {
+        self.after
     }
-    after
 }
 
 /// What the shard manifest says is missing from the end of a log that

@@ -85,6 +85,12 @@ impl<'a> SegmentReader<'a> {
         Ok(())
     }
 
+    /// The bytes before `upto` are no longer needed: their memory goes
+    /// back to the kernel (they read as zeros from now on).
+    pub fn release_before(&mut self, upto: usize) {
+        self.ahead.release_before(upto);
+    }
+
     /// The bytes that have arrived.
     pub fn view(&self) -> &[u8] {
         self.ahead.arrived()
