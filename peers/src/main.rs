@@ -233,6 +233,16 @@ fn cpu_seconds() -> f64 {
     t(u.user_time()) + t(u.system_time())
 }
 
+/// raft-engine's log entries: raft's own entry type, indexed by its index.
+struct RaftEntries;
+
+impl raft_engine::MessageExt for RaftEntries {
+    type Entry = raft_proto::eraftpb::Entry;
+    fn index(e: &Self::Entry) -> u64 {
+        e.index
+    }
+}
+
 /// raft-engine's configuration for the recovery benchmark's directory.
 fn raft_engine_config(dir: &Path) -> raft_engine::Config {
     raft_engine::Config {
@@ -262,6 +272,10 @@ fn recover(args: &Args, mode: Recover) {
             let engine = Arc::new(
                 raft_engine::Engine::open(raft_engine_config(dir)).expect("raft-engine open"),
             );
+            assert!(
+                args.channels % 8 == 0,
+                "--channels must be a multiple of the 8 writers"
+            );
             let per_batch = 64u64;
             let batches = args.bytes.div_ceil(per_batch * args.record_bytes as u64);
             let writers = 8u64;
@@ -274,13 +288,24 @@ fn recover(args: &Args, mode: Recover) {
                         let mut next = vec![0u64; channels as usize];
                         let mut b = w;
                         while b < batches {
+                            // Each writer owns the groups g ≡ w (mod writers)
+                            // (--channels is a multiple of 8): a group's
+                            // indexes stay contiguous.
                             let g = b % channels;
+                            let entries: Vec<raft_proto::eraftpb::Entry> = (0..per_batch)
+                                .map(|_| {
+                                    next[g as usize] += 1;
+                                    let mut e = raft_proto::eraftpb::Entry::default();
+                                    e.set_index(next[g as usize]);
+                                    e.set_term(1);
+                                    e.set_data(record.clone().into());
+                                    e
+                                })
+                                .collect();
                             let mut batch = raft_engine::LogBatch::default();
-                            for _ in 0..per_batch {
-                                let key = next[g as usize].to_be_bytes().to_vec();
-                                next[g as usize] += 1;
-                                batch.put(g + 1, key, record.clone()).expect("put");
-                            }
+                            batch
+                                .add_entries::<RaftEntries>(g + 1, &entries)
+                                .expect("add_entries");
                             engine.write(&mut batch, true).expect("raft-engine write");
                             b += writers;
                         }

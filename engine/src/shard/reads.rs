@@ -40,8 +40,12 @@ use super::run::Shard;
 /// `config::COMMITS_IN_FLIGHT_LIMIT`).
 pub const READS_IN_FLIGHT_MAX: usize = 4;
 
-/// The span one read covers at most, unless one entry is larger.
-pub const PIECE_BYTES_MAX: usize = 1 << 20;
+/// The span one read covers at most, unless one entry is larger. With 4
+/// in flight, at most 1 MiB of reads waits ahead of a commit on the
+/// device; 1 MiB pieces (4 MiB ahead) cut the writers of a small-sync run
+/// beside two random readers to 11,300 records/s against 13,300 with
+/// these (docs/BENCHMARKS.md).
+pub const PIECE_BYTES_MAX: usize = 256 << 10;
 
 /// Bytes between two records' entries that one piece reads over rather
 /// than starting another.
