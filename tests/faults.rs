@@ -504,3 +504,101 @@ fn appends_behind_a_pending_drop_learn_of_it_only_once_it_is_durable() {
     }
     assert!(found, "no planned fault hit the drop's commit");
 }
+
+/// A reclamation whose carried state spans several commits, with the WAL
+/// at its limit so that relocated records are read back from the WAL
+/// (payload budget 0): a failed write anywhere in it stops the shard for
+/// good. No commit may be written after the failed one — a later commit
+/// beside the hole it leaves would make the next open refuse the store —
+/// and the reopen finds every acknowledged record.
+#[test]
+fn nothing_is_written_after_a_failure_during_a_reclamation() {
+    // The operations around the first relocation of a clean run: past the
+    // limit, the straggler's record is read back and written again, and
+    // the state of the 2,000 channels carried forward.
+    let first = reclaiming_run(None).expect("the fault-free run relocates");
+    for fail_op in first.saturating_sub(4)..first + 20 {
+        reclaiming_run(Some(fail_op));
+    }
+}
+
+/// One shard, 1 MiB segments, an 8 MiB limit, 48 KiB commits and no
+/// payload in memory: 2,000 channels registered, then one channel appends
+/// 8 KiB records checkpointing each, while a straggler keeps one record.
+/// With `fail_op`, that operation fails; after the run the store is
+/// reopened without faults and must hold every acknowledged record.
+/// Returns the commit count when a relocation first read the WAL.
+fn reclaiming_run(fail_op: Option<u64>) -> Option<u64> {
+    let dir = test_dir();
+    let mut config = small_config(dir.path(), 1, Backend::IoUring);
+    config.wal_bytes_max = Some(8 << 20);
+    config.commit_bytes_max = 48 << 10;
+    config.record_bytes_max = 16 << 10;
+    config.buffer_bytes_max = 0;
+    let clean = config.clone();
+    if let Some(op) = fail_op {
+        let mut plan = FaultPlan::new(op, libc::EIO);
+        plan.shard = Some(ShardId(0));
+        config.backend = Backend::faulty(Backend::IoUring, plan);
+    }
+    let mut first_carry = None;
+    let mut fast_acked = Vec::new();
+    let mut straggler_acked = false;
+    {
+        let engine = Engine::open(config).unwrap();
+        let registered = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let engine = &engine;
+                    s.spawn(move || {
+                        (0..500).all(|i| engine.register(&format!("idle-{t}-{i}")).is_ok())
+                    })
+                })
+                .collect();
+            handles.into_iter().all(|h| h.join().unwrap())
+        });
+        let mut run = || -> Result<(), Error> {
+            let slow = engine.register("straggler")?;
+            slow.append(b"kept")?;
+            straggler_acked = true;
+            let fast = engine.register("fast")?;
+            for i in 0..1_500u32 {
+                let off = fast.append(&[i as u8; 8 << 10])?;
+                fast_acked.push(off.0);
+                fast.checkpoint(off)?;
+                let m = engine.metrics();
+                if first_carry.is_none() && m.wal_reads > 0 {
+                    first_carry = Some(m.commits);
+                }
+            }
+            Ok(())
+        };
+        let result = if registered {
+            run()
+        } else {
+            Err(Error::Closed)
+        };
+        if fail_op.is_none() {
+            result.unwrap();
+        }
+        let _ = engine.close();
+    }
+    // The store opens in the default mode, with what was acknowledged.
+    let engine = Engine::open(clean).unwrap_or_else(|e| {
+        panic!("fault at operation {fail_op:?}: the reopen refused the store: {e}")
+    });
+    if straggler_acked {
+        let s = engine.register("straggler").unwrap().read(..).unwrap();
+        assert_eq!(s.len(), 1, "fault at {fail_op:?}");
+        assert_eq!(&s[0].data[..], b"kept");
+    }
+    if let Some(last) = fast_acked.last() {
+        let fast = engine.register("fast").unwrap();
+        assert!(
+            fast.next_offset().unwrap().0 > *last,
+            "fault at {fail_op:?}"
+        );
+    }
+    engine.close().unwrap();
+    first_carry
+}

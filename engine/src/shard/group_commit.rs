@@ -154,6 +154,17 @@ impl Shard {
     }
 
     pub(super) fn start_commit(&mut self) {
+        if let Some(err) = self.shard_failed() {
+            // Fail-stop: nothing is written after a failure, whatever was
+            // built since (see `fail`); whoever waits on it is answered.
+            for w in self.building.waiters.drain(..) {
+                complete_waiter(w, Err(err.clone()));
+            }
+            self.building.clear();
+            let next = self.building.builder.commit_seq();
+            self.building.builder.reset(next);
+            return;
+        }
         if !self.commit_may_start() {
             return;
         }
@@ -397,6 +408,9 @@ impl Shard {
         self.building.clear();
         let next = self.building.builder.commit_seq();
         self.building.builder.reset(next);
+        // A reclamation on its way would carry its entries into the next
+        // commits: there are none after a failure.
+        self.reclaim.abandon();
         self.clock.stop();
         if let Some(r) = self.deferred.take() {
             r.fail(err);

@@ -89,7 +89,7 @@ impl Reclaim {
     }
 
     /// Drops the plan on its way.
-    fn abandon(&mut self) {
+    pub(super) fn abandon(&mut self) {
         self.carry.clear();
         self.target = None;
         self.through = None;
@@ -255,6 +255,9 @@ impl Shard {
     /// channel as it is now: what was dropped, checkpointed or truncated
     /// since the plan is not carried.
     pub(super) fn admit_carry(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
         while let Some(item) = self.reclaim.carry.front() {
             let entries = match item {
                 Carry::State(anchor) => self.table.state_entry(anchor).map(|e| vec![e]),
