@@ -91,42 +91,10 @@ pub fn run(args: FootprintArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.wal_bytes_max = Some(64 << 30);
     let engine = Engine::open(config)?;
     let rss_start = rss_bytes();
-    let mut name_bytes = 0usize;
-    // Registrations in flight a few thousand at a time, so that they share
-    // commits; every handle is dropped at once.
-    for chunk in (0..args.channels).collect::<Vec<_>>().chunks(4096) {
-        let mut futures = Vec::with_capacity(chunk.len());
-        for &i in chunk {
-            let name = channel_name(i);
-            name_bytes += name.len();
-            let mut f = engine.register_async(&name)?;
-            let done = send(&mut f);
-            futures.push((f, done));
-        }
-        for (f, done) in futures {
-            match done {
-                Some(r) => drop(r?),
-                None => drop(f.wait()?),
-            }
-        }
-    }
+    let name_bytes = register_all(&engine, args.channels)?;
     let rss_channels = rss_bytes();
-    let appenders: Vec<_> = (0..args.channels.min(1_000))
-        .map(|i| engine.register(&channel_name(i)))
-        .collect::<Result<_, _>>()?;
-    let per_channel = args.records / appenders.len() as u64;
-    let batch: Vec<&[u8]> = vec![&[0x5Au8; 16][..]; 256];
-    for ch in &appenders {
-        let mut left = per_channel;
-        while left > 0 {
-            let n = left.min(batch.len() as u64) as usize;
-            ch.append_batch(&batch[..n])?;
-            left -= n as u64;
-        }
-    }
+    let records = append_small(&engine, args.channels.min(1_000), args.records)?;
     let rss_records = rss_bytes();
-    let records = per_channel * appenders.len() as u64;
-    drop(appenders);
     engine.close()?;
     let f = Footprint {
         channels: args.channels,
@@ -146,24 +114,70 @@ pub fn run(args: FootprintArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
-        println!(
-            "corewal footprint: {} channels (names of {:.1} bytes on average), {} live records of 16 bytes, payload budget 0",
-            f.channels, f.name_bytes_mean, f.records
-        );
-        println!(
-            "  per idle channel       {:>8.1} bytes of resident memory (name included)",
-            f.bytes_per_idle_channel
-        );
-        println!(
-            "  per live record index  {:>8.1} bytes of resident memory (payload in the WAL only)",
-            f.bytes_per_live_record_index
-        );
-        println!(
-            "  RSS                    {:.1} MB at the start, {:.1} MB after the channels, {:.1} MB after the records",
-            f.rss_start_bytes as f64 / 1e6,
-            f.rss_after_channels_bytes as f64 / 1e6,
-            f.rss_after_records_bytes as f64 / 1e6
-        );
+        print_footprint(&f);
     }
     Ok(())
+}
+
+/// Registers channels `0..n`, a few thousand in flight at a time (so that
+/// they share commits), dropping every handle; returns the names' bytes.
+fn register_all(engine: &Engine, n: usize) -> Result<usize, corewal::Error> {
+    let mut name_bytes = 0usize;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
+        let mut futures = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let name = channel_name(i);
+            name_bytes += name.len();
+            let mut f = engine.register_async(&name)?;
+            let done = send(&mut f);
+            futures.push((f, done));
+        }
+        for (f, done) in futures {
+            match done {
+                Some(r) => drop(r?),
+                None => drop(f.wait()?),
+            }
+        }
+    }
+    Ok(name_bytes)
+}
+
+/// Appends about `records` 16-byte records spread over channels
+/// `0..channels`; returns how many.
+fn append_small(engine: &Engine, channels: usize, records: u64) -> Result<u64, corewal::Error> {
+    let appenders: Vec<_> = (0..channels)
+        .map(|i| engine.register(&channel_name(i)))
+        .collect::<Result<_, _>>()?;
+    let per_channel = records / appenders.len() as u64;
+    let batch: Vec<&[u8]> = vec![&[0x5Au8; 16][..]; 256];
+    for ch in &appenders {
+        let mut left = per_channel;
+        while left > 0 {
+            let n = left.min(batch.len() as u64) as usize;
+            ch.append_batch(&batch[..n])?;
+            left -= n as u64;
+        }
+    }
+    Ok(per_channel * appenders.len() as u64)
+}
+
+fn print_footprint(f: &Footprint) {
+    println!(
+        "corewal footprint: {} channels (names of {:.1} bytes on average), {} live records of 16 bytes, payload budget 0",
+        f.channels, f.name_bytes_mean, f.records
+    );
+    println!(
+        "  per idle channel       {:>8.1} bytes of resident memory (name included)",
+        f.bytes_per_idle_channel
+    );
+    println!(
+        "  per live record index  {:>8.1} bytes of resident memory (payload in the WAL only)",
+        f.bytes_per_live_record_index
+    );
+    println!(
+        "  RSS                    {:.1} MB at the start, {:.1} MB after the channels, {:.1} MB after the records",
+        f.rss_start_bytes as f64 / 1e6,
+        f.rss_after_channels_bytes as f64 / 1e6,
+        f.rss_after_records_bytes as f64 / 1e6
+    );
 }

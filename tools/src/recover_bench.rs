@@ -62,9 +62,19 @@ pub struct RecoverBenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Write the data set in a child process and SIGKILL it once every
+    /// record is acknowledged, instead of closing the engine: the reopen
+    /// after a crash (the engine's clean close is what a normal run
+    /// measures).
+    #[arg(long)]
+    kill: bool,
     /// Internal: only reopen --dir and print the reopen figures as JSON.
     #[arg(long, hide = true)]
     reopen_only: bool,
+    /// Internal (--kill): write the data set into --dir, say so on stdout,
+    /// and wait to be killed.
+    #[arg(long, hide = true)]
+    write_then_wait: bool,
 }
 
 /// What the reopening process measured.
@@ -105,6 +115,9 @@ struct RecoverResult {
     channels: usize,
     record_bytes: usize,
     page_cache_dropped: bool,
+    /// The writer was SIGKILLed after its last acknowledgement (--kill)
+    /// rather than closed.
+    writer_killed: bool,
     reopen: Reopen,
     fio_read_gb_per_s: Option<f64>,
     replay_to_fio_ratio: Option<f64>,
@@ -231,6 +244,39 @@ fn show_recovery_progress(engine: &Engine) {
     bar.finish();
 }
 
+/// Writes the data set in a child process (this program with
+/// `--write-then-wait`) and SIGKILLs it once it says every record was
+/// acknowledged.
+fn write_and_kill(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["recover-bench", "--write-then-wait", "--keep"])
+        .arg("--bytes")
+        .arg(args.bytes.to_string())
+        .arg("--channels")
+        .arg(args.channels.to_string())
+        .arg("--record-bytes")
+        .arg(args.record_bytes.to_string())
+        .arg("--live-fraction")
+        .arg(args.live_fraction.to_string())
+        .args(args.shards.map(|s| format!("--shards={s}")))
+        .args(args.memory_budget.map(|b| format!("--memory-budget={b}")))
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("the writer's stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let status = child.wait()?;
+    if line.trim() != "written" {
+        return Err(format!("the writer failed before writing everything ({status})").into());
+    }
+    Ok(())
+}
+
 fn write_data_set(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = bench_config(dir, args.memory_budget);
     config.shards = args.shards;
@@ -267,6 +313,15 @@ fn write_data_set(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std
     })?;
     if args.live_fraction < 1.0 {
         checkpoint_all_but(&engine, &channels, args.live_fraction)?;
+    }
+    if args.write_then_wait {
+        // Every record is acknowledged: the parent kills this process now.
+        println!("written");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        loop {
+            std::thread::park();
+        }
     }
     engine.close()?;
     Ok(())
@@ -352,6 +407,13 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    if args.write_then_wait {
+        let dir = args.dir.as_ref().ok_or("--write-then-wait needs --dir")?;
+        return write_data_set(&args, dir);
+    }
+    if args.kill && args.reuse {
+        return Err("--kill writes a data set: it cannot be used with --reuse".into());
+    }
     if args.channels == 0 || args.channels > 10_000_000 {
         return Err("--channels must be 1..=10000000".into());
     }
@@ -369,7 +431,9 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let data = DataDir::new(args.dir.as_deref(), "corewal-recover-", args.keep)?;
     let dir = data.path.clone();
-    if !args.reuse {
+    if args.kill {
+        write_and_kill(&args, &dir)?;
+    } else if !args.reuse {
         write_data_set(&args, &dir)?;
     }
     let fio = fio_read_gb_per_s(&dir);
@@ -401,6 +465,7 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         channels: args.channels,
         record_bytes: args.record_bytes,
         page_cache_dropped: dropped,
+        writer_killed: args.kill,
         replay_to_fio_ratio: fio.map(|f| reopen.replay_gb_per_s / f),
         fio_read_gb_per_s: fio,
         reopen,
@@ -419,11 +484,12 @@ fn print_result(result: &RecoverResult, reuse: bool) {
     let r = &result.reopen;
     let dropped = result.page_cache_dropped;
     println!(
-            "corewal recover-bench: {} B of payload over {} channels, {} B records, {} shards; page cache {}",
+            "corewal recover-bench: {} B of payload over {} channels, {} B records, {} shards; writer {}; page cache {}",
             result.data_payload_bytes,
             result.channels,
             result.record_bytes,
             result.shards,
+            if result.writer_killed { "SIGKILLed after its last acknowledgement" } else { "closed" },
             if dropped { "dropped" } else { "NOT dropped" }
         );
     println!(

@@ -149,7 +149,7 @@ impl<'a> ReadAhead<'a> {
     /// They read as zeros from now on.
     pub fn release_before(&mut self, upto: usize) {
         let upto = upto.min(self.prefix) / self.chunk * self.chunk;
-        if upto < self.released + 4 * self.chunk {
+        if upto < self.released + 2 * self.chunk {
             return;
         }
         if let Some(b) = self.buf.as_mut() {
