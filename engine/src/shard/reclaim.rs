@@ -67,8 +67,9 @@ pub(super) struct Reclaim {
     /// Something moved that may free the oldest segments (a checkpoint, a
     /// truncation, a drop, a segment change): plan again.
     pub(super) due: bool,
-    /// Payloads of records to relocate are being read from the WAL.
-    fetching: bool,
+    /// Payloads of records to relocate are being read from the WAL: where
+    /// each was when the read started (by channel and offset).
+    fetching: Option<HashMap<(ChannelId, u64), Loc>>,
     /// Payloads read for relocation: by channel and offset, with where
     /// they were read (a record written again since is not this one).
     fetched: HashMap<(ChannelId, u64), (Loc, Bytes)>,
@@ -427,7 +428,7 @@ impl Shard {
         from: Offset,
         count: usize,
     ) -> std::result::Result<Option<Vec<(ChannelId, Offset, Vec<u8>)>>, Waiting> {
-        if self.reclaim.fetching {
+        if self.reclaim.fetching.is_some() {
             return Err(Waiting);
         }
         let to = Offset(from.0 + count as u64);
@@ -447,7 +448,14 @@ impl Shard {
             .cloned()
             .collect();
         if !missing.is_empty() {
-            self.reclaim.fetching = true;
+            let places = missing
+                .iter()
+                .filter_map(|f| match f {
+                    Found::InWal { offset, loc, .. } => Some(((channel, offset.0), *loc)),
+                    Found::Cached(_) => None,
+                })
+                .collect();
+            self.reclaim.fetching = Some(places);
             self.read_found(channel, missing, Purpose::Relocation);
             return Err(Waiting);
         }
@@ -476,26 +484,14 @@ impl Shard {
         channel: ChannelId,
         result: Result<Vec<crate::types::Record>>,
     ) {
-        self.reclaim.fetching = false;
+        let places = self.reclaim.fetching.take().unwrap_or_default();
         match result {
             Ok(records) => {
-                // Where each was read: the table's place for it now (the
-                // job answered as of when it started; a record moved or
-                // written again since is read again).
-                let to = records.last().map_or(Offset(0), |r| Offset(r.offset.0 + 1));
-                let from = records.first().map_or(Offset(0), |r| r.offset);
-                let places: HashMap<u64, Loc> = self
-                    .table
-                    .read(channel, from, to, u64::MAX)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|f| match f {
-                        Found::InWal { offset, loc, .. } => Some((offset.0, loc)),
-                        Found::Cached(_) => None,
-                    })
-                    .collect();
+                // Each payload with the place it was read from: a record
+                // moved or truncated and written again since no longer
+                // matches it there (`relocation_payloads` reads it again).
                 for r in records {
-                    if let Some(loc) = places.get(&r.offset.0) {
+                    if let Some(loc) = places.get(&(channel, r.offset.0)) {
                         self.reclaim
                             .fetched
                             .insert((channel, r.offset.0), (*loc, r.data));
