@@ -59,13 +59,7 @@ fn channel_name(i: usize) -> String {
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+    crate::host::status_bytes("VmRSS:")
 }
 
 /// Polls `f` once (a request is sent on its first poll).

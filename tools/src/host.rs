@@ -70,3 +70,12 @@ pub fn cpu_seconds() -> f64 {
         Err(_) => 0.0,
     }
 }
+
+/// A size field of this process's `/proc/self/status` (`key` with its
+/// colon, e.g. `"VmRSS:"` or `"VmHWM:"`), in bytes; 0 where it cannot be
+/// read.
+pub fn status_bytes(key: &str) -> u64 {
+    first_line_with("/proc/self/status", key)
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}

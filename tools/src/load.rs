@@ -955,15 +955,7 @@ const MIB: f64 = (1u64 << 20) as f64;
 
 /// The resident memory of this process (`VmRSS`), 0 where it cannot be read.
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    crate::host::status_bytes("VmRSS:")
 }
 
 /// The counters at the end of the measured window.

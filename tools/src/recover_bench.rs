@@ -127,18 +127,6 @@ fn channel_name(i: usize) -> String {
     format!("bench-{i}")
 }
 
-fn status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The configuration of both engines: `budget` for payloads, when given.
 fn bench_config(dir: &Path, budget: Option<u64>) -> Config {
     let mut config = Config::new(dir);
@@ -185,7 +173,7 @@ fn reopen(
     let m = engine.metrics();
     let shards = engine.shard_count();
     let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared")?;
-    let rss_after = status_kib("VmRSS:") * 1024;
+    let rss_after = crate::host::status_bytes("VmRSS:");
     engine.close()?;
     Ok(Reopen {
         shards,
@@ -200,7 +188,7 @@ fn reopen(
         registration_ns_p50: hist.value_at_quantile(0.5),
         registration_ns_p99: hist.value_at_quantile(0.99),
         registration_ns_max: hist.max(),
-        peak_rss_bytes: status_kib("VmHWM:") * 1024,
+        peak_rss_bytes: crate::host::status_bytes("VmHWM:"),
         rss_after_bytes: rss_after,
         memory_budget_bytes,
         cached_bytes: m.cached_bytes,
