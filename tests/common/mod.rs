@@ -235,13 +235,12 @@ pub fn thread_cpu_ticks(name: &str) -> Option<u64> {
 
 /// Clock ticks per second, for [`thread_cpu_ticks`].
 pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf takes no pointers.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
 }
 
 /// The process's peak resident set since the last [`reset_peak_rss`], in

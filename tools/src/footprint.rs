@@ -18,6 +18,7 @@ use corewal::{Config, Engine};
 use serde::Serialize;
 
 use crate::data_dir::DataDir;
+use crate::host::rss_bytes;
 
 /// Arguments of `corewal footprint`.
 #[derive(Args, Debug)]
@@ -56,10 +57,6 @@ struct Footprint {
 /// The DML-channel-like name of channel `i`.
 fn channel_name(i: usize) -> String {
     format!("by-dev-rootcoord-dml_{}_{}v{}", i % 16, 400_000 + i, i % 2)
-}
-
-fn rss_bytes() -> u64 {
-    crate::host::status_bytes("VmRSS:")
 }
 
 /// Polls `f` once (a request is sent on its first poll).

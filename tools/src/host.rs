@@ -71,6 +71,11 @@ pub fn cpu_seconds() -> f64 {
     }
 }
 
+/// The resident memory of this process (`VmRSS`), 0 where it cannot be read.
+pub fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
 /// A size field of this process's `/proc/self/status` (`key` with its
 /// colon, e.g. `"VmRSS:"` or `"VmHWM:"`), in bytes; 0 where it cannot be
 /// read.

@@ -29,7 +29,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::data_dir::DataDir;
-use crate::host::{cpu_seconds, fingerprint, Host};
+use crate::host::{cpu_seconds, fingerprint, rss_bytes, Host};
 
 /// Arguments of `corewal load`.
 #[derive(Args, Debug)]
@@ -952,11 +952,6 @@ impl Ticks<'_> {
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
-
-/// The resident memory of this process (`VmRSS`), 0 where it cannot be read.
-fn rss_bytes() -> u64 {
-    crate::host::status_bytes("VmRSS:")
-}
 
 /// The counters at the end of the measured window.
 struct Measured {

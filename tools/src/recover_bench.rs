@@ -173,7 +173,7 @@ fn reopen(
     let m = engine.metrics();
     let shards = engine.shard_count();
     let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared")?;
-    let rss_after = crate::host::status_bytes("VmRSS:");
+    let rss_after = crate::host::rss_bytes();
     engine.close()?;
     Ok(Reopen {
         shards,

@@ -144,7 +144,9 @@ pub(super) fn commit_body<'d>(
 }
 
 /// Scans a segment's blocks after a chain end at `chain_end` for commits
-/// and non-zero bytes.
+/// and non-zero bytes, a window at a time, so that a reader can let go of
+/// the bytes scanned (replay reads a segment's zero tail this way): feed it
+/// the segment's bytes as they arrive, then finish.
 ///
 /// When the chain is `live` (it ended in this segment) the scan starts
 /// after the chain end's block, and commits within the window of the
@@ -152,23 +154,6 @@ pub(super) fn commit_body<'d>(
 /// say how many could be); otherwise (the chain ended in an earlier
 /// segment) it starts at the first block, and every commit is beyond.
 /// The scan stops at the first commit beyond.
-#[cfg(test)]
-pub(super) fn after_chain_end(
-    data: &[u8],
-    chain_end: usize,
-    block: usize,
-    id: &Identity,
-    window_base: CommitSeq,
-    live: bool,
-) -> AfterEnd {
-    let mut scan = AfterEndScan::new(data, chain_end, block, id, window_base, live);
-    scan.scan(data, id);
-    scan.finish()
-}
-
-/// [`after_chain_end`] a window at a time, so that a reader can let go of
-/// the bytes scanned (replay reads a segment's zero tail this way): feed
-/// it the segment's bytes as they arrive, then finish.
 pub(super) struct AfterEndScan {
     after: AfterEnd,
     /// The next block to look at.
@@ -314,6 +299,20 @@ pub(super) fn lost_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan over the whole of `data` at once.
+    fn after_chain_end(
+        data: &[u8],
+        chain_end: usize,
+        block: usize,
+        id: &Identity,
+        window_base: CommitSeq,
+        live: bool,
+    ) -> AfterEnd {
+        let mut scan = AfterEndScan::new(data, chain_end, block, id, window_base, live);
+        scan.scan(data, id);
+        scan.finish()
+    }
     use crate::wal::format::encode_commit_header;
 
     const BLOCK: usize = 4096;

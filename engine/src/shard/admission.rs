@@ -232,9 +232,7 @@ impl Shard {
                 ack,
             } => {
                 match self.table.read(channel, from, to, bytes_max) {
-                    Ok(found) => {
-                        self.read_found(channel, found, Purpose::Caller(ack));
-                    }
+                    Ok(found) => self.read_found(channel, found, Purpose::Caller(ack)),
                     Err(r) => self.refuse(r, ack, Waiter::DroppedRead),
                 }
                 Accepted::Done

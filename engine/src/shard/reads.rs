@@ -129,19 +129,14 @@ pub(super) struct Done {
 impl Shard {
     /// Answers a read of `channel` that found `found`: at once when every
     /// payload is cached, else once its pieces are read.
-    pub(super) fn read_found(
-        &mut self,
-        channel: ChannelId,
-        found: Vec<Found>,
-        purpose: Purpose,
-    ) -> Option<u64> {
+    pub(super) fn read_found(&mut self, channel: ChannelId, found: Vec<Found>, purpose: Purpose) {
         if found.iter().all(|f| matches!(f, Found::Cached(_))) {
             self.finish_read(Done {
                 purpose,
                 channel,
                 result: Ok(into_records(found)),
             });
-            return None;
+            return;
         }
         let job = self.reads.next_job;
         self.reads.next_job += 1;
@@ -161,7 +156,6 @@ impl Shard {
         );
         self.reads.waiting.extend(pieces);
         self.start_reads();
-        Some(job)
     }
 
     /// Starts waiting pieces while fewer than [`READS_IN_FLIGHT_MAX`] are

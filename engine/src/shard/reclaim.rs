@@ -42,6 +42,9 @@ use super::run::Shard;
 /// Payloads of records to relocate are on their way from the WAL.
 struct Waiting;
 
+/// An entry carried forward: its channel, offset field and payload.
+type CarriedEntry = (ChannelId, Offset, Vec<u8>);
+
 /// An entry to carry forward.
 #[derive(Debug)]
 pub(super) enum Carry {
@@ -294,7 +297,7 @@ impl Shard {
 
     /// Adds a carried entry (or relocated records) to the commit being
     /// built.
-    fn push_carry(&mut self, item: Carry, entries: Vec<(ChannelId, Offset, Vec<u8>)>) {
+    fn push_carry(&mut self, item: Carry, entries: Vec<CarriedEntry>) {
         let batch = &mut self.building;
         let kind = match &item {
             Carry::State(Anchor::Channel(_)) => EntryKind::State,
@@ -421,13 +424,12 @@ impl Shard {
     /// offsets) that it still holds as the plan found them, their payloads
     /// cached or read; `None` when none is held any more. `Err` while
     /// payloads are read from the WAL (started here when needed).
-    #[allow(clippy::type_complexity)]
     fn relocation_payloads(
         &mut self,
         channel: ChannelId,
         from: Offset,
         count: usize,
-    ) -> std::result::Result<Option<Vec<(ChannelId, Offset, Vec<u8>)>>, Waiting> {
+    ) -> std::result::Result<Option<Vec<CarriedEntry>>, Waiting> {
         if self.reclaim.fetching.is_some() {
             return Err(Waiting);
         }
