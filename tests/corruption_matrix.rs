@@ -101,7 +101,16 @@ enum Expect {
     Damage,
 }
 
+/// Removes the index snapshot a clean close left, so that the open
+/// replays the log: these cases are about what replay accepts (a clean
+/// reopen from a snapshot reads no log; `tests/snapshot.rs` covers damage
+/// found by reads then).
+fn without_snapshot(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("shard-000").join("snapshot"));
+}
+
 fn check(dir: &Path, mode: RecoveryMode, expect: Expect, records: &[Vec<u8>], case: &str) {
+    without_snapshot(dir);
     let mut config = small_config(dir, 1, Backend::IoUring);
     config.recovery_mode = mode;
     let result = Engine::open(config);
@@ -420,6 +429,7 @@ fn build_recycled() -> (Built, u64) {
 /// Checks a recycled store's channel: `n` records from `base`, byte for
 /// byte, and (`damaged`) whether recovery reported damage.
 fn check_recycled(dir: &Path, base: u64, n: u64, records: &[Vec<u8>], damaged: bool, case: &str) {
+    without_snapshot(dir);
     let engine = Engine::open(small_config(dir, 1, Backend::IoUring))
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     let got = engine.register("m").unwrap().read(..).unwrap();
@@ -566,6 +576,7 @@ fn each_recycled_case(
         damage(&mut d);
         std::fs::write(&seg, &d).unwrap();
         common::restore_manifest(dir.path(), 0, &manifest);
+        without_snapshot(dir.path());
         let mut config = small_config(dir.path(), 1, Backend::IoUring);
         config.recovery_mode = mode;
         match (&expect, Engine::open(config)) {

@@ -39,7 +39,7 @@ fn run_cycle(
         }
     });
     // A process crash loses nothing acknowledged: every report must survive.
-    let acks = read_reports(&mut writer, model, || false);
+    let acks = read_reports(&mut writer, model, None, || false);
     killer.join().unwrap();
     writer.child.wait().unwrap();
     acks

@@ -325,6 +325,8 @@ fn a_panic_on_a_shard_thread_answers_every_caller_and_close_returns() {
 fn a_panic_during_recovery_fails_the_open_instead_of_hanging_it() {
     let dir = test_dir();
     let mut config = store_with_records(dir.path(), 50);
+    // The panic is planned on replay's reads.
+    config.index_snapshots = false;
     let mut plan = FaultPlan::new(1, libc::EIO);
     plan.effect = FaultEffect::Panic;
     plan.reads = true;

@@ -26,6 +26,8 @@ fn config(dir: &std::path::Path) -> Config {
     c.commit_bytes_max = 1 << 20;
     c.record_bytes_max = RECORD_MAX;
     c.buffer_bytes_max = BUDGET;
+    // What is measured is replay's memory.
+    c.index_snapshots = false;
     c
 }
 

@@ -119,8 +119,9 @@ fn cycles_of(fs: &str, sector: u32, cycles: u64, seed: u64, totals: &mut Totals,
                 .unwrap();
             }
         });
-        let acks = read_reports(&mut writer, &mut model, || {
-            acked.store(true, Ordering::SeqCst);
+        // (The reclaiming writer's first line says what it is about to
+        // append: the cut waits for a line saying an append returned.)
+        let acks = read_reports(&mut writer, &mut model, Some(&acked), || {
             cut.load(Ordering::SeqCst)
         });
         cutter.join().unwrap();

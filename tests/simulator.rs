@@ -128,6 +128,12 @@ impl Chan {
 #[derive(Debug, Default)]
 struct Totals {
     sessions: u64,
+    /// Index snapshots written, used by an open, ignored by one (damaged,
+    /// or not matching the log).
+    snapshots_written: u64,
+    snapshots_used: u64,
+    snapshots_ignored: u64,
+    snapshots_damaged: u64,
     acked: u64,
     checked: u64,
     power_cuts: u64,
@@ -205,6 +211,10 @@ struct Shape {
     /// `Config::buffer_bytes_max`, when not the default: small budgets send
     /// reads (and relocations) to the WAL.
     payload_budget: Option<u64>,
+    /// `Config::snapshot_every_bytes`, when not the default: index
+    /// snapshots written as sessions run (and power-cut or failed while
+    /// they are written), the next open replaying only what followed.
+    snapshot_every: Option<u64>,
 }
 
 impl Shape {
@@ -220,6 +230,7 @@ impl Shape {
             tight_wal: false,
             checkpoint_often: false,
             payload_budget: None,
+            snapshot_every: None,
         }
     }
 }
@@ -244,6 +255,9 @@ fn config(dir: &Path, shape: Shape, disk: &SimDisk) -> Config {
     }
     if let Some(budget) = shape.payload_budget {
         c.buffer_bytes_max = budget;
+    }
+    if let Some(every) = shape.snapshot_every {
+        c.snapshot_every_bytes = every;
     }
     c
 }
@@ -567,6 +581,9 @@ fn open_after(
     };
     disk.clear_plans();
     injected.undo = None;
+    let m = engine.metrics();
+    totals.snapshots_used += m.snapshots_used;
+    totals.snapshots_ignored += m.snapshots_ignored;
     Ok(Some(engine))
 }
 
@@ -602,6 +619,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         tight_wal: rng.below(2) == 0,
         checkpoint_often: rng.below(2) == 0,
         payload_budget: [None, Some(0), Some(48 << 10)][rng.below(3) as usize],
+        snapshot_every: [None, Some(64 << 10), Some(512 << 10)][rng.below(3) as usize],
     };
     // A tight WAL's seeds write large records and checkpoint often, so that
     // their sessions fill, reclaim and recycle segments before their fault.
@@ -918,6 +936,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         totals.recycled += metrics.segments_recycled;
         totals.relocated += metrics.records_relocated;
         totals.wal_reads += metrics.wal_reads;
+        totals.snapshots_written += metrics.snapshots_written;
         totals.carried += metrics.entries_carried;
         let _ = engine.close();
         disk.clear_plans();
@@ -928,6 +947,9 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         if happened && matches!(fault, Some(SimFault::Misdirect(_))) {
             // Which shard's write it was is not known here: all of them.
             injected.shards.extend(0..shards as u16);
+            for s in 0..shards {
+                let _ = std::fs::remove_file(dir.path().join(format!("shard-{s:03}/snapshot")));
+            }
             injected.misdirect = true;
             injected.ever_misdirected = true;
             totals.damage_injected += 1;
@@ -986,6 +1008,21 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                 .arg(&to)
                 .status();
         }
+        // A damaged index snapshot, one time in five: it must be ignored
+        // (counted), the log replayed, nothing lost or invented.
+        let snaps: Vec<PathBuf> = (0..shards)
+            .map(|s| dir.path().join(format!("shard-{s:03}/snapshot")))
+            .filter(|p| p.exists())
+            .collect();
+        if !snaps.is_empty() && rng.below(5) == 0 {
+            let path = &snaps[rng.below(snaps.len() as u64) as usize];
+            let mut bytes = std::fs::read(path).unwrap();
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << rng.below(8);
+            std::fs::write(path, bytes).unwrap();
+            totals.snapshots_damaged += 1;
+            trace(|| format!("snapshot damaged at {} byte {at}", path.display()));
+        }
         // Damage at rest or on read, before the next open.
         let files = segment_files(dir.path());
         let used: Vec<_> = files.into_iter().filter(|(_, end)| *end > 0).collect();
@@ -994,6 +1031,10 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
             let byte = rng.below(end);
             injected.shards.insert(shard_of_path(&path));
             totals.damage_injected += 1;
+            // Damage is checked against what replay finds: the shard's
+            // index snapshot goes (a clean reopen from one reads no log
+            // and finds damage at rest by reads, `tests/snapshot.rs`).
+            let _ = std::fs::remove_file(path.with_file_name("snapshot"));
             let kind = rng.below(3);
             trace(|| {
                 format!(
@@ -1052,7 +1093,8 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
          {} seeds in Periodic mode: {} channels that lost acknowledged records unsynced at a power cut (allowed there); \
          {} filesystem operations, power cuts during them: {}; {} creations, renames or removals taken back; \
          {} segments reclaimed, {} recycled, {} state entries carried forward, {} records relocated; \
-         {} reads checked while sessions ran ({} reads of the WAL); {:.1} s",
+         {} reads checked while sessions ran ({} reads of the WAL); \
+         index snapshots: {} written, {} used by an open, {} ignored ({} damaged on purpose); {:.1} s",
         totals.sessions,
         totals.acked,
         totals.checked,
@@ -1085,6 +1127,10 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
         totals.relocated,
         totals.reads,
         totals.wal_reads,
+        totals.snapshots_written,
+        totals.snapshots_used,
+        totals.snapshots_ignored,
+        totals.snapshots_damaged,
         started.elapsed().as_secs_f64()
     ));
 }
@@ -1254,6 +1300,7 @@ fn a_power_cut_in_any_operation_of_a_store_s_first_session_loses_nothing_acknowl
         tight_wal: false,
         checkpoint_often: false,
         payload_budget: None,
+        snapshot_every: None,
     };
     let records = 40u64;
     let record = |i: u64| vec![i as u8; 32 << 10];
@@ -1344,6 +1391,7 @@ const RECLAIMING: Shape = Shape {
     tight_wal: true,
     checkpoint_often: false,
     payload_budget: None,
+    snapshot_every: None,
 };
 const RECLAIMING_NAMES: [&str; 2] = ["a", "b"];
 
@@ -1569,6 +1617,7 @@ fn a_crash_in_any_operation_then_a_power_cut_loses_nothing_the_next_session_ackn
         tight_wal: false,
         checkpoint_often: false,
         payload_budget: None,
+        snapshot_every: None,
     };
     let records = 40u64;
     let after = 1u64;
@@ -1651,6 +1700,7 @@ fn checkpoints_and_truncations_are_durable_when_they_return_in_every_durability_
                 tight_wal: false,
                 checkpoint_often: false,
                 payload_budget: None,
+                snapshot_every: None,
             };
             let c = config(dir.path(), shape, &disk);
             let old = |i: u64| format!("old {i}").into_bytes();

@@ -118,6 +118,26 @@ pub struct Config {
     /// WAL. Beside it every live record costs 16 bytes of index and every
     /// channel its state (docs/BENCHMARKS.md measures both).
     pub buffer_bytes_max: u64,
+    /// Whether each shard leaves an index snapshot at a clean close (its
+    /// channel table and every live record's place, tied to the last commit
+    /// and the manifest generation) and the next open uses it instead of
+    /// replaying the log. Default `true`. An open uses a snapshot only in
+    /// the default recovery mode, and only when nothing changed the log
+    /// since (see docs/RELIABILITY.md); the other modes, and `false`,
+    /// replay the whole log and check every commit at the open. With a
+    /// snapshot, the commits before the last are checked when they are
+    /// read instead.
+    pub index_snapshots: bool,
+    /// With `index_snapshots`: each shard also writes a snapshot while it
+    /// runs once it has written this many bytes of WAL since the last (and
+    /// at least four times the last snapshot's size, so that snapshots add
+    /// at most a quarter to the bytes written), so that a crash reopen
+    /// replays only the log written since. Taking one pauses the shard's
+    /// admission for about one commit and the time to encode its index
+    /// (about 16 bytes per live record); the file is written by a thread
+    /// of its own. Default [`SNAPSHOT_EVERY_BYTES_DEFAULT`] (256 MiB); 0
+    /// writes snapshots only at a clean close.
+    pub snapshot_every_bytes: u64,
     /// Largest record payload. Default 512 KiB; must fit in one commit with
     /// its headers.
     pub record_bytes_max: usize,
@@ -156,6 +176,8 @@ pub const COMMITS_IN_FLIGHT_LIMIT: usize =
     crate::io::OPS_IN_FLIGHT_MAX - crate::shard::READS_IN_FLIGHT_MAX;
 /// Default `buffer_bytes_max`.
 pub const BUFFER_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+/// Default `snapshot_every_bytes`.
+pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 256 << 20;
 /// Upper bound of the shard count.
 pub const SHARDS_LIMIT: usize = 1024;
 /// Segments per shard the default `wal_bytes_max` allows.
@@ -181,6 +203,8 @@ impl Config {
             records_per_commit_max: 4096,
             commits_in_flight_max: 1,
             buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
+            index_snapshots: true,
+            snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
             record_bytes_max: 512 << 10,
             inbox_capacity: 4096,
             block_bytes: None,

@@ -177,6 +177,7 @@ pub fn examine(dir: &Path, lock_wait: Duration) -> Result<DirReport> {
             metrics: &metrics,
             mode: RecoveryMode::SkipDamaged,
             read_only: true,
+            snapshot: false,
             stop: None,
         };
         let mut report = ShardReport {

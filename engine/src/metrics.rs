@@ -53,6 +53,13 @@ pub struct ShardMetrics {
     /// Payload bytes the shard keeps in memory, as charged against its
     /// share of `Config::buffer_bytes_max`.
     pub cached_bytes: AtomicU64,
+    /// Index snapshots written at a clean close, and those that failed.
+    pub snapshots_written: AtomicU64,
+    pub snapshot_writes_failed: AtomicU64,
+    /// Opens that used the snapshot instead of replaying, and snapshots
+    /// found but not trusted (stale, damaged, foreign: the log was replayed).
+    pub snapshots_used: AtomicU64,
+    pub snapshots_ignored: AtomicU64,
     /// Sum over commits of the time from submission to the shard seeing the
     /// completion, in nanoseconds.
     pub commit_device_ns: AtomicU64,
@@ -116,6 +123,12 @@ pub struct ShardMetricsSnapshot {
     pub relocation_reads_failed: u64,
     /// Payload bytes kept in memory (summed over shards).
     pub cached_bytes: u64,
+    /// Index snapshots written at a clean close, and those that failed.
+    pub snapshots_written: u64,
+    pub snapshot_writes_failed: u64,
+    /// Opens that used a snapshot, and snapshots not trusted.
+    pub snapshots_used: u64,
+    pub snapshots_ignored: u64,
     /// Sum over commits of submission-to-completion time, in nanoseconds.
     pub commit_device_ns: u64,
     /// Bytes of segments found at open.
@@ -159,6 +172,10 @@ impl ShardMetrics {
             wal_reads: r(&self.wal_reads),
             relocation_reads_failed: r(&self.relocation_reads_failed),
             cached_bytes: r(&self.cached_bytes),
+            snapshots_written: r(&self.snapshots_written),
+            snapshot_writes_failed: r(&self.snapshot_writes_failed),
+            snapshots_used: r(&self.snapshots_used),
+            snapshots_ignored: r(&self.snapshots_ignored),
             commit_device_ns: r(&self.commit_device_ns),
             recovery_bytes_total: r(&self.recovery_bytes_total),
             recovery_bytes_read: r(&self.recovery_bytes_read),
@@ -218,6 +235,10 @@ impl std::ops::Add for ShardMetricsSnapshot {
             wal_reads: self.wal_reads + o.wal_reads,
             relocation_reads_failed: self.relocation_reads_failed + o.relocation_reads_failed,
             cached_bytes: self.cached_bytes + o.cached_bytes,
+            snapshots_written: self.snapshots_written + o.snapshots_written,
+            snapshot_writes_failed: self.snapshot_writes_failed + o.snapshot_writes_failed,
+            snapshots_used: self.snapshots_used + o.snapshots_used,
+            snapshots_ignored: self.snapshots_ignored + o.snapshots_ignored,
             commit_device_ns: self.commit_device_ns + o.commit_device_ns,
             recovery_bytes_total: self.recovery_bytes_total + o.recovery_bytes_total,
             recovery_bytes_read: self.recovery_bytes_read + o.recovery_bytes_read,

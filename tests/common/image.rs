@@ -197,7 +197,14 @@ pub fn check(image: &Image, mutations: &[Mutation], mode: RecoveryMode, scratch:
     for name in CHANNELS {
         let ch = engine.register(name).unwrap();
         let written = image.records.get(name);
-        for r in ch.read(..).unwrap() {
+        // An open from the index snapshot checks the commits before the
+        // last one as they are read: a damaged one is reported there.
+        let read = match ch.read(..) {
+            Ok(read) => read,
+            Err(Error::Corruption { .. }) if mode == RecoveryMode::TolerateTornTail => continue,
+            Err(e) => panic!("{mode:?} {mutations:?}: reading {name} failed with {e}"),
+        };
+        for r in read {
             let Offset(o) = r.offset;
             let want = written.and_then(|w| w.get(&o));
             assert_eq!(

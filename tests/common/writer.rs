@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use corewal::{Backend, Engine, Offset};
@@ -46,6 +47,9 @@ pub fn child_writer_main() {
     // lands in the middle of that) every few dozen records.
     let reclaim = std::env::var_os("COREWAL_CHILD_RECLAIM").is_some();
     let mut config = small_config(dir.as_ref(), 2, backend.clone());
+    // Index snapshots every 128 KiB of WAL: the kill lands before, during
+    // and after writing them, and the reopen replays from the last.
+    config.snapshot_every_bytes = 128 << 10;
     if reclaim {
         config.wal_bytes_max = Some(4 << 20);
     }
@@ -257,8 +261,14 @@ pub fn spawn_writer(dir: &Path, backend: Backend, seed: u64, reclaim: bool) -> W
 
 /// Reads the child's reports until its stdout closes. `after_cut()` tells
 /// whether a power cut had begun when a line was read: such
-/// acknowledgements go to `indeterminate`. Returns the acknowledgements read.
-pub fn read_reports(writer: &mut Writer, model: &mut Model, after_cut: impl Fn() -> bool) -> usize {
+/// acknowledgements go to `indeterminate`. `acked`, when given, is set once
+/// the first acknowledgement was read. Returns the acknowledgements read.
+pub fn read_reports(
+    writer: &mut Writer,
+    model: &mut Model,
+    acked: Option<&AtomicBool>,
+    after_cut: impl Fn() -> bool,
+) -> usize {
     let mut acks = 0;
     for line in writer.lines.by_ref() {
         let Ok(line) = line else { break };
@@ -303,6 +313,11 @@ pub fn read_reports(writer: &mut Writer, model: &mut Model, after_cut: impl Fn()
             }
             // A line cut by the kill.
             _ => {}
+        }
+        if acks > 0 {
+            if let Some(a) = acked {
+                a.store(true, Ordering::SeqCst);
+            }
         }
     }
     acks

@@ -59,6 +59,16 @@ pub struct RecoverBenchArgs {
     /// set beside it. Default: the engine's default (256 MiB).
     #[arg(long, value_parser = parse_bytes)]
     memory_budget: Option<u64>,
+    /// Index snapshots off (`Config::index_snapshots = false`) for the
+    /// writing and the reopening engine: every reopen replays the whole
+    /// log.
+    #[arg(long)]
+    no_snapshots: bool,
+    /// How much WAL each shard of the writing engine writes between two
+    /// running index snapshots (`Config::snapshot_every_bytes`; 0: only at
+    /// a clean close). Default: the engine's default (256 MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    snapshot_every: Option<u64>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -102,6 +112,10 @@ struct Reopen {
     /// Payload bytes it kept in memory after recovery.
     #[serde(default)]
     cached_bytes: u64,
+    /// Shards that opened from an index snapshot (whole, or replaying only
+    /// what followed it).
+    #[serde(default)]
+    snapshots_used: u64,
 }
 
 #[derive(Serialize)]
@@ -127,21 +141,57 @@ fn channel_name(i: usize) -> String {
     format!("bench-{i}")
 }
 
-/// The configuration of both engines: `budget` for payloads, when given.
-fn bench_config(dir: &Path, budget: Option<u64>) -> Config {
+/// How both engines are configured beside their defaults.
+#[derive(Clone, Copy, Debug)]
+struct Knobs {
+    /// `buffer_bytes_max`.
+    budget: Option<u64>,
+    /// `index_snapshots`.
+    snapshots: bool,
+    /// `snapshot_every_bytes`.
+    snapshot_every: Option<u64>,
+}
+
+impl Knobs {
+    fn of(args: &RecoverBenchArgs) -> Knobs {
+        Knobs {
+            budget: args.memory_budget,
+            snapshots: !args.no_snapshots,
+            snapshot_every: args.snapshot_every,
+        }
+    }
+
+    /// The flags that give these knobs to a child process.
+    fn flags(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if let Some(b) = self.budget {
+            f.extend(["--memory-budget".to_string(), b.to_string()]);
+        }
+        if !self.snapshots {
+            f.push("--no-snapshots".to_string());
+        }
+        if let Some(e) = self.snapshot_every {
+            f.extend(["--snapshot-every".to_string(), e.to_string()]);
+        }
+        f
+    }
+}
+
+/// The configuration of both engines.
+fn bench_config(dir: &Path, knobs: Knobs) -> Config {
     let mut config = Config::new(dir);
-    if let Some(b) = budget {
+    if let Some(b) = knobs.budget {
         config.buffer_bytes_max = b;
+    }
+    config.index_snapshots = knobs.snapshots;
+    if let Some(e) = knobs.snapshot_every {
+        config.snapshot_every_bytes = e;
     }
     config
 }
 
-fn reopen(
-    dir: &Path,
-    channels: usize,
-    budget: Option<u64>,
-) -> Result<Reopen, Box<dyn std::error::Error>> {
-    let config = bench_config(dir, budget);
+fn reopen(dir: &Path, channels: usize, knobs: Knobs) -> Result<Reopen, Box<dyn std::error::Error>> {
+    let config = bench_config(dir, knobs);
     let memory_budget_bytes = config.buffer_bytes_max;
     let t0 = Instant::now();
     let engine = Arc::new(Engine::start(config)?);
@@ -192,6 +242,7 @@ fn reopen(
         rss_after_bytes: rss_after,
         memory_budget_bytes,
         cached_bytes: m.cached_bytes,
+        snapshots_used: m.snapshots_used,
     })
 }
 
@@ -248,7 +299,7 @@ fn write_and_kill(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std
         .arg("--live-fraction")
         .arg(args.live_fraction.to_string())
         .args(args.shards.map(|s| format!("--shards={s}")))
-        .args(args.memory_budget.map(|b| format!("--memory-budget={b}")))
+        .args(Knobs::of(args).flags())
         .arg("--dir")
         .arg(dir)
         .stdout(std::process::Stdio::piped())
@@ -266,7 +317,7 @@ fn write_and_kill(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std
 }
 
 fn write_data_set(args: &RecoverBenchArgs, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = bench_config(dir, args.memory_budget);
+    let mut config = bench_config(dir, Knobs::of(args));
     config.shards = args.shards;
     config.record_bytes_max = config.record_bytes_max.max(args.record_bytes);
     let engine = Engine::open(config)?;
@@ -391,7 +442,7 @@ fn fio_read_gb_per_s(dir: &Path) -> Option<f64> {
 pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.reopen_only {
         let dir = args.dir.as_ref().ok_or("--reopen-only needs --dir")?;
-        let r = reopen(dir, args.channels, args.memory_budget)?;
+        let r = reopen(dir, args.channels, Knobs::of(&args))?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
@@ -432,9 +483,7 @@ pub fn run(args: RecoverBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         .arg(args.channels.to_string())
         .arg("--dir")
         .arg(&dir);
-    if let Some(b) = args.memory_budget {
-        reopen.arg("--memory-budget").arg(b.to_string());
-    }
+    reopen.args(Knobs::of(&args).flags());
     let out = reopen
         // The reopening process draws its progress bar on our terminal.
         .stderr(std::process::Stdio::inherit())
@@ -524,6 +573,10 @@ fn print_result(result: &RecoverResult, reuse: bool) {
         _ => println!("  fio seq read           not measured (fio not installed)"),
     }
     println!("  channels found         {:>10}", r.channels_found);
+    println!(
+        "  index snapshots used   {:>10} of {} shards",
+        r.snapshots_used, r.shards
+    );
     println!(
         "  first registration     {:>10.1} ms after open",
         r.first_registration_ms

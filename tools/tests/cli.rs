@@ -500,6 +500,7 @@ fn recover_bench_reports_parseable_figures_and_refuses_bad_input() {
             "2",
             "--no-drop-caches",
             "--json",
+            "--keep",
             "--dir",
         ])
         .arg(dir.path().join("store"))
@@ -512,9 +513,32 @@ fn recover_bench_reports_parseable_figures_and_refuses_bad_input() {
     assert_eq!(r["shards"].as_u64(), Some(2));
     assert_eq!(r["channels_found"].as_u64(), Some(20));
     assert_eq!(r["registrations"].as_u64(), Some(20));
+    // After the writer's clean close: both shards open from their index
+    // snapshots and read no log.
+    assert_eq!(r["snapshots_used"].as_u64(), Some(2));
+    assert_eq!(r["replayed_bytes"].as_u64(), Some(0));
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // The same store replayed whole.
+    let out = corewal()
+        .args([
+            "recover-bench",
+            "--reuse",
+            "--no-snapshots",
+            "--channels",
+            "20",
+            "--no-drop-caches",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path().join("store"))
+        .output()
+        .unwrap();
+    let v = json_ok(&out);
+    let r = &v["reopen"];
+    assert_eq!(r["snapshots_used"].as_u64(), Some(0));
+    assert_eq!(r["channels_found"].as_u64(), Some(20));
     assert!(r["replayed_bytes"].as_u64().unwrap() >= 8 << 20);
     assert!(r["replay_gb_per_s"].as_f64().unwrap() > 0.0);
-    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
     // The ratio is there exactly when fio was.
     assert_eq!(
         v["fio_read_gb_per_s"].is_null(),

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod channel;
 pub mod channels;
+mod image;
 pub mod pins;
 mod replay;
 pub mod slots;

@@ -572,7 +572,6 @@ pub fn publish(fs: &Fs, tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Res
     sync_dir(fs, parent_dir(path))
 }
 
-/// The directory `path` is in (`.` for a bare name).
 /// The directory holding `path` (`.` for a bare name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

@@ -36,6 +36,12 @@ impl Fs {
             _ => Fs::Real,
         }
     }
+
+    /// Whether a simulated disk watches it (work it would do on a thread
+    /// of its own is then done in order, so that a seed replays the same).
+    pub fn is_simulated(&self) -> bool {
+        !matches!(self, Fs::Real)
+    }
 }
 
 /// A filesystem operation, as the simulated disk counts it.

@@ -29,6 +29,9 @@ pub struct ReadAhead<'a> {
     /// beyond it, so that a device faster than the caller does not fill
     /// the whole buffer ahead of it.
     wanted: usize,
+    /// Bytes `[from, to)` (whole chunks) never read: the caller starts
+    /// after them ([`ReadAhead::skip`]).
+    skip: Option<(usize, usize)>,
 }
 
 impl<'a> ReadAhead<'a> {
@@ -68,7 +71,28 @@ impl<'a> ReadAhead<'a> {
             in_flight: 0,
             released: 0,
             wanted: 0,
+            skip: None,
         }
+    }
+
+    /// Before the first [`ReadAhead::ensure`]: the caller reads the first
+    /// chunk and then nothing before `upto`, so the whole chunks between
+    /// are never read (they read as zeros). Replay resuming after an index
+    /// snapshot's last commit reads a segment's header and its end this
+    /// way.
+    pub fn skip(&mut self, upto: usize) {
+        assert_eq!(self.issued, 0, "a skip after reads began");
+        let (from, to) = (self.chunk, upto.min(self.size) / self.chunk * self.chunk);
+        if to <= from {
+            return;
+        }
+        for a in &mut self.arrived[from / self.chunk..to / self.chunk] {
+            *a = true;
+        }
+        if let Some(b) = self.buf.as_mut() {
+            b.release(from, to);
+        }
+        self.skip = Some((from, to));
     }
 
     /// Bytes that have arrived (the length of [`ReadAhead::arrived`]).
@@ -121,6 +145,12 @@ impl<'a> ReadAhead<'a> {
         let buf = self.buf.as_mut().expect("reading into a leaked buffer");
         let ahead = self.wanted.saturating_add(self.depth * self.chunk);
         while self.in_flight < self.depth && self.issued < self.size && self.issued < ahead {
+            if let Some((from, to)) = self.skip {
+                if self.issued == from {
+                    self.issued = to;
+                    continue;
+                }
+            }
             let chunk = self.issued / self.chunk;
             let expect = self.chunk.min(self.size - self.issued);
             let op = Op::Read {

@@ -49,8 +49,11 @@ use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::manifest::{self, ManifestState};
 use crate::wal::reader::READ_CHUNK_BYTES;
 use crate::wal::segment::{list_segments, LogSegment, Segment};
+use crate::wal::snapshot::CommitTie;
 
 pub mod decision;
+mod from_snapshot;
+use from_snapshot::FromSnapshot;
 mod keep_prefix;
 mod replay;
 mod scan;
@@ -89,9 +92,10 @@ pub struct Recovered {
     pub cuts: Vec<Cut>,
     /// What the shard's manifest held.
     pub manifest: ManifestState,
-    /// The segment holding the last replayed commit: it and every segment
-    /// after it may hold writes a crashed process left unsynced.
-    pub last_commit_segment: Option<SegmentSeq>,
+    /// The last replayed commit: its segment and every segment after it
+    /// may hold writes a crashed process left unsynced; an index snapshot
+    /// is tied to it.
+    pub last_commit: Option<CommitTie>,
     /// The segments of the log, from its start, as replay found them.
     pub log: Vec<LogSegment>,
     /// Segment files before the log start: reclaimed, left by a crash
@@ -204,6 +208,9 @@ pub struct RecoverContext<'a> {
     /// Bytes of payloads replay keeps in memory (the newest records'; see
     /// `buffer/cache.rs`). Examining tools keep none.
     pub cache_budget: u64,
+    /// Whether an index snapshot may stand in for the replay (only in the
+    /// default mode, never when examining).
+    pub snapshot: bool,
     /// Set when the engine closes: replay stops at the next read and
     /// recovery returns `Error::Closed`, having changed nothing.
     pub stop: Option<&'a AtomicBool>,
@@ -259,8 +266,36 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
     // Files a crash left before the log start were counted when the log
     // start moved past them.
     m.recovery_bytes_skipped.store(reclaimed, Ordering::Relaxed);
-    let mut replay = Replay::new(ctx, &segments, start);
-    for index in 0..segments.len() {
+    let use_snapshot = ctx.snapshot && !ctx.read_only;
+    let bytes = if use_snapshot {
+        from_snapshot::read(ctx)
+    } else {
+        None
+    };
+    let snapshot = match bytes {
+        Some(bytes) => from_snapshot::restore(ctx, &bytes, &manifest, &segments)?,
+        None => FromSnapshot::Ignored,
+    };
+    let (mut replay, first) = match snapshot {
+        FromSnapshot::Whole(mut recovered) => {
+            m.snapshots_used.fetch_add(1, Ordering::Relaxed);
+            recovered.leftovers = leftovers;
+            return Ok(*recovered);
+        }
+        FromSnapshot::Resume(resume) => {
+            m.snapshots_used.fetch_add(1, Ordering::Relaxed);
+            let first = resume.first;
+            (Replay::resume(ctx, &segments[first..], *resume), first)
+        }
+        FromSnapshot::Ignored => {
+            if use_snapshot && from_snapshot::exists(ctx) {
+                m.snapshots_ignored.fetch_add(1, Ordering::Relaxed);
+                from_snapshot::discard(ctx);
+            }
+            (Replay::new(ctx, &segments, start), 0)
+        }
+    };
+    for index in 0..segments.len() - first {
         if replay.segment(io, index)? == Flow::Stop {
             break;
         }

@@ -14,14 +14,16 @@ use crate::io::file::DiskFile;
 use crate::io::ring::Ring;
 use crate::types::{CommitSeq, SegmentSeq};
 use crate::wal::format::{
-    decode_state_payload, CommitHeader, Entry, EntryIter, EntryKind, COMMIT_HEADER_BYTES,
-    ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    decode_state_payload, header_crc, CommitHeader, Entry, EntryIter, EntryKind,
+    COMMIT_HEADER_BYTES, ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::wal::manifest::{LogStart, ManifestState};
 use crate::wal::reader::{first_commit_header, SegmentReader};
 use crate::wal::segment::{LogSegment, Segment};
+use crate::wal::snapshot::CommitTie;
 
 use super::decision::{decide, Decision, Finding};
+use super::from_snapshot::Resume;
 use super::scan::{self, AfterEnd, ChainEnd, Identity, Later};
 use super::{
     keep_prefix, refuse, settle_torn_tail, Cut, Damage, DamageAction, Place, RecoverContext,
@@ -49,6 +51,9 @@ struct InSegment<'s> {
     segment_bytes: u64,
     /// The file's size.
     n: usize,
+    /// Where its chain of commits begins: its first block, or the end of
+    /// an index snapshot's tied commit.
+    start: usize,
 }
 
 impl InSegment<'_> {
@@ -84,12 +89,16 @@ pub(super) struct Replay<'c, 'a> {
     stop: Option<(Place, DamageKind)>,
     next_segment_seq: SegmentSeq,
     previous: Option<SegmentSeq>,
-    last_commit_segment: Option<SegmentSeq>,
+    last_commit: Option<CommitTie>,
     /// Non-zero bytes without a commit in segments after a damaged chain
     /// end: zeroed with the torn tail if that is what it turns out to be.
     junk: Vec<Cut>,
     /// The segments of the log so far, as the shard keeps them.
     log: Vec<LogSegment>,
+    /// After an index snapshot: the segment and position where its tied
+    /// commit ends, where replay begins, and the channel id that was next
+    /// when that segment began.
+    resume: Option<(SegmentSeq, usize, u64)>,
 }
 
 impl<'c, 'a> Replay<'c, 'a> {
@@ -121,10 +130,30 @@ impl<'c, 'a> Replay<'c, 'a> {
             // The log starts with its start segment: one missing there is
             // missing like any other.
             previous: start.map(|s| SegmentSeq(s.segment.0 - 1)),
-            last_commit_segment: None,
+            last_commit: None,
             junk: Vec::new(),
             log: Vec::new(),
+            resume: None,
         }
+    }
+
+    /// A replay of what followed an index snapshot's tied commit: its
+    /// table and the log before it are the snapshot's; `segments` begin
+    /// with the tied commit's.
+    pub fn resume(
+        ctx: &'c RecoverContext<'a>,
+        segments: &'c [(SegmentSeq, PathBuf)],
+        from: Resume,
+    ) -> Self {
+        let mut replay = Replay::new(ctx, segments, None);
+        let tie = from.tie;
+        replay.table = from.table;
+        replay.next = Some(CommitSeq(tie.seq.0 + 1));
+        replay.previous = Some(SegmentSeq(tie.segment.0 - 1));
+        replay.last_commit = Some(tie);
+        replay.log = from.log;
+        replay.resume = Some((tie.segment, from.after, from.tie_next_channel_id));
+        replay
     }
 
     /// Replays segment `index` of the list, reading through `io`.
@@ -158,6 +187,14 @@ impl<'c, 'a> Replay<'c, 'a> {
         let bytes_read = &ctx.metrics.recovery_bytes_read;
         let buf = self.buf.take();
         let mut reader = SegmentReader::new(io, path, f, buf, n, bytes_read, ctx.stop);
+        let resume_at = match self.resume {
+            Some((s, at, next_id)) if s == seq => {
+                self.resume = None;
+                reader.skip_to(at);
+                Some((at, next_id))
+            }
+            _ => None,
+        };
         reader.ensure(SEGMENT_HEADER_BYTES)?;
         let mut id = Identity {
             store_id: ctx.store_id,
@@ -168,7 +205,9 @@ impl<'c, 'a> Replay<'c, 'a> {
         let mut log = LogSegment {
             seq,
             bytes: size,
-            next_channel_id: self.table.next_id(),
+            // (A segment replayed from an index snapshot's tied commit on
+            // began before the snapshot's table: the snapshot says.)
+            next_channel_id: resume_at.map_or(self.table.next_id(), |(_, id)| id),
             recycled_from: None,
         };
         let header = match scan::segment_header(&id, reader.view(), n as u64) {
@@ -189,6 +228,7 @@ impl<'c, 'a> Replay<'c, 'a> {
             block: header.block_bytes as usize,
             segment_bytes: header.segment_bytes,
             n,
+            start: resume_at.map_or(header.block_bytes as usize, |(at, _)| at),
         };
         let flow = self.commits(&mut reader, &seg);
         self.buf = reader.finish();
@@ -239,7 +279,7 @@ impl<'c, 'a> Replay<'c, 'a> {
     /// earlier segment, only scans it for a commit), then settles what
     /// follows its chain end.
     fn commits(&mut self, reader: &mut SegmentReader<'_>, seg: &InSegment<'_>) -> Result<Flow> {
-        let mut pos = seg.block;
+        let mut pos = seg.start;
         // Whether commits here continue the chain.
         let mut live = self.torn.is_none();
         loop {
@@ -383,6 +423,7 @@ impl<'c, 'a> Replay<'c, 'a> {
                 return Ok(ChainEnd::Damaged(DamageKind::CommitPastSegment));
             }
             reader.ensure(*pos + span)?;
+            let header_crc = header_crc(&reader.view()[*pos..]);
             let body = match scan::commit_body(reader.view(), *pos, &h) {
                 Ok(body) => body,
                 Err(kind) => return Ok(ChainEnd::Damaged(kind)),
@@ -398,7 +439,12 @@ impl<'c, 'a> Replay<'c, 'a> {
                 return Err(refuse(ctx, d, seq, *pos as u64, kind));
             };
             self.next = Some(CommitSeq(after));
-            self.last_commit_segment = Some(seq);
+            self.last_commit = Some(CommitTie {
+                seq: h.commit_seq,
+                segment: seq,
+                position: h.position,
+                header_crc,
+            });
             ctx.metrics.recovery_commits.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -546,7 +592,7 @@ impl<'c, 'a> Replay<'c, 'a> {
             damage: self.damage,
             cuts,
             manifest,
-            last_commit_segment: self.last_commit_segment,
+            last_commit: self.last_commit,
             log: self.log,
             leftovers: Vec::new(),
         })

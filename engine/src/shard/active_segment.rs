@@ -234,7 +234,11 @@ pub(super) fn sync_replayed(
         &recovered.manifest,
         ManifestState::Found(r) if r.durable_through >= replayed_through
     );
-    if let Some(from) = recovered.last_commit_segment.filter(|_| !all_durable) {
+    if let Some(from) = recovered
+        .last_commit
+        .map(|c| c.segment)
+        .filter(|_| !all_durable)
+    {
         for seq in from.0..recovered.next_segment_seq.0 {
             let path = segment_path(shard_dir, SegmentSeq(seq));
             if file::exists(&path) {

@@ -15,6 +15,8 @@ use crate::io::OpError;
 use crate::metrics::commit_records_bucket;
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq};
 use crate::wal::commit::CommitBuilder;
+use crate::wal::format::header_crc;
+use crate::wal::snapshot::CommitTie;
 
 use super::reads::READ_OP;
 use super::run::Shard;
@@ -189,6 +191,12 @@ impl Shard {
             plan.window,
         );
         let len = sealed.len;
+        let tie = CommitTie {
+            seq: batch.builder.commit_seq(),
+            segment: self.segment.seq,
+            position,
+            header_crc: header_crc(&sealed.buf),
+        };
         assert!(
             position + len as u64 <= self.segment.bytes,
             "a commit of {len} bytes at {position} past its {}-byte segment",
@@ -221,6 +229,8 @@ impl Shard {
         if !self.fly(flight, started) {
             return;
         }
+        self.last_commit = Some(tie);
+        self.snapshots.since += len as u64;
         self.write_position += len as u64;
         self.preparer
             .report_fill(self.write_position, self.segment.bytes);

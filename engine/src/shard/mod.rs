@@ -19,6 +19,7 @@ mod reads;
 pub use reads::READS_IN_FLIGHT_MAX;
 mod reclaim;
 mod run;
+mod snapshot;
 mod thread;
 pub mod usage;
 mod waiters;

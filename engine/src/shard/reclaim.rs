@@ -87,6 +87,11 @@ impl Reclaim {
         }
     }
 
+    /// Whether a reclamation is under way (planned, not yet published).
+    pub(super) fn under_way(&self) -> bool {
+        self.target.is_some() || self.fetching.is_some() || !self.carry.is_empty()
+    }
+
     /// Whether carried entries wait for a commit.
     pub(super) fn has_carry(&self) -> bool {
         !self.carry.is_empty()
@@ -111,7 +116,7 @@ impl Shard {
         }
         if self.reclaim.target.is_some() {
             self.publish_when_durable();
-        } else if self.reclaim.due && !self.closing {
+        } else if self.reclaim.due && !self.closing && !self.snapshots.draining {
             self.reclaim.due = false;
             self.plan_reclaim();
         }

@@ -18,18 +18,21 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::channels::ChannelTable;
 use crate::config::Config;
+use crate::config::RecoveryMode;
 use crate::cores::pin_current_thread;
 use crate::error::{Error, Result};
 use crate::io::file::{self, Access};
 use crate::io::fs::Fs;
 use crate::io::ring::Ring;
 use crate::metrics::ShardMetrics;
+use crate::recovery::DamageAction;
 use crate::recovery::{recover_shard, Cut, RecoverContext, Recovered};
 use crate::shard::inbox::{Inbox, Request};
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::manifest::{Manifest, ManifestState};
 use crate::wal::preparer::{PreparerSpec, SegmentPreparer};
 use crate::wal::segment::{LogSegment, Segment};
+use crate::wal::snapshot::CommitTie;
 
 use super::active_segment::{manifest_stale, sync_replayed, ActiveSegment};
 use super::admission::Accepted;
@@ -37,6 +40,7 @@ use super::durability::DurabilityClock;
 use super::group_commit::{Batch, Flight};
 use super::reads::Reads;
 use super::reclaim::Reclaim;
+use super::snapshot::Snapshots;
 use super::thread::{Readiness, ShardSpec};
 use super::waiters::{complete_waiter, Waiter};
 
@@ -97,6 +101,15 @@ pub(super) struct Shard {
     /// Recovery accepted damage that the manifest still contradicts (a
     /// lenient mode): it is rewritten even if nothing is written.
     pub(super) manifest_stale: bool,
+    /// Recovery found no damage: a clean close may leave a snapshot. After
+    /// damage (even a torn tail cut) the next open replays, so that what a
+    /// stricter recovery mode would refuse is looked at again.
+    pub(super) snapshot_allowed: bool,
+    /// The last commit started (durable once no commit is in flight): an
+    /// index snapshot is tied to it.
+    pub(super) last_commit: Option<CommitTie>,
+    /// When the next running snapshot is due, and its writer.
+    pub(super) snapshots: Snapshots,
     /// The shard's directory.
     pub(super) dir: PathBuf,
     /// The segments of the log, from its start to the one being written.
@@ -146,6 +159,8 @@ impl Shard {
                 metrics: &metrics,
                 mode: config.recovery_mode,
                 read_only: false,
+                snapshot: config.index_snapshots
+                    && config.recovery_mode == RecoveryMode::TolerateTornTail,
                 stop: Some(stop),
             },
             &mut io,
@@ -173,6 +188,13 @@ impl Shard {
         let config = spec.config.clone();
         let replayed_through = CommitSeq(recovered.next_commit_seq.0.saturating_sub(1));
         let manifest_stale = manifest_stale(&recovered.damage);
+        // After damage other than a torn tail cut, the next open replays,
+        // so that it is looked at again.
+        let snapshot_allowed = config.index_snapshots
+            && recovered
+                .damage
+                .iter()
+                .all(|d| matches!(d.action, DamageAction::TornTailCut));
         let fs = Fs::of(&config.backend);
         let reclaimed_bytes = match &recovered.manifest {
             ManifestState::Found(r) => r.reclaimed_bytes,
@@ -255,6 +277,9 @@ impl Shard {
             config,
             manifest,
             manifest_stale,
+            snapshot_allowed,
+            last_commit: recovered.last_commit,
+            snapshots: Snapshots::default(),
             dir: spec.dir.clone(),
             log,
             reclaimed_bytes,
@@ -281,6 +306,7 @@ impl Shard {
                 std::thread::yield_now();
             }
             self.reclaim_step();
+            self.snapshot_step();
             self.admit_carry();
             self.admit_queued();
             if self.flights.len() < self.in_flight_max {
@@ -298,6 +324,7 @@ impl Shard {
                 // still carrying is left for the next open to plan again.
                 self.reclaim_step();
                 self.close_manifest();
+                self.write_snapshot();
                 break;
             }
             let can_start = self.flights.len() < self.in_flight_max && self.failed.is_none();
@@ -306,7 +333,11 @@ impl Shard {
                 if !self.building.builder.is_empty() && !self.start_blocked() {
                     continue;
                 }
-                if !self.inbox.is_empty() && self.deferred.is_none() && !self.closing {
+                if !self.inbox.is_empty()
+                    && self.deferred.is_none()
+                    && !self.closing
+                    && !self.snapshots.draining
+                {
                     continue;
                 }
             }
@@ -314,7 +345,8 @@ impl Shard {
             let slots_full = self.flights.len() >= self.in_flight_max
                 || self.failed.is_some()
                 || self.start_blocked();
-            if !idle && (slots_full || self.closing || self.deferred.is_some()) {
+            let admitting = !self.closing && !self.snapshots.draining && self.deferred.is_none();
+            if !idle && (slots_full || !admitting) {
                 // Nothing new could start before a completion: requests that
                 // arrive meanwhile wait in the inbox and batch up, and nobody
                 // needs to wake the shard for them.
@@ -335,7 +367,7 @@ impl Shard {
     /// fit (it waits in `deferred`).
     fn admit_queued(&mut self) {
         let mut drained = 0usize;
-        while !self.closing && self.deferred.is_none() {
+        while !self.closing && !self.snapshots.draining && self.deferred.is_none() {
             let Some(request) = self.inbox.pop() else {
                 break;
             };
@@ -371,7 +403,9 @@ impl Shard {
             self.retry_deferred();
         } else if self.flights.is_empty()
             && (self.sync_due()
-                || (self.closing && self.clock.has_unsynced() && self.failed.is_none()))
+                || ((self.closing || self.snapshots.draining)
+                    && self.clock.has_unsynced()
+                    && self.failed.is_none()))
         {
             self.start_sync();
         }

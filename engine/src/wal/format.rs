@@ -332,6 +332,12 @@ pub fn encode_commit_header(h: &CommitHeader, out: &mut [u8]) {
     put_u32(b, 4, crc);
 }
 
+/// The checksum a commit header carries (its bytes 4..8), read without
+/// decoding it: `b` starts with an encoded header.
+pub fn header_crc(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[4..8].try_into().expect("a commit header"))
+}
+
 /// Reads a commit header. Checks magic, checksum, version and internal
 /// consistency only; the caller checks identity against where it was found.
 pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader, DecodeError> {

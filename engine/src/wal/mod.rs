@@ -6,3 +6,4 @@ pub mod manifest;
 pub mod preparer;
 pub mod reader;
 pub mod segment;
+pub mod snapshot;

@@ -85,8 +85,14 @@ impl<'a> SegmentReader<'a> {
         Ok(())
     }
 
-    /// The bytes before `upto` are no longer needed: their memory goes
-    /// back to the kernel (they read as zeros from now on).
+    /// Before the first [`SegmentReader::ensure`]: only the first chunk
+    /// (the segment header) and the bytes from about `upto` on are read
+    /// (see [`ReadAhead::skip`]).
+    pub fn skip_to(&mut self, upto: usize) {
+        self.ahead.skip(upto);
+    }
+
+    /// Releases the bytes before `upto` (see [`ReadAhead::release_before`]).
     pub fn release_before(&mut self, upto: usize) {
         self.ahead.release_before(upto);
     }
