@@ -150,12 +150,15 @@ impl ChannelTable {
             lost_count,
         };
         let mut index = 0usize;
-        for (segment, n) in runs {
-            for _ in 0..n {
-                let len = held.records.get(index).ok_or("runs past the records")?.len;
-                held.runs.push_back(segment, u64::from(len), &mut self.pins);
-                index += 1;
-            }
+        for (segment, n) in runs.into_iter().filter(|&(_, n)| n > 0) {
+            let end = usize::try_from(n)
+                .ok()
+                .and_then(|n| index.checked_add(n))
+                .filter(|&end| end <= records.len())
+                .ok_or("runs past the records")?;
+            let bytes = records[index..end].iter().map(|p| u64::from(p.len)).sum();
+            held.runs.push_back_many(segment, n, bytes, &mut self.pins);
+            index = end;
         }
         if index != held.records.len() {
             return Err("runs short of the records");

@@ -149,18 +149,29 @@ impl Runs {
 
     /// One more record of `bytes` at the end, held by `seq`.
     pub(super) fn push_back(&mut self, seq: SegmentSeq, bytes: u64, pins: &mut SegmentPins) {
+        self.push_back_many(seq, 1, bytes, pins);
+    }
+
+    /// `records` more records of `bytes` in all at the end, held by `seq`.
+    pub(super) fn push_back_many(
+        &mut self,
+        seq: SegmentSeq,
+        records: u64,
+        bytes: u64,
+        pins: &mut SegmentPins,
+    ) {
         match self.runs.back_mut() {
             Some(r) if r.segment == seq => {
-                r.records += 1;
+                r.records += records;
                 r.bytes += bytes;
             }
             _ => self.runs.push_back(Run {
                 segment: seq,
-                records: 1,
+                records,
                 bytes,
             }),
         }
-        pins.add_records(seq, 1, bytes);
+        pins.add_records(seq, records, bytes);
     }
 
     /// The first record (of `bytes`) leaves.

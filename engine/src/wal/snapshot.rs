@@ -347,14 +347,15 @@ fn channel(r: &mut Reader<'_>) -> Result<ChannelImage, SnapshotRefused> {
     if n > (r.0.len() / 16) as u64 {
         return Err(SnapshotRefused::Damaged("record count"));
     }
-    let mut records = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        records.push(PlaceImage {
-            commit: CommitSeq(r.u64()?),
-            position: r.u32()?,
-            len: r.u32()?,
-        });
-    }
+    let bytes = r.take(n as usize * 16)?;
+    let records: Vec<PlaceImage> = bytes
+        .chunks_exact(16)
+        .map(|b| PlaceImage {
+            commit: CommitSeq(u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"))),
+            position: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            len: u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")),
+        })
+        .collect();
     if runs
         .iter()
         .map(|(_, k)| *k)
