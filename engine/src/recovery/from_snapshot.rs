@@ -118,8 +118,8 @@ pub(super) fn restore(
         return Ok(FromSnapshot::Ignored);
     };
     if img.clean {
-        if let Some(whole) = whole(ctx, &img, m, manifest, segments)? {
-            return Ok(FromSnapshot::Whole(Box::new(whole)));
+        if let Some((tail, next_segment_seq, log)) = whole_log(ctx, &img, m, segments)? {
+            return Ok(whole(ctx, img, manifest, tail, next_segment_seq, log));
         }
     }
     Ok(resume(ctx, img, m, segments, after))
@@ -154,6 +154,9 @@ fn resume(
             .iter()
             .zip(&listed)
             .all(|((seq, path), s)| *seq == s.seq && file::size_of(path) == Some(s.bytes));
+    if !same {
+        return FromSnapshot::Ignored;
+    }
     let Some(tie_next_channel_id) = img
         .log
         .iter()
@@ -162,9 +165,6 @@ fn resume(
     else {
         return FromSnapshot::Ignored;
     };
-    if !same {
-        return FromSnapshot::Ignored;
-    }
     let Ok(table) =
         ChannelTable::from_image(img.next_id, img.channels, img.retired, ctx.cache_budget)
     else {
@@ -189,15 +189,14 @@ fn log_segment(s: &SegmentImage) -> LogSegment {
     }
 }
 
-/// The shard as a clean close's snapshot describes it, if nothing happened
-/// since (see the module docs).
-fn whole(
+/// Where writing resumes and the log, as a clean close's snapshot
+/// describes them, if nothing happened since (see the module docs).
+fn whole_log(
     ctx: &RecoverContext<'_>,
     img: &SnapshotImage,
     m: &ManifestRecord,
-    manifest: &ManifestState,
     segments: &[(SegmentSeq, PathBuf)],
-) -> Result<Option<Recovered>> {
+) -> Result<Option<(Tail, SegmentSeq, Vec<LogSegment>)>> {
     let log_start = img.log.first().map(|s| s.seq);
     if m.generation != img.generation
         || m.durable_through != img.durable_through
@@ -220,15 +219,6 @@ fn whole(
     if !sizes_match || !nothing_after(ctx, img, listed) {
         return Ok(None);
     }
-    let table = match ChannelTable::from_image(
-        img.next_id,
-        img.channels.clone(),
-        img.retired.clone(),
-        ctx.cache_budget,
-    ) {
-        Ok(t) => t,
-        Err(_) => return Ok(None),
-    };
     let mut log: Vec<LogSegment> = img.log.iter().map(log_segment).collect();
     let (tail, next_segment_seq) = match spare {
         None => {
@@ -250,19 +240,37 @@ fn whole(
             (t, SegmentSeq(seq.0 + 1))
         }
     };
-    let metrics = ctx.metrics;
-    metrics
+    Ok(Some((tail, next_segment_seq, log)))
+}
+
+/// The shard as a clean close's snapshot describes it, its table moved
+/// out of the image (a table the image cannot make: ignored).
+fn whole(
+    ctx: &RecoverContext<'_>,
+    img: SnapshotImage,
+    manifest: &ManifestState,
+    tail: Tail,
+    next_segment_seq: SegmentSeq,
+    log: Vec<LogSegment>,
+) -> FromSnapshot {
+    let (durable_through, last_commit) = (img.durable_through, img.tail.last_commit);
+    let Ok(table) =
+        ChannelTable::from_image(img.next_id, img.channels, img.retired, ctx.cache_budget)
+    else {
+        return FromSnapshot::Ignored;
+    };
+    ctx.metrics
         .recovery_channels
         .store(table.len() as u64, Ordering::Relaxed);
-    Ok(Some(Recovered {
+    FromSnapshot::Whole(Box::new(Recovered {
         table,
-        next_commit_seq: CommitSeq(img.durable_through.0 + 1),
+        next_commit_seq: CommitSeq(durable_through.0 + 1),
         tail: Some(tail),
         next_segment_seq,
         damage: Vec::new(),
         cuts: Vec::new(),
         manifest: manifest.clone(),
-        last_commit: img.tail.last_commit,
+        last_commit,
         log,
         leftovers: Vec::new(),
     }))

@@ -92,12 +92,7 @@ impl Shard {
         };
         self.snapshots.last_bytes = bytes.len() as u64;
         self.snapshots.join();
-        let job = Publish {
-            fs: self.fs.clone(),
-            dir: self.dir.clone(),
-            mode: self.config.file_mode,
-            metrics: self.metrics.clone(),
-        };
+        let job = self.publisher();
         if self.fs.is_simulated() {
             job.run(&bytes);
             return;
@@ -120,13 +115,17 @@ impl Shard {
     pub(super) fn write_snapshot(&mut self) {
         self.snapshots.join();
         if let Some(bytes) = self.snapshot_bytes(true) {
-            let job = Publish {
-                fs: self.fs.clone(),
-                dir: self.dir.clone(),
-                mode: self.config.file_mode,
-                metrics: self.metrics.clone(),
-            };
-            job.run(&bytes);
+            self.publisher().run(&bytes);
+        }
+    }
+
+    /// What writes a snapshot file of this shard.
+    fn publisher(&self) -> Publish {
+        Publish {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            mode: self.config.file_mode,
+            metrics: self.metrics.clone(),
         }
     }
 
