@@ -46,6 +46,9 @@ pub use corewal_engine::metrics::ShardMetricsSnapshot as Metrics;
 pub use corewal_engine::recovery::{Damage, DamageAction, DamageKind};
 pub use corewal_engine::shard::usage::{WalHolder, WalUsage, WAL_HOLDERS_REPORTED};
 pub use corewal_engine::types::{Offset, Record, SegmentSeq, ShardId};
+pub use subscribe::{Subscription, SUBSCRIPTION_READ_AHEAD_BYTES};
+
+mod subscribe;
 
 /// The simulated disk behind [`Backend::Simulated`], for tests of what
 /// survives power cuts and device faults (feature `testing`). Never for data

@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use common::{cycles, say, seed, Rng};
 use corewal::sim::{FsOp, SimDisk, SimFault, SimReadFault, SIM_SECTOR_BYTES};
-use corewal::{Backend, Channel, Config, Durability, Engine, Error, Offset, SyncMethod};
+use corewal::{
+    Backend, Channel, Config, Durability, Engine, Error, Offset, Subscription, SyncMethod,
+};
 use corewal_engine::store::route;
 
 const NAMES: [&str; 12] = [
@@ -173,7 +175,27 @@ struct Totals {
     /// sessions made (payloads not in memory).
     reads: u64,
     wal_reads: u64,
+    /// Records subscriptions yielded (each checked against the model), and
+    /// subscriptions ended as the model said: truncated below them, or
+    /// their channel dropped.
+    subscribed: u64,
+    subscriptions_truncated: u64,
+    subscriptions_dropped: u64,
 }
+
+/// A subscription while a session runs. `clean`: nothing of it is on its
+/// way or fetched and not yielded (it fetches one record at a time, and its
+/// last call yielded one), so the shard's position is its own.
+struct Sub {
+    sub: Subscription,
+    clean: bool,
+    /// It has asked its shard (a subscription not yet read is unknown
+    /// there: a start past the channel's end is refused as such).
+    started: bool,
+}
+
+/// Longest a subscription is waited on for a record the model says is there.
+const SUB_WAIT: Duration = Duration::from_secs(20);
 
 /// A temporary directory: tmpfs when there is one (the simulated disk writes
 /// through the page cache, so nothing needs a real device), else the
@@ -677,6 +699,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         trace(|| format!("session {session}: {fault:?} planned at operation {at}"));
 
         let mut handles: HashMap<&'static str, Channel> = HashMap::new();
+        let mut subs: HashMap<&'static str, Sub> = HashMap::new();
         let ops = if shape.tight_wal {
             200 + rng.below(400)
         } else {
@@ -721,6 +744,25 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                     handles.remove(name);
                     match engine.unregister(name) {
                         Ok(()) => {
+                            if let Some(mut s) = subs.remove(name) {
+                                // Records answered before the drop may come
+                                // first; then the end.
+                                loop {
+                                    match s.sub.next_timeout(SUB_WAIT) {
+                                        Ok(Some(_)) => {}
+                                        Err(Error::ChannelDropped { .. }) => {
+                                            totals.subscriptions_dropped += 1;
+                                            break;
+                                        }
+                                        Err(_) if fault.is_some() => break,
+                                        other => {
+                                            return Err(format!(
+                                                "{name}: a subscription after the drop: {other:?}"
+                                            ))
+                                        }
+                                    }
+                                }
+                            }
                             if m.live || m.unsure {
                                 // Offsets go on after every record that may exist.
                                 m.base = m.next() + m.pending.len() as u64;
@@ -761,6 +803,11 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         Ok(()) => {
                             totals.checkpoints += 1;
                             m.checkpointed(through);
+                            // One with a record on its way may yield it
+                            // (fetched before the checkpoint): not followed.
+                            if subs.get(name).is_some_and(|s| !s.clean) {
+                                subs.remove(name);
+                            }
                         }
                         Err(Error::NoSpace { .. }) => totals.no_space += 1,
                         // It may have been written: any of the failed ones
@@ -782,6 +829,38 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         Ok(()) => {
                             totals.truncations += 1;
                             m.truncated(from);
+                            match subs.remove(name) {
+                                Some(mut s) if s.clean && s.sub.position().0 > from => {
+                                    let pos = s.sub.position().0;
+                                    match s.sub.next_timeout(SUB_WAIT) {
+                                        Err(Error::SubscriptionTruncated {
+                                            position,
+                                            first_removed,
+                                            ..
+                                        }) if position == pos && first_removed == from => {
+                                            totals.subscriptions_truncated += 1;
+                                        }
+                                        Err(Error::OffsetOutOfRange {
+                                            operation: "subscribe",
+                                            offset,
+                                            ..
+                                        }) if !s.started && offset == pos => {}
+                                        Err(_) if fault.is_some() => {}
+                                        other => {
+                                            return Err(format!(
+                                            "{name}: a subscription at {pos} after a truncation \
+                                                 from {from}: {other:?}"
+                                        ))
+                                        }
+                                    }
+                                }
+                                // At or before the truncation, nothing on its
+                                // way: it goes on.
+                                Some(s) if s.clean => {
+                                    subs.insert(name, s);
+                                }
+                                _ => {}
+                            }
                         }
                         Err(Error::NoSpace { .. }) => totals.no_space += 1,
                         Err(_) => m.truncate_failed(from),
@@ -838,7 +917,81 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         }
                     }
                 }
-                46..=49 => {
+                48..=49 => {
+                    // A subscription's step: it yields exactly the
+                    // acknowledged records from where it stands, in order,
+                    // each as the model has it, and none more.
+                    let Some(ch) = handles.get(name) else {
+                        continue;
+                    };
+                    if m.unsure
+                        || m.loose
+                        || !m.lost.is_empty()
+                        || m.maybe_first.is_some()
+                        || !m.pending.is_empty()
+                    {
+                        subs.remove(name);
+                        continue;
+                    }
+                    if !subs.contains_key(name) {
+                        let from = m.base + rng.below(m.acked.len() as u64 + 1);
+                        let sub = ch.subscribe(Offset(from)).read_ahead(0);
+                        subs.insert(
+                            name,
+                            Sub {
+                                sub,
+                                clean: true,
+                                started: false,
+                            },
+                        );
+                    }
+                    let s = subs.get_mut(name).expect("inserted above");
+                    for _ in 0..1 + rng.below(64) {
+                        let expect = s.sub.position().0.max(m.base);
+                        let there = expect < m.next();
+                        if !there && s.clean && rng.below(2) == 0 {
+                            // Caught up, and not waiting in the shard.
+                            break;
+                        }
+                        let wait = if there { SUB_WAIT } else { Duration::ZERO };
+                        s.started = true;
+                        match s.sub.next_timeout(wait) {
+                            Ok(Some(r)) => {
+                                s.clean = true;
+                                let want = m.acked.get((expect - m.base) as usize);
+                                if r.offset.0 != expect || want.is_none_or(|w| w[..] != r.data[..])
+                                {
+                                    return Err(format!(
+                                        "{name}: a subscription yielded offset {} with {} bytes, \
+                                         expected offset {expect} with {:?} bytes",
+                                        r.offset.0,
+                                        r.data.len(),
+                                        want.map(|w| w.len())
+                                    ));
+                                }
+                                totals.subscribed += 1;
+                            }
+                            Ok(None) if there => {
+                                return Err(format!(
+                                    "{name}: a subscription at {expect} got nothing in {SUB_WAIT:?} \
+                                     with records to {}",
+                                    m.next()
+                                ));
+                            }
+                            Ok(None) => {
+                                // Parked in the shard until the next record.
+                                s.clean = false;
+                                break;
+                            }
+                            Err(_) if fault.is_some() => {
+                                subs.remove(name);
+                                break;
+                            }
+                            Err(e) => return Err(format!("{name}: a subscription: {e}")),
+                        }
+                    }
+                }
+                46..=47 => {
                     // A read while the session runs: exactly what was
                     // acknowledged and not checkpointed or truncated, from
                     // memory or the WAL — never a record still in flight.
@@ -930,6 +1083,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
         // failed append's shard for every later operation, which the check
         // treats the same way.
         forget_lost(&engine, &mut model, shards, &mut seen);
+        drop(subs);
         let metrics = engine.metrics();
         trace(|| format!("session {session}: metrics {metrics:?}"));
         totals.reclaimed += metrics.segments_reclaimed;
@@ -1094,6 +1248,7 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
          {} filesystem operations, power cuts during them: {}; {} creations, renames or removals taken back; \
          {} segments reclaimed, {} recycled, {} state entries carried forward, {} records relocated; \
          {} reads checked while sessions ran ({} reads of the WAL); \
+         {} records yielded by subscriptions checked, {} subscriptions ended by a truncation below them, {} by a drop; \
          index snapshots: {} written, {} used by an open, {} ignored ({} damaged on purpose); {:.1} s",
         totals.sessions,
         totals.acked,
@@ -1127,6 +1282,9 @@ fn simulated_disk_keeps_every_promise_across_seeds() {
         totals.relocated,
         totals.reads,
         totals.wal_reads,
+        totals.subscribed,
+        totals.subscriptions_truncated,
+        totals.subscriptions_dropped,
         totals.snapshots_written,
         totals.snapshots_used,
         totals.snapshots_ignored,

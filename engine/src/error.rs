@@ -173,7 +173,7 @@ pub enum Error {
     /// do not allow; nothing was changed.
     #[error("{operation}({offset}) on channel {channel:?} refused: {reason} (first offset {first}, next offset {next})")]
     OffsetOutOfRange {
-        /// `"checkpoint"` or `"truncate_from"`.
+        /// `"checkpoint"`, `"truncate_from"` or `"subscribe"`.
         operation: &'static str,
         /// The channel's name.
         channel: String,
@@ -192,6 +192,19 @@ pub enum Error {
     ChannelDropped {
         /// The channel's name.
         name: String,
+    },
+
+    /// A subscription's channel was truncated below where the subscription
+    /// stands: records it delivered are no longer the channel's. The
+    /// subscription has ended.
+    #[error("channel {channel:?} was truncated from offset {first_removed}, below the subscription's position {position}: records it delivered from there on are gone; subscribe again from the offset the service's state agrees on")]
+    SubscriptionTruncated {
+        /// The channel's name.
+        channel: String,
+        /// The offset the subscription would have delivered next.
+        position: u64,
+        /// The truncation's first removed offset.
+        first_removed: u64,
     },
 
     /// The engine is closed.

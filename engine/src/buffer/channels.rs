@@ -502,6 +502,20 @@ impl ChannelTable {
         self.release(released);
     }
 
+    /// Whether a subscription of `id` may start at `from`: not beyond the
+    /// records handed out (below the first live one it starts there).
+    pub fn following(&self, id: ChannelId, from: Offset) -> Result<(), Refusal> {
+        let ch = self.open(id)?;
+        if from > ch.durable_next_offset() {
+            return Err(ch.out_of_range(
+                "subscribe",
+                from,
+                "a subscription starts at or before the channel's next offset",
+            ));
+        }
+        Ok(())
+    }
+
     /// The first live offset of `id`.
     pub fn first_offset(&self, id: ChannelId) -> Result<Offset, Refusal> {
         Ok(self.open(id)?.first_offset)

@@ -69,6 +69,27 @@ impl<T> Ack<T> {
         }
     }
 
+    /// Blocks the calling thread until the slot is completed or `timeout`
+    /// passes (`None`: still pending; the slot can be waited on again).
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<Result<T>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                match std::mem::replace(&mut *state, State::Taken) {
+                    State::Done(r) => return Some(r),
+                    State::Pending(_) => *state = State::Pending(Waiter::Thread(thread::current())),
+                    State::Taken => unreachable!("an ack is taken once"),
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            thread::park_timeout(deadline - now);
+        }
+    }
+
     /// Polls the slot from a future.
     pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,6 +117,19 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(10));
         ack.complete(Ok(7));
         assert_eq!(t.join().unwrap().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_timed_wait_gives_up_and_can_wait_again() {
+        let ack = Arc::new(Ack::<u32>::new());
+        assert!(ack
+            .wait_timeout(std::time::Duration::from_millis(5))
+            .is_none());
+        let a = ack.clone();
+        let t = std::thread::spawn(move || a.wait_timeout(std::time::Duration::from_secs(60)));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        ack.complete(Ok(3));
+        assert_eq!(t.join().unwrap().unwrap().unwrap(), 3);
     }
 
     #[test]

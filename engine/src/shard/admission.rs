@@ -237,6 +237,16 @@ impl Shard {
                 }
                 Accepted::Done
             }
+            Request::Tail {
+                channel,
+                follower,
+                from,
+                bytes_max,
+                ack,
+            } => {
+                self.accept_tail(channel, follower, from, bytes_max, ack);
+                Accepted::Done
+            }
             Request::NextOffset { channel, ack } => {
                 match self.table.durable_next_offset(channel) {
                     Ok(next) => ack.complete(Ok(next)),
@@ -341,6 +351,8 @@ impl Shard {
         let next = self
             .table
             .drop_channel(id, self.building.builder.commit_seq());
+        // Parked subscriptions hear of the drop (once it is durable).
+        self.tails.wake(id);
         let _ = self.building.builder.push(EntryKind::Drop, id, next, &[]);
         self.building.frees = true;
         self.building.waiters.push(Waiter::Unit(ack.into()));
@@ -394,6 +406,9 @@ impl Shard {
             }
             Lifecycle::Truncate(_) => {
                 self.table.truncate(channel, to, commit);
+                if let Some(ch) = self.table.get(channel) {
+                    self.tails.truncated(channel, ch.name(), to);
+                }
                 EntryKind::Truncate
             }
         };

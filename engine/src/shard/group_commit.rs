@@ -360,9 +360,13 @@ impl Shard {
             position: (position + u64::from(at)) as u32,
             len: len as u32,
         };
+        let tailing = self.tails.any_parked();
         for (channel, record, at) in batch.records.drain(..) {
             self.table
                 .acknowledge(channel, loc(at, record.len()), segment, || record);
+            if tailing {
+                self.tails.wake(channel);
+            }
         }
         for anchor in batch.anchors.drain(..) {
             self.table.anchored(&anchor, segment);
@@ -416,6 +420,7 @@ impl Shard {
             complete_waiter(w, Err(err.clone()));
         }
         self.building.clear();
+        self.tails.end_parked(&err);
         let next = self.building.builder.commit_seq();
         self.building.builder.reset(next);
         // A reclamation on its way would carry its entries into the next

@@ -68,6 +68,21 @@ pub enum Request {
         /// Answer.
         ack: Arc<Ack<Vec<Record>>>,
     },
+    /// Follow the channel: the records from where `follower` stands on (at
+    /// its first request, `from`), up to `bytes_max`; when there are none
+    /// yet, answered as soon as one is acknowledged (see `shard/tails.rs`).
+    Tail {
+        /// Source channel.
+        channel: ChannelId,
+        /// The subscription asking.
+        follower: Follower,
+        /// Where a new subscription starts.
+        from: Offset,
+        /// Most payload bytes to return (at least one record is).
+        bytes_max: u64,
+        /// Answer.
+        ack: Arc<Ack<Vec<Record>>>,
+    },
     /// The channel's next offset (one past its last acknowledged record).
     NextOffset {
         /// The channel.
@@ -120,7 +135,7 @@ impl Request {
             | Request::AppendBatch { ack, .. }
             | Request::NextOffset { ack, .. }
             | Request::FirstOffset { ack, .. } => ack.complete(Err(error)),
-            Request::Read { ack, .. } => ack.complete(Err(error)),
+            Request::Read { ack, .. } | Request::Tail { ack, .. } => ack.complete(Err(error)),
             Request::WalUsage { ack } => ack.complete(Err(error)),
             Request::Unregister { ack, .. }
             | Request::Checkpoint { ack, .. }
@@ -128,6 +143,16 @@ impl Request {
             Request::Close => {}
         }
     }
+}
+
+/// A subscription as its shard knows it: an id unique in the process, and
+/// the flag its handle sets when dropped (the shard then forgets it).
+#[derive(Clone, Debug)]
+pub struct Follower {
+    /// Unique among the process's subscriptions.
+    pub id: u64,
+    /// Set once the subscription's handle is dropped.
+    pub gone: Arc<AtomicBool>,
 }
 
 /// One shard's inbox, shared by every caller and the shard.

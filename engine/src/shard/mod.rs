@@ -6,7 +6,8 @@
 //! built; `group_commit` takes commits to the device and acknowledges them;
 //! `durability` is its clock (acknowledged, durable, sync due);
 //! `active_segment` rolls and syncs the segment being written; `reclaim`
-//! lets the oldest segments go once nothing needs them; `waiters` is what
+//! lets the oldest segments go once nothing needs them; `tails` keeps the
+//! subscriptions that follow channels; `waiters` is what
 //! the shard owes its callers.
 
 pub mod ack;
@@ -20,6 +21,7 @@ pub use reads::READS_IN_FLIGHT_MAX;
 mod reclaim;
 mod run;
 mod snapshot;
+mod tails;
 mod thread;
 pub mod usage;
 mod waiters;

@@ -18,6 +18,11 @@ impl<T> Owed<T> {
             ack.complete(r);
         }
     }
+
+    /// The ack itself, for a path that answers it (or owes it again).
+    pub(super) fn into_ack(mut self) -> Arc<Ack<T>> {
+        self.0.take().expect("an owed ack is taken once")
+    }
 }
 
 impl<T> From<Arc<Ack<T>>> for Owed<T> {
