@@ -2,12 +2,12 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use corewal_engine::shard::inbox::{Follower, Request};
+use corewal_engine::shard::inbox::{Follower, FollowerShared, Request};
 
 use crate::{Channel, Error, Offset, Record, Result, Submit};
 
@@ -99,7 +99,7 @@ impl Channel {
             channel: self.clone(),
             follower: Follower {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                gone: Arc::new(AtomicBool::new(false)),
+                shared: Arc::new(FollowerShared::default()),
             },
             read_ahead: SUBSCRIPTION_READ_AHEAD_BYTES,
             from,
@@ -132,6 +132,13 @@ impl Subscription {
     /// from there after a restart.
     pub fn position(&self) -> Offset {
         self.position
+    }
+
+    /// How many of the records given so far its shard read back from the
+    /// WAL, the memory budget having let their payloads go: a subscriber
+    /// that fell that far behind the writers.
+    pub fn records_from_wal(&self) -> u64 {
+        self.follower.shared.from_wal.load(Ordering::Relaxed)
     }
 
     /// The next record, waiting at most `timeout` for it: `Ok(None)` when
@@ -260,7 +267,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // The shard forgets the subscription when it next looks (a request
         // of it still parked is answered into nothing).
-        self.follower.gone.store(true, Ordering::Release);
+        self.follower.shared.gone.store(true, Ordering::Release);
     }
 }
 

@@ -136,9 +136,10 @@ fn a_subscriber_far_behind_the_memory_budget_reads_on_from_the_wal() {
             }
         })
     };
-    let got = within(LIMIT, move || {
+    let (got, from_wal) = within(LIMIT, move || {
         let mut sub = sub;
-        take(&mut sub, 0, N)
+        let got = take(&mut sub, 0, N);
+        (got, sub.records_from_wal())
     })
     .expect("the subscriber caught up");
     writer.join().unwrap();
@@ -149,6 +150,11 @@ fn a_subscriber_far_behind_the_memory_budget_reads_on_from_the_wal() {
         "records the budget let go came from the WAL: {m:?}"
     );
     assert!(m.cached_bytes <= 256 << 10, "{m:?}");
+    // At least the first half, written before it started, was let go.
+    assert!(
+        (N / 4..=N).contains(&from_wal),
+        "{from_wal} of {N} from the WAL"
+    );
     engine.close().unwrap();
 }
 

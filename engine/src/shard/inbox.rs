@@ -146,13 +146,23 @@ impl Request {
 }
 
 /// A subscription as its shard knows it: an id unique in the process, and
-/// the flag its handle sets when dropped (the shard then forgets it).
+/// what the handle and the shard share.
 #[derive(Clone, Debug)]
 pub struct Follower {
     /// Unique among the process's subscriptions.
     pub id: u64,
-    /// Set once the subscription's handle is dropped.
-    pub gone: Arc<AtomicBool>,
+    /// Shared with the handle.
+    pub shared: Arc<FollowerShared>,
+}
+
+/// What a subscription's handle and its shard share.
+#[derive(Debug, Default)]
+pub struct FollowerShared {
+    /// Set once the handle is dropped (the shard then forgets it).
+    pub gone: AtomicBool,
+    /// Records the subscription was given that its shard read back from
+    /// the WAL (the payload budget had let them go).
+    pub from_wal: AtomicU64,
 }
 
 /// One shard's inbox, shared by every caller and the shard.

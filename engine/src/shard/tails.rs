@@ -26,9 +26,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::buffer::channel::Found;
 use crate::error::Error;
 use crate::shard::ack::Ack;
-use crate::shard::inbox::Follower;
+use crate::shard::inbox::{Follower, FollowerShared};
 use crate::types::{ChannelId, Offset, Record};
 
 use super::reads::Purpose;
@@ -44,7 +45,7 @@ struct Following {
     started: bool,
     /// Why it ended, told at its next request.
     ended: Option<Error>,
-    gone: Arc<std::sync::atomic::AtomicBool>,
+    shared: Arc<FollowerShared>,
 }
 
 /// A request waiting for its channel's next acknowledged record.
@@ -102,7 +103,7 @@ impl Tails {
     /// parked requests.
     fn forget_gone(&mut self) {
         self.following
-            .retain(|_, f| !f.gone.load(Ordering::Acquire));
+            .retain(|_, f| !f.shared.gone.load(Ordering::Acquire));
         let following = &self.following;
         self.parked.retain(|_, v| {
             v.retain(|p| following.contains_key(&p.id));
@@ -145,7 +146,7 @@ impl Shard {
                     position: from,
                     started: false,
                     ended: None,
-                    gone: follower.gone,
+                    shared: follower.shared,
                 },
             );
         }
@@ -159,7 +160,7 @@ impl Shard {
             ack.complete(Err(Error::Closed));
             return;
         };
-        if f.gone.load(Ordering::Acquire) {
+        if f.shared.gone.load(Ordering::Acquire) {
             self.tails.following.remove(&id);
             ack.complete(Err(Error::Closed));
             return;
@@ -192,6 +193,13 @@ impl Shard {
         f.started = true;
         if let Some(last) = found.last() {
             f.position = Offset(last.offset().0 + 1);
+            let from_wal = found
+                .iter()
+                .filter(|r| matches!(r, Found::InWal { .. }))
+                .count();
+            f.shared
+                .from_wal
+                .fetch_add(from_wal as u64, Ordering::Relaxed);
             self.read_found(channel, found, Purpose::Caller(ack.into_ack()));
             return;
         }
