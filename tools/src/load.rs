@@ -94,6 +94,14 @@ pub struct LoadArgs {
     /// throughput and the engine's reads of the WAL. Default 0.
     #[arg(long, default_value_t = 0)]
     readers: usize,
+    /// Subscriber threads beside the writers: subscriber i follows channel
+    /// i (modulo --channels) with `Channel::subscribe` from its end at the
+    /// start; the summary reports the records delivered per second, the
+    /// lag from each record's acknowledgement to its writer to its
+    /// delivery (p50/p99), and how many subscribers were given records
+    /// read back from the WAL. 0..=1024; default 0.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
     /// Write one JSON object per --interval (throughput, latency, WAL bytes on disk, RSS)
     /// to this file, one per line; `corewal plot` draws it. Default: none.
     #[arg(long)]
@@ -376,6 +384,9 @@ struct LoadResult {
     /// With --readers.
     #[serde(skip_serializing_if = "Option::is_none")]
     reads: Option<crate::readers::ReadFigures>,
+    /// With --subscribers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscriptions: Option<crate::subscribers::SubscriberFigures>,
     /// Open loop: how far behind its schedule the latest writer was at the end.
     schedule_lag_end_ns: Option<u64>,
     /// Open loop: whether the engine kept up with the schedule (the lag at the
@@ -422,6 +433,8 @@ struct Shared {
     barrier: Barrier,
     /// When the open-loop schedule starts (set before the barrier opens).
     epoch: Mutex<Option<Instant>>,
+    /// Where writers note their acknowledgements for --subscribers.
+    subscribers: Arc<crate::subscribers::Subscribers>,
 }
 
 fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Error> {
@@ -433,10 +446,11 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Err
     }
     let WriterPlan { w, work, .. } = plan;
     let channels = &shared.channels;
-    let mine: Vec<&corewal::Channel> = if channels.len() >= work.writers {
-        channels.iter().skip(w).step_by(work.writers).collect()
+    // This writer's channels, by index.
+    let mine: Vec<usize> = if channels.len() >= work.writers {
+        (w..channels.len()).step_by(work.writers).collect()
     } else {
-        vec![&channels[w % channels.len()]]
+        vec![w % channels.len()]
     };
     let mut rng =
         SmallRng::seed_from_u64(plan.seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -489,7 +503,7 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Err
             };
         }
         let slot = k as usize % mine.len();
-        let ch = mine[slot];
+        let ch = &channels[mine[slot]];
         let start = match schedule {
             Some((first, period)) => {
                 let due = first + period.mul_f64(k as f64);
@@ -531,6 +545,9 @@ fn writer(plan: WriterPlan, shared: Arc<Shared>) -> Result<Counted, corewal::Err
             }
             Err(e) => return Err(e),
         };
+        shared
+            .subscribers
+            .note(mine[slot], first, work.batch as u64, start);
         let ns = start.elapsed().as_nanos() as u64;
         shared.done.fetch_add(1, Ordering::Relaxed);
         if counting && !shared.stop.load(Ordering::Relaxed) {
@@ -597,6 +614,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let channels: Vec<corewal::Channel> = (0..work.channels)
         .map(|c| engine.register(&format!("load-{c}")))
         .collect::<Result<_, _>>()?;
+    let subscribers = crate::subscribers::Subscribers::new(args.subscribers, channels.len());
     let shared = Arc::new(Shared {
         channels,
         measuring: AtomicBool::new(false),
@@ -609,7 +627,9 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         lag_ns: (0..work.writers).map(|_| AtomicU64::new(0)).collect(),
         barrier: Barrier::new(work.writers + 1),
         epoch: Mutex::new(None),
+        subscribers: subscribers.clone(),
     });
+    let subscriber_handles = subscribers.spawn(args.subscribers, &shared.channels);
     let handles = spawn_writers(&args, work, &shared);
     let readers = crate::readers::Readers::new();
     let reader_handles = readers.spawn(args.readers, &shared.channels, args.seed);
@@ -649,17 +669,24 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         wal_bytes_peak: 0,
         rss_bytes_peak: 0,
         readers: readers.clone(),
+        subscribers: subscribers.clone(),
     };
     if window.measuring {
         readers.measure(true);
+        subscribers.measure(true);
     }
     window.run(&args, &engine, &shared, &handles, &mut ticks)?;
     let end = Measured::take(&engine, &window, &shared);
     readers.measure(false);
+    subscribers.measure(false);
     shared.stop.store(true, Ordering::SeqCst);
     readers.stop();
+    subscribers.stop();
     for h in reader_handles {
         h.join().map_err(|_| "reader thread panicked")??;
+    }
+    for h in subscriber_handles {
+        h.join().map_err(|_| "subscriber thread panicked")??;
     }
     let mut counted = Counted::default();
     for h in handles {
@@ -681,6 +708,8 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         let wal_reads = end.m1.wal_reads - window.m0.wal_reads;
         readers.figures(args.readers, end.elapsed.as_secs_f64(), wal_reads)
     });
+    let subscriptions =
+        (args.subscribers > 0).then(|| subscribers.figures(end.elapsed.as_secs_f64()));
     let block_bytes = engine.block_bytes();
     let shards = engine.shard_count();
     let cores = engine.cores().to_vec();
@@ -710,6 +739,7 @@ pub fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             memory_budget_bytes: memory.0,
             cached_bytes_end: memory.1,
             reads,
+            subscriptions,
         },
     );
     if args.json {
@@ -804,6 +834,7 @@ impl Window {
             }
             if !self.measuring && now >= self.end_of_warmup {
                 ticks.readers.measure(true);
+                ticks.subscribers.measure(true);
                 self.m0 = engine.metrics();
                 self.cpu0 = cpu_seconds();
                 self.t0 = Instant::now();
@@ -861,6 +892,8 @@ struct Ticks<'a> {
     rss_bytes_peak: u64,
     /// The readers (--readers), told when the measured window opens.
     readers: Arc<crate::readers::Readers>,
+    /// The subscribers (--subscribers), likewise.
+    subscribers: Arc<crate::subscribers::Subscribers>,
 }
 
 /// One interval of a run, as `--report-file` holds it (one JSON object a
@@ -990,7 +1023,7 @@ struct Setup {
 
 /// The result of a run from its counters.
 /// What the run left: the WAL and the resident memory at the end and at
-/// most, the payloads in memory, and the readers' figures.
+/// most, the payloads in memory, and the readers' and subscribers' figures.
 struct AtEnd {
     wal_bytes_end: u64,
     wal_bytes_peak: u64,
@@ -999,6 +1032,7 @@ struct AtEnd {
     memory_budget_bytes: u64,
     cached_bytes_end: u64,
     reads: Option<crate::readers::ReadFigures>,
+    subscriptions: Option<crate::subscribers::SubscriberFigures>,
 }
 
 fn summarize(
@@ -1018,6 +1052,7 @@ fn summarize(
         memory_budget_bytes,
         cached_bytes_end,
         reads,
+        subscriptions,
     } = at_end;
     let (m0, m1) = (&window.m0, &end.m1);
     let total = &window.total;
@@ -1093,6 +1128,7 @@ fn summarize(
         memory_budget_bytes,
         cached_bytes_end,
         reads,
+        subscriptions,
         schedule_lag_end_ns: args.rate.map(|_| end.lag_end_ns),
         rate_sustained: args
             .rate
@@ -1130,6 +1166,9 @@ fn check_args(args: &LoadArgs, work: &Workload) -> Result<(), Box<dyn std::error
     }
     if args.interval < Duration::from_millis(10) {
         return Err("--interval must be at least 10ms".into());
+    }
+    if args.subscribers > 1024 {
+        return Err("--subscribers must be 0..=1024".into());
     }
     if let Some(cores) = &args.writer_cores {
         if cores.is_empty() {
@@ -1310,6 +1349,9 @@ fn print_table(r: &LoadResult, removed: bool) {
     );
     if let Some(reads) = &r.reads {
         crate::readers::print(reads);
+    }
+    if let Some(subs) = &r.subscriptions {
+        crate::subscribers::print(subs);
     }
     if r.wakeups_missed > 0 {
         println!(

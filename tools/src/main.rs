@@ -11,6 +11,7 @@ mod plot;
 mod probe;
 mod readers;
 mod recover_bench;
+mod subscribers;
 
 use clap::{Parser, Subcommand};
 

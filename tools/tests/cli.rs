@@ -32,7 +32,7 @@ fn test_dir() -> tempfile::TempDir {
 
 #[test]
 fn bad_arguments_get_a_clear_error() {
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["load", "--writers", "0"], "--writers must be 1..=4096"),
         (&["load", "--rate", "0"], "--rate must be more than 0"),
         (&["load", "--rate", "-5"], "unexpected argument"),
@@ -57,6 +57,10 @@ fn bad_arguments_get_a_clear_error() {
             "use sync or periodic:INTERVAL",
         ),
         (&["load", "--records", "0"], "--records must be at least 1"),
+        (
+            &["load", "--subscribers", "5000"],
+            "--subscribers must be 0..=1024",
+        ),
         (
             &["load", "--checkpoint-every", "0"],
             "--checkpoint-every must be at least 1",
@@ -132,6 +136,51 @@ fn load_json_is_one_parseable_object_with_measured_figures() {
     assert!(v["host"]["kernel"].as_str().is_some());
     // The directory was given: it is kept, and holds a store.
     assert!(dir.path().join("store/corewal.meta").exists());
+    assert!(
+        v.get("subscriptions").is_none(),
+        "no --subscribers, no figures"
+    );
+}
+
+#[test]
+fn load_with_subscribers_reports_what_they_were_delivered() {
+    let out = corewal()
+        .args([
+            "load",
+            "--json",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--writers",
+            "4",
+            "--channels",
+            "4",
+            "--subscribers",
+            "3",
+            "--segment-bytes",
+            "4MiB",
+        ])
+        .output()
+        .unwrap();
+    let v = json_ok(&out);
+    let s = &v["subscriptions"];
+    assert_eq!(s["subscribers"].as_u64(), Some(3), "{s}");
+    let delivered = s["delivered_records_per_s"].as_f64().unwrap();
+    let written = v["records_per_s"].as_f64().unwrap();
+    // Three of the four channels are followed, each by one subscriber that
+    // keeps up: about three quarters of the records, within the window's edges.
+    assert!(
+        delivered > 0.5 * written && delivered < 0.9 * written,
+        "{delivered} delivered of {written} written: {s}"
+    );
+    let (p50, p99) = (
+        s["lag_ns_p50"].as_u64().unwrap(),
+        s["lag_ns_p99"].as_u64().unwrap(),
+    );
+    assert!(p50 <= p99, "{s}");
+    assert_eq!(s["unmatched"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["fell_back_to_wal"].as_u64(), Some(0), "{s}");
 }
 
 #[test]
