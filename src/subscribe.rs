@@ -238,8 +238,9 @@ impl futures_core::Stream for Subscription {
     type Item = Result<Record>;
 
     /// The next record once acknowledged; after the error that ended the
-    /// subscription, `None`. Dropping the stream (or a future polling it)
-    /// leaves nothing behind in the shard.
+    /// subscription, `None`. Dropping the stream while it waits costs the
+    /// writers nothing: its shard forgets it at the channel's next record
+    /// or the shard's next new subscription.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Record>>> {
         let this = self.get_mut();
         if let Some(r) = this.take_fetched() {
