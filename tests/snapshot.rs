@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::writer::{read_reports, spawn_writer, Model};
-use common::{payload, small_config, test_dir, BACKENDS};
+use common::{copy_dir, payload, small_config, test_dir, BACKENDS};
 use corewal::{Backend, Config, Engine, Offset};
 
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
@@ -79,19 +79,6 @@ fn state_of(engine: &Engine, names: &[String]) -> Vec<ChannelView> {
             )
         })
         .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {

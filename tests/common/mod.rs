@@ -272,6 +272,21 @@ pub fn manifest_path(dir: &Path, shard: u16) -> std::path::PathBuf {
         .join(corewal_engine::wal::manifest::MANIFEST_FILE)
 }
 
+/// Copies the directory tree `from` to `to` (a store copied while its
+/// engine runs, every append returned, is what a crash then leaves).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Shard `shard`'s manifest as it is now (`None` if there is none), to be
 /// put back with [`restore_manifest`]: a store whose manifest was taken
 /// after its first write and put back after more writes is what a crash

@@ -32,6 +32,9 @@ pub struct ReadAhead<'a> {
     /// Bytes `[from, to)` (whole chunks) never read: the caller starts
     /// after them ([`ReadAhead::skip`]).
     skip: Option<(usize, usize)>,
+    /// Reads go ahead of what was asked for only up to here
+    /// ([`ReadAhead::limit_ahead`]).
+    limit: usize,
 }
 
 impl<'a> ReadAhead<'a> {
@@ -72,7 +75,14 @@ impl<'a> ReadAhead<'a> {
             released: 0,
             wanted: 0,
             skip: None,
+            limit: usize::MAX,
         }
+    }
+
+    /// Reads do not go ahead past `limit` (bytes the caller expects not to
+    /// need); asked for, bytes past it are still read.
+    pub fn limit_ahead(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     /// Before the first [`ReadAhead::ensure`]: the caller reads the first
@@ -143,7 +153,10 @@ impl<'a> ReadAhead<'a> {
     /// Starts reads until `depth` are in flight or the file is covered.
     fn issue(&mut self) -> std::result::Result<(), OpError> {
         let buf = self.buf.as_mut().expect("reading into a leaked buffer");
-        let ahead = self.wanted.saturating_add(self.depth * self.chunk);
+        let ahead = self
+            .wanted
+            .saturating_add(self.depth * self.chunk)
+            .min(self.wanted.max(self.limit));
         while self.in_flight < self.depth && self.issued < self.size && self.issued < ahead {
             if let Some((from, to)) = self.skip {
                 if self.issued == from {

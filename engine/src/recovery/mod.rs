@@ -295,6 +295,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
             (Replay::new(ctx, &segments, start), 0)
         }
     };
+    replay.bound_scans(&manifest);
     for index in 0..segments.len() - first {
         if replay.segment(io, index)? == Flow::Stop {
             break;

@@ -33,6 +33,11 @@ use super::{
 /// Bytes the scan after a chain end asks to have arrived at a time.
 const AFTER_END_WINDOW: usize = 8 << 20;
 
+/// How far past the manifest's `written_below` (or past the first block of
+/// a segment after its active one) the scan after a chain end still looks,
+/// for a commit written a few blocks off its place.
+pub(crate) const WRITTEN_BELOW_SLACK: usize = 64 << 10;
+
 /// Whether replay goes on to the next segment.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Flow {
@@ -54,6 +59,9 @@ struct InSegment<'s> {
     /// Where its chain of commits begins: its first block, or the end of
     /// an index snapshot's tied commit.
     start: usize,
+    /// No commit was written at or beyond this byte, by the manifest (`n`
+    /// when it does not say): see [`Replay::bound_scans`].
+    written_below: usize,
 }
 
 impl InSegment<'_> {
@@ -99,6 +107,10 @@ pub(super) struct Replay<'c, 'a> {
     /// commit ends, where replay begins, and the channel id that was next
     /// when that segment began.
     resume: Option<(SegmentSeq, usize, u64)>,
+    /// The manifest's active segment and its `written_below` (0: not
+    /// recorded), when the mode lets them bound the scans after a chain
+    /// end.
+    written: Option<(SegmentSeq, u64)>,
 }
 
 impl<'c, 'a> Replay<'c, 'a> {
@@ -134,6 +146,38 @@ impl<'c, 'a> Replay<'c, 'a> {
             junk: Vec::new(),
             log: Vec::new(),
             resume: None,
+            written: None,
+        }
+    }
+
+    /// Lets the manifest bound the scans after a chain end (the default
+    /// mode of an open; a read-only look and the lenient modes scan every
+    /// segment whole). Whatever ended the chain, a commit can only lie
+    /// where the shard may have written one: in the manifest's active
+    /// segment below its `written_below` (raised, a generation at a time,
+    /// before a commit would pass it), and in a later segment nowhere (a
+    /// generation naming a segment active is written before its first
+    /// commit). So the zero tail past those is not read — up to a segment
+    /// and the spare made ahead after a crash. A chain that itself runs
+    /// past the bound shows the generation that raised it was lost: that
+    /// segment is scanned whole, as without a bound.
+    pub fn bound_scans(&mut self, manifest: &ManifestState) {
+        let ctx = self.ctx;
+        if ctx.read_only || ctx.mode != crate::damage::RecoveryMode::TolerateTornTail {
+            return;
+        }
+        if let ManifestState::Found(r) = manifest {
+            self.written = Some((r.active_segment, r.written_below));
+        }
+    }
+
+    /// Where segment `seq` (of `n` bytes, blocks of `block`) holds no
+    /// commit from, by the manifest.
+    fn written_below(&self, seq: SegmentSeq, n: usize, block: usize) -> usize {
+        match self.written {
+            Some((active, w)) if seq == active && w > 0 => (w as usize).min(n),
+            Some((active, _)) if seq > active => block.min(n),
+            _ => n,
         }
     }
 
@@ -187,6 +231,9 @@ impl<'c, 'a> Replay<'c, 'a> {
         let bytes_read = &ctx.metrics.recovery_bytes_read;
         let buf = self.buf.take();
         let mut reader = SegmentReader::new(io, path, f, buf, n, bytes_read, ctx.stop);
+        // Before the first read: where the shard may have written (the
+        // block size, which the header gives, only matters past it).
+        reader.limit_ahead(self.written_below(seq, n, 0) + WRITTEN_BELOW_SLACK);
         let resume_at = match self.resume {
             Some((s, at, next_id)) if s == seq => {
                 self.resume = None;
@@ -229,6 +276,7 @@ impl<'c, 'a> Replay<'c, 'a> {
             segment_bytes: header.segment_bytes,
             n,
             start: resume_at.map_or(header.block_bytes as usize, |(at, _)| at),
+            written_below: self.written_below(seq, n, header.block_bytes as usize),
         };
         let flow = self.commits(&mut reader, &seg);
         self.buf = reader.finish();
@@ -300,12 +348,20 @@ impl<'c, 'a> Replay<'c, 'a> {
             // acknowledgements go in order. The rest of the segment (often
             // a zero tail, or a whole spare segment) is scanned a few
             // megabytes at a time, letting go of what was scanned.
+            // Where the shard may have written (a chain past the manifest's
+            // bound: anywhere), and a little beyond.
+            let scan_end = if pos <= seg.written_below {
+                (seg.written_below + WRITTEN_BELOW_SLACK).min(seg.n)
+            } else {
+                seg.n
+            };
+            reader.limit_ahead(scan_end);
             let window_base = self.next.unwrap_or(CommitSeq(1));
             reader.ensure(pos + 2 * seg.block)?;
             let mut scan =
                 scan::AfterEndScan::new(reader.view(), pos, seg.block, &seg.id, window_base, live);
-            while !scan.done() && scan.position() + seg.block <= seg.n {
-                reader.ensure(scan.position() + AFTER_END_WINDOW)?;
+            while !scan.done() && scan.position() + seg.block <= scan_end {
+                reader.ensure((scan.position() + AFTER_END_WINDOW).min(scan_end))?;
                 scan.scan(reader.view(), &seg.id);
                 reader.release_before(scan.keep_from());
             }

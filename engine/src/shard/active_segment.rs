@@ -20,6 +20,14 @@ use crate::wal::segment::{segment_path, LogSegment, Segment};
 use super::reads::READ_OP;
 use super::run::Shard;
 
+/// How far past the end of the commit that needs it a manifest generation
+/// raises `written_below` at most (and at most an eighth of a segment, to
+/// its end): an open after a crash reads at most this much (and 64 KiB) of
+/// zero tail past the end of the log; the shard writes one more manifest
+/// generation (a 4 KiB write and a data sync) per this many bytes of WAL —
+/// with the default 64 MiB segments, 8 MiB.
+pub(super) const WRITTEN_BELOW_STEP: u64 = 8 << 20;
+
 impl Shard {
     /// Before the first write after open: zeroes what a torn tail left (what
     /// was replayed was synced at start), and records in the manifest where
@@ -28,6 +36,7 @@ impl Shard {
     pub(super) fn ready_segment(&mut self) -> Result<()> {
         if !self.written {
             apply_cuts(&self.fs, &self.cuts, self.access)?;
+            self.written_below = self.bound_after(self.write_position);
             self.manifest.write(self.manifest_record())?;
             self.cuts.clear();
             self.written = true;
@@ -37,6 +46,28 @@ impl Shard {
             self.spare_requested = true;
         }
         Ok(())
+    }
+
+    /// The `written_below` that lets commits go on from `end` for a while.
+    fn bound_after(&self, end: u64) -> u64 {
+        let step = (self.segment.bytes / 8).clamp(self.block as u64, WRITTEN_BELOW_STEP);
+        end.saturating_add(step).min(self.segment.bytes)
+    }
+
+    /// Before a commit that would end past the manifest's `written_below`:
+    /// a generation that raises it, durable before the commit is written,
+    /// so that an open after a crash need not look for commits past it.
+    /// One data sync of the manifest per step of WAL (see
+    /// [`WRITTEN_BELOW_STEP`]).
+    pub(super) fn raise_written_below(&mut self) -> Result<()> {
+        let end = self
+            .write_position
+            .saturating_add(self.building.builder.sealed_len() as u64);
+        if end <= self.written_below {
+            return Ok(());
+        }
+        self.written_below = self.bound_after(end);
+        self.manifest.write(self.manifest_record())
     }
 
     pub(super) fn needs_new_segment(&self) -> bool {
@@ -97,6 +128,7 @@ impl Shard {
             recycled_from: segment.recycled_from,
         });
         self.segment = segment;
+        self.written_below = self.bound_after(self.block as u64);
         // Before the segment's first commit: from now on a listing without
         // it, or a chain that ends before what was durable, lost commits.
         self.manifest.write(self.manifest_record())?;

@@ -140,15 +140,18 @@ impl Shard {
             // The commit must carry a data sync covering every write.
             return false;
         }
-        if !self.needs_new_segment() {
-            return true;
+        if self.needs_new_segment() {
+            if !self.flights.is_empty() {
+                // Segments change only when nothing is in flight, so that a
+                // torn tail never spans two segments.
+                return false;
+            }
+            if let Err(e) = self.roll_segment() {
+                self.fail(e);
+                return false;
+            }
         }
-        if !self.flights.is_empty() {
-            // Segments change only when nothing is in flight, so that a torn
-            // tail never spans two segments.
-            return false;
-        }
-        if let Err(e) = self.roll_segment() {
+        if let Err(e) = self.raise_written_below() {
             self.fail(e);
             return false;
         }

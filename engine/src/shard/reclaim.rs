@@ -539,6 +539,7 @@ impl Shard {
                 next_channel_id: s.next_channel_id,
             }),
             reclaimed_bytes: self.reclaimed_bytes,
+            written_below: self.written_below,
         }
     }
 }

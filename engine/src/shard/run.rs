@@ -123,6 +123,10 @@ pub(super) struct Shard {
     pub(super) reads: Reads,
     /// Subscriptions following channels.
     pub(super) tails: Tails,
+    /// The manifest's `written_below`: no commit of the segment being
+    /// written goes at or past it before a generation raises it
+    /// (`active_segment.rs`).
+    pub(super) written_below: u64,
     /// The end of each segment kept for requests that free space
     /// (`Config::reserve_bytes`).
     pub(super) reserve_bytes: u64,
@@ -289,6 +293,7 @@ impl Shard {
             reclaim: Reclaim::due(),
             reads: Reads::default(),
             tails: Tails::default(),
+            written_below: 0,
         })
     }
 

@@ -6,12 +6,13 @@
 //! shard-NNN/manifest   8192 bytes: two 4096-byte slots, generation g in slot g % 2
 //! ```
 //!
-//! A slot, little-endian: `0 magic u32 "CWSH"`, `4 crc32c of bytes 8..72`
-//! (version 1: `8..64`), `8 version u16` (2; 1 is read too), `10 shard
-//! u16`, `12 reserved u32`, `16 store_id u64`, `24 generation u64`,
-//! `32 active_segment u64`, `40 durable_through u64`, and from version 2:
-//! `48 log_start u64`, `56 log_start_next_id u64`, `64 reclaimed_bytes
-//! u64`; zeros to byte 4096.
+//! A slot, little-endian: `0 magic u32 "CWSH"`, `4 crc32c of bytes 8..80`
+//! (version 1: `8..64`, version 2: `8..72`), `8 version u16` (3; 1 and 2
+//! are read too), `10 shard u16`, `12 reserved u32`, `16 store_id u64`,
+//! `24 generation u64`, `32 active_segment u64`, `40 durable_through u64`,
+//! and from version 2: `48 log_start u64`, `56 log_start_next_id u64`,
+//! `64 reclaimed_bytes u64`, and from version 3: `72 written_below u64`;
+//! zeros to byte 4096.
 //!
 //! * `active_segment`: the newest segment the shard had begun to write
 //!   commits into; a listing whose newest segment is older lost segments.
@@ -28,14 +29,23 @@
 //!   log start and are restated by state or retired entries in the log.
 //! * `reclaimed_bytes`: segment bytes reclaimed over the shard's life (what
 //!   replay no longer reads).
+//! * `written_below`: no commit of `active_segment` is written at or beyond
+//!   this byte (0: not recorded). The shard raises it, a generation at a
+//!   time, before a commit would pass it, so that an open after a crash
+//!   looks for commits after the end of the log it found up to here (and a
+//!   little beyond), not through the segment's whole zero tail. Unlike the
+//!   other values an older generation claims *more* here (a lower bound):
+//!   an open that found a commit past it knows the generation that raised
+//!   it was lost, and scans the whole segment as before (`recovery/replay.rs`).
 //!
 //! The shard writes a new generation (write, then data sync, waited on
 //! before anything depends on it) before the first commit after an open,
-//! before the first commit of each new segment, and at a clean close after
-//! the last sync. Two slots, as the copies of a superblock: a power cut that
-//! tears one write leaves the previous generation whole in the other slot,
-//! and both values only grow, so an older generation is a weaker claim, never
-//! a wrong one.
+//! before the first commit of each new segment, before a commit that would
+//! pass `written_below`, and at a clean close after the last sync. Two
+//! slots, as the copies of a superblock: a power cut that tears one write
+//! leaves the previous generation whole in the other slot, and the other
+//! values only grow, so an older generation is a weaker claim there, never
+//! a wrong one (`written_below` aside, above).
 //!
 //! What the manifest cannot tell (the residual window, `docs/format.md`):
 //! after an unclean stop, commits written since the last generation and lost
@@ -52,13 +62,14 @@ use crate::types::{CommitSeq, SegmentSeq, ShardId};
 /// File name of a shard's manifest, in its directory.
 pub const MANIFEST_FILE: &str = "manifest";
 const MAGIC: u32 = u32::from_le_bytes(*b"CWSH");
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
 const SLOT_BYTES: usize = 4096;
 const FILE_BYTES: usize = 2 * SLOT_BYTES;
 /// Bytes a slot of each version uses; its checksum covers `8..` them (the
 /// first version's covered `8..64` and used 48).
 const USED_BYTES_V1: usize = 48;
-const USED_BYTES: usize = 72;
+const USED_BYTES_V2: usize = 72;
+const USED_BYTES: usize = 80;
 
 /// One generation of the manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +84,9 @@ pub struct ManifestRecord {
     pub log_start: Option<LogStart>,
     /// Segment bytes reclaimed over the shard's life.
     pub reclaimed_bytes: u64,
+    /// No commit of `active_segment` is written at or beyond this byte
+    /// (0: not recorded).
+    pub written_below: u64,
 }
 
 /// Where the log starts after reclamation.
@@ -117,6 +131,7 @@ fn encode(shard: ShardId, store_id: u64, r: &ManifestRecord) -> Vec<u8> {
     b[48..56].copy_from_slice(&start.to_le_bytes());
     b[56..64].copy_from_slice(&next_id.to_le_bytes());
     b[64..72].copy_from_slice(&r.reclaimed_bytes.to_le_bytes());
+    b[72..80].copy_from_slice(&r.written_below.to_le_bytes());
     let crc = crc32c::crc32c(&b[8..USED_BYTES]);
     b[4..8].copy_from_slice(&crc.to_le_bytes());
     b
@@ -128,6 +143,7 @@ fn checksum_holds(b: &[u8]) -> bool {
     let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
     let (covered, used) = match u16::from_le_bytes([b[8], b[9]]) {
         1 => (64, USED_BYTES_V1),
+        2 => (USED_BYTES_V2, USED_BYTES_V2),
         _ => (USED_BYTES, USED_BYTES),
     };
     crc32c::crc32c(&b[8..covered]) == crc && b[used..SLOT_BYTES].iter().all(|&x| x == 0)
@@ -145,7 +161,7 @@ fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<Manife
         return Err("checksum mismatch".into());
     }
     let version = u16::from_le_bytes([b[8], b[9]]);
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(format!("version {version} is not readable by this build"));
     }
     if u16::from_le_bytes([b[10], b[11]]) != shard.0 || u64_at(16) != store_id {
@@ -168,6 +184,7 @@ fn decode(shard: ShardId, store_id: u64, b: &[u8]) -> std::result::Result<Manife
         durable_through: CommitSeq(u64_at(40)),
         log_start,
         reclaimed_bytes: u64_at(64),
+        written_below: if version >= 3 { u64_at(72) } else { 0 },
     })
 }
 
@@ -314,6 +331,45 @@ mod tests {
             durable_through: CommitSeq(durable),
             ..ManifestRecord::default()
         }
+    }
+
+    /// A slot of the second version (no `written_below`) is read as one
+    /// that records none; the third's round-trips.
+    #[test]
+    fn a_second_version_slot_is_read_and_the_third_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, store) = (ShardId(2), 7u64);
+        let r = ManifestRecord {
+            generation: 3,
+            log_start: Some(LogStart {
+                segment: SegmentSeq(2),
+                next_channel_id: 5,
+            }),
+            reclaimed_bytes: 99,
+            written_below: 1 << 20,
+            ..record(4, 30)
+        };
+        let mut slot = encode(shard, store, &r);
+        assert_eq!(decode(shard, store, &slot), Ok(r));
+        slot[8..10].copy_from_slice(&2u16.to_le_bytes());
+        slot[72..80].fill(0);
+        let crc = crc32c::crc32c(&slot[8..USED_BYTES_V2]);
+        slot[4..8].copy_from_slice(&crc.to_le_bytes());
+        let mut file = vec![0u8; FILE_BYTES];
+        file[SLOT_BYTES..].copy_from_slice(&slot);
+        std::fs::write(dir.path().join(MANIFEST_FILE), &file).unwrap();
+        assert_eq!(
+            read(dir.path(), shard, store).unwrap(),
+            ManifestState::Found(ManifestRecord {
+                written_below: 0,
+                ..r
+            })
+        );
+        // A third-version slot whose last field is damaged fails its
+        // checksum.
+        let mut slot = encode(shard, store, &r);
+        slot[75] ^= 1;
+        assert!(decode(shard, store, &slot).is_err());
     }
 
     /// A slot written by the first version (no log start) is read as one

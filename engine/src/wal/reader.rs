@@ -92,6 +92,11 @@ impl<'a> SegmentReader<'a> {
         self.ahead.skip(upto);
     }
 
+    /// Reads do not go ahead past `limit` (see [`ReadAhead::limit_ahead`]).
+    pub fn limit_ahead(&mut self, limit: usize) {
+        self.ahead.limit_ahead(limit);
+    }
+
     /// Releases the bytes before `upto` (see [`ReadAhead::release_before`]).
     pub fn release_before(&mut self, upto: usize) {
         self.ahead.release_before(upto);
