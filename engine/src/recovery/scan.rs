@@ -4,8 +4,8 @@
 use crate::damage::DamageKind;
 use crate::types::{CommitSeq, SegmentSeq, ShardId};
 use crate::wal::format::{
-    claims_commit_of, decode_commit_header, decode_segment_header, CommitHeader, DecodeError,
-    EntryIter, SegmentHeader, COMMIT_HEADER_BYTES,
+    claims_commit_of, decode_commit_header, decode_segment_header, is_zeros, CommitHeader,
+    DecodeError, EntryIter, SegmentHeader, COMMIT_HEADER_BYTES,
 };
 use crate::wal::manifest::{self, ManifestState};
 
@@ -184,7 +184,7 @@ impl AfterEndScan {
         // The block at a live chain end may itself hold bytes past a zero
         // header.
         let end_block = &data[chain_end.min(n)..(chain_end + block).min(n)];
-        if live && end_block.iter().any(|&x| x != 0) && !id.stale(end_block) {
+        if live && !is_zeros(end_block) && !id.stale(end_block) {
             after.nonzero_end = (chain_end + block).min(n);
         }
         AfterEndScan {
@@ -221,7 +221,7 @@ impl AfterEndScan {
         while self.q + block <= data.len() && after.beyond.is_none() {
             let q = self.q;
             let blk = &data[q..q + block];
-            if blk.iter().any(|&x| x != 0) && !id.stale(blk) {
+            if !is_zeros(blk) && !id.stale(blk) {
                 after.nonzero_end = after.nonzero_end.max(q + block);
                 if let Ok(h) = decode_commit_header(blk, block) {
                     if id.owns(&h, q) && h.commit_seq >= window_base {

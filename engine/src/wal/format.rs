@@ -53,6 +53,19 @@
 
 use crate::types::{ChannelId, CommitSeq, Offset, SegmentSeq, ShardId};
 
+/// Whether `b` holds only zeros: never-written bytes. Reads eight bytes
+/// at a time and folds them without stopping early, which the compiler
+/// vectorizes: replay asks this of every block after a chain end, and a
+/// byte-at-a-time scan that stops at the first non-zero byte cost a tenth
+/// of a replay's CPU (docs/BENCHMARKS.md).
+pub fn is_zeros(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    let ored = words.by_ref().fold(0u64, |acc, w| {
+        acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+    });
+    ored == 0 && words.remainder().iter().all(|&x| x == 0)
+}
+
 /// The largest commit the format allows: the upper bound of
 /// `Config::commit_bytes_max`, and what recovery accepts from disk.
 pub const COMMIT_BYTES_LIMIT: usize = 64 << 20;
@@ -276,7 +289,7 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
     let b = &b[..SEGMENT_HEADER_BYTES];
     let magic = u32_at(b, 0);
     if magic != SEGMENT_MAGIC {
-        return Err(if b.iter().all(|&x| x == 0) {
+        return Err(if is_zeros(b) {
             DecodeError::Empty
         } else {
             DecodeError::BadMagic(magic)
@@ -347,7 +360,7 @@ pub fn decode_commit_header(b: &[u8], block_bytes: usize) -> Result<CommitHeader
     let b = &b[..COMMIT_HEADER_BYTES];
     let magic = u32_at(b, 0);
     if magic != COMMIT_MAGIC {
-        return Err(if b.iter().all(|&x| x == 0) {
+        return Err(if is_zeros(b) {
             DecodeError::Empty
         } else {
             DecodeError::BadMagic(magic)
@@ -595,6 +608,23 @@ impl<'a> Iterator for EntryIter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeros_are_told_from_any_other_byte_at_any_place() {
+        for len in [0usize, 1, 7, 8, 9, 4096, 4099] {
+            let mut b = vec![0u8; len];
+            assert!(is_zeros(&b), "{len}");
+            for at in 0..len.min(40) {
+                b[at] = 1 << (at % 8);
+                assert!(!is_zeros(&b), "{len} {at}");
+                b[at] = 0;
+            }
+            if len > 0 {
+                b[len - 1] = 0x80;
+                assert!(!is_zeros(&b), "{len} last");
+            }
+        }
+    }
 
     fn header() -> CommitHeader {
         CommitHeader {
