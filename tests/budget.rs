@@ -170,3 +170,45 @@ fn a_record_larger_than_the_budget_is_read_from_the_wal() {
     assert!(m.cached_bytes <= 4 << 10, "{m:?}");
     engine.close().unwrap();
 }
+
+#[test]
+fn a_replay_leaves_the_newest_payloads_in_memory_and_reads_the_older_from_the_wal() {
+    // 16 MiB of 4 KiB records in 1 MiB segments under a 1 MiB budget:
+    // replay caches only what the newest segments hold, and that is what
+    // stays — the newest records read from memory, the oldest from the WAL.
+    let dir = test_dir();
+    let mut c = config(dir.path(), corewal::Backend::IoUring, 1 << 20);
+    c.shards = Some(1);
+    c.index_snapshots = false;
+    {
+        let engine = Engine::open(c.clone()).unwrap();
+        let ch = engine.register("c").unwrap();
+        for i in 0..4096u64 {
+            ch.append(&payload("c", i, 4096)).unwrap();
+        }
+        engine.close().unwrap();
+    }
+    let engine = Engine::open(c).unwrap();
+    let ch = engine.register("c").unwrap();
+    let m = engine.metrics();
+    assert!(
+        m.cached_bytes > 1 << 19 && m.cached_bytes <= 1 << 20,
+        "the budget filled after the replay: {m:?}"
+    );
+    let newest = ch.read(Offset(4000)..).unwrap();
+    assert_eq!(newest.len(), 96);
+    assert_eq!(
+        engine.metrics().wal_reads,
+        m.wal_reads,
+        "the newest from memory"
+    );
+    let oldest = ch.read(..Offset(96)).unwrap();
+    assert!(
+        engine.metrics().wal_reads > m.wal_reads,
+        "the oldest from the WAL"
+    );
+    for r in newest.iter().chain(&oldest) {
+        assert_eq!(r.data[..], payload("c", r.offset.0, 4096)[..]);
+    }
+    engine.close().unwrap();
+}

@@ -211,6 +211,12 @@ impl ChannelTable {
         self.evict();
     }
 
+    /// Caches no payload of a record in a segment before `seq` (see
+    /// [`PayloadCache::cache_from`]); `SegmentSeq(0)`: every one.
+    pub fn cache_from(&mut self, seq: SegmentSeq) {
+        self.cache.cache_from(seq);
+    }
+
     /// The payload cache's accounting.
     pub fn cache(&self) -> &PayloadCache {
         &self.cache
@@ -345,7 +351,7 @@ impl ChannelTable {
             return;
         }
         let offset = ch.durable_next_offset();
-        let keep = self.cache.admits(loc.len as usize);
+        let keep = self.cache.admits(loc.len as usize, seq);
         let released = ch.push_record(loc, keep.then(payload), seq, &mut self.pins);
         assert!(
             ch.durable_next_offset() <= ch.next_offset,

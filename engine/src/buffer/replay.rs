@@ -531,7 +531,7 @@ impl ChannelTable {
             } => {
                 let payload = self
                     .cache
-                    .admits(record.len())
+                    .admits(record.len(), seq)
                     .then(|| Bytes::copy_from_slice(record));
                 let held = self.deferred.records.entry(channel).or_default();
                 held.insert(offset.0, (at, payload, seq));

@@ -171,6 +171,22 @@ impl<'c, 'a> Replay<'c, 'a> {
         }
     }
 
+    /// Caches only the payloads the budget will still hold when the replay
+    /// ends: none from a segment whose newer segments hold the budget's
+    /// worth of log bytes (more than their payloads are charged, so the
+    /// segment itself is kept as a margin). Undone by [`Replay::finish`].
+    pub fn cache_newest(&mut self) {
+        let budget = self.ctx.cache_budget;
+        let mut newer = 0u64;
+        for (seq, path) in self.segments.iter().rev() {
+            if newer >= budget {
+                self.table.cache_from(*seq);
+                return;
+            }
+            newer = newer.saturating_add(crate::io::file::size_of(path).unwrap_or(0));
+        }
+    }
+
     /// Where segment `seq` (of `n` bytes, blocks of `block`) holds no
     /// commit from, by the manifest.
     fn written_below(&self, seq: SegmentSeq, n: usize, block: usize) -> usize {
@@ -610,6 +626,8 @@ impl<'c, 'a> Replay<'c, 'a> {
     /// writing resumes in.
     pub fn finish(mut self, manifest: ManifestState) -> Result<Recovered> {
         let ctx = self.ctx;
+        // From now on every acknowledged payload is cached (within the budget).
+        self.table.cache_from(SegmentSeq(0));
         let kept = self.stop.is_some();
         if let Some((at, kind)) = self.stop.take() {
             let moved_to = keep_prefix(ctx, self.segments, &at)?;
