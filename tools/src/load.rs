@@ -394,7 +394,9 @@ struct LoadResult {
     rate_sustained: Option<bool>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// A latency histogram in nanoseconds (1 ns to 10 minutes, 3 digits): the
+/// one every figure of the tools is recorded in.
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds")
 }
 

@@ -51,15 +51,11 @@ pub struct ReadFigures {
     pub wal_reads: u64,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds")
-}
-
 impl Readers {
     pub fn new() -> Arc<Readers> {
         Arc::new(Readers {
-            tail: Mutex::new(histogram()),
-            random: Mutex::new(histogram()),
+            tail: Mutex::new(crate::load::new_histogram()),
+            random: Mutex::new(crate::load::new_histogram()),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             measuring: AtomicBool::new(false),

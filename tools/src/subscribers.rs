@@ -76,10 +76,6 @@ pub struct SubscriberFigures {
     pub records_from_wal: u64,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds")
-}
-
 impl Subscribers {
     /// Shared state for `n` subscribers of `channels` channels.
     pub fn new(n: usize, channels: usize) -> Arc<Subscribers> {
@@ -95,8 +91,8 @@ impl Subscribers {
         Arc::new(Subscribers {
             clock: Instant::now(),
             rings: (0..channels).map(|c| (c < n).then(ring)).collect(),
-            lag: Mutex::new(histogram()),
-            append_to_delivery: Mutex::new(histogram()),
+            lag: Mutex::new(crate::load::new_histogram()),
+            append_to_delivery: Mutex::new(crate::load::new_histogram()),
             delivered: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             before_writer: AtomicU64::new(0),

@@ -333,6 +333,15 @@ mod tests {
         }
     }
 
+    /// A manifest file holding `slot` as generation 1's (the odd slot),
+    /// read back.
+    fn read_back(dir: &Path, shard: ShardId, store: u64, slot: &[u8]) -> ManifestState {
+        let mut file = vec![0u8; FILE_BYTES];
+        file[SLOT_BYTES..].copy_from_slice(slot);
+        std::fs::write(dir.join(MANIFEST_FILE), &file).unwrap();
+        read(dir, shard, store).unwrap()
+    }
+
     /// A slot of the second version (no `written_below`) is read as one
     /// that records none; the third's round-trips.
     #[test]
@@ -355,11 +364,8 @@ mod tests {
         slot[72..80].fill(0);
         let crc = crc32c::crc32c(&slot[8..USED_BYTES_V2]);
         slot[4..8].copy_from_slice(&crc.to_le_bytes());
-        let mut file = vec![0u8; FILE_BYTES];
-        file[SLOT_BYTES..].copy_from_slice(&slot);
-        std::fs::write(dir.path().join(MANIFEST_FILE), &file).unwrap();
         assert_eq!(
-            read(dir.path(), shard, store).unwrap(),
+            read_back(dir.path(), shard, store, &slot),
             ManifestState::Found(ManifestRecord {
                 written_below: 0,
                 ..r
@@ -388,11 +394,8 @@ mod tests {
         slot[40..48].copy_from_slice(&12u64.to_le_bytes());
         let crc = crc32c::crc32c(&slot[8..64]);
         slot[4..8].copy_from_slice(&crc.to_le_bytes());
-        let mut file = vec![0u8; FILE_BYTES];
-        file[SLOT_BYTES..].copy_from_slice(&slot);
-        std::fs::write(dir.path().join(MANIFEST_FILE), &file).unwrap();
         assert_eq!(
-            read(dir.path(), shard, store).unwrap(),
+            read_back(dir.path(), shard, store, &slot),
             ManifestState::Found(ManifestRecord {
                 generation: 1,
                 ..record(3, 12)
