@@ -44,9 +44,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 ///   dropped; one waiting for new records is answered by the
 ///   acknowledgement of the commit that holds them.
 /// * **How it ends.** With an error, after which the iterator and the
-///   stream end: [`Error::SubscriptionTruncated`] when the channel is
-///   truncated below the subscription's position (records it delivered are
-///   gone), [`Error::ChannelDropped`] once the channel's drop is durable,
+///   stream end: [`Error::SubscriptionTruncated`] once a truncation of
+///   the channel below the subscription's position is durable (records it
+///   delivered are gone; it is given nothing after the truncation, and
+///   records it fetched before it come first), [`Error::ChannelDropped`] once the channel's drop is durable,
 ///   [`Error::OffsetOutOfRange`] when it was asked to start beyond the
 ///   channel's next offset, [`Error::ShardFailed`] or [`Error::Closed`] when
 ///   the shard fails or the engine closes, and the errors of
@@ -142,7 +143,9 @@ impl Subscription {
     }
 
     /// The next record, waiting at most `timeout` for it: `Ok(None)` when
-    /// none came in time (the subscription goes on; call again).
+    /// none came in time (the subscription goes on; call again). The wait
+    /// is for the shard's answer; a request that finds its shard's inbox
+    /// full waits for room first, as every call does (backpressure).
     ///
     /// # Errors
     /// The error that ended the subscription (see [`Subscription`]), again
@@ -152,11 +155,13 @@ impl Subscription {
             return Ok(Some(r));
         }
         if let Some(e) = &self.ended {
+            self.finished = true;
             return Err(e.clone());
         }
         let mut submit = self.pending.take().unwrap_or_else(|| self.request());
         if let Some(r) = submit.request.take() {
             if let Err(e) = submit.inbox.push_blocking(r) {
+                self.finished = true;
                 return Err(self.end(e));
             }
         }
@@ -165,7 +170,13 @@ impl Subscription {
                 self.pending = Some(submit);
                 Ok(None)
             }
-            Some(answer) => self.answered(answer).map(|()| self.take_fetched()),
+            Some(answer) => match self.answered(answer) {
+                Ok(()) => Ok(self.take_fetched()),
+                Err(e) => {
+                    self.finished = true;
+                    Err(e)
+                }
+            },
         }
     }
 

@@ -212,3 +212,47 @@ fn a_replay_leaves_the_newest_payloads_in_memory_and_reads_the_older_from_the_wa
     }
     engine.close().unwrap();
 }
+
+#[test]
+fn a_crash_replay_fills_the_budget_though_the_spare_and_the_active_tail_are_zeros() {
+    // A per-shard budget of one segment: the spare made ahead and the
+    // active segment's unwritten tail are log bytes no payload lies in, so
+    // they must not count as "newer payloads" that outweigh the segments
+    // before them.
+    let (dir, crashed) = (test_dir(), test_dir());
+    let mut c = config(dir.path(), corewal::Backend::IoUring, 1 << 20);
+    c.shards = Some(1);
+    c.index_snapshots = false;
+    let engine = Engine::open(c.clone()).unwrap();
+    let ch = engine.register("c").unwrap();
+    // 4,000-byte records, one 4 KiB block each: four segments of 255, and
+    // 150 records into the next (far enough for its spare to be made).
+    let record = |i: u64| vec![i as u8; 4000];
+    for i in 0..1170u64 {
+        ch.append(&record(i)).unwrap();
+    }
+    // The spare made ahead of the next segment is made by a thread of its
+    // own: give it time, then copy the store as a crash would leave it.
+    let spare = dir.path().join("shard-000/0000000000000006.wal");
+    for _ in 0..500 {
+        if spare.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(spare.exists(), "the spare was made");
+    common::copy_dir(dir.path(), crashed.path());
+    engine.close().unwrap();
+    let _ = std::fs::remove_file(crashed.path().join("LOCK"));
+    c.dir = crashed.path().to_path_buf();
+    let engine = Engine::open(c).unwrap();
+    let m = engine.metrics();
+    assert!(
+        m.cached_bytes > (1 << 20) * 9 / 10,
+        "the budget filled after the replay: {m:?}"
+    );
+    let all = engine.register("c").unwrap().read(..).unwrap();
+    assert_eq!(all.len(), 1170);
+    assert!(all.iter().all(|r| r.data[..] == record(r.offset.0)[..]));
+    engine.close().unwrap();
+}

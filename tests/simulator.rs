@@ -754,7 +754,9 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                                             totals.subscriptions_dropped += 1;
                                             break;
                                         }
-                                        Err(_) if fault.is_some() => break,
+                                        Err(_) if fault.is_some() && disk.stats().ops >= at => {
+                                            break
+                                        }
                                         other => {
                                             return Err(format!(
                                                 "{name}: a subscription after the drop: {other:?}"
@@ -845,7 +847,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                                             offset,
                                             ..
                                         }) if !s.started && offset == pos => {}
-                                        Err(_) if fault.is_some() => {}
+                                        Err(_) if fault.is_some() && disk.stats().ops >= at => {}
                                         other => {
                                             return Err(format!(
                                             "{name}: a subscription at {pos} after a truncation \
@@ -866,7 +868,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         // Refused, nothing changed: below a first offset
                         // that a checkpoint which failed with its shard
                         // moved anyway (`maybe_first`).
-                        Err(Error::OffsetOutOfRange { .. }) => {}
+                        Err(Error::OffsetOutOfRange { .. }) if m.maybe_first.is_some() => {}
                         Err(_) => m.truncate_failed(from),
                     }
                 }
@@ -987,7 +989,7 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                                 s.clean = false;
                                 break;
                             }
-                            Err(_) if fault.is_some() => {
+                            Err(_) if fault.is_some() && disk.stats().ops >= at => {
                                 subs.remove(name);
                                 break;
                             }

@@ -308,6 +308,7 @@ fn dropping_the_channel_ends_its_subscriptions_and_a_start_past_the_end_is_refus
     let parked = parked_subscriber(&ch, Offset(0));
     std::thread::sleep(Duration::from_millis(50));
     let mut busy = ch.subscribe(Offset(0));
+    assert_eq!(&busy.next().unwrap().unwrap().data[..], b"x");
     engine.unregister("dml_6").unwrap();
     let items = parked
         .recv_timeout(LIMIT)
@@ -416,4 +417,52 @@ async fn rt_spawned(ch: Channel) -> Vec<Record> {
 fn subscriptions_are_send() {
     fn send<T: Send + 'static>() {}
     send::<Subscription>();
+}
+
+#[test]
+fn a_failed_commit_is_never_yielded_and_the_shard_s_failure_ends_the_subscription() {
+    // The twelfth write or data sync fails — its write, or (the bytes
+    // written, not made durable) its sync: the records of that commit are
+    // never acknowledged, so no subscriber may see them.
+    for in_sync in [false, true] {
+        let dir = test_dir();
+        let mut c = small_config(dir.path(), 1, Backend::IoUring);
+        c.sync_method = corewal::SyncMethod::WriteThenFdatasync;
+        let mut plan = corewal::FaultPlan::new(12, libc::EIO);
+        plan.in_sync = in_sync;
+        c.backend = Backend::faulty(Backend::IoUring, plan);
+        let engine = Engine::open(c).unwrap();
+        let ch = engine.register("dml_8").unwrap();
+        let parked = parked_subscriber(&ch, Offset(0));
+        let mut acked = 0u64;
+        loop {
+            match ch.append(&acked.to_le_bytes()) {
+                Ok(o) => {
+                    assert_eq!(o, Offset(acked));
+                    acked += 1;
+                }
+                Err(Error::ShardFailed { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(acked < 100, "the planned fault never came");
+        }
+        let items = parked.recv_timeout(LIMIT).expect("the subscriber was told");
+        assert_eq!(
+            items.len() as u64,
+            acked + 1,
+            "in_sync {in_sync}: {items:?}"
+        );
+        for (i, item) in items[..acked as usize].iter().enumerate() {
+            let r = item.as_ref().unwrap();
+            assert_eq!(
+                (r.offset, &r.data[..]),
+                (Offset(i as u64), &(i as u64).to_le_bytes()[..])
+            );
+        }
+        assert!(
+            matches!(items.last(), Some(Err(Error::ShardFailed { .. }))),
+            "{items:?}"
+        );
+        let _ = engine.close();
+    }
 }

@@ -67,9 +67,8 @@ impl PayloadCache {
     /// Caches no payload of a record in a segment before `seq` (until told
     /// otherwise). Replay reads the log oldest first and the budget keeps
     /// the newest payloads: those of segments that newer ones outweigh
-    /// would be copied only to be let go before the replay ends, an
-    /// allocation and a free per record that took a fifth of a full
-    /// replay's CPU.
+    /// would be copied only to be let go before the replay ends (see
+    /// `Replay::cache_newest`).
     pub fn cache_from(&mut self, seq: SegmentSeq) {
         self.from = seq;
     }

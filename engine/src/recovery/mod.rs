@@ -296,7 +296,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         }
     };
     replay.bound_scans(&manifest);
-    replay.cache_newest();
+    replay.cache_newest(&manifest);
     for index in 0..segments.len() - first {
         if replay.segment(io, index)? == Flow::Stop {
             break;

@@ -35,7 +35,8 @@ const AFTER_END_WINDOW: usize = 8 << 20;
 
 /// How far past the manifest's `written_below` (or past the first block of
 /// a segment after its active one) the scan after a chain end still looks,
-/// for a commit written a few blocks off its place.
+/// for a commit written a few blocks off its place (and at least four
+/// blocks).
 pub(crate) const WRITTEN_BELOW_SLACK: usize = 64 << 10;
 
 /// Whether replay goes on to the next segment.
@@ -173,17 +174,33 @@ impl<'c, 'a> Replay<'c, 'a> {
 
     /// Caches only the payloads the budget will still hold when the replay
     /// ends: none from a segment whose newer segments hold the budget's
-    /// worth of log bytes (more than their payloads are charged, so the
-    /// segment itself is kept as a margin). Undone by [`Replay::finish`].
-    pub fn cache_newest(&mut self) {
+    /// worth of log (that segment itself is kept, a margin for payloads
+    /// charged more than their log bytes). The log bytes of a
+    /// segment are an estimate of what it adds to the cache: a spare made
+    /// ahead of use (after the manifest's active segment) holds none, the
+    /// active segment none past the manifest's `written_below`; records
+    /// checkpointed, truncated or dropped later in the log leave the cache
+    /// below its budget, to be filled as records are read or written.
+    /// Undone by [`Replay::finish`].
+    pub fn cache_newest(&mut self, manifest: &ManifestState) {
         let budget = self.ctx.cache_budget;
+        let active = match manifest {
+            ManifestState::Found(r) => Some((r.active_segment, r.written_below)),
+            _ => None,
+        };
         let mut newer = 0u64;
         for (seq, path) in self.segments.iter().rev() {
             if newer >= budget {
                 self.table.cache_from(*seq);
                 return;
             }
-            newer = newer.saturating_add(crate::io::file::size_of(path).unwrap_or(0));
+            let size = crate::io::file::size_of(path).unwrap_or(0);
+            let bytes = match active {
+                Some((a, _)) if *seq > a => 0,
+                Some((a, w)) if *seq == a && w > 0 => size.min(w),
+                _ => size,
+            };
+            newer = newer.saturating_add(bytes);
         }
     }
 
@@ -367,7 +384,7 @@ impl<'c, 'a> Replay<'c, 'a> {
             // Where the shard may have written (a chain past the manifest's
             // bound: anywhere), and a little beyond.
             let scan_end = if pos <= seg.written_below {
-                (seg.written_below + WRITTEN_BELOW_SLACK).min(seg.n)
+                (seg.written_below + WRITTEN_BELOW_SLACK.max(4 * seg.block)).min(seg.n)
             } else {
                 seg.n
             };
@@ -469,6 +486,11 @@ impl<'c, 'a> Replay<'c, 'a> {
         loop {
             if *pos + block > seg.n {
                 return Ok(ChainEnd::Zeros);
+            }
+            if *pos > seg.written_below {
+                // A chain past the manifest's bound (a lost generation):
+                // read ahead through the segment again.
+                reader.limit_ahead(seg.n);
             }
             reader.ensure(*pos + block)?;
             let h = match scan::commit_header(reader.view(), *pos, block, &seg.id) {

@@ -72,7 +72,10 @@ impl<T> Ack<T> {
     /// Blocks the calling thread until the slot is completed or `timeout`
     /// passes (`None`: still pending; the slot can be waited on again).
     pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<Result<T>> {
-        let deadline = std::time::Instant::now() + timeout;
+        let Some(deadline) = std::time::Instant::now().checked_add(timeout) else {
+            // Longer than the clock can count: no deadline.
+            return Some(self.wait());
+        };
         loop {
             {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,6 +128,14 @@ mod tests {
         assert!(ack
             .wait_timeout(std::time::Duration::from_millis(5))
             .is_none());
+        let done = Ack::<u32>::new();
+        done.complete(Ok(1));
+        assert_eq!(
+            done.wait_timeout(std::time::Duration::MAX)
+                .unwrap()
+                .unwrap(),
+            1
+        );
         let a = ack.clone();
         let t = std::thread::spawn(move || a.wait_timeout(std::time::Duration::from_secs(60)));
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -407,7 +407,7 @@ impl Shard {
             Lifecycle::Truncate(_) => {
                 self.table.truncate(channel, to, commit);
                 if let Some(ch) = self.table.get(channel) {
-                    self.tails.truncated(channel, ch.name(), to);
+                    self.tails.truncated(channel, ch.name(), to, commit);
                 }
                 EntryKind::Truncate
             }

@@ -13,8 +13,9 @@
 //!
 //! A subscription ends with an error when the records it was given stop
 //! being the channel's: a truncation below its position (the answer to its
-//! next request, or at once if parked), or the channel's drop (once
-//! durable, as for any call on a dropped channel). A checkpoint past its
+//! next request, or to the parked one, once the truncation is durable —
+//! nothing more is given meanwhile), or the channel's drop (once durable,
+//! as for any call on a dropped channel). A checkpoint past its
 //! position does not end it: like a read, it goes on at the first live
 //! record, whose offset shows the gap. A shard that fails, or closes,
 //! answers parked requests with its error: nothing more will come.
@@ -30,7 +31,7 @@ use crate::buffer::channel::Found;
 use crate::error::Error;
 use crate::shard::ack::Ack;
 use crate::shard::inbox::{Follower, FollowerShared};
-use crate::types::{ChannelId, Offset, Record};
+use crate::types::{ChannelId, CommitSeq, Offset, Record};
 
 use super::reads::Purpose;
 use super::run::Shard;
@@ -43,8 +44,9 @@ struct Following {
     position: Offset,
     /// Answered once: it has been checked against the channel.
     started: bool,
-    /// Why it ended, told at its next request.
-    ended: Option<Error>,
+    /// Why it ended, and the commit of the change that ended it: told at
+    /// its next request once that commit is durable.
+    ended: Option<(Error, CommitSeq)>,
     shared: Arc<FollowerShared>,
 }
 
@@ -82,15 +84,24 @@ impl Tails {
 
     /// Subscriptions of `channel` standing beyond `first_removed` end: the
     /// records they were given from there on are gone.
-    pub(super) fn truncated(&mut self, channel: ChannelId, name: &str, first_removed: Offset) {
+    /// They hear of it once the truncation's commit is durable (and are
+    /// given nothing more meanwhile).
+    pub(super) fn truncated(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        first_removed: Offset,
+        commit: CommitSeq,
+    ) {
         let mut ended = false;
         for f in self.following.values_mut() {
             if f.channel == channel && f.position > first_removed && f.ended.is_none() {
-                f.ended = Some(Error::SubscriptionTruncated {
+                let e = Error::SubscriptionTruncated {
                     channel: name.to_string(),
                     position: f.position.0,
                     first_removed: first_removed.0,
-                });
+                };
+                f.ended = Some((e, commit));
                 ended = true;
             }
         }
@@ -165,9 +176,9 @@ impl Shard {
             ack.complete(Err(Error::Closed));
             return;
         }
-        if let Some(e) = f.ended.take() {
+        if let Some((e, commit)) = f.ended.take() {
             self.tails.following.remove(&id);
-            ack.complete(Err(e));
+            self.answer_when_durable(commit, Waiter::EndedRead(ack, e));
             return;
         }
         let (channel, position, started) = (f.channel, f.position, f.started);

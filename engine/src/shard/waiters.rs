@@ -68,6 +68,10 @@ pub(super) enum Waiter {
     DroppedOffset(Owed<Offset>, Box<str>),
     DroppedRead(Owed<Vec<crate::types::Record>>, Box<str>),
     DroppedUnit(Owed<()>, Box<str>),
+    /// A subscription's request, ended by a change (a truncation below it):
+    /// answered with the error once the change is durable, with the
+    /// shard's error if it fails.
+    EndedRead(Owed<Vec<crate::types::Record>>, Error),
 }
 
 pub(super) fn complete_waiter(w: Waiter, r: Result<()>) {
@@ -83,5 +87,6 @@ pub(super) fn complete_waiter(w: Waiter, r: Result<()>) {
         (Waiter::DroppedOffset(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
         (Waiter::DroppedRead(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
         (Waiter::DroppedUnit(ack, name), r) => ack.complete(r.and(Err(dropped(name)))),
+        (Waiter::EndedRead(ack, ended), r) => ack.complete(r.and(Err(ended))),
     }
 }
