@@ -755,6 +755,18 @@ impl<T> Submit<T> {
         self.ack.wait()
     }
 
+    /// Like [`Submit::wait`], giving up after `timeout` with `None` (the
+    /// request stays sent: wait again). Room in a full inbox is waited for
+    /// first, as by every blocking call.
+    fn wait_timeout(&mut self, timeout: std::time::Duration) -> Option<Result<T>> {
+        if let Some(r) = self.request.take() {
+            if let Err(e) = self.inbox.push_blocking(r) {
+                return Some(Err(e));
+            }
+        }
+        self.ack.wait_timeout(timeout)
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         if let Some(r) = self.request.take() {
             match self.inbox.try_push(r) {

@@ -159,13 +159,7 @@ impl Subscription {
             return Err(e.clone());
         }
         let mut submit = self.pending.take().unwrap_or_else(|| self.request());
-        if let Some(r) = submit.request.take() {
-            if let Err(e) = submit.inbox.push_blocking(r) {
-                self.finished = true;
-                return Err(self.end(e));
-            }
-        }
-        match submit.ack.wait_timeout(timeout) {
+        match submit.wait_timeout(timeout) {
             None => {
                 self.pending = Some(submit);
                 Ok(None)

@@ -197,6 +197,135 @@ struct Sub {
 /// Longest a subscription is waited on for a record the model says is there.
 const SUB_WAIT: Duration = Duration::from_secs(20);
 
+impl Sub {
+    /// A subscription of `ch` from a random live offset of `m`, fetching
+    /// one record at a time.
+    fn new(ch: &Channel, m: &Chan, rng: &mut Rng) -> Sub {
+        let from = m.base + rng.below(m.acked.len() as u64 + 1);
+        Sub {
+            sub: ch.subscribe(Offset(from)).read_ahead(0),
+            clean: true,
+            started: false,
+        }
+    }
+
+    /// A step: it yields exactly the acknowledged records from where it
+    /// stands, in order, each as the model has it, and none more; caught up,
+    /// it may be left waiting in the shard. `Ok(false)`: an error after the
+    /// planned fault (`faulted`) ended it.
+    fn step(
+        &mut self,
+        name: &str,
+        m: &Chan,
+        rng: &mut Rng,
+        faulted: &dyn Fn() -> bool,
+        totals: &mut Totals,
+    ) -> Result<bool, String> {
+        for _ in 0..1 + rng.below(64) {
+            let expect = self.sub.position().0.max(m.base);
+            let there = expect < m.next();
+            if !there && self.clean && rng.below(2) == 0 {
+                // Caught up, and not waiting in the shard.
+                break;
+            }
+            let wait = if there { SUB_WAIT } else { Duration::ZERO };
+            self.started = true;
+            match self.sub.next_timeout(wait) {
+                Ok(Some(r)) => {
+                    self.clean = true;
+                    let want = m.acked.get((expect - m.base) as usize);
+                    if r.offset.0 != expect || want.is_none_or(|w| w[..] != r.data[..]) {
+                        return Err(format!(
+                            "{name}: a subscription yielded offset {} with {} bytes, \
+                             expected offset {expect} with {:?} bytes",
+                            r.offset.0,
+                            r.data.len(),
+                            want.map(|w| w.len())
+                        ));
+                    }
+                    totals.subscribed += 1;
+                }
+                Ok(None) if there => {
+                    return Err(format!(
+                        "{name}: a subscription at {expect} got nothing in {SUB_WAIT:?} \
+                         with records to {}",
+                        m.next()
+                    ));
+                }
+                Ok(None) => {
+                    // Parked in the shard until the next record.
+                    self.clean = false;
+                    break;
+                }
+                Err(_) if faulted() => return Ok(false),
+                Err(e) => return Err(format!("{name}: a subscription: {e}")),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The channel was dropped: records answered before the drop may come
+    /// first, then the end.
+    fn after_drop(
+        mut self,
+        name: &str,
+        faulted: &dyn Fn() -> bool,
+        totals: &mut Totals,
+    ) -> Result<(), String> {
+        loop {
+            match self.sub.next_timeout(SUB_WAIT) {
+                Ok(Some(_)) => {}
+                Err(Error::ChannelDropped { .. }) => {
+                    totals.subscriptions_dropped += 1;
+                    return Ok(());
+                }
+                Err(_) if faulted() => return Ok(()),
+                other => return Err(format!("{name}: a subscription after the drop: {other:?}")),
+            }
+        }
+    }
+
+    /// The channel was truncated from `from`: one standing past it with
+    /// nothing on its way ends, naming both; one at or before it goes on
+    /// (returned); one with a record on its way is not followed further.
+    fn after_truncation(
+        mut self,
+        name: &str,
+        from: u64,
+        faulted: &dyn Fn() -> bool,
+        totals: &mut Totals,
+    ) -> Result<Option<Sub>, String> {
+        let pos = self.sub.position().0;
+        if !self.clean {
+            return Ok(None);
+        }
+        if pos <= from {
+            return Ok(Some(self));
+        }
+        match self.sub.next_timeout(SUB_WAIT) {
+            Err(Error::SubscriptionTruncated {
+                position,
+                first_removed,
+                ..
+            }) if position == pos && first_removed == from => {
+                totals.subscriptions_truncated += 1;
+            }
+            Err(Error::OffsetOutOfRange {
+                operation: "subscribe",
+                offset,
+                ..
+            }) if !self.started && offset == pos => {}
+            Err(_) if faulted() => {}
+            other => {
+                return Err(format!(
+                    "{name}: a subscription at {pos} after a truncation from {from}: {other:?}"
+                ))
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// A temporary directory: tmpfs when there is one (the simulated disk writes
 /// through the page cache, so nothing needs a real device), else the
 /// system's temporary directory.
@@ -700,6 +829,9 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
 
         let mut handles: HashMap<&'static str, Channel> = HashMap::new();
         let mut subs: HashMap<&'static str, Sub> = HashMap::new();
+        // Whether this session's planned fault has happened (an error from
+        // then on may be its doing).
+        let faulted = || fault.is_some() && disk.stats().ops >= at;
         let ops = if shape.tight_wal {
             200 + rng.below(400)
         } else {
@@ -744,26 +876,8 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                     handles.remove(name);
                     match engine.unregister(name) {
                         Ok(()) => {
-                            if let Some(mut s) = subs.remove(name) {
-                                // Records answered before the drop may come
-                                // first; then the end.
-                                loop {
-                                    match s.sub.next_timeout(SUB_WAIT) {
-                                        Ok(Some(_)) => {}
-                                        Err(Error::ChannelDropped { .. }) => {
-                                            totals.subscriptions_dropped += 1;
-                                            break;
-                                        }
-                                        Err(_) if fault.is_some() && disk.stats().ops >= at => {
-                                            break
-                                        }
-                                        other => {
-                                            return Err(format!(
-                                                "{name}: a subscription after the drop: {other:?}"
-                                            ))
-                                        }
-                                    }
-                                }
+                            if let Some(s) = subs.remove(name) {
+                                s.after_drop(name, &faulted, totals)?;
                             }
                             if m.live || m.unsure {
                                 // Offsets go on after every record that may exist.
@@ -831,37 +945,10 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         Ok(()) => {
                             totals.truncations += 1;
                             m.truncated(from);
-                            match subs.remove(name) {
-                                Some(mut s) if s.clean && s.sub.position().0 > from => {
-                                    let pos = s.sub.position().0;
-                                    match s.sub.next_timeout(SUB_WAIT) {
-                                        Err(Error::SubscriptionTruncated {
-                                            position,
-                                            first_removed,
-                                            ..
-                                        }) if position == pos && first_removed == from => {
-                                            totals.subscriptions_truncated += 1;
-                                        }
-                                        Err(Error::OffsetOutOfRange {
-                                            operation: "subscribe",
-                                            offset,
-                                            ..
-                                        }) if !s.started && offset == pos => {}
-                                        Err(_) if fault.is_some() && disk.stats().ops >= at => {}
-                                        other => {
-                                            return Err(format!(
-                                            "{name}: a subscription at {pos} after a truncation \
-                                                 from {from}: {other:?}"
-                                        ))
-                                        }
-                                    }
-                                }
-                                // At or before the truncation, nothing on its
-                                // way: it goes on.
-                                Some(s) if s.clean => {
+                            if let Some(s) = subs.remove(name) {
+                                if let Some(s) = s.after_truncation(name, from, &faulted, totals)? {
                                     subs.insert(name, s);
                                 }
-                                _ => {}
                             }
                         }
                         Err(Error::NoSpace { .. }) => totals.no_space += 1,
@@ -939,62 +1026,11 @@ fn run_seed_on(s: u64, disk: &SimDisk, totals: &mut Totals) -> Result<(), String
                         subs.remove(name);
                         continue;
                     }
-                    if !subs.contains_key(name) {
-                        let from = m.base + rng.below(m.acked.len() as u64 + 1);
-                        let sub = ch.subscribe(Offset(from)).read_ahead(0);
-                        subs.insert(
-                            name,
-                            Sub {
-                                sub,
-                                clean: true,
-                                started: false,
-                            },
-                        );
-                    }
-                    let s = subs.get_mut(name).expect("inserted above");
-                    for _ in 0..1 + rng.below(64) {
-                        let expect = s.sub.position().0.max(m.base);
-                        let there = expect < m.next();
-                        if !there && s.clean && rng.below(2) == 0 {
-                            // Caught up, and not waiting in the shard.
-                            break;
-                        }
-                        let wait = if there { SUB_WAIT } else { Duration::ZERO };
-                        s.started = true;
-                        match s.sub.next_timeout(wait) {
-                            Ok(Some(r)) => {
-                                s.clean = true;
-                                let want = m.acked.get((expect - m.base) as usize);
-                                if r.offset.0 != expect || want.is_none_or(|w| w[..] != r.data[..])
-                                {
-                                    return Err(format!(
-                                        "{name}: a subscription yielded offset {} with {} bytes, \
-                                         expected offset {expect} with {:?} bytes",
-                                        r.offset.0,
-                                        r.data.len(),
-                                        want.map(|w| w.len())
-                                    ));
-                                }
-                                totals.subscribed += 1;
-                            }
-                            Ok(None) if there => {
-                                return Err(format!(
-                                    "{name}: a subscription at {expect} got nothing in {SUB_WAIT:?} \
-                                     with records to {}",
-                                    m.next()
-                                ));
-                            }
-                            Ok(None) => {
-                                // Parked in the shard until the next record.
-                                s.clean = false;
-                                break;
-                            }
-                            Err(_) if fault.is_some() && disk.stats().ops >= at => {
-                                subs.remove(name);
-                                break;
-                            }
-                            Err(e) => return Err(format!("{name}: a subscription: {e}")),
-                        }
+                    let s = subs
+                        .entry(name)
+                        .or_insert_with(|| Sub::new(ch, m, &mut rng));
+                    if !s.step(name, m, &mut rng, &faulted, totals)? {
+                        subs.remove(name);
                     }
                 }
                 46..=47 => {

@@ -251,14 +251,14 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
     // before their removal or recycling finished. Replay never reads them.
     let first_kept = start.map_or(0, |s| segments.partition_point(|(seq, _)| *seq < s.segment));
     let leftovers: Vec<_> = segments.drain(..first_kept).collect();
-    let size = |list: &[(SegmentSeq, std::path::PathBuf)]| -> u64 {
-        list.iter()
-            .map(|(_, path)| file::size_of(path).unwrap_or(0))
-            .sum()
-    };
+    // Each segment file's size, looked at once.
+    let sizes: Vec<u64> = segments
+        .iter()
+        .map(|(_, path)| file::size_of(path).unwrap_or(0))
+        .collect();
     let m = ctx.metrics;
     m.recovery_bytes_total
-        .store(size(&segments), Ordering::Relaxed);
+        .store(sizes.iter().sum(), Ordering::Relaxed);
     let reclaimed = match &manifest {
         ManifestState::Found(r) => r.reclaimed_bytes,
         _ => 0,
@@ -296,7 +296,7 @@ pub fn recover_shard(ctx: &RecoverContext<'_>, io: &mut Ring) -> Result<Recovere
         }
     };
     replay.bound_scans(&manifest);
-    replay.cache_newest(&manifest);
+    replay.cache_newest(&manifest, &sizes[first..]);
     for index in 0..segments.len() - first {
         if replay.segment(io, index)? == Flow::Stop {
             break;

@@ -182,19 +182,20 @@ impl<'c, 'a> Replay<'c, 'a> {
     /// checkpointed, truncated or dropped later in the log leave the cache
     /// below its budget, to be filled as records are read or written.
     /// Undone by [`Replay::finish`].
-    pub fn cache_newest(&mut self, manifest: &ManifestState) {
+    /// `sizes` are the files' sizes, one per segment replayed.
+    pub fn cache_newest(&mut self, manifest: &ManifestState, sizes: &[u64]) {
         let budget = self.ctx.cache_budget;
         let active = match manifest {
             ManifestState::Found(r) => Some((r.active_segment, r.written_below)),
             _ => None,
         };
         let mut newer = 0u64;
-        for (seq, path) in self.segments.iter().rev() {
+        debug_assert_eq!(sizes.len(), self.segments.len());
+        for ((seq, _), &size) in self.segments.iter().zip(sizes).rev() {
             if newer >= budget {
                 self.table.cache_from(*seq);
                 return;
             }
-            let size = crate::io::file::size_of(path).unwrap_or(0);
             let bytes = match active {
                 Some((a, _)) if *seq > a => 0,
                 Some((a, w)) if *seq == a && w > 0 => size.min(w),
